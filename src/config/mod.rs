@@ -1,0 +1,121 @@
+//! Configuration: the TOML file, validated into typed values.
+//!
+//! Two layers: [`raw`] mirrors the file for serde, and [`validate`] turns it
+//! into the types below, reporting *every* problem at once with the file,
+//! line, column and key, so `wsgate check` is one round trip for an operator.
+//! Everything that can fail (addresses, certificate files, names that refer to
+//! each other) fails here, at load time, never at the first request.
+
+mod error;
+mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// The default place of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/wsgate/wsgate.toml";
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration came from; relative certificate paths
+    /// were resolved against its directory.
+    pub path: PathBuf,
+    pub global: Global,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Settings that apply to every connection.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Time a client has for the TLS handshake and then again for sending
+    /// complete request headers (default 10s): a slow client must not hold a
+    /// connection slot forever.
+    pub handshake_timeout: Duration,
+    /// Time open connections get to finish after a shutdown signal (default 30s).
+    pub shutdown_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; larger gets
+    /// 431 (default 64KiB, at least 8KiB).
+    pub max_request_header_size: usize,
+}
+
+/// An address wsgate accepts connections on.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// TLS termination, when the listener has certificates.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A rule that sends requests for some hosts and path prefix to an upstream.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Host names, lower case, without port; `*.example.com` matches every
+    /// subdomain. Empty means any host.
+    pub hosts: Vec<String>,
+    /// The path prefix, matched on segment boundaries (see [`crate::route`]).
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// A pool of backend servers.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<ServerAddress>,
+    /// Time to establish the TCP connection to a server (default 3s);
+    /// past it the client gets 504.
+    pub connect_timeout: Duration,
+    /// Time a server has to answer a WebSocket handshake or send the head of
+    /// an HTTP response (default 60s); past it the client gets 504.
+    pub response_timeout: Duration,
+}
+
+/// A backend server's address: an IP address or a host name, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(ConfigError::file(path, format!("cannot read: {e}"))))?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Validates configuration text; `path` names the file in errors and is
+    /// the base for relative certificate paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        validate::parse(text, path)
+    }
+
+    /// The listener with this name.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
