@@ -1,1 +1,108 @@
-//! (in progress)
+//! TLS termination: certificates loaded at config time, chosen by SNI.
+//!
+//! rustls with the ring provider, TLS 1.2 and 1.3 only (1.0/1.1 are broken and
+//! no browser that speaks WebSocket needs them), ALPN `http/1.1` because the
+//! WebSocket upgrade is an HTTP/1.1 mechanism (RFC 6455 §4.1).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Why a certificate and key pair could not be used; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("cannot read certificate {path}: {reason}")]
+    Certificate { path: String, reason: String },
+    #[error("cannot read private key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("the private key {key} does not belong to the certificate {cert}")]
+    Mismatch { cert: String, key: String },
+}
+
+/// Loads a PEM certificate chain and its private key (PKCS#8, RSA or EC) and
+/// checks that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertificateError> {
+    let cert_error = |reason: String| CertificateError::Certificate {
+        path: cert.display().to_string(),
+        reason,
+    };
+    let key_error = |reason: String| CertificateError::Key {
+        path: key.display().to_string(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_error(pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(pem_reason(e)))?;
+    if chain.is_empty() {
+        return Err(cert_error("no PEM certificate (BEGIN CERTIFICATE) in the file".into()));
+    }
+    webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| cert_error(format!("not a valid X.509 certificate: {e}")))?;
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(pem_reason(e)))?;
+    let signing_key = ring::sign::any_supported_type(&private_key)
+        .map_err(|e| key_error(format!("unsupported key type: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(certified)),
+        Err(_) => Err(CertificateError::Mismatch {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        }),
+    }
+}
+
+fn pem_reason(error: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::Io(e) => e.to_string(),
+        Error::NoItemsFound => "no PEM section of the expected kind in the file".into(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
+
+/// The rustls server configuration for a listener with these certificates;
+/// the first is the default for clients that send no SNI or an unknown name.
+pub fn server_config(certificates: Vec<Arc<CertifiedKey>>) -> Arc<ServerConfig> {
+    let resolver = SniResolver { certificates };
+    // The ring provider ships both protocol versions we ask for, so the only
+    // error this builder can return cannot happen here.
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Picks the first certificate valid for the client's SNI name (wildcards
+/// included, as a browser would judge them), else the first one.
+#[derive(Debug)]
+struct SniResolver {
+    certificates: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let default = self.certificates.first().cloned();
+        let Some(name) = hello.server_name().and_then(|n| ServerName::try_from(n).ok()) else {
+            return default;
+        };
+        self.certificates
+            .iter()
+            .find(|certified| {
+                certified.end_entity_cert().ok().is_some_and(|der| {
+                    webpki::EndEntityCert::try_from(der)
+                        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+                })
+            })
+            .cloned()
+            .or(default)
+    }
+}

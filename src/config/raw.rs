@@ -25,8 +25,8 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGlobal {
-    pub handshake_timeout: Option<HumanDuration>,
-    pub shutdown_timeout: Option<HumanDuration>,
+    pub handshake_timeout: Option<Spanned<HumanDuration>>,
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
     pub max_request_header_size: Option<Spanned<ByteSize>>,
 }
 
@@ -66,8 +66,8 @@ pub struct RawRoute {
 pub struct RawUpstream {
     pub name: Spanned<String>,
     pub servers: Spanned<Vec<RawServer>>,
-    pub connect_timeout: Option<HumanDuration>,
-    pub response_timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub response_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
