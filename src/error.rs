@@ -1,1 +1,94 @@
-//! (in progress)
+//! Every failure a request can meet, and the one answer the client gets.
+//!
+//! Errors are grouped by side: the client's (4xx, logged at debug since the
+//! internet sends junk all day), the backend's (5xx, logged at warn since an
+//! operator must act) and ours. [`ProxyError::into_response`] is the only place
+//! that turns one into HTTP.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::handshake::{HandshakeError, UpstreamHandshakeError, WEBSOCKET_VERSION};
+use crate::http::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // The client's side.
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("invalid WebSocket handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+
+    // The backend's side.
+    #[error("the upstream has no server")]
+    NoServer,
+    #[error("cannot connect to {server}: {source}")]
+    Connect { server: String, source: io::Error },
+    #[error("no connection to {server} within {timeout:?}")]
+    ConnectTimeout { server: String, timeout: Duration },
+    #[error("{server} did not answer within {timeout:?}")]
+    ResponseTimeout { server: String, timeout: Duration },
+    #[error("{server} answered the WebSocket handshake wrongly: {reason}")]
+    UpstreamHandshake {
+        server: String,
+        reason: UpstreamHandshakeError,
+    },
+    #[error("{server} failed: {reason}")]
+    Upstream { server: String, reason: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Handshake(HandshakeError::UnsupportedVersion) => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::Handshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::UpstreamHandshake { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the client is at fault (logged quietly) or the backend (loudly).
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// The client's answer: the status and a one-line plain-text body. The
+    /// backend's details stay in the log; they are no business of the client.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = if self.is_client_error() {
+            format!("{}: {self}\n", status.canonical_reason().unwrap_or("Error"))
+        } else {
+            format!("{}\n", status.canonical_reason().unwrap_or("Error"))
+        };
+        let mut response = text_response(status, body);
+        if let ProxyError::Handshake(HandshakeError::UnsupportedVersion) = self {
+            // RFC 6455 §4.4: tell the client which version we speak.
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION));
+        }
+        response
+    }
+}
+
+/// A short plain-text response.
+pub fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

@@ -1,1 +1,169 @@
-//! (in progress)
+//! The WebSocket opening handshake: the client's request (RFC 6455 §4.2.1)
+//! and the backend's answer (§4.1).
+//!
+//! Everything here is checked before a backend is contacted, so a malformed
+//! handshake costs the backend nothing.
+
+use base64::Engine;
+use http::{HeaderMap, HeaderValue, Method, Request, Version};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// The only protocol version RFC 6455 defines.
+pub const WEBSOCKET_VERSION: &str = "13";
+
+/// What is wrong with a client's opening handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// §4.2.1 (1): "An HTTP/1.1 or higher GET request".
+    #[error("a WebSocket handshake must be a GET request")]
+    NotGet,
+    #[error("a WebSocket handshake needs HTTP/1.1")]
+    OldHttpVersion,
+    /// §4.2.1 (4): "A |Connection| header field that includes the token 'Upgrade'".
+    #[error("the Connection header lacks the \"upgrade\" token")]
+    NoConnectionUpgrade,
+    /// §4.2.1 (6): "A |Sec-WebSocket-Version| header field, with a value of 13".
+    /// §4.4 asks the server to answer 426 with the versions it speaks.
+    #[error("unsupported Sec-WebSocket-Version (this server speaks 13)")]
+    UnsupportedVersion,
+    /// §4.2.1 (5): "a base64-encoded value that, when decoded, is 16 bytes in length".
+    #[error("Sec-WebSocket-Key is missing or is not base64 of 16 bytes")]
+    BadKey,
+    /// A GET handshake carries no body; one that does is an attempt to hide
+    /// bytes from the proxy that the backend may read as frames.
+    #[error("a WebSocket handshake must not have a body")]
+    HasBody,
+}
+
+/// Whether the client asks for a WebSocket: `Upgrade` names `websocket`.
+/// Such a request is then held to the whole of §4.2.1.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    has_token(headers, http::header::UPGRADE, "websocket")
+}
+
+/// Checks a request that [`wants_websocket`] against §4.2.1 and returns its
+/// `Sec-WebSocket-Key`, needed later to check the backend's answer.
+pub fn validate<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> {
+    if request.method() != Method::GET {
+        return Err(HandshakeError::NotGet);
+    }
+    if request.version() < Version::HTTP_11 {
+        return Err(HandshakeError::OldHttpVersion);
+    }
+    let headers = request.headers();
+    if !has_token(headers, http::header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::NoConnectionUpgrade);
+    }
+    let mut versions = headers.get_all(http::header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => {}
+        _ => return Err(HandshakeError::UnsupportedVersion),
+    }
+    let mut keys = headers.get_all(http::header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) if is_valid_key(key.as_bytes()) => key.clone(),
+        _ => return Err(HandshakeError::BadKey),
+    };
+    let has_length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes().trim_ascii() != b"0");
+    if has_length || headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(HandshakeError::HasBody);
+    }
+    Ok(key)
+}
+
+fn is_valid_key(key: &[u8]) -> bool {
+    // 16 bytes encode to exactly 24 base64 characters, the last two "==".
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
+/// Why a backend's 101 cannot be passed on (§4.1, the client's checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamHandshakeError {
+    #[error("Sec-WebSocket-Accept does not match the key")]
+    BadAccept,
+    #[error("the 101 answer lacks \"Upgrade: websocket\"")]
+    NoUpgrade,
+}
+
+/// Checks the backend's 101 as the client would: a wrong accept value means
+/// the backend is not answering this handshake, so the client must not get it.
+pub fn check_upstream_answer(key: &HeaderValue, headers: &HeaderMap) -> Result<(), UpstreamHandshakeError> {
+    if !wants_websocket(headers) {
+        return Err(UpstreamHandshakeError::NoUpgrade);
+    }
+    let expected = derive_accept_key(key.as_bytes());
+    let mut accepts = headers.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (Some(accept), None) if accept.as_bytes().trim_ascii() == expected.as_bytes() => Ok(()),
+        _ => Err(UpstreamHandshakeError::BadAccept),
+    }
+}
+
+/// Whether a comma-separated header holds `token`, case-insensitively, in
+/// any of its occurrences (`Connection: keep-alive, Upgrade`).
+pub fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut http::request::Builder)) -> Request<()> {
+        let mut builder = Request::get("/chat")
+            .header("Host", "example.com")
+            .header("Upgrade", "websocket")
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+        edit(&mut builder);
+        builder.body(()).unwrap()
+    }
+
+    fn with(name: &'static str, value: &'static str) -> impl FnOnce(&mut http::request::Builder) {
+        move |b| {
+            b.headers_mut().unwrap().insert(name, HeaderValue::from_static(value));
+        }
+    }
+
+    #[test]
+    fn the_rfc_example_is_valid() {
+        assert_eq!(validate(&request(|_| {})).unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn each_rule_is_enforced() {
+        assert_eq!(validate(&request(with("Sec-WebSocket-Version", "8"))), Err(HandshakeError::UnsupportedVersion));
+        assert_eq!(validate(&request(with("Sec-WebSocket-Key", "c2hvcnQ="))), Err(HandshakeError::BadKey));
+        assert_eq!(validate(&request(with("Sec-WebSocket-Key", "not base64 at all, 24 ch"))), Err(HandshakeError::BadKey));
+        assert_eq!(validate(&request(with("Connection", "keep-alive"))), Err(HandshakeError::NoConnectionUpgrade));
+        assert_eq!(validate(&request(with("Content-Length", "5"))), Err(HandshakeError::HasBody));
+        let mut post = request(|_| {});
+        *post.method_mut() = Method::POST;
+        assert_eq!(validate(&post), Err(HandshakeError::NotGet));
+        let mut old = request(|_| {});
+        *old.version_mut() = Version::HTTP_10;
+        assert_eq!(validate(&old), Err(HandshakeError::OldHttpVersion));
+    }
+
+    #[test]
+    fn the_accept_key_is_checked() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut headers = HeaderMap::new();
+        headers.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        headers.insert("sec-websocket-accept", HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert_eq!(check_upstream_answer(&key, &headers), Ok(()));
+        headers.insert("sec-websocket-accept", HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+        assert_eq!(check_upstream_answer(&key, &headers), Err(UpstreamHandshakeError::BadAccept));
+    }
+}

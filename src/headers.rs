@@ -1,1 +1,113 @@
-//! (in progress)
+//! Which headers cross the proxy, and the forwarding headers it writes.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and
+/// must not be forwarded. `Upgrade` and `Connection` are set again by the
+/// WebSocket path for the next hop.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names (a client could otherwise strip a header like
+/// `X-Forwarded-For` from what the backend sees by naming it there).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The client as the backend should see it.
+pub struct Forwarded<'a> {
+    pub client: SocketAddr,
+    pub tls: bool,
+    /// The Host the client asked for, as it sent it.
+    pub host: Option<&'a HeaderValue>,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `Forwarded`
+/// (RFC 7239), *replacing* whatever the client sent: appending would let any
+/// client choose the address a backend logs, rate-limits or trusts.
+pub fn set_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
+    let ip = forwarded.client.ip().to_canonical();
+    let proto = if forwarded.tls { "https" } else { "http" };
+    let ip_text = ip.to_string();
+    // An IP address and a scheme are always valid header values.
+    let ip_value = HeaderValue::from_str(&ip_text).expect("an IP address is a valid header value");
+    headers.insert(X_FORWARDED_FOR, ip_value.clone());
+    headers.insert(X_REAL_IP, ip_value);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.remove(X_FORWARDED_HOST);
+    let mut rfc7239 = if ip.is_ipv6() {
+        format!("for=\"[{ip_text}]\";proto={proto}")
+    } else {
+        format!("for={ip_text};proto={proto}")
+    };
+    if let Some(host) = forwarded.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        if let Ok(host) = host.to_str() {
+            rfc7239.push_str(";host=\"");
+            rfc7239.push_str(host);
+            rfc7239.push('"');
+        }
+    }
+    match HeaderValue::from_str(&rfc7239) {
+        Ok(value) => headers.insert(header::FORWARDED, value),
+        Err(_) => headers.remove(header::FORWARDED),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("cookie", HeaderValue::from_static("sid=1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("cookie"));
+    }
+
+    #[test]
+    fn forwarding_headers_replace_what_the_client_sent() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
+        let host = HeaderValue::from_static("chat.example.com");
+        let forwarded = Forwarded {
+            client: "[::1]:5000".parse().unwrap(),
+            tls: true,
+            host: Some(&host),
+        };
+        set_forwarding(&mut headers, &forwarded);
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(headers["x-forwarded-for"], "::1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["forwarded"], "for=\"[::1]\";proto=https;host=\"chat.example.com\"");
+    }
+}

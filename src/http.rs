@@ -1,1 +1,314 @@
-//! (in progress)
+//! Serving one client connection with hyper, and dispatching each request:
+//! a WebSocket upgrade goes to a tunnel, anything else is forwarded as HTTP.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{Config, Global, Route, ServerAddress};
+use crate::error::ProxyError;
+use crate::handshake;
+use crate::headers::{self, Forwarded};
+use crate::route::RouteTable;
+use crate::tunnel;
+use crate::upstream::UpstreamPool;
+
+/// The body of every response wsgate sends: the backend's, streamed, or a
+/// short one of its own.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Where a connection came from.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+/// What every request needs: routes, upstream pools, settings, and the
+/// tracker that lets shutdown wait for tunnels.
+pub struct Proxy {
+    global: Global,
+    routes: RouteTable,
+    upstreams: Vec<UpstreamPool>,
+    tunnels: TaskTracker,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, tunnels: TaskTracker) -> Proxy {
+        Proxy {
+            global: config.global.clone(),
+            routes: RouteTable::new(config.routes.clone()),
+            upstreams: config.upstreams.iter().cloned().map(UpstreamPool::new).collect(),
+            tunnels,
+        }
+    }
+
+    /// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
+    /// after which the request in flight is finished and the connection closed.
+    pub async fn serve_connection<IO>(self: Arc<Self>, io: IO, info: ConnectionInfo, shutdown: CancellationToken)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.global.handshake_timeout)
+            .max_buf_size(self.global.max_request_header_size)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            debug!(%error, "client connection ended with an error");
+        }
+    }
+
+    /// Answers one request; every error becomes its response here.
+    pub async fn handle(&self, request: Request<Incoming>, info: &ConnectionInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let upgrade = handshake::wants_websocket(request.headers());
+        let mut response = match self.dispatch(request, info, upgrade).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.is_client_error() {
+                    debug!(%error, %method, %path, "refused");
+                } else {
+                    warn!(%error, %method, %path, "upstream failed");
+                }
+                error.into_response()
+            }
+        };
+        if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A refused upgrade ends the connection: whatever the client sent
+            // behind it was meant for a tunnel and must not be read as the
+            // next request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        info!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            websocket = upgrade,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn dispatch(&self, request: Request<Incoming>, info: &ConnectionInfo, upgrade: bool) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = request_host(&request)?;
+        let route = self
+            .routes
+            .find(host.as_deref().unwrap_or(""), request.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        let span = tracing::info_span!("route", route = %route.name);
+        if upgrade {
+            self.open_tunnel(request, info, route).instrument(span).await
+        } else {
+            self.forward_http(request, info, route).instrument(span).await
+        }
+    }
+
+    /// The WebSocket path: validate, forward the handshake, check the 101,
+    /// and only then answer the client and start the tunnel. Until the
+    /// client's 101 is sent, every failure is still an HTTP answer.
+    async fn open_tunnel(&self, mut request: Request<Incoming>, info: &ConnectionInfo, route: &Route) -> Result<Response<ProxyBody>, ProxyError> {
+        let key = handshake::validate(&request)?;
+        let pool = &self.upstreams[route.upstream];
+        let server = pool.pick()?;
+        let backend_request = handshake_request(&request, info, server)?;
+        let mut backend_response = pool.send_handshake(server, backend_request).await?;
+        if backend_response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            debug!(status = backend_response.status().as_u16(), %server, "backend refused the upgrade");
+            headers::strip_hop_by_hop(backend_response.headers_mut());
+            return Ok(backend_response.map(BodyExt::boxed));
+        }
+        handshake::check_upstream_answer(&key, backend_response.headers()).map_err(|reason| ProxyError::UpstreamHandshake {
+            server: server.to_string(),
+            reason,
+        })?;
+
+        let mut answer = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *answer.headers_mut() = std::mem::take(backend_response.headers_mut());
+        headers::strip_hop_by_hop(answer.headers_mut());
+        set_upgrade_headers(answer.headers_mut());
+
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        let backend_upgrade = hyper::upgrade::on(backend_response);
+        let span = tracing::info_span!("tunnel", %server);
+        self.tunnels.spawn(
+            async move {
+                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                    Ok((client, backend)) => {
+                        info!("tunnel open");
+                        tunnel::splice(client, backend).await;
+                    }
+                    Err(error) => debug!(%error, "upgrade did not complete"),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(answer)
+    }
+
+    /// The plain HTTP path: the same request, hop-by-hop headers replaced by
+    /// forwarding headers, bodies streamed both ways.
+    async fn forward_http(&self, request: Request<Incoming>, info: &ConnectionInfo, route: &Route) -> Result<Response<ProxyBody>, ProxyError> {
+        let pool = &self.upstreams[route.upstream];
+        let server = pool.pick()?;
+        let (mut parts, body) = request.into_parts();
+        prepare_headers(&mut parts.headers, &parts.uri, info);
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(server.to_string())
+            .path_and_query(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        parts.version = Version::HTTP_11;
+        let mut response = pool.send_http(server, Request::from_parts(parts, body)).await?;
+        headers::strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(BodyExt::boxed))
+    }
+}
+
+/// The handshake as the backend gets it: origin-form target, end-to-end
+/// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
+/// hop-by-hop headers replaced by the two an upgrade needs.
+fn handshake_request(request: &Request<Incoming>, info: &ConnectionInfo, server: &ServerAddress) -> Result<Request<Empty<Bytes>>, ProxyError> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut forwarded = Request::new(Empty::new());
+    *forwarded.uri_mut() = Uri::from(target);
+    *forwarded.headers_mut() = request.headers().clone();
+    prepare_headers(forwarded.headers_mut(), request.uri(), info);
+    set_upgrade_headers(forwarded.headers_mut());
+    debug!(%server, "forwarding handshake");
+    Ok(forwarded)
+}
+
+fn set_upgrade_headers(headers: &mut http::HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// Hop-by-hop headers out, forwarding headers in, and a Host header for
+/// absolute-form requests that carried the host only in their target.
+fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, info: &ConnectionInfo) {
+    headers::strip_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST) {
+        if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(header::HOST, value);
+        }
+    }
+    let host = headers.get(header::HOST).cloned();
+    headers::set_forwarding(
+        headers,
+        &Forwarded {
+            client: info.client,
+            tls: info.tls,
+            host: host.as_ref(),
+        },
+    );
+}
+
+/// The host a request is for, lower case and without port, from its Host
+/// header or absolute-form target. Ambiguity is refused (RFC 9112 §3.2): two
+/// Host headers, or a target and a Host that disagree, are how requests get
+/// routed one way by a proxy and read another way by a backend.
+fn request_host<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let from_header = host_header
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.parse::<Authority>().ok())
+                .filter(|authority| !authority.as_str().contains('@'))
+                .ok_or(ProxyError::BadRequest("invalid Host header"))
+        })
+        .transpose()?;
+    let from_target = request.uri().authority();
+    let authority = match (from_target, &from_header) {
+        (Some(target), Some(header)) if !target.host().eq_ignore_ascii_case(header.host()) => {
+            return Err(ProxyError::BadRequest("the Host header disagrees with the request target"))
+        }
+        (Some(target), _) => Some(target),
+        (None, Some(header)) => Some(header),
+        (None, None) if request.version() >= Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("missing Host header"))
+        }
+        (None, None) => None,
+    };
+    Ok(authority.map(|a| {
+        a.host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(request: Request<()>) -> Result<Option<String>, ProxyError> {
+        request_host(&request)
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        let request = Request::get("/").header("Host", "Chat.Example.com.:8443").body(()).unwrap();
+        assert_eq!(host_of(request).unwrap().as_deref(), Some("chat.example.com"));
+        let request = Request::get("/").header("Host", "[::1]:8080").body(()).unwrap();
+        assert_eq!(host_of(request).unwrap().as_deref(), Some("::1"));
+    }
+
+    #[test]
+    fn ambiguous_hosts_are_refused() {
+        let two = Request::get("/").header("Host", "a").header("Host", "b").body(()).unwrap();
+        assert!(matches!(host_of(two), Err(ProxyError::BadRequest(_))));
+        let disagree = Request::get("http://a.example/").header("Host", "b.example").body(()).unwrap();
+        assert!(matches!(host_of(disagree), Err(ProxyError::BadRequest(_))));
+        let missing = Request::get("/").body(()).unwrap();
+        assert!(matches!(host_of(missing), Err(ProxyError::BadRequest(_))));
+        let userinfo = Request::get("/").header("Host", "user@a.example").body(()).unwrap();
+        assert!(matches!(host_of(userinfo), Err(ProxyError::BadRequest(_))));
+    }
+}

@@ -1,1 +1,186 @@
-fn main() {}
+//! The `wsgate` command: parse arguments, load the configuration, start logging, run.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use wsgate::config::{self, Config};
+use wsgate::server::Server;
+use wsgate::{certgen, client, demo};
+
+/// A TLS-terminating reverse proxy for WebSocket backends.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short, long, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate the configuration (files, certificates, addresses); print every problem.
+    Check,
+    /// Run the proxy and, beside it, a small echo backend: a working demo in one command.
+    Demo {
+        /// Where the echo backend listens (the example configuration's upstream points here).
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        backend: SocketAddr,
+    },
+    /// Make a development CA and a server certificate signed by it (never for production).
+    Cert {
+        /// Directory to write dev-ca.pem, <base>.pem and <base>-key.pem into.
+        #[arg(long, default_value = "certs")]
+        out_dir: PathBuf,
+        /// File name stem of the certificate and key.
+        #[arg(long, default_value = "localhost")]
+        base: String,
+        /// DNS names and IP addresses the certificate is for (repeatable).
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        names: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Open a WebSocket, send each line of standard input, print what comes back.
+    Client {
+        /// ws:// or wss:// URL.
+        url: String,
+        /// CA certificate (PEM) to trust for wss://, e.g. certs/dev-ca.pem.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The proxy logs its traffic; the one-shot tools only their problems.
+    let default_level = match cli.command {
+        None | Some(Command::Demo { .. }) => "info",
+        Some(_) => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("wsgate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        None => runtime.block_on(run(&cli.config, None)),
+        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend))),
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Cert {
+            out_dir,
+            base,
+            names,
+            force,
+        }) => match certgen::write(&out_dir, &base, &names, force) {
+            Ok(paths) => {
+                for path in paths {
+                    println!("wrote {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error),
+        },
+        Some(Command::Client { url, ca }) => {
+            let options = client::ClientOptions { url, ca };
+            let input = tokio::io::BufReader::new(tokio::io::stdin());
+            match runtime.block_on(client::run(options, input, tokio::io::stdout())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(error),
+            }
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} upstreams)",
+                path.display(),
+                config.listeners.len(),
+                config.routes.len(),
+                config.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s) found", path.display(), errors.errors().len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(address) = demo_backend {
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            Err(error) => return fail(format!("demo backend: cannot bind {address}: {error}")),
+        };
+        tracing::info!(%address, "demo echo backend listening");
+        tokio::spawn(demo::serve(listener));
+    }
+    let server = match Server::bind(config.clone()).await {
+        Ok(server) => server,
+        Err(error) => return fail(error),
+    };
+    if demo_backend.is_some() {
+        for listener in &config.listeners {
+            if let Some(address) = server.local_addr(&listener.name) {
+                let scheme = if listener.tls.is_some() { "https" } else { "http" };
+                eprintln!("demo: open {scheme}://localhost:{}/ in a browser", address.port());
+            }
+        }
+    }
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("wsgate: {error}");
+    ExitCode::FAILURE
+}
