@@ -75,9 +75,10 @@ impl ProxyError {
         let mut response = text_response(status, body);
         if let ProxyError::Handshake(HandshakeError::UnsupportedVersion) = self {
             // RFC 6455 §4.4: tell the client which version we speak.
-            response
-                .headers_mut()
-                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION));
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(WEBSOCKET_VERSION),
+            );
         }
         response
     }
@@ -87,8 +88,9 @@ impl ProxyError {
 pub fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

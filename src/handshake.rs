@@ -143,11 +143,26 @@ mod tests {
 
     #[test]
     fn each_rule_is_enforced() {
-        assert_eq!(validate(&request(with("Sec-WebSocket-Version", "8"))), Err(HandshakeError::UnsupportedVersion));
-        assert_eq!(validate(&request(with("Sec-WebSocket-Key", "c2hvcnQ="))), Err(HandshakeError::BadKey));
-        assert_eq!(validate(&request(with("Sec-WebSocket-Key", "not base64 at all, 24 ch"))), Err(HandshakeError::BadKey));
-        assert_eq!(validate(&request(with("Connection", "keep-alive"))), Err(HandshakeError::NoConnectionUpgrade));
-        assert_eq!(validate(&request(with("Content-Length", "5"))), Err(HandshakeError::HasBody));
+        assert_eq!(
+            validate(&request(with("Sec-WebSocket-Version", "8"))),
+            Err(HandshakeError::UnsupportedVersion)
+        );
+        assert_eq!(
+            validate(&request(with("Sec-WebSocket-Key", "c2hvcnQ="))),
+            Err(HandshakeError::BadKey)
+        );
+        assert_eq!(
+            validate(&request(with("Sec-WebSocket-Key", "not base64 at all, 24 ch"))),
+            Err(HandshakeError::BadKey)
+        );
+        assert_eq!(
+            validate(&request(with("Connection", "keep-alive"))),
+            Err(HandshakeError::NoConnectionUpgrade)
+        );
+        assert_eq!(
+            validate(&request(with("Content-Length", "5"))),
+            Err(HandshakeError::HasBody)
+        );
         let mut post = request(|_| {});
         *post.method_mut() = Method::POST;
         assert_eq!(validate(&post), Err(HandshakeError::NotGet));
@@ -161,9 +176,18 @@ mod tests {
         let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
         let mut headers = HeaderMap::new();
         headers.insert("upgrade", HeaderValue::from_static("WebSocket"));
-        headers.insert("sec-websocket-accept", HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        headers.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
         assert_eq!(check_upstream_answer(&key, &headers), Ok(()));
-        headers.insert("sec-websocket-accept", HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAAAAAA="));
-        assert_eq!(check_upstream_answer(&key, &headers), Err(UpstreamHandshakeError::BadAccept));
+        headers.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        );
+        assert_eq!(
+            check_upstream_answer(&key, &headers),
+            Err(UpstreamHandshakeError::BadAccept)
+        );
     }
 }

@@ -108,6 +108,9 @@ mod tests {
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(headers["x-forwarded-for"], "::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
-        assert_eq!(headers["forwarded"], "for=\"[::1]\";proto=https;host=\"chat.example.com\"");
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"chat.example.com\""
+        );
     }
 }

@@ -18,9 +18,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
 
-use crate::config::{Config, Global, Route, ServerAddress};
+use tracing::{debug, info, warn, Instrument, Span};
+
+use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers::{self, Forwarded};
@@ -68,7 +69,8 @@ impl Proxy {
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
+            let span = tracing::info_span!("request", route = tracing::field::Empty, server = tracing::field::Empty);
+            async move { Ok::<_, Infallible>(proxy.handle(request, &info).instrument(span).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -110,7 +112,9 @@ impl Proxy {
             // A refused upgrade ends the connection: whatever the client sent
             // behind it was meant for a tunnel and must not be read as the
             // next request.
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         info!(
             %method,
@@ -123,37 +127,50 @@ impl Proxy {
         response
     }
 
-    async fn dispatch(&self, request: Request<Incoming>, info: &ConnectionInfo, upgrade: bool) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        info: &ConnectionInfo,
+        upgrade: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = request_host(&request)?;
         let route = self
             .routes
             .find(host.as_deref().unwrap_or(""), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
-        let span = tracing::info_span!("route", route = %route.name);
+        Span::current().record("route", route.name.as_str());
         if upgrade {
-            self.open_tunnel(request, info, route).instrument(span).await
+            self.open_tunnel(request, info, route).await
         } else {
-            self.forward_http(request, info, route).instrument(span).await
+            self.forward_http(request, info, route).await
         }
     }
 
     /// The WebSocket path: validate, forward the handshake, check the 101,
     /// and only then answer the client and start the tunnel. Until the
     /// client's 101 is sent, every failure is still an HTTP answer.
-    async fn open_tunnel(&self, mut request: Request<Incoming>, info: &ConnectionInfo, route: &Route) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn open_tunnel(
+        &self,
+        mut request: Request<Incoming>,
+        info: &ConnectionInfo,
+        route: &Route,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = handshake::validate(&request)?;
         let pool = &self.upstreams[route.upstream];
         let server = pool.pick()?;
-        let backend_request = handshake_request(&request, info, server)?;
+        Span::current().record("server", tracing::field::display(server));
+        let backend_request = handshake_request(&request, info);
         let mut backend_response = pool.send_handshake(server, backend_request).await?;
         if backend_response.status() != StatusCode::SWITCHING_PROTOCOLS {
             debug!(status = backend_response.status().as_u16(), %server, "backend refused the upgrade");
             headers::strip_hop_by_hop(backend_response.headers_mut());
             return Ok(backend_response.map(BodyExt::boxed));
         }
-        handshake::check_upstream_answer(&key, backend_response.headers()).map_err(|reason| ProxyError::UpstreamHandshake {
-            server: server.to_string(),
-            reason,
+        handshake::check_upstream_answer(&key, backend_response.headers()).map_err(|reason| {
+            ProxyError::UpstreamHandshake {
+                server: server.to_string(),
+                reason,
+            }
         })?;
 
         let mut answer = Response::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -164,7 +181,7 @@ impl Proxy {
 
         let client_upgrade = hyper::upgrade::on(&mut request);
         let backend_upgrade = hyper::upgrade::on(backend_response);
-        let span = tracing::info_span!("tunnel", %server);
+        let span = tracing::info_span!("tunnel");
         self.tunnels.spawn(
             async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
@@ -182,15 +199,27 @@ impl Proxy {
 
     /// The plain HTTP path: the same request, hop-by-hop headers replaced by
     /// forwarding headers, bodies streamed both ways.
-    async fn forward_http(&self, request: Request<Incoming>, info: &ConnectionInfo, route: &Route) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn forward_http(
+        &self,
+        request: Request<Incoming>,
+        info: &ConnectionInfo,
+        route: &Route,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let pool = &self.upstreams[route.upstream];
         let server = pool.pick()?;
+        Span::current().record("server", tracing::field::display(server));
         let (mut parts, body) = request.into_parts();
         prepare_headers(&mut parts.headers, &parts.uri, info);
         parts.uri = Uri::builder()
             .scheme("http")
             .authority(server.to_string())
-            .path_and_query(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .path_and_query(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
             .build()
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
         parts.version = Version::HTTP_11;
@@ -203,7 +232,7 @@ impl Proxy {
 /// The handshake as the backend gets it: origin-form target, end-to-end
 /// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
 /// hop-by-hop headers replaced by the two an upgrade needs.
-fn handshake_request(request: &Request<Incoming>, info: &ConnectionInfo, server: &ServerAddress) -> Result<Request<Empty<Bytes>>, ProxyError> {
+fn handshake_request(request: &Request<Incoming>, info: &ConnectionInfo) -> Request<Empty<Bytes>> {
     let target = request
         .uri()
         .path_and_query()
@@ -214,8 +243,7 @@ fn handshake_request(request: &Request<Incoming>, info: &ConnectionInfo, server:
     *forwarded.headers_mut() = request.headers().clone();
     prepare_headers(forwarded.headers_mut(), request.uri(), info);
     set_upgrade_headers(forwarded.headers_mut());
-    debug!(%server, "forwarding handshake");
-    Ok(forwarded)
+    forwarded
 }
 
 fn set_upgrade_headers(headers: &mut http::HeaderMap) {
@@ -266,7 +294,9 @@ fn request_host<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
     let from_target = request.uri().authority();
     let authority = match (from_target, &from_header) {
         (Some(target), Some(header)) if !target.host().eq_ignore_ascii_case(header.host()) => {
-            return Err(ProxyError::BadRequest("the Host header disagrees with the request target"))
+            return Err(ProxyError::BadRequest(
+                "the Host header disagrees with the request target",
+            ))
         }
         (Some(target), _) => Some(target),
         (None, Some(header)) => Some(header),
@@ -294,7 +324,10 @@ mod tests {
 
     #[test]
     fn hosts_are_normalised() {
-        let request = Request::get("/").header("Host", "Chat.Example.com.:8443").body(()).unwrap();
+        let request = Request::get("/")
+            .header("Host", "Chat.Example.com.:8443")
+            .body(())
+            .unwrap();
         assert_eq!(host_of(request).unwrap().as_deref(), Some("chat.example.com"));
         let request = Request::get("/").header("Host", "[::1]:8080").body(()).unwrap();
         assert_eq!(host_of(request).unwrap().as_deref(), Some("::1"));
@@ -302,9 +335,16 @@ mod tests {
 
     #[test]
     fn ambiguous_hosts_are_refused() {
-        let two = Request::get("/").header("Host", "a").header("Host", "b").body(()).unwrap();
+        let two = Request::get("/")
+            .header("Host", "a")
+            .header("Host", "b")
+            .body(())
+            .unwrap();
         assert!(matches!(host_of(two), Err(ProxyError::BadRequest(_))));
-        let disagree = Request::get("http://a.example/").header("Host", "b.example").body(()).unwrap();
+        let disagree = Request::get("http://a.example/")
+            .header("Host", "b.example")
+            .body(())
+            .unwrap();
         assert!(matches!(host_of(disagree), Err(ProxyError::BadRequest(_))));
         let missing = Request::get("/").body(()).unwrap();
         assert!(matches!(host_of(missing), Err(ProxyError::BadRequest(_))));

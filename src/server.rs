@@ -37,7 +37,10 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let socket = TcpListener::bind(listener.listen).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("listener {:?}: cannot bind {}: {e}", listener.name, listener.listen))
+                io::Error::new(
+                    e.kind(),
+                    format!("listener {:?}: cannot bind {}: {e}", listener.name, listener.listen),
+                )
             })?;
             listeners.push(BoundListener {
                 name: listener.name.clone(),
@@ -89,8 +92,14 @@ impl Server {
             let _ = accept_loop.await;
         }
         self.tasks.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait()).await.is_err() {
-            warn!(open = self.tasks.len(), "shutdown timeout reached with connections still open");
+        if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.tasks.len(),
+                "shutdown timeout reached with connections still open"
+            );
         }
         info!("stopped");
     }

@@ -43,10 +43,11 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     if chain.is_empty() {
         return Err(cert_error("no PEM certificate (BEGIN CERTIFICATE) in the file".into()));
     }
-    webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| cert_error(format!("not a valid X.509 certificate: {e}")))?;
+    webpki::EndEntityCert::try_from(&chain[0])
+        .map_err(|e| cert_error(format!("not a valid X.509 certificate: {e}")))?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(pem_reason(e)))?;
-    let signing_key = ring::sign::any_supported_type(&private_key)
-        .map_err(|e| key_error(format!("unsupported key type: {e}")))?;
+    let signing_key =
+        ring::sign::any_supported_type(&private_key).map_err(|e| key_error(format!("unsupported key type: {e}")))?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(certified)),

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Empty;
-use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -79,7 +79,11 @@ impl UpstreamPool {
     /// Forwards a plain HTTP request on a pooled keep-alive connection,
     /// streaming the body both ways. The request's URI must already name
     /// `server`.
-    pub async fn send_http(&self, server: &ServerAddress, request: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send_http(
+        &self,
+        server: &ServerAddress,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let timeout = self.config.response_timeout;
         match tokio::time::timeout(timeout, self.http.request(request)).await {
             Ok(Ok(response)) => Ok(response),

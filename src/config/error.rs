@@ -30,7 +30,13 @@ impl ConfigError {
     }
 
     /// A problem at byte offset `at` of `text`.
-    pub(crate) fn at(file: &Path, text: &str, at: usize, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn at(
+        file: &Path,
+        text: &str,
+        at: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = line_and_column(text, at);
         ConfigError {
             file: file.to_path_buf(),

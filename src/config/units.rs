@@ -59,9 +59,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     text.trim()
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
-        .map_err(|e| {
-            format!("invalid size {text:?} ({e}); write a number and a unit, such as \"64KiB\" or \"1MiB\"")
-        })
+        .map_err(|e| format!("invalid size {text:?} ({e}); write a number and a unit, such as \"64KiB\" or \"1MiB\""))
 }
 
 #[cfg(test)]

@@ -134,8 +134,14 @@ impl Checker<'_> {
             None => DEFAULT_MAX_REQUEST_HEADER_SIZE,
         };
         Global {
-            handshake_timeout: self.timeout(raw.handshake_timeout, "global.handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
-            shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.into_inner().0),
+            handshake_timeout: self.timeout(
+                raw.handshake_timeout,
+                "global.handshake_timeout",
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.into_inner().0),
             // Bounded to 1MiB above, so this fits any usize.
             max_request_header_size: max_request_header_size as usize,
         }
@@ -160,7 +166,10 @@ impl Checker<'_> {
             if name.get_ref().trim().is_empty() {
                 self.error(name, key, "must not be empty");
             } else if let Some(first) = seen.get(name.get_ref().as_str()) {
-                let message = format!("duplicate {kind} name {:?}, already used by {kind}[{first}]", name.get_ref());
+                let message = format!(
+                    "duplicate {kind} name {:?}, already used by {kind}[{first}]",
+                    name.get_ref()
+                );
                 self.error(name, key, message);
             } else {
                 seen.insert(name.get_ref(), i);
@@ -183,7 +192,11 @@ impl Checker<'_> {
         let tls = match &raw.tls {
             None => None,
             Some(tls) if tls.get_ref().certificates.is_empty() => {
-                self.error(tls, format!("listener[{i}].tls"), "needs at least one [[listener.tls.certificates]] entry");
+                self.error(
+                    tls,
+                    format!("listener[{i}].tls"),
+                    "needs at least one [[listener.tls.certificates]] entry",
+                );
                 None
             }
             Some(tls) => {
@@ -213,7 +226,9 @@ impl Checker<'_> {
     fn unique_addresses(&mut self, listeners: &[RawListener]) {
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         for (i, raw) in listeners.iter().enumerate() {
-            let Ok(addr) = raw.listen.get_ref().parse::<SocketAddr>() else { continue };
+            let Ok(addr) = raw.listen.get_ref().parse::<SocketAddr>() else {
+                continue;
+            };
             if addr.port() == 0 {
                 continue; // port 0: each gets its own ephemeral port
             }
@@ -239,7 +254,11 @@ impl Checker<'_> {
         }
         let path_prefix = match &raw.path_prefix {
             Some(p) if !p.get_ref().starts_with('/') => {
-                self.error(p, format!("route[{i}].path_prefix"), format!("{:?} must start with \"/\"", p.get_ref()));
+                self.error(
+                    p,
+                    format!("route[{i}].path_prefix"),
+                    format!("{:?} must start with \"/\"", p.get_ref()),
+                );
                 None
             }
             Some(p) => Some(p.get_ref().clone()),
@@ -277,7 +296,10 @@ impl Checker<'_> {
                             "route {:?} can never match: route {:?} has the same hosts and path_prefix {:?}",
                             route.name, earlier.name, route.path_prefix
                         );
-                        let key = format!("route[{}].path_prefix", raw.iter().position(|r| std::ptr::eq(r, raw_route)).unwrap_or(i));
+                        let key = format!(
+                            "route[{}].path_prefix",
+                            raw.iter().position(|r| std::ptr::eq(r, raw_route)).unwrap_or(i)
+                        );
                         self.error(&raw_route.name, key, message);
                     }
                 }
@@ -287,7 +309,11 @@ impl Checker<'_> {
 
     fn upstream(&mut self, i: usize, raw: &RawUpstream) -> Upstream {
         if raw.servers.get_ref().is_empty() {
-            self.error(&raw.servers, format!("upstream[{i}].servers"), "needs at least one server");
+            self.error(
+                &raw.servers,
+                format!("upstream[{i}].servers"),
+                "needs at least one server",
+            );
         }
         let mut servers = Vec::new();
         for (j, server) in raw.servers.get_ref().iter().enumerate() {
@@ -299,8 +325,16 @@ impl Checker<'_> {
         Upstream {
             name: raw.name.get_ref().clone(),
             servers,
-            connect_timeout: self.timeout(raw.connect_timeout.clone(), &format!("upstream[{i}].connect_timeout"), DEFAULT_CONNECT_TIMEOUT),
-            response_timeout: self.timeout(raw.response_timeout.clone(), &format!("upstream[{i}].response_timeout"), DEFAULT_RESPONSE_TIMEOUT),
+            connect_timeout: self.timeout(
+                raw.connect_timeout.clone(),
+                &format!("upstream[{i}].connect_timeout"),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            response_timeout: self.timeout(
+                raw.response_timeout.clone(),
+                &format!("upstream[{i}].response_timeout"),
+                DEFAULT_RESPONSE_TIMEOUT,
+            ),
         }
     }
 }
@@ -312,7 +346,11 @@ fn normalize_host_pattern(pattern: &str) -> Result<String, String> {
     let name = host.strip_prefix("*.").unwrap_or(&host);
     let valid = !name.is_empty()
         && name.split('.').all(|label| {
-            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     let is_ip = name.parse::<std::net::IpAddr>().is_ok();
     if valid || is_ip {
@@ -326,7 +364,9 @@ fn normalize_host_pattern(pattern: &str) -> Result<String, String> {
 
 /// `host:port` or `[v6]:port`, where host is an IP address or a DNS name.
 fn parse_server_address(text: &str) -> Result<ServerAddress, String> {
-    let explain = || format!("{text:?} is not a server address; write HOST:PORT such as \"10.0.0.11:8080\", \"[::1]:8080\" or \"backend.internal:8080\"");
+    let explain = || {
+        format!("{text:?} is not a server address; write HOST:PORT such as \"10.0.0.11:8080\", \"[::1]:8080\" or \"backend.internal:8080\"")
+    };
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(ServerAddress {
             host: addr.ip().to_string(),
@@ -350,7 +390,10 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        assert_eq!(normalize_host_pattern("Chat.Example.COM."), Ok("chat.example.com".into()));
+        assert_eq!(
+            normalize_host_pattern("Chat.Example.COM."),
+            Ok("chat.example.com".into())
+        );
         assert_eq!(normalize_host_pattern("*.example.com"), Ok("*.example.com".into()));
         assert!(normalize_host_pattern("https://example.com").is_err());
         assert!(normalize_host_pattern("example.com:443").is_err());
@@ -359,9 +402,15 @@ mod tests {
 
     #[test]
     fn server_addresses() {
-        assert_eq!(parse_server_address("127.0.0.1:9001").unwrap().to_string(), "127.0.0.1:9001");
+        assert_eq!(
+            parse_server_address("127.0.0.1:9001").unwrap().to_string(),
+            "127.0.0.1:9001"
+        );
         assert_eq!(parse_server_address("[::1]:9001").unwrap().to_string(), "[::1]:9001");
-        assert_eq!(parse_server_address("Backend.internal:8080").unwrap().host, "backend.internal");
+        assert_eq!(
+            parse_server_address("Backend.internal:8080").unwrap().host,
+            "backend.internal"
+        );
         assert!(parse_server_address("backend.internal").is_err());
         assert!(parse_server_address("backend:0").is_err());
         assert!(parse_server_address("http://backend:80").is_err());
