@@ -97,12 +97,16 @@ where
     W: AsyncWrite + Unpin,
 {
     let target = Target::parse(&options.url)?;
-    // Checked before connecting so a missing --ca fails fast and clearly.
+    // Checked before connecting so a missing --ca or a bad host fails fast and clearly.
     let tls = if target.tls {
         let ca = options.ca.as_ref().ok_or_else(|| ClientError::CaRequired {
             url: options.url.clone(),
         })?;
-        Some(tls_connector(ca)?)
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| ClientError::InvalidUrl {
+            url: options.url.clone(),
+            reason: format!("host is not a valid TLS server name: {e}"),
+        })?;
+        Some((tls_connector(ca)?, name))
     } else {
         if options.ca.is_some() {
             tracing::warn!("--ca is ignored for ws:// URLs");
@@ -120,17 +124,13 @@ where
         // Messages are small and interactive; don't let Nagle delay them.
         let _ = tcp.set_nodelay(true);
         match tls {
-            None => Ok(Either::Plain(handshake(&options.url, tcp).await?)),
-            Some(connector) => {
-                let name = ServerName::try_from(target.host.clone()).map_err(|e| ClientError::InvalidUrl {
-                    url: options.url.clone(),
-                    reason: format!("host is not a valid TLS server name: {e}"),
-                })?;
+            None => Ok(Connected::Plain(Box::new(handshake(&options.url, tcp).await?))),
+            Some((connector, name)) => {
                 let stream = connector.connect(name, tcp).await.map_err(|source| ClientError::Tls {
                     addr: addr.clone(),
                     source,
                 })?;
-                Ok(Either::Tls(Box::new(handshake(&options.url, stream).await?)))
+                Ok(Connected::Tls(Box::new(handshake(&options.url, stream).await?)))
             }
         }
     })
@@ -138,14 +138,15 @@ where
     .map_err(|_| ClientError::ConnectTimeout { addr: addr.clone() })??;
     tracing::info!(url = %options.url, "connected");
     match connected {
-        Either::Plain(ws) => session(ws, input, output).await,
-        Either::Tls(ws) => session(*ws, input, output).await,
+        Connected::Plain(ws) => session(*ws, input, output).await,
+        Connected::Tls(ws) => session(*ws, input, output).await,
     }
 }
 
-enum Either<A, B> {
-    Plain(A),
-    Tls(B),
+/// The two transports a session can run over.
+enum Connected {
+    Plain(Box<WebSocketStream<TcpStream>>),
+    Tls(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 /// The parts of the URL needed before tungstenite sees it.

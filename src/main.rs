@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    let code = match cli.command {
         None => runtime.block_on(run(&cli.config, None)),
         Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend))),
         Some(Command::Check) => check(&cli.config),
@@ -102,7 +102,10 @@ fn main() -> ExitCode {
                 Err(error) => fail(error),
             }
         }
-    }
+    };
+    // Don't wait for a blocking read of standard input the client no longer needs.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -1,0 +1,305 @@
+//! Tests for the quick-start tools: the demo backend, the command-line client
+//! and development certificates, over real sockets on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::client::{self, ClientError, ClientOptions};
+use wsgate::{certgen, demo};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs the demo on an ephemeral port; it ends with the test's runtime.
+async fn start_demo() -> (SocketAddr, JoinHandle<std::io::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    (addr, tokio::spawn(demo::serve(listener)))
+}
+
+/// Runs the demo behind TLS with a fresh development certificate written to `dir`.
+async fn start_tls_demo(dir: &Path) -> (SocketAddr, JoinHandle<()>) {
+    let names: Vec<String> = ["localhost", "127.0.0.1"].map(String::from).to_vec();
+    certgen::write(dir, "localhost", &names, false).expect("write certs");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("localhost.pem"))
+        .expect("open cert")
+        .collect::<Result<_, _>>()
+        .expect("parse cert");
+    let key = PrivateKeyDer::from_pem_file(dir.join("localhost-key.pem")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    demo::serve_connection(tls).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Sends one raw HTTP/1.1 request and returns everything the server wrote until it closed.
+async fn raw_request(addr: SocketAddr, request: &str) -> String {
+    timeout(LIMIT, async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write request");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read response");
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .expect("response in time")
+}
+
+async fn run_client(url: String, ca: Option<&Path>, input: &str) -> Result<String, ClientError> {
+    let options = ClientOptions {
+        url,
+        ca: ca.map(Path::to_path_buf),
+    };
+    let mut output = Vec::new();
+    timeout(LIMIT, client::run(options, input.as_bytes(), &mut output))
+        .await
+        .expect("client finished in time")?;
+    Ok(String::from_utf8(output).expect("utf-8 output"))
+}
+
+#[tokio::test]
+async fn client_echoes_lines_through_demo() {
+    let (addr, _demo) = start_demo().await;
+    let output = run_client(format!("ws://{addr}/echo"), None, "hello\nworld\n")
+        .await
+        .expect("client run");
+    assert_eq!(output, "hello\nworld\n");
+}
+
+#[tokio::test]
+async fn client_with_empty_input_closes_cleanly() {
+    let (addr, _demo) = start_demo().await;
+    let output = run_client(format!("ws://{addr}/echo"), None, "")
+        .await
+        .expect("client run");
+    assert_eq!(output, "");
+}
+
+#[tokio::test]
+async fn demo_page_is_served() {
+    let (addr, _demo) = start_demo().await;
+    let response = raw_request(addr, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("content-type: text/html"),
+        "{response}"
+    );
+    assert!(response.contains("new WebSocket"), "{response}");
+}
+
+#[tokio::test]
+async fn demo_health_and_not_found() {
+    let (addr, _demo) = start_demo().await;
+    let response = raw_request(
+        addr,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\nok"), "{response}");
+    let response = raw_request(
+        addr,
+        "GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+}
+
+#[tokio::test]
+async fn demo_rejects_upgrade_without_key() {
+    let (addr, _demo) = start_demo().await;
+    let response = raw_request(
+        addr,
+        "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+}
+
+#[tokio::test]
+async fn demo_picks_no_subprotocol() {
+    let (addr, _demo) = start_demo().await;
+    let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+    let head = timeout(LIMIT, async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.expect("read");
+            assert_eq!(n, 1, "connection closed before the end of the response head");
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    })
+    .await
+    .expect("response in time");
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The RFC 6455 example key and its accept value.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(!head.contains("sec-websocket-protocol"), "{head}");
+}
+
+#[tokio::test]
+async fn demo_echoes_binary_and_close_code() {
+    let (addr, _demo) = start_demo().await;
+    timeout(LIMIT, async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/any/path"))
+            .await
+            .expect("connect");
+        ws.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+        match ws.next().await {
+            Some(Ok(Message::Binary(data))) => assert_eq!(&data[..], &[1, 2, 3]),
+            other => panic!("expected binary echo, got {other:?}"),
+        }
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4000),
+            reason: "bye".into(),
+        })))
+        .await
+        .expect("send close");
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4000),
+            other => panic!("expected close reply, got {other:?}"),
+        }
+    })
+    .await
+    .expect("done in time");
+}
+
+#[tokio::test]
+async fn client_over_tls_with_dev_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _server) = start_tls_demo(dir.path()).await;
+    let ca = dir.path().join("dev-ca.pem");
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    let output = run_client(url.clone(), Some(&ca), "hello\nworld\n")
+        .await
+        .expect("client run over TLS");
+    assert_eq!(output, "hello\nworld\n");
+    let output = run_client(format!("wss://127.0.0.1:{}/echo", addr.port()), Some(&ca), "ip\n")
+        .await
+        .expect("client run over TLS by IP");
+    assert_eq!(output, "ip\n");
+}
+
+#[tokio::test]
+async fn client_over_tls_without_ca_says_to_pass_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _server) = start_tls_demo(dir.path()).await;
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    match run_client(url, None, "hello\n").await {
+        Err(error @ ClientError::CaRequired { .. }) => {
+            assert!(error.to_string().contains("--ca"), "{error}")
+        }
+        other => panic!("expected CaRequired, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_over_tls_rejects_other_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _server) = start_tls_demo(dir.path()).await;
+    let other = tempfile::tempdir().expect("tempdir");
+    let names = vec!["localhost".to_string()];
+    certgen::write(other.path(), "localhost", &names, false).expect("other certs");
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    match run_client(url, Some(&other.path().join("dev-ca.pem")), "hello\n").await {
+        Err(ClientError::Tls { .. }) => {}
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_reports_refused_handshake() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let _server = tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    match run_client(format!("ws://{addr}/echo"), None, "hello\n").await {
+        Err(ClientError::Refused { status, .. }) => assert_eq!(status.as_u16(), 403),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_reports_connect_failure_with_address() {
+    // Bind then drop to get a port that is very likely closed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    match run_client(format!("ws://{addr}/echo"), None, "").await {
+        Err(error @ ClientError::Connect { .. }) => {
+            assert!(error.to_string().contains(&addr.to_string()), "{error}")
+        }
+        other => panic!("expected Connect error, got {other:?}"),
+    }
+}
+
+#[test]
+fn committed_dev_certificate_is_valid_for_localhost() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("dev-ca.pem")).expect("dev-ca.pem"))
+        .expect("CA usable as root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .expect("verifier");
+    let cert = CertificateDer::from_pem_file(dir.join("localhost.pem")).expect("localhost.pem");
+    for name in ["localhost", "127.0.0.1", "::1"] {
+        let name = ServerName::try_from(name).expect("server name");
+        verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+            .expect("committed certificate verifies");
+    }
+    let key = PrivateKeyDer::from_pem_file(dir.join("localhost-key.pem")).expect("localhost-key.pem");
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).expect("key type");
+    rustls::sign::CertifiedKey::new(vec![cert], signing_key)
+        .keys_match()
+        .expect("committed key matches certificate");
+}
