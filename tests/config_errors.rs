@@ -1,0 +1,255 @@
+//! Configuration errors point at the file, line and key, and say why; the
+//! `wsgate check` command reports them and exits non-zero.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::TestCerts;
+use wsgate::config::{Config, ConfigError};
+
+const FILE: &str = "/etc/wsgate/test.toml";
+
+const BASE: &str = r#"[global]
+handshake_timeout = "10s"
+
+[[listener]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "chat"
+hosts = ["localhost"]
+upstream = "chat-backends"
+
+[[upstream]]
+name = "chat-backends"
+servers = [{ address = "127.0.0.1:9001" }]
+connect_timeout = "3s"
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match Config::from_toml(text, Path::new(FILE)) {
+        Ok(_) => panic!("config accepted, expected errors:\n{text}"),
+        Err(e) => e.errors().to_vec(),
+    }
+}
+
+/// The only error, which must have `key`.
+fn single_error(text: &str, key: &str) -> ConfigError {
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    let error = errors.into_iter().next().unwrap();
+    assert_eq!(error.key, key, "{error:#?}");
+    assert_eq!(error.file, PathBuf::from(FILE));
+    error
+}
+
+/// The 1-based line of the `nth` (0-based) line containing `needle`.
+fn line_of(text: &str, needle: &str, nth: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(needle))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{needle:?} #{nth} not in config"))
+        .0
+        + 1
+}
+
+fn replace(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} not in config");
+    text.replacen(from, to, 1)
+}
+
+/// BASE with a TLS certificate entry on the listener.
+fn with_tls(cert: &Path, key: &Path) -> String {
+    replace(
+        BASE,
+        "listen = \"127.0.0.1:0\"\n",
+        &format!("listen = \"127.0.0.1:0\"\n{}", support::tls_entry(cert, key)),
+    )
+}
+
+#[test]
+fn the_base_config_and_a_tls_config_load() {
+    let config = Config::from_toml(BASE, Path::new(FILE)).expect("BASE is valid");
+    assert_eq!(config.routes[0].path_prefix, "/");
+    assert_eq!(config.routes[0].hosts, vec!["localhost".to_string()]);
+    let certs = TestCerts::generate();
+    let text = with_tls(&certs.server_cert(), &certs.server_key());
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.listeners[0].tls.is_some());
+}
+
+#[test]
+fn relative_certificate_paths_resolve_against_the_config_file() {
+    let certs = TestCerts::generate();
+    let text = with_tls(Path::new("server.pem"), Path::new("server-key.pem"));
+    let config = Config::from_toml(&text, &certs.dir().join("wsgate.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.listeners[0].tls.is_some());
+}
+
+#[test]
+fn unknown_key_names_its_table_and_the_field() {
+    let text = replace(BASE, "connect_timeout", "connect_timout");
+    let error = single_error(&text, "upstream[0].connect_timout");
+    assert_eq!(error.line, line_of(&text, "connect_timout", 0), "{error:#?}");
+    assert!(error.message.contains("connect_timout"), "{error:#?}");
+    assert!(error.message.contains("unknown field"), "{error:#?}");
+}
+
+#[test]
+fn route_naming_a_missing_upstream() {
+    let text = replace(BASE, "upstream = \"chat-backends\"", "upstream = \"chat-backend\"");
+    let error = single_error(&text, "route[0].upstream");
+    assert_eq!(error.line, line_of(&text, "upstream = \"chat-backend\"", 0));
+    assert!(error.column > 0);
+    assert!(error.message.contains("chat-backend"), "{error:#?}");
+}
+
+#[test]
+fn duplicate_names_are_all_reported() {
+    let text = format!(
+        "{BASE}\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\nname = \"chat\"\npath_prefix = \"/other\"\nupstream = \"chat-backends\"\n\n\
+         [[upstream]]\nname = \"chat-backends\"\nservers = [{{ address = \"127.0.0.1:9002\" }}]\n"
+    );
+    let errors = errors(&text);
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["listener[1].name", "route[1].name", "upstream[1].name"],
+        "{errors:#?}"
+    );
+    for (error, name) in errors.iter().zip(["public", "chat", "chat-backends"]) {
+        assert_eq!(
+            error.line,
+            line_of(&text, &format!("name = \"{name}\""), 1),
+            "{error:#?}"
+        );
+        assert!(
+            error.message.contains("duplicate") && error.message.contains(name),
+            "{error:#?}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_certificate_file() {
+    let certs = TestCerts::generate();
+    let missing = certs.dir().join("missing.pem");
+    let text = with_tls(&missing, &certs.server_key());
+    let error = single_error(&text, "listener[0].tls.certificates[0].cert");
+    assert_eq!(error.line, line_of(&text, "missing.pem", 0));
+    assert!(error.message.contains(&missing.display().to_string()), "{error:#?}");
+}
+
+#[test]
+fn key_that_does_not_match_its_certificate() {
+    let certs = TestCerts::generate();
+    let text = with_tls(&certs.server_cert(), &certs.other_key());
+    let error = single_error(&text, "listener[0].tls.certificates[0].key");
+    assert_eq!(error.line, line_of(&text, "other-key.pem", 0));
+    assert!(
+        error.message.contains(&certs.other_key().display().to_string()),
+        "{error:#?}"
+    );
+    assert!(
+        error.message.contains("does not belong") || error.message.contains("match"),
+        "{error:#?}"
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = replace(
+        BASE,
+        "handshake_timeout = \"10s\"",
+        "handshake_timeout = \"10 parsecs\"",
+    );
+    let error = single_error(&text, "global.handshake_timeout");
+    assert_eq!(error.line, line_of(&text, "10 parsecs", 0));
+    assert!(error.message.contains("10 parsecs"), "{error:#?}");
+}
+
+#[test]
+fn bad_listen_address() {
+    let text = replace(BASE, "listen = \"127.0.0.1:0\"", "listen = \"localhost:https\"");
+    let error = single_error(&text, "listener[0].listen");
+    assert_eq!(error.line, line_of(&text, "localhost:https", 0));
+    assert!(error.message.contains("localhost:https"), "{error:#?}");
+}
+
+#[test]
+fn several_problems_are_all_reported_in_file_order() {
+    let text = replace(BASE, "listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1\"");
+    let text = replace(&text, "upstream = \"chat-backends\"", "upstream = \"nowhere\"");
+    let text = replace(&text, "127.0.0.1:9001", "backend:0");
+    let errors = errors(&text);
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "listener[0].listen",
+            "route[0].upstream",
+            "upstream[0].servers[0].address"
+        ],
+        "{errors:#?}"
+    );
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    let expected = [
+        line_of(&text, "listen =", 0),
+        line_of(&text, "\"nowhere\"", 0),
+        line_of(&text, "backend:0", 0),
+    ];
+    assert_eq!(lines, expected);
+    let shown = wsgate::config::ConfigErrors(errors.clone()).to_string();
+    assert_eq!(shown.lines().count(), 3, "{shown}");
+    for (line, error) in shown.lines().zip(&errors) {
+        assert!(
+            line.starts_with(&format!("{FILE}:{}:{}: {}: ", error.line, error.column, error.key)),
+            "{line}"
+        );
+    }
+}
+
+fn wsgate_check(config: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run wsgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn wsgate_check_reports_a_bad_config_and_accepts_a_good_one() {
+    let certs = TestCerts::generate();
+    let good = certs.dir().join("good.toml");
+    std::fs::write(&good, with_tls(Path::new("server.pem"), Path::new("server-key.pem"))).unwrap();
+    let (ok, output) = wsgate_check(&good);
+    assert!(ok, "wsgate check failed on a good config:\n{output}");
+
+    let bad = certs.dir().join("bad.toml");
+    std::fs::write(
+        &bad,
+        replace(BASE, "upstream = \"chat-backends\"", "upstream = \"nowhere\""),
+    )
+    .unwrap();
+    let (ok, output) = wsgate_check(&bad);
+    assert!(!ok, "wsgate check accepted a bad config:\n{output}");
+    assert!(
+        output.contains(&bad.display().to_string()),
+        "output does not name the file:\n{output}"
+    );
+    assert!(
+        output.contains("route[0].upstream"),
+        "output does not name the key:\n{output}"
+    );
+}

@@ -1,0 +1,120 @@
+//! Clients: TCP, TLS, WebSocket (tungstenite) and HTTP (hyper).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{within, ws_config, TestCerts};
+
+pub async fn tcp_connect(addr: SocketAddr) -> TcpStream {
+    within("TCP connect", TcpStream::connect(addr))
+        .await
+        .expect("TCP connect")
+}
+
+/// A TLS connection to `addr` with SNI `sni`, verified against `config`'s roots.
+pub async fn tls_connect(addr: SocketAddr, sni: &str, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
+    let tcp = tcp_connect(addr).await;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake")
+}
+
+pub type WsResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
+
+/// A WebSocket handshake over `stream` for `url`, with extra request headers.
+pub async fn ws_handshake<S>(stream: S, url: &str, headers: &[(&str, &str)]) -> (WebSocketStream<S>, WsResponse)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request
+            .headers_mut()
+            .append(name, HeaderValue::from_str(value).unwrap());
+    }
+    within(
+        "WebSocket client handshake",
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("WebSocket handshake with {url} failed: {e}"))
+}
+
+/// ws://localhost:PORT{path} to the proxy at `addr`.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (WebSocketStream<TcpStream>, WsResponse) {
+    let url = format!("ws://localhost:{}{path}", addr.port());
+    ws_handshake(tcp_connect(addr).await, &url, headers).await
+}
+
+/// wss://{sni}:PORT{path} to the proxy at `addr`, trusting the test CA.
+pub async fn wss_connect(
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+    certs: &TestCerts,
+) -> (WebSocketStream<TlsStream<TcpStream>>, WsResponse) {
+    let tls = tls_connect(addr, sni, certs.client_config()).await;
+    let url = format!("wss://{sni}:{}{path}", addr.port());
+    ws_handshake(tls, &url, &[]).await
+}
+
+/// The next message that is not a ping or pong answered by tungstenite itself.
+pub async fn next_message<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    within("next WebSocket message", ws.next())
+        .await
+        .expect("WebSocket stream ended")
+        .expect("WebSocket read error")
+}
+
+/// Sends one HTTP request with hyper's client over `io`; returns head and whole body.
+pub async fn http_request<S, B>(io: S, request: Request<B>) -> (http::response::Parts, Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) = within(
+        "HTTP client handshake",
+        hyper::client::conn::http1::handshake(TokioIo::new(io)),
+    )
+    .await
+    .expect("HTTP client handshake");
+    let conn = tokio::spawn(conn);
+    let response = within("HTTP response head", sender.send_request(request))
+        .await
+        .expect("HTTP request");
+    let (parts, body) = response.into_parts();
+    let body = within("HTTP response body", body.collect())
+        .await
+        .expect("HTTP response body")
+        .to_bytes();
+    drop(sender);
+    conn.abort();
+    (parts, body)
+}

@@ -1,0 +1,164 @@
+//! Shared helpers for the integration tests: test certificates, a real
+//! HTTP/WebSocket backend, a running proxy and clients (tungstenite, hyper and
+//! raw bytes over TCP or TLS). Every wait is bounded; all traffic stays on
+//! 127.0.0.1.
+#![allow(dead_code)]
+
+mod backend;
+mod certs;
+mod client;
+mod raw;
+
+// Each test file uses a different part of these.
+#[allow(unused_imports)]
+pub use {backend::*, certs::*, client::*, raw::*};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wsgate::config::Config;
+use wsgate::server::Server;
+
+/// The bound on every single wait in these tests.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    within_for(TIMEOUT, what, fut).await
+}
+
+pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// TOML for one `[[listener.tls.certificates]]` entry.
+pub fn tls_entry(cert: &Path, key: &Path) -> String {
+    format!(
+        "[[listener.tls.certificates]]\ncert = '{}'\nkey = '{}'\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// A proxy config: listener `plain` (and `tls` when `certs` is given, with the
+/// localhost certificate), one route for any host, one upstream at `backend`.
+pub fn config(backend: SocketAddr, certs: Option<&TestCerts>) -> String {
+    let mut toml = String::from(
+        "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n",
+    );
+    if let Some(certs) = certs {
+        toml += "[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n";
+        toml += &tls_entry(&certs.server_cert(), &certs.server_key());
+        toml += "\n";
+    }
+    toml += &route_and_upstream(backend, "");
+    toml
+}
+
+/// A route for any host to upstream `backends` at `backend`, with extra upstream keys.
+pub fn route_and_upstream(backend: SocketAddr, upstream_extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"all\"\nupstream = \"backends\"\n\n[[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{backend}\" }}]\n{upstream_extra}\n"
+    )
+}
+
+/// An address on 127.0.0.1 that refuses connections (bound, then released).
+pub async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+// ---------------------------------------------------------------- proxy
+
+/// A running proxy; `stop()` shuts it down and surfaces a panic of its task.
+pub struct ProxyHandle {
+    addrs: Vec<(String, SocketAddr)>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Validates `toml` (nothing written to disk), binds and runs the proxy.
+pub async fn start_proxy(toml: &str) -> ProxyHandle {
+    let path = std::env::temp_dir().join("wsgate-tests").join("wsgate.toml");
+    let config =
+        Config::from_toml(toml, &path).unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config:\n{toml}"));
+    let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    let server = within("Server::bind", Server::bind(config))
+        .await
+        .expect("Server::bind");
+    let addrs = names
+        .into_iter()
+        .map(|name| {
+            let addr = server
+                .local_addr(&name)
+                .unwrap_or_else(|| panic!("no local_addr for listener {name}"));
+            assert_ne!(
+                addr.port(),
+                0,
+                "local_addr({name}) must be the bound address, not port 0"
+            );
+            (name, addr)
+        })
+        .collect();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    ProxyHandle {
+        addrs,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl ProxyHandle {
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(name, _)| name == listener)
+            .unwrap_or_else(|| panic!("no listener named {listener}"))
+            .1
+    }
+
+    /// Signals shutdown and waits for `run` to return; a panic inside it fails the test.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match within_for(Duration::from_secs(15), "proxy run() returning after shutdown", task).await {
+                Ok(()) => {}
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("proxy task failed: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if task.is_finished() && !std::thread::panicking() {
+                if let Some(Err(e)) = task.now_or_never() {
+                    if e.is_panic() {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            }
+        }
+    }
+}
