@@ -43,32 +43,45 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
     .await
 }
 
-#[tokio::test]
-async fn text_and_binary_echo_over_ws() {
-    let (backend, proxy) = echo_proxy(None).await;
-    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/chat", &[]).await;
+/// Runs a scenario over ws and over wss (a real TLS handshake with a test
+/// CA), each against its own backend and proxy: `mod <scenario> { ws, wss }`.
+macro_rules! over_ws_and_wss {
+    ($scenario:ident, $backend:expr) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test]
+            async fn ws() {
+                let backend = $backend.await;
+                let proxy = start_proxy(&config(backend.addr, None)).await;
+                let (ws, _) = ws_connect(proxy.addr("plain"), "/chat", &[]).await;
+                super::$scenario(ws, &backend).await;
+                proxy.stop().await;
+            }
+
+            #[tokio::test]
+            async fn wss() {
+                let certs = TestCerts::generate();
+                let backend = $backend.await;
+                let proxy = start_proxy(&config(backend.addr, Some(&certs))).await;
+                let (ws, _) = wss_connect(proxy.addr("tls"), "localhost", "/chat", &certs).await;
+                super::$scenario(ws, &backend).await;
+                proxy.stop().await;
+            }
+        }
+    };
+}
+
+over_ws_and_wss!(text_and_binary_echo, Backend::echo());
+async fn text_and_binary_echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>, backend: &Backend) {
     assert_echo(&mut ws).await;
     close(ws).await;
     assert_eq!(backend.accepts(), 1);
     assert_eq!(backend.only_request().uri.path(), "/chat");
-    proxy.stop().await;
 }
 
-#[tokio::test]
-async fn text_and_binary_echo_over_wss() {
-    let certs = TestCerts::generate();
-    let (backend, proxy) = echo_proxy(Some(&certs)).await;
-    let (mut ws, _) = wss_connect(proxy.addr("tls"), "localhost", "/chat", &certs).await;
-    assert_echo(&mut ws).await;
-    close(ws).await;
-    assert_eq!(backend.accepts(), 1);
-    proxy.stop().await;
-}
-
-#[tokio::test]
-async fn a_16_mib_message_passes_whole() {
-    let (_backend, proxy) = echo_proxy(None).await;
-    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+over_ws_and_wss!(a_16_mib_message_passes_whole, Backend::echo());
+async fn a_16_mib_message_passes_whole<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>, _: &Backend) {
     let big: Vec<u8> = (0..16usize << 20).map(|i| (i % 251) as u8).collect();
     let limit = Duration::from_secs(60);
     within_for(limit, "sending 16 MiB", ws.send(Message::binary(big.clone())))
@@ -83,13 +96,13 @@ async fn a_16_mib_message_passes_whole() {
         other => panic!("expected the binary echo, got {other:?}"),
     }
     close(ws).await;
-    proxy.stop().await;
 }
 
-#[tokio::test]
-async fn a_fragmented_message_arrives_whole() {
-    let (_backend, proxy) = echo_proxy(None).await;
-    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+over_ws_and_wss!(a_fragmented_message_arrives_whole, Backend::echo());
+async fn a_fragmented_message_arrives_whole<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    _: &Backend,
+) {
     let parts: [(&str, OpCode, bool); 3] = [
         ("frag", OpCode::Data(Data::Text), false),
         ("mented ", OpCode::Data(Data::Continue), false),
@@ -105,26 +118,26 @@ async fn a_fragmented_message_arrives_whole() {
     // The backend only echoes complete messages: the echo proves it got all three fragments.
     assert_eq!(next_message(&mut ws).await, Message::text("fragmented message"));
     close(ws).await;
-    proxy.stop().await;
 }
 
-#[tokio::test]
-async fn ping_is_answered_with_pong_through_the_proxy() {
-    let (_backend, proxy) = echo_proxy(None).await;
-    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+over_ws_and_wss!(ping_is_answered_with_pong_through_the_proxy, Backend::echo());
+async fn ping_is_answered_with_pong_through_the_proxy<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    _: &Backend,
+) {
     send(&mut ws, Message::Ping(b"are you there".to_vec().into())).await;
     assert_eq!(
         next_message(&mut ws).await,
         Message::Pong(b"are you there".to_vec().into())
     );
     close(ws).await;
-    proxy.stop().await;
 }
 
-#[tokio::test]
-async fn client_close_code_and_reason_reach_the_backend() {
-    let (backend, proxy) = echo_proxy(None).await;
-    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+over_ws_and_wss!(client_close_code_and_reason_reach_the_backend, Backend::echo());
+async fn client_close_code_and_reason_reach_the_backend<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    backend: &Backend,
+) {
     let frame = CloseFrame {
         code: CloseCode::from(4000),
         reason: "client done".into(),
@@ -135,14 +148,16 @@ async fn client_close_code_and_reason_reach_the_backend() {
     assert_eq!(backend.wait_close().await, (4000, "client done".to_string()));
     // The backend echoes the close frame; the client sees its own code come back.
     assert_eq!(next_message(&mut ws).await, Message::Close(Some(frame)));
-    proxy.stop().await;
 }
 
-#[tokio::test]
-async fn backend_close_going_away_reaches_the_client() {
-    let backend = Backend::start(Behavior::CloseAfterHandshake(1001, "going away")).await;
-    let proxy = start_proxy(&config(backend.addr, None)).await;
-    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+over_ws_and_wss!(
+    backend_close_going_away_reaches_the_client,
+    Backend::start(Behavior::CloseAfterHandshake(1001, "going away"))
+);
+async fn backend_close_going_away_reaches_the_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    _: &Backend,
+) {
     let expected = CloseFrame {
         code: CloseCode::Away,
         reason: "going away".into(),
@@ -152,7 +167,6 @@ async fn backend_close_going_away_reaches_the_client() {
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
-    proxy.stop().await;
 }
 
 #[tokio::test]
