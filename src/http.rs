@@ -75,7 +75,7 @@ impl Proxy {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.global.handshake_timeout)
-            .max_buf_size(self.global.max_request_header_size)
+            .max_header_size(self.global.max_request_header_size)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(connection);

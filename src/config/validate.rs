@@ -15,7 +15,7 @@ use crate::tls::{self, CertificateError};
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 64 * 1024;
-/// hyper's smallest read buffer; it refuses (panics on) anything smaller.
+/// Below this, ordinary browser requests with a few cookies would be refused.
 const MIN_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
 const MAX_REQUEST_HEADER_SIZE: u64 = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -96,6 +96,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         .await
     }
 
+    /// Everything left until the peer ends the stream (at most 1 MiB).
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        while self.fill().await {
+            assert!(self.buf.len() <= 1 << 20, "peer sent more than 1 MiB");
+        }
+        std::mem::take(&mut self.buf)
+    }
+
     /// Reads more bytes into the buffer; false at end of stream.
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16 * 1024];
