@@ -12,8 +12,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::admission::Refusal;
 use crate::handshake::{HandshakeError, UpstreamHandshakeError, WEBSOCKET_VERSION};
 use crate::http::ProxyBody;
+use crate::stats::RefusalReason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -24,6 +26,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("invalid WebSocket handshake: {0}")]
     Handshake(#[from] HandshakeError),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
 
     // The backend's side.
     #[error("the upstream has no server")]
@@ -50,11 +54,26 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Handshake(HandshakeError::UnsupportedVersion) => StatusCode::UPGRADE_REQUIRED,
             ProxyError::Handshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Refused(refusal) => match refusal {
+                Refusal::Origin(_) | Refusal::MissingOrigin => StatusCode::FORBIDDEN,
+                Refusal::Subprotocol => StatusCode::BAD_REQUEST,
+                Refusal::RateLimited { .. } | Refusal::ClientCap => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::RouteCap => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::UpstreamHandshake { .. } | ProxyError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The refusal counter this error counts under, if it is a refusal.
+    pub fn refusal_reason(&self) -> Option<RefusalReason> {
+        match self {
+            ProxyError::Handshake(_) => Some(RefusalReason::BadHandshake),
+            ProxyError::Refused(refusal) => Some(refusal.reason()),
+            _ => None,
         }
     }
 

@@ -88,13 +88,31 @@ pub enum UpstreamHandshakeError {
     BadAccept,
     #[error("the 101 answer lacks \"Upgrade: websocket\"")]
     NoUpgrade,
+    /// §4.1: the client fails the connection if the server selects a
+    /// subprotocol the client did not offer.
+    #[error("the backend chose a subprotocol that was not offered")]
+    UnofferedSubprotocol,
 }
 
 /// Checks the backend's 101 as the client would: a wrong accept value means
 /// the backend is not answering this handshake, so the client must not get it.
-pub fn check_upstream_answer(key: &HeaderValue, headers: &HeaderMap) -> Result<(), UpstreamHandshakeError> {
+/// `request` is the handshake as the backend received it.
+pub fn check_upstream_answer(
+    key: &HeaderValue,
+    request: &HeaderMap,
+    headers: &HeaderMap,
+) -> Result<(), UpstreamHandshakeError> {
     if !wants_websocket(headers) {
         return Err(UpstreamHandshakeError::NoUpgrade);
+    }
+    let mut chosen = headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL).iter();
+    match (chosen.next(), chosen.next()) {
+        (None, _) => {}
+        (Some(protocol), None)
+            if protocol
+                .to_str()
+                .is_ok_and(|p| crate::admission::offered_subprotocols(request).any(|offered| offered == p.trim())) => {}
+        _ => return Err(UpstreamHandshakeError::UnofferedSubprotocol),
     }
     let expected = derive_accept_key(key.as_bytes());
     let mut accepts = headers.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
@@ -172,21 +190,29 @@ mod tests {
     }
 
     #[test]
-    fn the_accept_key_is_checked() {
+    fn the_accept_key_and_the_chosen_subprotocol_are_checked() {
         let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut request = HeaderMap::new();
         let mut headers = HeaderMap::new();
         headers.insert("upgrade", HeaderValue::from_static("WebSocket"));
         headers.insert(
             "sec-websocket-accept",
             HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         );
-        assert_eq!(check_upstream_answer(&key, &headers), Ok(()));
+        assert_eq!(check_upstream_answer(&key, &request, &headers), Ok(()));
+        headers.insert("sec-websocket-protocol", HeaderValue::from_static("chat.v1"));
+        assert_eq!(
+            check_upstream_answer(&key, &request, &headers),
+            Err(UpstreamHandshakeError::UnofferedSubprotocol)
+        );
+        request.insert("sec-websocket-protocol", HeaderValue::from_static("chat.v2, chat.v1"));
+        assert_eq!(check_upstream_answer(&key, &request, &headers), Ok(()));
         headers.insert(
             "sec-websocket-accept",
             HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
         );
         assert_eq!(
-            check_upstream_answer(&key, &headers),
+            check_upstream_answer(&key, &request, &headers),
             Err(UpstreamHandshakeError::BadAccept)
         );
     }

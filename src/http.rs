@@ -21,11 +21,15 @@ use tokio_util::task::TaskTracker;
 
 use tracing::{debug, info, warn, Instrument, Span};
 
+use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
+use crate::admission::refusal_log::RefusalLog;
+use crate::admission::{RouteGate, SubprotocolOffer};
 use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers::{self, Forwarded};
 use crate::route::RouteTable;
+use crate::stats::{OpenConnection, RefusalReason, Stats};
 use crate::tunnel;
 use crate::upstream::UpstreamPool;
 
@@ -34,10 +38,20 @@ use crate::upstream::UpstreamPool;
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Where a connection came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionInfo {
     pub client: SocketAddr,
     pub tls: bool,
+    /// The connection's place under `max_connections`; a tunnel holds a
+    /// clone, so the place is free only when the connection and its tunnel
+    /// have both ended.
+    pub slot: Arc<ConnectionSlot>,
+}
+
+/// Held for as long as a client connection (or the tunnel it became) is open.
+pub struct ConnectionSlot {
+    pub(crate) _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(crate) _open: OpenConnection,
 }
 
 /// What every request needs: routes, upstream pools, settings, and the
@@ -45,24 +59,52 @@ pub struct ConnectionInfo {
 pub struct Proxy {
     global: Global,
     routes: RouteTable,
+    /// Admission state per route, by the route's index.
+    gates: Vec<RouteGate>,
     upstreams: Vec<UpstreamPool>,
     tunnels: TaskTracker,
+    pub(crate) stats: Stats,
+    pub(crate) refusal_log: RefusalLog,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, tunnels: TaskTracker) -> Proxy {
+    pub fn new(config: &Config, tunnels: TaskTracker, stats: Stats) -> Proxy {
+        let gates: Vec<RouteGate> = config.routes.iter().map(|r| RouteGate::new(&r.admission)).collect();
+        for (route, gate) in config.routes.iter().zip(&gates) {
+            stats.register_route(&route.name, gate.caps.clone());
+        }
         Proxy {
             global: config.global.clone(),
             routes: RouteTable::new(config.routes.clone()),
+            gates,
             upstreams: config.upstreams.iter().cloned().map(UpstreamPool::new).collect(),
             tunnels,
+            stats,
+            refusal_log: RefusalLog::default(),
         }
+    }
+
+    /// Every per-client limiter, for the server's eviction schedule.
+    pub(crate) fn keyed_limiters(&self) -> impl Iterator<Item = &Arc<KeyedLimiter>> {
+        self.gates
+            .iter()
+            .filter_map(RouteGate::keyed_limiter)
+            .chain(std::iter::once(self.refusal_log.limiter()))
+    }
+
+    fn client_key(&self, info: &ConnectionInfo) -> ClientKey {
+        ClientKey::new(info.client.ip(), self.global.ipv6_client_prefix)
     }
 
     /// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
     /// after which the request in flight is finished and the connection closed.
-    pub async fn serve_connection<IO>(self: Arc<Self>, io: IO, info: ConnectionInfo, shutdown: CancellationToken)
-    where
+    pub async fn serve_connection<IO>(
+        self: Arc<Self>,
+        io: IO,
+        info: ConnectionInfo,
+        header_timeout: std::time::Duration,
+        shutdown: CancellationToken,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
@@ -74,7 +116,7 @@ impl Proxy {
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.global.handshake_timeout)
+            .header_read_timeout(header_timeout)
             .max_header_size(self.global.max_request_header_size)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
@@ -86,8 +128,13 @@ impl Proxy {
                 connection.await
             }
         };
-        if let Err(error) = result {
-            debug!(%error, "client connection ended with an error");
+        match result {
+            Err(error) if error.is_timeout() => {
+                self.stats.count_refusal(RefusalReason::HandshakeTimeout);
+                debug!("request headers not complete within the handshake timeout");
+            }
+            Err(error) => debug!(%error, "client connection ended with an error"),
+            Ok(()) => {}
         }
     }
 
@@ -97,10 +144,17 @@ impl Proxy {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let upgrade = handshake::wants_websocket(request.headers());
-        let mut response = match self.dispatch(request, info, upgrade).await {
+        let mut matched = None;
+        let mut response = match self.dispatch(request, info, upgrade, &mut matched).await {
             Ok(response) => response,
             Err(error) => {
-                if error.is_client_error() {
+                if let Some(reason) = error.refusal_reason() {
+                    self.stats.count_refusal(reason);
+                    let route = matched
+                        .and_then(|index| self.routes.get(index))
+                        .map_or("", |r| r.name.as_str());
+                    self.refusal_log.refused(self.client_key(info), reason, route, &error);
+                } else if error.is_client_error() {
                     debug!(%error, %method, %path, "refused");
                 } else {
                     warn!(%error, %method, %path, "upstream failed");
@@ -132,16 +186,20 @@ impl Proxy {
         request: Request<Incoming>,
         info: &ConnectionInfo,
         upgrade: bool,
+        matched: &mut Option<usize>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = request_host(&request)?;
-        let route = self
+        let (index, route) = self
             .routes
             .find(host.as_deref().unwrap_or(""), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         Span::current().record("route", route.name.as_str());
+        *matched = Some(index);
+        let gate = &self.gates[index];
         if upgrade {
-            self.open_tunnel(request, info, route).await
+            self.open_tunnel(request, info, route, gate).await
         } else {
+            gate.admit_http(self.client_key(info))?;
             self.forward_http(request, info, route).await
         }
     }
@@ -154,19 +212,33 @@ impl Proxy {
         mut request: Request<Incoming>,
         info: &ConnectionInfo,
         route: &Route,
+        gate: &RouteGate,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = handshake::validate(&request)?;
+        let admitted = gate.admit_websocket(request.headers(), self.client_key(info))?;
         let pool = &self.upstreams[route.upstream];
         let server = pool.pick()?;
         Span::current().record("server", tracing::field::display(server));
-        let backend_request = handshake_request(&request, info);
+        let mut backend_request = handshake_request(&request, info);
+        match admitted.subprotocols {
+            SubprotocolOffer::Unchanged => {}
+            SubprotocolOffer::Replace(offer) => {
+                backend_request
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, offer);
+            }
+            SubprotocolOffer::Remove => {
+                backend_request.headers_mut().remove(header::SEC_WEBSOCKET_PROTOCOL);
+            }
+        }
+        let offered = backend_request.headers().clone();
         let mut backend_response = pool.send_handshake(server, backend_request).await?;
         if backend_response.status() != StatusCode::SWITCHING_PROTOCOLS {
             debug!(status = backend_response.status().as_u16(), %server, "backend refused the upgrade");
             headers::strip_hop_by_hop(backend_response.headers_mut());
             return Ok(backend_response.map(BodyExt::boxed));
         }
-        handshake::check_upstream_answer(&key, backend_response.headers()).map_err(|reason| {
+        handshake::check_upstream_answer(&key, &offered, backend_response.headers()).map_err(|reason| {
             ProxyError::UpstreamHandshake {
                 server: server.to_string(),
                 reason,
@@ -182,8 +254,12 @@ impl Proxy {
         let client_upgrade = hyper::upgrade::on(&mut request);
         let backend_upgrade = hyper::upgrade::on(backend_response);
         let span = tracing::info_span!("tunnel");
+        let permit = admitted.permit;
+        let slot = info.slot.clone();
         self.tunnels.spawn(
             async move {
+                // Both are released when the tunnel ends, however it ends.
+                let _held = (permit, slot);
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         info!("tunnel open");

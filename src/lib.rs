@@ -28,6 +28,7 @@
 //! [`certgen`] makes development certificates, [`demo`] is a small echo
 //! backend for the quick start and [`client`] a command-line WebSocket client.
 
+pub mod admission;
 pub mod balance;
 pub mod certgen;
 pub mod client;
@@ -39,6 +40,7 @@ pub mod headers;
 pub mod http;
 pub mod route;
 pub mod server;
+pub mod stats;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

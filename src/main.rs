@@ -111,6 +111,9 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} listeners, {} routes, {} upstreams)",
                 path.display(),
@@ -136,6 +139,9 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if let Some(address) = demo_backend {
         let listener = match tokio::net::TcpListener::bind(address).await {
             Ok(listener) => listener,

@@ -13,16 +13,23 @@ impl RouteTable {
         RouteTable { routes }
     }
 
+    /// The route at `index`, as [`RouteTable::find`] returned it.
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
     /// The best route for `host` (lower case, no port) and `path`: a route
     /// naming the host exactly beats a wildcard, which beats a route for any
     /// host; among those, the longest matching path prefix wins, as nginx
     /// chooses its `server` and then its `location`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
         self.routes
             .iter()
-            .filter_map(|route| {
+            .enumerate()
+            .filter_map(|(index, route)| {
                 let host_rank = host_rank(&route.hosts, host)?;
-                prefix_matches(&route.path_prefix, path).then_some(((host_rank, route.path_prefix.len()), route))
+                prefix_matches(&route.path_prefix, path)
+                    .then_some(((host_rank, route.path_prefix.len()), (index, route)))
             })
             .max_by_key(|(rank, _)| *rank)
             .map(|(_, route)| route)
@@ -68,11 +75,12 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path_prefix: prefix.into(),
             upstream: 0,
+            admission: Default::default(),
         }
     }
 
     fn find<'a>(table: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
-        table.find(host, path).map(|r| r.name.as_str())
+        table.find(host, path).map(|(_, r)| r.name.as_str())
     }
 
     #[test]

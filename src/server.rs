@@ -1,26 +1,30 @@
-//! Listeners, the accept loop and graceful shutdown.
+//! Listeners, the accept loop, the global connection cap and graceful shutdown.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::admission::refusal_log;
 use crate::config::Config;
-use crate::http::{ConnectionInfo, Proxy};
+use crate::http::{ConnectionInfo, ConnectionSlot, Proxy};
+use crate::stats::{RefusalReason, Stats};
 
 /// A proxy whose listeners are bound and ready to accept.
 pub struct Server {
     proxy: Arc<Proxy>,
     listeners: Vec<BoundListener>,
     shutdown_timeout: Duration,
-    handshake_timeout: Duration,
+    /// One permit per open client connection, shared by every listener.
+    connection_permits: Arc<Semaphore>,
     tasks: TaskTracker,
 }
 
@@ -28,6 +32,7 @@ struct BoundListener {
     name: String,
     socket: TcpListener,
     tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
 }
 
 impl Server {
@@ -46,14 +51,17 @@ impl Server {
                 name: listener.name.clone(),
                 socket,
                 tls: listener.tls.clone().map(TlsAcceptor::from),
+                handshake_timeout: listener.handshake_timeout,
             });
         }
         let tasks = TaskTracker::new();
         Ok(Server {
-            proxy: Arc::new(Proxy::new(&config, tasks.clone())),
+            proxy: Arc::new(Proxy::new(&config, tasks.clone(), Stats::default())),
             listeners,
             shutdown_timeout: config.global.shutdown_timeout,
-            handshake_timeout: config.global.handshake_timeout,
+            connection_permits: Arc::new(Semaphore::new(
+                config.global.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
             tasks,
         })
     }
@@ -67,29 +75,36 @@ impl Server {
             .and_then(|l| l.socket.local_addr().ok())
     }
 
+    /// The proxy's counters; the handle stays valid after `run` returns.
+    pub fn stats(&self) -> Stats {
+        self.proxy.stats.clone()
+    }
+
     /// Serves until `shutdown` completes; then stops accepting, lets
     /// requests in flight finish and waits up to `shutdown_timeout` for
     /// connections and tunnels to end before returning.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let stop = CancellationToken::new();
-        let mut accept_loops = Vec::new();
+        let mut background = Vec::new();
         for listener in self.listeners {
             info!(listener = %listener.name, address = ?listener.socket.local_addr().ok(), tls = listener.tls.is_some(), "listening");
             let acceptor = Acceptor {
                 proxy: self.proxy.clone(),
                 tls: listener.tls,
-                handshake_timeout: self.handshake_timeout,
+                handshake_timeout: listener.handshake_timeout,
+                permits: self.connection_permits.clone(),
                 stop: stop.clone(),
                 tasks: self.tasks.clone(),
             };
             let span = tracing::info_span!("listener", name = %listener.name);
-            accept_loops.push(tokio::spawn(acceptor.run(listener.socket).instrument(span)));
+            background.push(tokio::spawn(acceptor.run(listener.socket).instrument(span)));
         }
+        background.extend(housekeeping(&self.proxy, &stop));
         shutdown.await;
         info!("shutting down: no new connections");
         stop.cancel();
-        for accept_loop in accept_loops {
-            let _ = accept_loop.await;
+        for task in background {
+            let _ = task.await;
         }
         self.tasks.close();
         if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
@@ -105,10 +120,43 @@ impl Server {
     }
 }
 
+/// Periodic work: forgetting idle rate-limiter keys (the memory bound) and
+/// summarising refusals that were not logged one by one.
+fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for limiter in proxy.keyed_limiters() {
+        let limiter = limiter.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(limiter.eviction_interval());
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => { limiter.evict_idle(); }
+                    () = stop.cancelled() => return,
+                }
+            }
+        }));
+    }
+    let proxy = proxy.clone();
+    let stop = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(refusal_log::SUMMARY_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => proxy.refusal_log.summarise(),
+                () = stop.cancelled() => return,
+            }
+        }
+    }));
+    tasks
+}
+
 struct Acceptor {
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    permits: Arc<Semaphore>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -116,6 +164,12 @@ struct Acceptor {
 impl Acceptor {
     async fn run(self, socket: TcpListener) {
         loop {
+            // Take a place under max_connections *before* accepting: at the
+            // cap the listener pauses and new clients wait in the kernel's
+            // backlog, rather than being accepted only to be dropped.
+            let Some(permit) = self.connection_permit().await else {
+                return;
+            };
             let accepted = tokio::select! {
                 accepted = socket.accept() => accepted,
                 () = self.stop.cancelled() => return,
@@ -123,7 +177,7 @@ impl Acceptor {
             match accepted {
                 Ok((stream, client)) => {
                     let span = tracing::info_span!("conn", %client);
-                    self.tasks.spawn(self.serve(stream, client).instrument(span));
+                    self.tasks.spawn(self.serve(stream, client, permit).instrument(span));
                 }
                 Err(error) => {
                     // Out of descriptors or memory: wait instead of spinning;
@@ -135,25 +189,64 @@ impl Acceptor {
         }
     }
 
-    fn serve(&self, stream: TcpStream, client: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+    /// A place under `max_connections`, waiting (and saying so once) when
+    /// all are taken; `None` once shutdown began.
+    async fn connection_permit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.proxy.stats.count_refusal(RefusalReason::GlobalCap);
+        warn!("max_connections reached: not accepting until a connection ends");
+        tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            () = self.stop.cancelled() => None,
+        }
+    }
+
+    fn serve(
+        &self,
+        stream: TcpStream,
+        client: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let proxy = self.proxy.clone();
         let tls = self.tls.clone();
         let handshake_timeout = self.handshake_timeout;
         let stop = self.stop.clone();
+        let accepted_at = Instant::now();
         async move {
+            let slot = Arc::new(ConnectionSlot {
+                _permit: Some(permit),
+                _open: proxy.stats.connection_opened(),
+            });
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
-                    let info = ConnectionInfo { client, tls: false };
-                    proxy.serve_connection(stream, info, stop).await;
+                    let info = ConnectionInfo {
+                        client,
+                        tls: false,
+                        slot,
+                    };
+                    proxy.serve_connection(stream, info, handshake_timeout, stop).await;
                 }
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let info = ConnectionInfo { client, tls: true };
-                        proxy.serve_connection(stream, info, stop).await;
+                        // One deadline from accept to complete headers, TLS included.
+                        let left = handshake_timeout.saturating_sub(accepted_at.elapsed());
+                        let info = ConnectionInfo {
+                            client,
+                            tls: true,
+                            slot,
+                        };
+                        proxy
+                            .serve_connection(stream, info, left.max(Duration::from_millis(1)), stop)
+                            .await;
                     }
                     Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
-                    Err(_) => debug!("TLS handshake timed out"),
+                    Err(_) => {
+                        proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
+                        debug!("TLS handshake timed out");
+                    }
                 },
             }
         }

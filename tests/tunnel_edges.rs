@@ -71,7 +71,8 @@ async fn a_half_close_passes_through_and_the_other_direction_keeps_flowing() {
 #[tokio::test]
 async fn an_oversized_request_head_gets_431_and_never_reaches_the_backend() {
     let backend = Backend::echo().await;
-    let proxy = start_proxy(&config(backend.addr, None)).await;
+    let toml = config(backend.addr, None).replace("[global]\n", "[global]\nmax_request_header_size = \"64KiB\"\n");
+    let proxy = start_proxy(&toml).await;
     let huge = "a".repeat(100 * 1024);
     let request = valid_upgrade("localhost", "/", &[("X-Huge", &huge)]);
     let response = raw_exchange(proxy.addr("plain"), &request).await;

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use raw::MissingOrigin;
+
+use crate::admission::origin::OriginPattern;
+use crate::admission::rate_limit::LimitSpec;
 
 /// The default place of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/wsgate/wsgate.toml";
@@ -44,8 +48,14 @@ pub struct Global {
     /// Time open connections get to finish after a shutdown signal (default 30s).
     pub shutdown_timeout: Duration,
     /// Largest request head (request line and headers) accepted; larger gets
-    /// 431 (default 64KiB, at least 8KiB).
+    /// 431 (default 16KiB, at least 8KiB).
     pub max_request_header_size: usize,
+    /// Open client connections across all listeners (default 100000); at the
+    /// cap, listeners stop accepting until a connection ends.
+    pub max_connections: usize,
+    /// IPv6 clients are counted per prefix of this length (default 64): one
+    /// host usually owns a whole /64 and could otherwise rotate addresses.
+    pub ipv6_client_prefix: u8,
 }
 
 /// An address wsgate accepts connections on.
@@ -53,6 +63,8 @@ pub struct Global {
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
+    /// This listener's `handshake_timeout` (its own, or the global one).
+    pub handshake_timeout: Duration,
     /// TLS termination, when the listener has certificates.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -68,6 +80,42 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Who may open a WebSocket on this route, and how many.
+    pub admission: Admission,
+}
+
+/// A route's admission rules for Upgrade requests (see [`crate::admission`]).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// `None`: any origin (`wsgate check` warns about it).
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+    pub missing_origin: MissingOrigin,
+    /// `None`: the client's offer goes to the backend unchanged.
+    pub subprotocols: Option<Vec<String>>,
+    /// With an allowlist: refuse (400) when none of the offered protocols is allowed.
+    pub require_subprotocol: bool,
+    pub per_client_rate: Option<LimitSpec>,
+    pub total_rate: Option<LimitSpec>,
+    /// Also count plain HTTP requests against the rate limits.
+    pub limit_http: bool,
+    pub max_websockets: Option<usize>,
+    pub max_websockets_per_client: Option<usize>,
+}
+
+impl Default for Admission {
+    fn default() -> Admission {
+        Admission {
+            allowed_origins: None,
+            missing_origin: MissingOrigin::Allow,
+            subprotocols: None,
+            require_subprotocol: true,
+            per_client_rate: None,
+            total_rate: None,
+            limit_http: false,
+            max_websockets: None,
+            max_websockets_per_client: None,
+        }
+    }
 }
 
 /// A pool of backend servers.
@@ -117,5 +165,21 @@ impl Config {
     /// The listener with this name.
     pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// Things that load but that an operator should hear about.
+    pub fn warnings(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|route| route.admission.allowed_origins.is_none())
+            .map(|route| {
+                format!(
+                    "{}: route {:?} accepts WebSockets from every origin: any web page can open one with its \
+                     visitors' cookies; set allowed_origins",
+                    self.path.display(),
+                    route.name
+                )
+            })
+            .collect()
     }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration};
+use crate::admission::rate_limit::LimitSpec;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +29,8 @@ pub struct RawGlobal {
     pub handshake_timeout: Option<Spanned<HumanDuration>>,
     pub shutdown_timeout: Option<Spanned<HumanDuration>>,
     pub max_request_header_size: Option<Spanned<ByteSize>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub ipv6_client_prefix: Option<Spanned<u8>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +38,7 @@ pub struct RawGlobal {
 pub struct RawListener {
     pub name: Spanned<String>,
     pub listen: Spanned<String>,
+    pub handshake_timeout: Option<Spanned<HumanDuration>>,
     pub tls: Option<Spanned<RawListenerTls>>,
 }
 
@@ -59,6 +63,36 @@ pub struct RawRoute {
     pub hosts: Option<Vec<Spanned<String>>>,
     pub path_prefix: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
+    pub allowed_origins: Option<Vec<Spanned<String>>>,
+    pub missing_origin: Option<MissingOrigin>,
+    pub subprotocols: Option<Vec<Spanned<String>>>,
+    pub require_subprotocol: Option<bool>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub limits: Option<RawRouteLimits>,
+}
+
+/// What to do with an Upgrade request that carries no `Origin` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingOrigin {
+    /// Non-browser clients (native apps, servers) send no Origin; browsers always do.
+    Allow,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_client: Option<LimitSpec>,
+    pub total: Option<LimitSpec>,
+    pub limit_http: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLimits {
+    pub max_websockets: Option<Spanned<u64>>,
+    pub max_websockets_per_client: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

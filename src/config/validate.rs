@@ -9,12 +9,17 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawGlobal, RawListener, RawRoute, RawUpstream};
 use super::units::HumanDuration;
-use super::{Config, ConfigError, ConfigErrors, Global, Listener, Route, ServerAddress, Upstream};
+use super::{
+    Admission, Config, ConfigError, ConfigErrors, Global, Listener, MissingOrigin, Route, ServerAddress, Upstream,
+};
+use crate::admission::origin::OriginPattern;
 use crate::tls::{self, CertificateError};
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 64 * 1024;
+const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 16 * 1024;
+const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
+const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
 /// Below this, ordinary browser requests with a few cookies would be refused.
 const MIN_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
 const MAX_REQUEST_HEADER_SIZE: u64 = 1024 * 1024;
@@ -94,7 +99,7 @@ impl Checker<'_> {
             .listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| self.listener(i, l))
+            .filter_map(|(i, l)| self.listener(i, l, global.handshake_timeout))
             .collect::<Vec<_>>();
         self.unique_addresses(&raw.listeners);
         let upstreams = raw
@@ -133,7 +138,29 @@ impl Checker<'_> {
             Some(size) => size.get_ref().0,
             None => DEFAULT_MAX_REQUEST_HEADER_SIZE,
         };
+        let max_connections = match raw.max_connections {
+            Some(n) if n.get_ref() == &0 => {
+                self.error(&n, "global.max_connections", "must be at least 1");
+                DEFAULT_MAX_CONNECTIONS
+            }
+            Some(n) => *n.get_ref(),
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let ipv6_client_prefix = match raw.ipv6_client_prefix {
+            Some(p) if !(1..=128).contains(p.get_ref()) => {
+                self.error(
+                    &p,
+                    "global.ipv6_client_prefix",
+                    "must be between 1 and 128 (64 is one host's usual share)",
+                );
+                DEFAULT_IPV6_CLIENT_PREFIX
+            }
+            Some(p) => *p.get_ref(),
+            None => DEFAULT_IPV6_CLIENT_PREFIX,
+        };
         Global {
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            ipv6_client_prefix,
             handshake_timeout: self.timeout(
                 raw.handshake_timeout,
                 "global.handshake_timeout",
@@ -177,7 +204,12 @@ impl Checker<'_> {
         }
     }
 
-    fn listener(&mut self, i: usize, raw: &RawListener) -> Option<Listener> {
+    fn listener(&mut self, i: usize, raw: &RawListener, global_timeout: Duration) -> Option<Listener> {
+        let handshake_timeout = self.timeout(
+            raw.handshake_timeout.clone(),
+            &format!("listener[{i}].handshake_timeout"),
+            global_timeout,
+        );
         let listen = match raw.listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -219,6 +251,7 @@ impl Checker<'_> {
         Some(Listener {
             name: raw.name.get_ref().clone(),
             listen: listen?,
+            handshake_timeout,
             tls,
         })
     }
@@ -275,12 +308,66 @@ impl Checker<'_> {
             };
             self.error(&raw.upstream, format!("route[{i}].upstream"), message);
         }
+        let admission = self.admission(i, raw);
         Some(Route {
             name: raw.name.get_ref().clone(),
             hosts,
             path_prefix: path_prefix?,
             upstream: upstream?,
+            admission,
         })
+    }
+
+    fn admission(&mut self, i: usize, raw: &RawRoute) -> Admission {
+        let mut admission = Admission::default();
+        if let Some(origins) = &raw.allowed_origins {
+            let mut patterns = Vec::new();
+            for (j, origin) in origins.iter().enumerate() {
+                match origin.get_ref().parse::<OriginPattern>() {
+                    Ok(pattern) => patterns.push(pattern),
+                    Err(why) => self.error(origin, format!("route[{i}].allowed_origins[{j}]"), why),
+                }
+            }
+            admission.allowed_origins = Some(patterns);
+        }
+        admission.missing_origin = raw.missing_origin.unwrap_or(MissingOrigin::Allow);
+        if let Some(protocols) = &raw.subprotocols {
+            for (j, protocol) in protocols.iter().enumerate() {
+                if !is_token(protocol.get_ref()) {
+                    let message = format!(
+                        "{:?} is not a subprotocol name: RFC 6455 §4.1 allows letters, digits and !#$%&'*+-.^_`|~ only",
+                        protocol.get_ref()
+                    );
+                    self.error(protocol, format!("route[{i}].subprotocols[{j}]"), message);
+                }
+            }
+            admission.subprotocols = Some(protocols.iter().map(|p| p.get_ref().clone()).collect());
+        }
+        admission.require_subprotocol = raw.require_subprotocol.unwrap_or(true);
+        if let Some(rate_limit) = &raw.rate_limit {
+            admission.per_client_rate = rate_limit.per_client;
+            admission.total_rate = rate_limit.total;
+            admission.limit_http = rate_limit.limit_http.unwrap_or(false);
+        }
+        if let Some(limits) = &raw.limits {
+            admission.max_websockets =
+                self.positive(&limits.max_websockets, &format!("route[{i}].limits.max_websockets"));
+            admission.max_websockets_per_client = self.positive(
+                &limits.max_websockets_per_client,
+                &format!("route[{i}].limits.max_websockets_per_client"),
+            );
+        }
+        admission
+    }
+
+    /// A count that must be at least 1: a cap of 0 would refuse everything.
+    fn positive(&mut self, value: &Option<Spanned<u64>>, key: &str) -> Option<usize> {
+        let value = value.as_ref()?;
+        if *value.get_ref() == 0 {
+            self.error(value, key, "must be at least 1 (omit the key for no limit)");
+            return None;
+        }
+        Some(usize::try_from(*value.get_ref()).unwrap_or(usize::MAX))
     }
 
     /// Two routes with the same host and prefix: the second never matches,
@@ -337,6 +424,14 @@ impl Checker<'_> {
             ),
         }
     }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), the grammar of subprotocol names.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Lower-cases a host pattern and checks it is a bare name (no scheme,

@@ -1,0 +1,135 @@
+//! Connection caps per route and per client: counted when a tunnel is
+//! admitted, released by a guard however the tunnel ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::rate_limit::ClientKey;
+
+/// Which cap a new tunnel would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapExceeded {
+    Route,
+    Client,
+}
+
+/// A route's open tunnels, in total and per client.
+#[derive(Debug, Default)]
+pub struct RouteCaps {
+    open: AtomicUsize,
+    max: Option<usize>,
+    per_client_max: Option<usize>,
+    /// Only kept when `per_client_max` is set; an entry lives while its
+    /// client has a tunnel, so the table never outgrows the open tunnels.
+    per_client: Mutex<HashMap<ClientKey, usize>>,
+}
+
+impl RouteCaps {
+    pub fn new(max: Option<usize>, per_client_max: Option<usize>) -> Arc<RouteCaps> {
+        Arc::new(RouteCaps {
+            max,
+            per_client_max,
+            ..RouteCaps::default()
+        })
+    }
+
+    /// Open tunnels now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Clients with at least one open tunnel (when a per-client cap is set).
+    pub fn client_entries(&self) -> usize {
+        self.table().len()
+    }
+
+    /// Takes a place for one tunnel of `client`, or says which cap is full.
+    pub fn try_acquire(self: &Arc<Self>, client: ClientKey) -> Result<TunnelPermit, CapExceeded> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if self.max.is_some_and(|max| before >= max) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(CapExceeded::Route);
+        }
+        let Some(per_client_max) = self.per_client_max else {
+            return Ok(TunnelPermit {
+                caps: self.clone(),
+                client: None,
+            });
+        };
+        let mut table = self.table();
+        let held = table.entry(client).or_insert(0);
+        if *held >= per_client_max {
+            if *held == 0 {
+                table.remove(&client);
+            }
+            drop(table);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(CapExceeded::Client);
+        }
+        *held += 1;
+        Ok(TunnelPermit {
+            caps: self.clone(),
+            client: Some(client),
+        })
+    }
+
+    /// The table's lock is held only to add or remove one tunnel; a panic
+    /// elsewhere cannot leave it inconsistent, so poisoning is ignored.
+    fn table(&self) -> MutexGuard<'_, HashMap<ClientKey, usize>> {
+        self.per_client.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One tunnel's place in its route's caps, given back on drop.
+#[derive(Debug)]
+pub struct TunnelPermit {
+    caps: Arc<RouteCaps>,
+    client: Option<ClientKey>,
+}
+
+impl Drop for TunnelPermit {
+    fn drop(&mut self) {
+        if let Some(client) = self.client {
+            let mut table = self.caps.table();
+            if let Some(held) = table.get_mut(&client) {
+                *held -= 1;
+                if *held == 0 {
+                    table.remove(&client);
+                }
+            }
+        }
+        self.caps.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(last: u8) -> ClientKey {
+        ClientKey::new(std::net::IpAddr::from([192, 0, 2, last]), 64)
+    }
+
+    #[test]
+    fn route_cap_counts_and_releases() {
+        let caps = RouteCaps::new(Some(2), None);
+        let a = caps.try_acquire(key(1)).unwrap();
+        let _b = caps.try_acquire(key(2)).unwrap();
+        assert_eq!(caps.try_acquire(key(3)).unwrap_err(), CapExceeded::Route);
+        assert_eq!(caps.open(), 2);
+        drop(a);
+        assert!(caps.try_acquire(key(3)).is_ok());
+    }
+
+    #[test]
+    fn client_cap_is_per_client_and_its_table_empties() {
+        let caps = RouteCaps::new(None, Some(1));
+        let a = caps.try_acquire(key(1)).unwrap();
+        assert_eq!(caps.try_acquire(key(1)).unwrap_err(), CapExceeded::Client);
+        let b = caps.try_acquire(key(2)).unwrap();
+        assert_eq!((caps.open(), caps.client_entries()), (2, 2));
+        drop((a, b));
+        assert_eq!((caps.open(), caps.client_entries()), (0, 0));
+    }
+}

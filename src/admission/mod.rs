@@ -1,0 +1,200 @@
+//! Admission control: whether a request may go on to a backend at all.
+//!
+//! Checks run cheapest first, and all of them before a backend is contacted
+//! (a refusal costs the backend nothing): the Origin allowlist, the
+//! subprotocol allowlist, the rate limits, then the connection caps. The
+//! global connection cap is not here: it pauses the listeners ([`crate::server`]).
+
+pub mod caps;
+pub mod origin;
+pub mod rate_limit;
+pub mod refusal_log;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+
+use crate::config::{Admission, MissingOrigin};
+use crate::stats::RefusalReason;
+use caps::{CapExceeded, RouteCaps, TunnelPermit};
+use origin::OriginAllowlist;
+use rate_limit::{ClientKey, KeyedLimiter, TotalLimiter};
+
+/// Most clients a per-client rate limiter remembers at once (see the README
+/// for the memory this bounds).
+pub const MAX_TRACKED_CLIENTS: usize = 1_000_000;
+
+/// Why a request was refused; each maps to one status in [`crate::error`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("origin {0:?} is not allowed on this route")]
+    Origin(String),
+    #[error("a WebSocket without an Origin header is not allowed on this route")]
+    MissingOrigin,
+    #[error("none of the offered subprotocols is allowed on this route")]
+    Subprotocol,
+    #[error("rate limit reached; retry in {retry_after}s")]
+    RateLimited { retry_after: u64 },
+    #[error("this client already holds its maximum of WebSockets on this route")]
+    ClientCap,
+    #[error("this route holds its maximum of WebSockets")]
+    RouteCap,
+}
+
+impl Refusal {
+    pub fn reason(&self) -> RefusalReason {
+        match self {
+            Refusal::Origin(_) | Refusal::MissingOrigin => RefusalReason::Origin,
+            Refusal::Subprotocol => RefusalReason::Subprotocol,
+            Refusal::RateLimited { .. } => RefusalReason::RateLimited,
+            Refusal::ClientCap => RefusalReason::ClientCap,
+            Refusal::RouteCap => RefusalReason::RouteCap,
+        }
+    }
+}
+
+/// What becomes of the client's `Sec-WebSocket-Protocol` offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubprotocolOffer {
+    /// No allowlist: the offer goes to the backend as the client sent it.
+    Unchanged,
+    /// The allowed part of the offer, in the client's order of preference.
+    Replace(HeaderValue),
+    /// Nothing allowed was offered and the route does not require a protocol.
+    Remove,
+}
+
+/// An admitted WebSocket: its place in the caps (held for the tunnel's
+/// life) and the subprotocol offer to forward.
+#[derive(Debug)]
+pub struct Admitted {
+    pub permit: TunnelPermit,
+    pub subprotocols: SubprotocolOffer,
+}
+
+/// A route's admission state: its rules, limiters and counters.
+pub struct RouteGate {
+    origins: Option<OriginAllowlist>,
+    missing_origin: MissingOrigin,
+    subprotocols: Option<Vec<String>>,
+    require_subprotocol: bool,
+    per_client: Option<Arc<KeyedLimiter>>,
+    total: Option<TotalLimiter>,
+    limit_http: bool,
+    pub caps: Arc<RouteCaps>,
+}
+
+impl RouteGate {
+    pub fn new(rules: &Admission) -> RouteGate {
+        RouteGate {
+            origins: rules.allowed_origins.clone().map(OriginAllowlist::new),
+            missing_origin: rules.missing_origin,
+            subprotocols: rules.subprotocols.clone(),
+            require_subprotocol: rules.require_subprotocol,
+            per_client: rules
+                .per_client_rate
+                .map(|spec| Arc::new(KeyedLimiter::new(&spec, MAX_TRACKED_CLIENTS))),
+            total: rules.total_rate.map(|spec| TotalLimiter::new(&spec)),
+            limit_http: rules.limit_http,
+            caps: RouteCaps::new(rules.max_websockets, rules.max_websockets_per_client),
+        }
+    }
+
+    /// The per-client limiter, whose idle keys the server evicts on a schedule.
+    pub fn keyed_limiter(&self) -> Option<&Arc<KeyedLimiter>> {
+        self.per_client.as_ref()
+    }
+
+    /// Every check for a WebSocket Upgrade, cheapest first.
+    pub fn admit_websocket(&self, headers: &HeaderMap, client: ClientKey) -> Result<Admitted, Refusal> {
+        self.check_origin(headers)?;
+        let subprotocols = self.filter_subprotocols(headers)?;
+        self.check_rate(client)?;
+        let permit = self.caps.try_acquire(client).map_err(|cap| match cap {
+            CapExceeded::Route => Refusal::RouteCap,
+            CapExceeded::Client => Refusal::ClientCap,
+        })?;
+        Ok(Admitted { permit, subprotocols })
+    }
+
+    /// Plain HTTP requests meet only the rate limits, and only if asked.
+    pub fn admit_http(&self, client: ClientKey) -> Result<(), Refusal> {
+        if self.limit_http {
+            self.check_rate(client)?;
+        }
+        Ok(())
+    }
+
+    /// RFC 6455 §10.2: the Origin header is how a server protects itself
+    /// from scripts on other sites using a visitor's cookies.
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(allowlist) = &self.origins else {
+            return match (self.missing_origin, headers.contains_key(ORIGIN)) {
+                (MissingOrigin::Reject, false) => Err(Refusal::MissingOrigin),
+                _ => Ok(()),
+            };
+        };
+        let mut origins = headers.get_all(ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) if self.missing_origin == MissingOrigin::Allow => Ok(()),
+            (None, _) => Err(Refusal::MissingOrigin),
+            (Some(origin), None) if allowlist.allows(origin) => Ok(()),
+            (Some(origin), _) => Err(Refusal::Origin(String::from_utf8_lossy(origin.as_bytes()).into_owned())),
+        }
+    }
+
+    fn filter_subprotocols(&self, headers: &HeaderMap) -> Result<SubprotocolOffer, Refusal> {
+        let Some(allowed) = &self.subprotocols else {
+            return Ok(SubprotocolOffer::Unchanged);
+        };
+        let kept: Vec<&str> = offered_subprotocols(headers)
+            .filter(|offered| allowed.iter().any(|a| a == offered))
+            .collect();
+        if kept.is_empty() {
+            return if self.require_subprotocol {
+                Err(Refusal::Subprotocol)
+            } else {
+                Ok(SubprotocolOffer::Remove)
+            };
+        }
+        // Allowed names are validated tokens, so the joined list is a valid value.
+        HeaderValue::from_str(&kept.join(", "))
+            .map(SubprotocolOffer::Replace)
+            .map_err(|_| Refusal::Subprotocol)
+    }
+
+    fn check_rate(&self, client: ClientKey) -> Result<(), Refusal> {
+        let refused = |wait: Duration| Refusal::RateLimited {
+            retry_after: rate_limit::retry_after_secs(wait),
+        };
+        if let Some(limiter) = &self.per_client {
+            limiter.check(client).map_err(refused)?;
+        }
+        if let Some(limiter) = &self.total {
+            limiter.check().map_err(refused)?;
+        }
+        Ok(())
+    }
+}
+
+/// The protocols a `Sec-WebSocket-Protocol` header (or several) offers.
+pub fn offered_subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+}
+
+/// One burst of this size, refilled one per `every`.
+pub(crate) fn spec(burst: u32, every: Duration) -> rate_limit::LimitSpec {
+    let one = NonZeroU32::MIN;
+    rate_limit::LimitSpec {
+        rate: rate_limit::Rate { count: one, per: every },
+        burst: NonZeroU32::new(burst),
+    }
+}

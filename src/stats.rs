@@ -1,0 +1,135 @@
+//! Counters an operator reads: open connections and tunnels, and refusals
+//! by reason. Plain atomics, so the request path never waits on them; the
+//! metrics endpoint will expose the same values.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::admission::caps::RouteCaps;
+
+/// Why a client was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// `Origin` not on the route's allowlist (or absent where required).
+    Origin,
+    /// None of the offered subprotocols is allowed.
+    Subprotocol,
+    /// Over a rate limit (per client or for the route).
+    RateLimited,
+    /// The client holds its share of the route's tunnels.
+    ClientCap,
+    /// The route holds `max_websockets` tunnels.
+    RouteCap,
+    /// `max_connections` reached: the listeners paused accepting.
+    GlobalCap,
+    /// TLS handshake or request headers not complete in time.
+    HandshakeTimeout,
+    /// The WebSocket handshake broke RFC 6455.
+    BadHandshake,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 8] = [
+        RefusalReason::Origin,
+        RefusalReason::Subprotocol,
+        RefusalReason::RateLimited,
+        RefusalReason::ClientCap,
+        RefusalReason::RouteCap,
+        RefusalReason::GlobalCap,
+        RefusalReason::HandshakeTimeout,
+        RefusalReason::BadHandshake,
+    ];
+
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Origin => "origin",
+            RefusalReason::Subprotocol => "subprotocol",
+            RefusalReason::RateLimited => "rate_limited",
+            RefusalReason::ClientCap => "client_cap",
+            RefusalReason::RouteCap => "route_cap",
+            RefusalReason::GlobalCap => "global_cap",
+            RefusalReason::HandshakeTimeout => "handshake_timeout",
+            RefusalReason::BadHandshake => "bad_handshake",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A cheap, cloneable handle on the proxy's counters.
+#[derive(Clone, Default)]
+pub struct Stats {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    open_connections: AtomicUsize,
+    refusals: [AtomicU64; RefusalReason::ALL.len()],
+    routes: std::sync::RwLock<HashMap<String, Arc<RouteCaps>>>,
+}
+
+impl Stats {
+    pub fn refusals(&self, reason: RefusalReason) -> u64 {
+        self.inner.refusals[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_refusal(&self, reason: RefusalReason) {
+        self.inner.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Client connections open now (a tunnel keeps its connection open).
+    pub fn open_connections(&self) -> usize {
+        self.inner.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Open tunnels on the route named `route` (0 for an unknown route).
+    pub fn open_websockets(&self, route: &str) -> usize {
+        self.route(route).map_or(0, |caps| caps.open())
+    }
+
+    /// Entries in the route's per-client tunnel table; 0 once every tunnel
+    /// has ended, however it ended.
+    pub fn client_websocket_entries(&self, route: &str) -> usize {
+        self.route(route).map_or(0, |caps| caps.client_entries())
+    }
+
+    fn route(&self, name: &str) -> Option<Arc<RouteCaps>> {
+        let routes = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes.get(name).cloned()
+    }
+
+    pub(crate) fn register_route(&self, name: &str, caps: Arc<RouteCaps>) {
+        let mut routes = self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes.insert(name.to_owned(), caps);
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
+        self.inner.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { stats: self.clone() }
+    }
+}
+
+/// An open client connection, counted until dropped.
+pub struct OpenConnection {
+    stats: Stats,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.stats.inner.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
