@@ -92,12 +92,18 @@ impl ProxyError {
             format!("{}\n", status.canonical_reason().unwrap_or("Error"))
         };
         let mut response = text_response(status, body);
-        if let ProxyError::Handshake(HandshakeError::UnsupportedVersion) = self {
-            // RFC 6455 §4.4: tell the client which version we speak.
-            response.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static(WEBSOCKET_VERSION),
-            );
+        match self {
+            ProxyError::Handshake(HandshakeError::UnsupportedVersion) => {
+                // RFC 6455 §4.4: tell the client which version we speak.
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION));
+            }
+            ProxyError::Refused(Refusal::RateLimited { retry_after }) => {
+                // RFC 6585 §4: when the client may try again, in whole seconds.
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            _ => {}
         }
         response
     }

@@ -90,6 +90,14 @@ pub struct ProxyHandle {
 
 /// Validates `toml` (nothing written to disk), binds and runs the proxy.
 pub async fn start_proxy(toml: &str) -> ProxyHandle {
+    let (server, names) = bind_proxy(toml).await;
+    run_proxy(server, names)
+}
+
+/// Validates `toml` and binds the proxy without running it, so a test can
+/// read handles off the `Server` first; returns it with its listener names.
+/// [`run_proxy`] runs it.
+pub async fn bind_proxy(toml: &str) -> (Server, Vec<String>) {
     let path = std::env::temp_dir().join("wsgate-tests").join("wsgate.toml");
     let config =
         Config::from_toml(toml, &path).unwrap_or_else(|e| panic!("test config rejected:\n{e}\n--- config:\n{toml}"));
@@ -97,6 +105,11 @@ pub async fn start_proxy(toml: &str) -> ProxyHandle {
     let server = within("Server::bind", Server::bind(config))
         .await
         .expect("Server::bind");
+    (server, names)
+}
+
+/// Runs a server from [`bind_proxy`] with listeners `names`.
+pub fn run_proxy(server: Server, names: Vec<String>) -> ProxyHandle {
     let addrs = names
         .into_iter()
         .map(|name| {
