@@ -95,13 +95,16 @@ impl ProxyError {
         match self {
             ProxyError::Handshake(HandshakeError::UnsupportedVersion) => {
                 // RFC 6455 §4.4: tell the client which version we speak.
-                response
-                    .headers_mut()
-                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static(WEBSOCKET_VERSION));
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(WEBSOCKET_VERSION),
+                );
             }
             ProxyError::Refused(Refusal::RateLimited { retry_after }) => {
                 // RFC 6585 §4: when the client may try again, in whole seconds.
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }
