@@ -1,6 +1,6 @@
 //! Which headers cross the proxy, and the forwarding headers it writes.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -34,7 +34,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The client as the backend should see it.
 pub struct Forwarded<'a> {
-    pub client: SocketAddr,
+    /// The client: the TCP peer, or the address a trusted proxy reported.
+    pub client: IpAddr,
+    /// When the request came through a trusted proxy: that proxy's address,
+    /// appended to the forwarding chain it sent instead of replacing it.
+    pub via_trusted: Option<IpAddr>,
     pub tls: bool,
     /// The Host the client asked for, as it sent it.
     pub host: Option<&'a HeaderValue>,
@@ -46,35 +50,54 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `Forwarded`
-/// (RFC 7239), *replacing* whatever the client sent: appending would let any
-/// client choose the address a backend logs, rate-limits or trusts.
+/// (RFC 7239). From an untrusted client they *replace* whatever it sent:
+/// appending would let any client choose the address a backend logs,
+/// rate-limits or trusts. From a trusted proxy the chains it sent are kept
+/// and its own address is appended, as each proxy in a chain does.
 pub fn set_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
-    let ip = forwarded.client.ip().to_canonical();
     let proto = if forwarded.tls { "https" } else { "http" };
-    let ip_text = ip.to_string();
-    // An IP address and a scheme are always valid header values.
-    let ip_value = HeaderValue::from_str(&ip_text).expect("an IP address is a valid header value");
-    headers.insert(X_FORWARDED_FOR, ip_value.clone());
-    headers.insert(X_REAL_IP, ip_value);
+    let client = forwarded.client.to_canonical();
+    // An IP address is always a valid header value.
+    headers.insert(X_REAL_IP, ip_value(client));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.remove(X_FORWARDED_HOST);
-    let mut rfc7239 = if ip.is_ipv6() {
-        format!("for=\"[{ip_text}]\";proto={proto}")
-    } else {
-        format!("for={ip_text};proto={proto}")
-    };
     if let Some(host) = forwarded.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
-        if let Ok(host) = host.to_str() {
-            rfc7239.push_str(";host=\"");
-            rfc7239.push_str(host);
-            rfc7239.push('"');
-        }
     }
-    match HeaderValue::from_str(&rfc7239) {
-        Ok(value) => headers.insert(header::FORWARDED, value),
-        Err(_) => headers.remove(header::FORWARDED),
+    let last_hop = forwarded.via_trusted.map_or(client, |peer| peer.to_canonical());
+    let mut element = match last_hop {
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+        IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
     };
+    if let Some(host) = forwarded.host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
+    }
+    let (x_forwarded_for, rfc7239) = match forwarded.via_trusted {
+        Some(_) => (
+            extend_chain(headers, &X_FORWARDED_FOR, &last_hop.to_string()),
+            extend_chain(headers, &header::FORWARDED, &element),
+        ),
+        None => (last_hop.to_string(), element),
+    };
+    for (name, value) in [(X_FORWARDED_FOR, x_forwarded_for), (header::FORWARDED, rfc7239)] {
+        match HeaderValue::from_str(&value) {
+            Ok(value) => headers.insert(name, value),
+            Err(_) => headers.remove(name),
+        };
+    }
+}
+
+/// The received occurrences of a list header, joined, with `hop` appended.
+fn extend_chain(headers: &HeaderMap, name: &HeaderName, hop: &str) -> String {
+    let mut chain: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    chain.push(hop);
+    chain.join(", ")
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
 #[cfg(test)]
@@ -100,7 +123,8 @@ mod tests {
         headers.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
         let host = HeaderValue::from_static("chat.example.com");
         let forwarded = Forwarded {
-            client: "[::1]:5000".parse().unwrap(),
+            client: "::1".parse().unwrap(),
+            via_trusted: None,
             tls: true,
             host: Some(&host),
         };

@@ -28,6 +28,7 @@ use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers::{self, Forwarded};
+use crate::real_ip::{self, TrustedProxies};
 use crate::route::RouteTable;
 use crate::stats::{OpenConnection, RefusalReason, Stats};
 use crate::tunnel;
@@ -40,12 +41,26 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// Where a connection came from.
 #[derive(Clone)]
 pub struct ConnectionInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client: the peer, or the address in a trusted PROXY protocol header.
     pub client: SocketAddr,
+    /// When the peer is a trusted proxy that reports clients in forwarding
+    /// headers: the ranges to walk those headers with, per request.
+    pub forwarded_by: Option<Arc<TrustedProxies>>,
     pub tls: bool,
     /// The connection's place under `max_connections`; a tunnel holds a
     /// clone, so the place is free only when the connection and its tunnel
     /// have both ended.
     pub slot: Arc<ConnectionSlot>,
+}
+
+/// One request's client, as admission and the forwarding headers see it.
+struct RequestContext<'a> {
+    info: &'a ConnectionInfo,
+    client: std::net::IpAddr,
+    key: ClientKey,
+    via_trusted: Option<std::net::IpAddr>,
 }
 
 /// Held for as long as a client connection (or the tunnel it became) is open.
@@ -92,8 +107,22 @@ impl Proxy {
             .chain(std::iter::once(self.refusal_log.limiter()))
     }
 
-    fn client_key(&self, info: &ConnectionInfo) -> ClientKey {
-        ClientKey::new(info.client.ip(), self.global.ipv6_client_prefix)
+    /// Who sent this request, decided once per request: a trusted proxy's
+    /// keep-alive connection carries requests of many clients.
+    fn context<'a>(&self, info: &'a ConnectionInfo, headers: &http::HeaderMap) -> RequestContext<'a> {
+        let (client, via_trusted) = match &info.forwarded_by {
+            Some(trusted) => (
+                real_ip::client_from_headers(info.peer.ip(), headers, trusted),
+                Some(info.peer.ip()),
+            ),
+            None => (info.client.ip(), None),
+        };
+        RequestContext {
+            info,
+            client,
+            key: ClientKey::new(client, self.global.ipv6_client_prefix),
+            via_trusted,
+        }
     }
 
     /// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
@@ -145,7 +174,8 @@ impl Proxy {
         let path = request.uri().path().to_owned();
         let upgrade = handshake::wants_websocket(request.headers());
         let mut matched = None;
-        let mut response = match self.dispatch(request, info, upgrade, &mut matched).await {
+        let ctx = self.context(info, request.headers());
+        let mut response = match self.dispatch(request, &ctx, upgrade, &mut matched).await {
             Ok(response) => response,
             Err(error) => {
                 if let Some(reason) = error.refusal_reason() {
@@ -153,7 +183,7 @@ impl Proxy {
                     let route = matched
                         .and_then(|index| self.routes.get(index))
                         .map_or("", |r| r.name.as_str());
-                    self.refusal_log.refused(self.client_key(info), reason, route, &error);
+                    self.refusal_log.refused(ctx.key, reason, route, &error);
                 } else if error.is_client_error() {
                     debug!(%error, %method, %path, "refused");
                 } else {
@@ -184,7 +214,7 @@ impl Proxy {
     async fn dispatch(
         &self,
         request: Request<Incoming>,
-        info: &ConnectionInfo,
+        ctx: &RequestContext<'_>,
         upgrade: bool,
         matched: &mut Option<usize>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -197,10 +227,10 @@ impl Proxy {
         *matched = Some(index);
         let gate = &self.gates[index];
         if upgrade {
-            self.open_tunnel(request, info, route, gate).await
+            self.open_tunnel(request, ctx, route, gate).await
         } else {
-            gate.admit_http(self.client_key(info))?;
-            self.forward_http(request, info, route).await
+            gate.admit_http(ctx.key)?;
+            self.forward_http(request, ctx, route).await
         }
     }
 
@@ -210,16 +240,16 @@ impl Proxy {
     async fn open_tunnel(
         &self,
         mut request: Request<Incoming>,
-        info: &ConnectionInfo,
+        ctx: &RequestContext<'_>,
         route: &Route,
         gate: &RouteGate,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = handshake::validate(&request)?;
-        let admitted = gate.admit_websocket(request.headers(), self.client_key(info))?;
+        let admitted = gate.admit_websocket(request.headers(), ctx.key)?;
         let pool = &self.upstreams[route.upstream];
         let server = pool.pick()?;
         Span::current().record("server", tracing::field::display(server));
-        let mut backend_request = handshake_request(&request, info);
+        let mut backend_request = handshake_request(&request, ctx);
         match admitted.subprotocols {
             SubprotocolOffer::Unchanged => {}
             SubprotocolOffer::Replace(offer) => {
@@ -255,7 +285,7 @@ impl Proxy {
         let backend_upgrade = hyper::upgrade::on(backend_response);
         let span = tracing::info_span!("tunnel");
         let permit = admitted.permit;
-        let slot = info.slot.clone();
+        let slot = ctx.info.slot.clone();
         self.tunnels.spawn(
             async move {
                 // Both are released when the tunnel ends, however it ends.
@@ -278,14 +308,14 @@ impl Proxy {
     async fn forward_http(
         &self,
         request: Request<Incoming>,
-        info: &ConnectionInfo,
+        ctx: &RequestContext<'_>,
         route: &Route,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let pool = &self.upstreams[route.upstream];
         let server = pool.pick()?;
         Span::current().record("server", tracing::field::display(server));
         let (mut parts, body) = request.into_parts();
-        prepare_headers(&mut parts.headers, &parts.uri, info);
+        prepare_headers(&mut parts.headers, &parts.uri, ctx);
         parts.uri = Uri::builder()
             .scheme("http")
             .authority(server.to_string())
@@ -308,7 +338,7 @@ impl Proxy {
 /// The handshake as the backend gets it: origin-form target, end-to-end
 /// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
 /// hop-by-hop headers replaced by the two an upgrade needs.
-fn handshake_request(request: &Request<Incoming>, info: &ConnectionInfo) -> Request<Empty<Bytes>> {
+fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>) -> Request<Empty<Bytes>> {
     let target = request
         .uri()
         .path_and_query()
@@ -317,7 +347,7 @@ fn handshake_request(request: &Request<Incoming>, info: &ConnectionInfo) -> Requ
     let mut forwarded = Request::new(Empty::new());
     *forwarded.uri_mut() = Uri::from(target);
     *forwarded.headers_mut() = request.headers().clone();
-    prepare_headers(forwarded.headers_mut(), request.uri(), info);
+    prepare_headers(forwarded.headers_mut(), request.uri(), ctx);
     set_upgrade_headers(forwarded.headers_mut());
     forwarded
 }
@@ -329,7 +359,7 @@ fn set_upgrade_headers(headers: &mut http::HeaderMap) {
 
 /// Hop-by-hop headers out, forwarding headers in, and a Host header for
 /// absolute-form requests that carried the host only in their target.
-fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, info: &ConnectionInfo) {
+fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, ctx: &RequestContext<'_>) {
     headers::strip_hop_by_hop(headers);
     if !headers.contains_key(header::HOST) {
         if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -340,8 +370,9 @@ fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, info: &ConnectionIn
     headers::set_forwarding(
         headers,
         &Forwarded {
-            client: info.client,
-            tls: info.tls,
+            client: ctx.client,
+            via_trusted: ctx.via_trusted,
+            tls: ctx.info.tls,
             host: host.as_ref(),
         },
     );

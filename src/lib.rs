@@ -38,6 +38,7 @@ pub mod error;
 pub mod handshake;
 pub mod headers;
 pub mod http;
+pub mod real_ip;
 pub mod route;
 pub mod server;
 pub mod stats;

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::admission::refusal_log;
 use crate::config::Config;
 use crate::http::{ConnectionInfo, ConnectionSlot, Proxy};
+use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
 
 /// A proxy whose listeners are bound and ready to accept.
@@ -33,6 +34,8 @@ struct BoundListener {
     socket: TcpListener,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    trusted_proxies: Arc<TrustedProxies>,
+    proxy_protocol: bool,
 }
 
 impl Server {
@@ -52,6 +55,8 @@ impl Server {
                 socket,
                 tls: listener.tls.clone().map(TlsAcceptor::from),
                 handshake_timeout: listener.handshake_timeout,
+                trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
+                proxy_protocol: listener.proxy_protocol,
             });
         }
         let tasks = TaskTracker::new();
@@ -92,6 +97,8 @@ impl Server {
                 proxy: self.proxy.clone(),
                 tls: listener.tls,
                 handshake_timeout: listener.handshake_timeout,
+                trusted_proxies: listener.trusted_proxies,
+                proxy_protocol: listener.proxy_protocol,
                 permits: self.connection_permits.clone(),
                 stop: stop.clone(),
                 tasks: self.tasks.clone(),
@@ -156,6 +163,8 @@ struct Acceptor {
     proxy: Arc<Proxy>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    trusted_proxies: Arc<TrustedProxies>,
+    proxy_protocol: bool,
     permits: Arc<Semaphore>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -205,12 +214,14 @@ impl Acceptor {
 
     fn serve(
         &self,
-        stream: TcpStream,
-        client: SocketAddr,
+        mut stream: TcpStream,
+        peer: SocketAddr,
         permit: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send + 'static {
         let proxy = self.proxy.clone();
         let tls = self.tls.clone();
+        let trusted = self.trusted_proxies.clone();
+        let proxy_protocol = self.proxy_protocol;
         let handshake_timeout = self.handshake_timeout;
         let stop = self.stop.clone();
         let accepted_at = Instant::now();
@@ -220,28 +231,42 @@ impl Acceptor {
                 _open: proxy.stats.connection_opened(),
             });
             let _ = stream.set_nodelay(true);
-            match tls {
-                None => {
-                    let info = ConnectionInfo {
-                        client,
-                        tls: false,
-                        slot,
-                    };
-                    proxy.serve_connection(stream, info, handshake_timeout, stop).await;
-                }
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        // One deadline from accept to complete headers, TLS included.
-                        let left = handshake_timeout.saturating_sub(accepted_at.elapsed());
-                        let info = ConnectionInfo {
-                            client,
-                            tls: true,
-                            slot,
+            let peer_trusted = trusted.contains(peer.ip());
+            let mut client = peer;
+            if proxy_protocol {
+                match real_ip::read_proxy_header(&mut stream, handshake_timeout).await {
+                    // An untrusted peer's header is read (it frames the stream) but not believed.
+                    Ok(Some(address)) if peer_trusted => client = address,
+                    Ok(_) => {}
+                    Err(error) => {
+                        let reason = match error {
+                            ProxyHeaderError::Timeout => RefusalReason::HandshakeTimeout,
+                            _ => RefusalReason::BadHandshake,
                         };
-                        proxy
-                            .serve_connection(stream, info, left.max(Duration::from_millis(1)), stop)
-                            .await;
+                        proxy.stats.count_refusal(reason);
+                        debug!(%error, "connection closed");
+                        return;
                     }
+                }
+            }
+            let info = |tls| ConnectionInfo {
+                peer,
+                client,
+                // Without PROXY protocol, a trusted peer names its clients in headers.
+                forwarded_by: (peer_trusted && !proxy_protocol).then(|| trusted.clone()),
+                tls,
+                slot,
+            };
+            // One deadline from accept to complete headers, PROXY header and TLS included.
+            let left = || {
+                handshake_timeout
+                    .saturating_sub(accepted_at.elapsed())
+                    .max(Duration::from_millis(1))
+            };
+            match tls {
+                None => proxy.serve_connection(stream, info(false), left(), stop).await,
+                Some(acceptor) => match tokio::time::timeout(left(), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => proxy.serve_connection(stream, info(true), left(), stop).await,
                     Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                     Err(_) => {
                         proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);

@@ -65,6 +65,10 @@ pub struct Listener {
     pub listen: SocketAddr,
     /// This listener's `handshake_timeout` (its own, or the global one).
     pub handshake_timeout: Duration,
+    /// Peers whose word on the client address is believed (default none).
+    pub trusted_proxies: crate::real_ip::TrustedProxies,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
     /// TLS termination, when the listener has certificates.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }

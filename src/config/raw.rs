@@ -39,6 +39,8 @@ pub struct RawListener {
     pub name: Spanned<String>,
     pub listen: Spanned<String>,
     pub handshake_timeout: Option<Spanned<HumanDuration>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
     pub tls: Option<Spanned<RawListenerTls>>,
 }
 

@@ -210,6 +210,24 @@ impl Checker<'_> {
             &format!("listener[{i}].handshake_timeout"),
             global_timeout,
         );
+        let mut ranges = Vec::new();
+        for (j, range) in raw.trusted_proxies.iter().flatten().enumerate() {
+            match crate::real_ip::parse_range(range.get_ref()) {
+                Ok(net) => ranges.push(net),
+                Err(why) => self.error(range, format!("listener[{i}].trusted_proxies[{j}]"), why),
+            }
+        }
+        let trusted_proxies = crate::real_ip::TrustedProxies::new(ranges);
+        let proxy_protocol = raw.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+        if let Some(flag) = raw.proxy_protocol.as_ref().filter(|p| *p.get_ref()) {
+            if raw.trusted_proxies.as_ref().is_none_or(|t| t.is_empty()) {
+                self.error(
+                    flag,
+                    format!("listener[{i}].proxy_protocol"),
+                    "needs trusted_proxies: the addresses of the load balancers whose PROXY headers are believed",
+                );
+            }
+        }
         let listen = match raw.listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -252,6 +270,8 @@ impl Checker<'_> {
             name: raw.name.get_ref().clone(),
             listen: listen?,
             handshake_timeout,
+            trusted_proxies,
+            proxy_protocol,
             tls,
         })
     }
