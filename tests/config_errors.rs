@@ -253,3 +253,27 @@ fn wsgate_check_reports_a_bad_config_and_accepts_a_good_one() {
         "output does not name the key:\n{output}"
     );
 }
+
+#[test]
+fn wsgate_check_warns_about_routes_open_to_every_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open.toml");
+    std::fs::write(&open, BASE).unwrap();
+    let (ok, output) = wsgate_check(&open);
+    assert!(ok, "a route without allowed_origins is valid:\n{output}");
+    assert!(
+        output.contains("warning") && output.contains("\"chat\"") && output.contains("allowed_origins"),
+        "no warning about the open route:\n{output}"
+    );
+
+    let closed = dir.path().join("closed.toml");
+    let text = replace(
+        BASE,
+        "upstream = \"chat-backends\"",
+        "upstream = \"chat-backends\"\nallowed_origins = [\"https://chat.example.com\"]",
+    );
+    std::fs::write(&closed, text).unwrap();
+    let (ok, output) = wsgate_check(&closed);
+    assert!(ok, "{output}");
+    assert!(!output.contains("warning"), "unexpected warning:\n{output}");
+}
