@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,19 +142,6 @@ async fn close_tunnel(mut ws: Ws) {
 async fn echo_once(ws: &mut Ws, text: &str) {
     within("send", ws.send(Message::text(text))).await.expect("send");
     assert_eq!(next_message(ws).await, Message::text(text));
-}
-
-/// Polls `get` every 10 ms until it returns `want`, for at most [`TIMEOUT`].
-async fn wait_until<T: PartialEq + Debug>(what: &str, want: T, mut get: impl FnMut() -> T) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let now = get();
-        if now == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now:?} != {want:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 const LOCAL: &str = "127.0.0.1";

@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -123,19 +121,6 @@ impl Setup {
         let mut got = Vec::new();
         let _ = within("proxy closing the connection", stream.read_to_end(&mut got)).await;
         assert!(got.is_empty(), "answered: {:?}", String::from_utf8_lossy(&got));
-    }
-}
-
-/// Polls `get` every 10 ms until it returns `want`, for at most [`TIMEOUT`].
-async fn wait_until<T: PartialEq + Debug>(what: &str, want: T, mut get: impl FnMut() -> T) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let now = get();
-        if now == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now:?} != {want:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -175,3 +175,18 @@ impl Drop for ProxyHandle {
         }
     }
 }
+
+/// Polls `get` every 10 ms until it returns `want`, for at most [`TIMEOUT`]:
+/// for counters that settle after a connection ends, where there is no
+/// event to wait on.
+pub async fn wait_until<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut get: impl FnMut() -> T) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let now = get();
+        if now == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {now:?} != {want:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
