@@ -41,7 +41,10 @@ impl UpstreamPool {
 
     /// The server for the next connection.
     pub fn pick(&self) -> Result<&ServerAddress, ProxyError> {
-        self.balancer.pick(&self.config.servers).ok_or(ProxyError::NoServer)
+        self.balancer
+            .pick(&self.config.servers)
+            .map(|server| &server.address)
+            .ok_or(ProxyError::NoServer)
     }
 
     /// Sends a WebSocket handshake to `server` on a new connection of its

@@ -2,8 +2,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::ServerAddress;
-
 /// Round robin over an upstream's servers; lock-free, so picks never wait.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
@@ -12,7 +10,7 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     /// The next server, or `None` for an empty pool.
-    pub fn pick<'a>(&self, servers: &'a [ServerAddress]) -> Option<&'a ServerAddress> {
+    pub fn pick<'a, T>(&self, servers: &'a [T]) -> Option<&'a T> {
         if servers.is_empty() {
             return None;
         }
@@ -24,6 +22,7 @@ impl RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ServerAddress;
 
     #[test]
     fn takes_turns() {
@@ -36,6 +35,6 @@ mod tests {
         let balancer = RoundRobin::default();
         let ports: Vec<u16> = (0..6).map(|_| balancer.pick(&servers).unwrap().port).collect();
         assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
-        assert!(balancer.pick(&[]).is_none());
+        assert!(balancer.pick::<ServerAddress>(&[]).is_none());
     }
 }

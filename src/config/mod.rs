@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use raw::MissingOrigin;
+pub use raw::{Balance, HealthCheckKind, MissingOrigin};
 
 use crate::admission::origin::OriginPattern;
 use crate::admission::rate_limit::LimitSpec;
@@ -126,13 +126,69 @@ impl Default for Admission {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    pub servers: Vec<ServerAddress>,
+    pub servers: Vec<UpstreamServer>,
+    /// How new tunnels are spread (default least connections).
+    pub balance: Balance,
+    /// With `Balance::Hash`: where the key comes from.
+    pub hash_key: HashKey,
+    /// With `Balance::Hash`: no server takes more than this factor times the
+    /// average load (default 1.25), so one hot key cannot swamp its server.
+    pub hash_load_factor: f64,
+    /// Other servers tried when a connect fails before the handshake was
+    /// sent (default 2).
+    pub retries: u32,
+    /// How often host names in `address` are resolved again (default 30s).
+    pub resolve_interval: Duration,
+    /// A failed connect keeps a server out for this long, doubling per
+    /// failure in a row (default 1s) …
+    pub passive_backoff: Duration,
+    /// … up to this (default 30s).
+    pub passive_backoff_max: Duration,
+    pub health_check: Option<HealthCheck>,
     /// Time to establish the TCP connection to a server (default 3s);
     /// past it the client gets 504.
     pub connect_timeout: Duration,
     /// Time a server has to answer a WebSocket handshake or send the head of
     /// an HTTP response (default 60s); past it the client gets 504.
     pub response_timeout: Duration,
+}
+
+/// One entry of an upstream's `servers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamServer {
+    pub address: ServerAddress,
+    /// Relative share of new tunnels (default 1).
+    pub weight: u32,
+    /// Gets traffic only when no primary server is available.
+    pub backup: bool,
+    /// Gets no new tunnels; keeps its open ones.
+    pub drain: bool,
+}
+
+/// Where the key of `balance = "hash"` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+/// An upstream's active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Request path for `http` and `websocket` checks (default "/").
+    pub path: String,
+    /// Time between checks of one server (default 5s), with up to 10% jitter
+    /// so the checks of many proxies do not arrive together.
+    pub interval: Duration,
+    /// Time a check may take (default 2s).
+    pub timeout: Duration,
+    /// Successes in a row that bring a down server up (default 2).
+    pub rise: u32,
+    /// Failures in a row that take an up server down (default 3).
+    pub fall: u32,
 }
 
 /// A backend server's address: an IP address or a host name, and a port.

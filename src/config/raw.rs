@@ -104,10 +104,62 @@ pub struct RawUpstream {
     pub servers: Spanned<Vec<RawServer>>,
     pub connect_timeout: Option<Spanned<HumanDuration>>,
     pub response_timeout: Option<Spanned<HumanDuration>>,
+    pub balance: Option<Balance>,
+    pub hash_key: Option<Spanned<String>>,
+    pub hash_load_factor: Option<Spanned<f64>>,
+    pub retries: Option<Spanned<u32>>,
+    pub resolve_interval: Option<Spanned<HumanDuration>>,
+    pub passive_backoff: Option<Spanned<HumanDuration>>,
+    pub passive_backoff_max: Option<Spanned<HumanDuration>>,
+    pub health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub address: Spanned<String>,
+    pub weight: Option<Spanned<u32>>,
+    pub backup: Option<bool>,
+    pub drain: Option<bool>,
+}
+
+/// How an upstream spreads new tunnels over its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Take turns, in proportion to the weights.
+    RoundRobin,
+    /// The server with the fewest open tunnels per weight: sockets live for
+    /// hours, so counting attempts (round robin) drifts; counting what is
+    /// open does not.
+    LeastConnections,
+    /// Two servers at random, the one with fewer open tunnels: nearly as
+    /// even as least connections, without every proxy herding to the same server.
+    RandomTwo,
+    /// The same key to the same server (rooms, in-memory sessions).
+    Hash,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub kind: HealthCheckKind,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<HumanDuration>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` answers 2xx.
+    Http,
+    /// A real WebSocket opening handshake on `path` is answered 101 with the
+    /// right accept key, then closed with 1000.
+    Websocket,
 }

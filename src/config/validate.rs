@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawGlobal, RawListener, RawRoute, RawUpstream};
+use super::raw::{Balance, RawConfig, RawGlobal, RawHealthCheck, RawListener, RawRoute, RawUpstream};
 use super::units::HumanDuration;
 use super::{
-    Admission, Config, ConfigError, ConfigErrors, Global, Listener, MissingOrigin, Route, ServerAddress, Upstream,
+    Admission, Config, ConfigError, ConfigErrors, Global, HashKey, HealthCheck, Listener, MissingOrigin, Route,
+    ServerAddress, Upstream, UpstreamServer,
 };
 use crate::admission::origin::OriginPattern;
 use crate::tls::{self, CertificateError};
@@ -424,14 +425,88 @@ impl Checker<'_> {
         }
         let mut servers = Vec::new();
         for (j, server) in raw.servers.get_ref().iter().enumerate() {
+            let weight = match &server.weight {
+                Some(w) if *w.get_ref() == 0 => {
+                    let message = "must be at least 1 (use drain = true to stop new tunnels to a server)";
+                    self.error(w, format!("upstream[{i}].servers[{j}].weight"), message);
+                    1
+                }
+                Some(w) => *w.get_ref(),
+                None => 1,
+            };
             match parse_server_address(server.address.get_ref()) {
-                Ok(addr) => servers.push(addr),
+                Ok(address) => servers.push(UpstreamServer {
+                    address,
+                    weight,
+                    backup: server.backup.unwrap_or(false),
+                    drain: server.drain.unwrap_or(false),
+                }),
                 Err(why) => self.error(&server.address, format!("upstream[{i}].servers[{j}].address"), why),
             }
         }
+        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
+            self.error(
+                &raw.servers,
+                format!("upstream[{i}].servers"),
+                "every server is a backup: mark at least one as primary",
+            );
+        }
+        let balance = raw.balance.unwrap_or(Balance::LeastConnections);
+        let hash_key = match &raw.hash_key {
+            Some(key) => match parse_hash_key(key.get_ref()) {
+                Ok(parsed) => parsed,
+                Err(why) => {
+                    self.error(key, format!("upstream[{i}].hash_key"), why);
+                    HashKey::ClientIp
+                }
+            },
+            None => HashKey::ClientIp,
+        };
+        if let Some(key) = raw.hash_key.as_ref().filter(|_| balance != Balance::Hash) {
+            self.error(
+                key,
+                format!("upstream[{i}].hash_key"),
+                "only used with balance = \"hash\"",
+            );
+        }
+        let hash_load_factor = match &raw.hash_load_factor {
+            Some(f) if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) => {
+                self.error(
+                    f,
+                    format!("upstream[{i}].hash_load_factor"),
+                    "must be at least 1.0 (1.25 lets a server take 25% above the average)",
+                );
+                1.25
+            }
+            Some(f) => *f.get_ref(),
+            None => 1.25,
+        };
+        let health_check = raw.health_check.as_ref().map(|check| self.health_check(i, check));
+        let passive_backoff = self.timeout(
+            raw.passive_backoff.clone(),
+            &format!("upstream[{i}].passive_backoff"),
+            Duration::from_secs(1),
+        );
+        let passive_backoff_max = self.timeout(
+            raw.passive_backoff_max.clone(),
+            &format!("upstream[{i}].passive_backoff_max"),
+            Duration::from_secs(30),
+        );
         Upstream {
             name: raw.name.get_ref().clone(),
             servers,
+            balance,
+            hash_key,
+            hash_load_factor,
+            retries: raw.retries.as_ref().map_or(2, |r| *r.get_ref()),
+            resolve_interval: self.timeout(
+                raw.resolve_interval.clone(),
+                &format!("upstream[{i}].resolve_interval"),
+                Duration::from_secs(30),
+            ),
+            passive_backoff,
+            passive_backoff_max: passive_backoff_max.max(passive_backoff),
+            health_check,
             connect_timeout: self.timeout(
                 raw.connect_timeout.clone(),
                 &format!("upstream[{i}].connect_timeout"),
@@ -442,6 +517,34 @@ impl Checker<'_> {
                 &format!("upstream[{i}].response_timeout"),
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
+        }
+    }
+
+    fn health_check(&mut self, i: usize, raw: &RawHealthCheck) -> HealthCheck {
+        let key = |name: &str| format!("upstream[{i}].health_check.{name}");
+        let path = match &raw.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.error(p, key("path"), format!("{:?} must start with \"/\"", p.get_ref()));
+                "/".to_string()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/".to_string(),
+        };
+        let count = |checker: &mut Self, value: &Option<Spanned<u32>>, name: &str, default: u32| match value {
+            Some(v) if *v.get_ref() == 0 => {
+                checker.error(v, key(name), "must be at least 1");
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        };
+        HealthCheck {
+            kind: raw.kind,
+            path,
+            interval: self.timeout(raw.interval.clone(), &key("interval"), Duration::from_secs(5)),
+            timeout: self.timeout(raw.timeout.clone(), &key("timeout"), Duration::from_secs(2)),
+            rise: count(self, &raw.rise, "rise", 2),
+            fall: count(self, &raw.fall, "fall", 3),
         }
     }
 }
@@ -474,6 +577,30 @@ fn normalize_host_pattern(pattern: &str) -> Result<String, String> {
         Err(format!(
             "{pattern:?} is not a host name; write a bare name such as \"chat.example.com\" or \"*.example.com\" (no scheme, port or path)"
         ))
+    }
+}
+
+/// `client_ip`, `header:NAME`, `cookie:NAME` or `query:NAME`.
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    let explain = || {
+        format!(
+            "{text:?} is not a hash key; write \"client_ip\", \"header:X-User-Id\", \"cookie:sid\" or \"query:room\""
+        )
+    };
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    let (source, name) = text.split_once(':').ok_or_else(explain)?;
+    if name.is_empty() {
+        return Err(explain());
+    }
+    match source {
+        "header" => http::HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| explain()),
+        "cookie" => Ok(HashKey::Cookie(name.to_string())),
+        "query" => Ok(HashKey::Query(name.to_string())),
+        _ => Err(explain()),
     }
 }
 

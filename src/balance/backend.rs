@@ -1,0 +1,225 @@
+//! One backend server of a pool, as the balancer and the health checks see it.
+//!
+//! Everything a pick reads is an atomic, so picks never wait on a lock; the
+//! health streaks, changed only by checks and failed connects, sit behind a
+//! small mutex.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One server address of an upstream.
+#[derive(Debug)]
+pub struct Backend {
+    /// As configured (`backend.internal:8080`): for logs, and the TLS server
+    /// name when the upstream speaks TLS.
+    pub name: Arc<str>,
+    /// The resolved address connections go to.
+    pub addr: SocketAddr,
+    /// Relative share of new tunnels (default 1).
+    pub weight: u32,
+    /// Used only when no primary server is available.
+    pub backup: bool,
+    draining: AtomicBool,
+    open: AtomicUsize,
+    healthy: AtomicBool,
+    /// Passive health: no new connections before this instant (nanoseconds
+    /// since [`epoch`]); 0 when not backed off.
+    down_until: AtomicU64,
+    health: Mutex<HealthStreak>,
+}
+
+#[derive(Debug, Default)]
+struct HealthStreak {
+    /// Consecutive results of the kind that would flip the state.
+    streak: u32,
+    /// Consecutive failed connects, for the passive back-off's growth.
+    connect_failures: u32,
+}
+
+/// A health change worth logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    Up,
+    Down,
+}
+
+impl Backend {
+    pub fn new(name: Arc<str>, addr: SocketAddr, weight: u32, backup: bool, drain: bool) -> Arc<Backend> {
+        Arc::new(Backend {
+            name,
+            addr,
+            weight: weight.max(1),
+            backup,
+            draining: AtomicBool::new(drain),
+            open: AtomicUsize::new(0),
+            // Servers start up: refusing all traffic until a first check
+            // passes would turn every start and reload into an outage.
+            healthy: AtomicBool::new(true),
+            down_until: AtomicU64::new(0),
+            health: Mutex::new(HealthStreak::default()),
+        })
+    }
+
+    /// Tunnels open to this server now.
+    pub fn open_tunnels(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a tunnel on this server until the guard is dropped.
+    pub fn acquire(self: &Arc<Self>) -> BackendGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        BackendGuard { backend: self.clone() }
+    }
+
+    /// Whether new tunnels may go here: healthy, not backed off, not draining.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_draining() && !self.is_backed_off()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A draining server gets no new tunnels and keeps the ones it has.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    fn is_backed_off(&self) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        until != 0 && now_nanos() < until
+    }
+
+    /// An active check's result, with the thresholds: `rise` successes in a
+    /// row bring a down server up, `fall` failures in a row take it down.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<HealthChange> {
+        let mut health = self.lock();
+        let up = self.is_healthy();
+        if ok == up {
+            health.streak = 0;
+            return None;
+        }
+        health.streak += 1;
+        let needed = if up { fall } else { rise };
+        if health.streak < needed.max(1) {
+            return None;
+        }
+        health.streak = 0;
+        self.healthy.store(ok, Ordering::Relaxed);
+        if ok {
+            health.connect_failures = 0;
+            self.down_until.store(0, Ordering::Relaxed);
+        }
+        Some(if ok { HealthChange::Up } else { HealthChange::Down })
+    }
+
+    /// Passive health: a failed connect (refused, timed out) keeps new
+    /// tunnels away for `base`, doubling with each failure in a row up to
+    /// `max`, without waiting for the next active check. Returns the back-off.
+    pub fn record_connect_failure(&self, base: Duration, max: Duration) -> Duration {
+        let mut health = self.lock();
+        let doublings = health.connect_failures.min(16);
+        health.connect_failures = health.connect_failures.saturating_add(1);
+        let backoff = base.saturating_mul(1 << doublings).min(max);
+        let until = now_nanos().saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
+        self.down_until.store(until.max(1), Ordering::Relaxed);
+        backoff
+    }
+
+    /// A successful connect ends any passive back-off.
+    pub fn record_connect_success(&self) {
+        if self.down_until.load(Ordering::Relaxed) != 0 {
+            let mut health = self.lock();
+            health.connect_failures = 0;
+            self.down_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The streaks stay consistent whatever panicked while holding the lock.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthStreak> {
+        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One open tunnel on a backend, counted until dropped.
+#[derive(Debug)]
+pub struct BackendGuard {
+    backend: Arc<Backend>,
+}
+
+impl BackendGuard {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for BackendGuard {
+    fn drop(&mut self) {
+        self.backend.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The process's monotonic epoch, so deadlines fit in an atomic u64.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_nanos() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Arc<Backend> {
+        Backend::new("b:1".into(), "127.0.0.1:1".parse().unwrap(), 1, false, false)
+    }
+
+    #[test]
+    fn rise_and_fall_need_streaks() {
+        let b = backend();
+        assert_eq!(b.record_check(false, 2, 3), None);
+        assert_eq!(b.record_check(false, 2, 3), None);
+        assert_eq!(b.record_check(true, 2, 3), None, "a success breaks the failure streak");
+        assert_eq!(b.record_check(false, 2, 3), None);
+        assert_eq!(b.record_check(false, 2, 3), None);
+        assert_eq!(b.record_check(false, 2, 3), Some(HealthChange::Down));
+        assert!(!b.is_available());
+        assert_eq!(b.record_check(true, 2, 3), None);
+        assert_eq!(b.record_check(true, 2, 3), Some(HealthChange::Up));
+        assert!(b.is_available());
+    }
+
+    #[test]
+    fn failed_connects_back_off_exponentially_up_to_the_cap() {
+        let b = backend();
+        let base = Duration::from_millis(100);
+        let max = Duration::from_millis(350);
+        assert_eq!(b.record_connect_failure(base, max), base);
+        assert!(!b.is_available());
+        assert_eq!(b.record_connect_failure(base, max), base * 2);
+        assert_eq!(b.record_connect_failure(base, max), max);
+        b.record_connect_success();
+        assert!(b.is_available());
+        assert_eq!(b.record_connect_failure(base, max), base);
+    }
+
+    #[test]
+    fn guards_count_open_tunnels() {
+        let b = backend();
+        let (g1, g2) = (b.acquire(), b.acquire());
+        assert_eq!(b.open_tunnels(), 2);
+        drop((g1, g2));
+        assert_eq!(b.open_tunnels(), 0);
+        b.set_draining(true);
+        assert!(!b.is_available() && b.is_healthy());
+    }
+}
