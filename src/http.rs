@@ -24,6 +24,8 @@ use tracing::{debug, info, warn, Instrument, Span};
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
+use crate::balance::{hash_key, BackendGuard};
+use crate::config::Balance;
 use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
 use crate::handshake;
@@ -32,7 +34,7 @@ use crate::real_ip::{self, TrustedProxies};
 use crate::route::RouteTable;
 use crate::stats::{OpenConnection, RefusalReason, Stats};
 use crate::tunnel;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{Answer, UpstreamPool};
 
 /// The body of every response wsgate sends: the backend's, streamed, or a
 /// short one of its own.
@@ -83,20 +85,31 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, tunnels: TaskTracker, stats: Stats) -> Proxy {
+    pub async fn new(config: &Config, tunnels: TaskTracker, stats: Stats) -> Proxy {
         let gates: Vec<RouteGate> = config.routes.iter().map(|r| RouteGate::new(&r.admission)).collect();
         for (route, gate) in config.routes.iter().zip(&gates) {
             stats.register_route(&route.name, gate.caps.clone());
+        }
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let upstream = UpstreamPool::new(upstream.clone()).await;
+            stats.register_upstream(&upstream.config.name, upstream.pool.clone());
+            upstreams.push(upstream);
         }
         Proxy {
             global: config.global.clone(),
             routes: RouteTable::new(config.routes.clone()),
             gates,
-            upstreams: config.upstreams.iter().cloned().map(UpstreamPool::new).collect(),
+            upstreams,
             tunnels,
             stats,
             refusal_log: RefusalLog::default(),
         }
+    }
+
+    /// The upstream pools, for health checks and name resolution.
+    pub(crate) fn upstreams(&self) -> &[UpstreamPool] {
+        &self.upstreams
     }
 
     /// Every per-client limiter, for the server's eviction schedule.
@@ -140,7 +153,13 @@ impl Proxy {
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
             let info = info.clone();
-            let span = tracing::info_span!("request", route = tracing::field::Empty, server = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "request",
+                route = tracing::field::Empty,
+                upstream = tracing::field::Empty,
+                server = tracing::field::Empty,
+                attempts = tracing::field::Empty
+            );
             async move { Ok::<_, Infallible>(proxy.handle(request, &info).instrument(span).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
@@ -246,9 +265,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = handshake::validate(&request)?;
         let admitted = gate.admit_websocket(request.headers(), ctx.key)?;
-        let pool = &self.upstreams[route.upstream];
-        let server = pool.pick()?;
-        Span::current().record("server", tracing::field::display(server));
+        let upstream = &self.upstreams[route.upstream];
+        let hash_key = self.hash_key(upstream, ctx, request.headers(), request.uri());
         let mut backend_request = handshake_request(&request, ctx);
         match admitted.subprotocols {
             SubprotocolOffer::Unchanged => {}
@@ -262,9 +280,18 @@ impl Proxy {
             }
         }
         let offered = backend_request.headers().clone();
-        let mut backend_response = pool.send_handshake(server, backend_request).await?;
+        let Answer {
+            response: mut backend_response,
+            backend,
+            attempts,
+        } = upstream.send_handshake(hash_key.as_deref(), backend_request).await?;
+        let server = backend.backend().name.clone();
+        record_server(&upstream.config.name, &backend, attempts);
         if backend_response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            debug!(status = backend_response.status().as_u16(), %server, "backend refused the upgrade");
+            debug!(
+                status = backend_response.status().as_u16(),
+                "backend refused the upgrade"
+            );
             headers::strip_hop_by_hop(backend_response.headers_mut());
             return Ok(backend_response.map(BodyExt::boxed));
         }
@@ -288,8 +315,8 @@ impl Proxy {
         let slot = ctx.info.slot.clone();
         self.tunnels.spawn(
             async move {
-                // Both are released when the tunnel ends, however it ends.
-                let _held = (permit, slot);
+                // All three are released when the tunnel ends, however it ends.
+                let _held = (permit, slot, backend);
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         info!("tunnel open");
@@ -311,28 +338,43 @@ impl Proxy {
         ctx: &RequestContext<'_>,
         route: &Route,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let pool = &self.upstreams[route.upstream];
-        let server = pool.pick()?;
-        Span::current().record("server", tracing::field::display(server));
+        let upstream = &self.upstreams[route.upstream];
+        let hash_key = self
+            .hash_key(upstream, ctx, request.headers(), request.uri())
+            .map(|key| key.into_owned());
         let (mut parts, body) = request.into_parts();
         prepare_headers(&mut parts.headers, &parts.uri, ctx);
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(server.to_string())
-            .path_and_query(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            )
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
         parts.version = Version::HTTP_11;
-        let mut response = pool.send_http(server, Request::from_parts(parts, body)).await?;
+        let answer = upstream
+            .send_http(hash_key.as_deref(), Request::from_parts(parts, body))
+            .await?;
+        record_server(&upstream.config.name, &answer.backend, answer.attempts);
+        let mut response = answer.response;
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response.map(BodyExt::boxed))
     }
+
+    /// The key of `balance = "hash"`, when the upstream uses one.
+    fn hash_key<'r>(
+        &self,
+        upstream: &UpstreamPool,
+        ctx: &RequestContext<'_>,
+        headers: &'r http::HeaderMap,
+        uri: &'r Uri,
+    ) -> Option<std::borrow::Cow<'r, [u8]>> {
+        if upstream.config.balance != Balance::Hash {
+            return None;
+        }
+        hash_key::extract(&upstream.config.hash_key, ctx.client, headers, uri)
+    }
+}
+
+/// Which server took the request, and after how many tries: in the request's log line.
+fn record_server(upstream: &str, backend: &BackendGuard, attempts: u32) {
+    let span = Span::current();
+    span.record("upstream", upstream);
+    span.record("server", tracing::field::display(&backend.backend().name));
+    span.record("attempts", attempts);
 }
 
 /// The handshake as the backend gets it: origin-form target, end-to-end

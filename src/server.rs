@@ -61,7 +61,7 @@ impl Server {
         }
         let tasks = TaskTracker::new();
         Ok(Server {
-            proxy: Arc::new(Proxy::new(&config, tasks.clone(), Stats::default())),
+            proxy: Arc::new(Proxy::new(&config, tasks.clone(), Stats::default()).await),
             listeners,
             shutdown_timeout: config.global.shutdown_timeout,
             connection_permits: Arc::new(Semaphore::new(
@@ -127,7 +127,8 @@ impl Server {
     }
 }
 
-/// Periodic work: forgetting idle rate-limiter keys (the memory bound) and
+/// Periodic work: forgetting idle rate-limiter keys (the memory bound),
+/// active health checks, resolving upstream host names again, and
 /// summarising refusals that were not logged one by one.
 fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
@@ -144,6 +145,34 @@ fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task
                 }
             }
         }));
+    }
+    for upstream in proxy.upstreams() {
+        let pool = upstream.pool.clone();
+        if let Some(check) = upstream.config.health_check.clone() {
+            let backends = {
+                let pool = pool.clone();
+                move || pool.backends()
+            };
+            tasks.push(tokio::spawn(crate::health::run(
+                pool.name.clone(),
+                check,
+                backends,
+                stop.clone(),
+            )));
+        }
+        if pool.has_host_names() {
+            let every = upstream.config.resolve_interval;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => pool.resolve().await,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }));
+        }
     }
     let proxy = proxy.clone();
     let stop = stop.clone();

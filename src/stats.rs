@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::admission::caps::RouteCaps;
+use crate::balance::Pool;
 
 /// Why a client was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +72,20 @@ struct Inner {
     open_connections: AtomicUsize,
     refusals: [AtomicU64; RefusalReason::ALL.len()],
     routes: std::sync::RwLock<HashMap<String, Arc<RouteCaps>>>,
+    upstreams: std::sync::RwLock<HashMap<String, Arc<Pool>>>,
+}
+
+/// One backend server as statistics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// As configured (`backend.internal:8080`).
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    /// Up by the active checks.
+    pub healthy: bool,
+    /// Takes new tunnels: healthy, not set aside after a failed connect, not draining.
+    pub available: bool,
+    pub open_tunnels: usize,
 }
 
 impl Stats {
@@ -105,6 +120,38 @@ impl Stats {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         routes.get(name).cloned()
+    }
+
+    /// The servers of the upstream named `upstream`, in configuration order.
+    pub fn servers(&self, upstream: &str) -> Vec<ServerStatus> {
+        let pool = {
+            let upstreams = self
+                .inner
+                .upstreams
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            upstreams.get(upstream).cloned()
+        };
+        let Some(pool) = pool else { return Vec::new() };
+        pool.backends()
+            .iter()
+            .map(|backend| ServerStatus {
+                name: backend.name.to_string(),
+                addr: backend.addr,
+                healthy: backend.is_healthy(),
+                available: backend.is_available(),
+                open_tunnels: backend.open_tunnels(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn register_upstream(&self, name: &str, pool: Arc<Pool>) {
+        let mut upstreams = self
+            .inner
+            .upstreams
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        upstreams.insert(name.to_owned(), pool);
     }
 
     pub(crate) fn register_route(&self, name: &str, caps: Arc<RouteCaps>) {

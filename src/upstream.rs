@@ -1,31 +1,48 @@
-//! Backends: connecting, forwarding a WebSocket handshake, forwarding HTTP.
+//! Backends: connecting with failover, forwarding a WebSocket handshake,
+//! forwarding HTTP.
+//!
+//! A connect that fails is retried on another server (up to the upstream's
+//! `retries`) only before any byte of the request reached a backend: after
+//! that, a retry could deliver a request twice.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Empty;
-use hyper::body::Incoming;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::balance::RoundRobin;
-use crate::config::{ServerAddress, Upstream};
+use crate::balance::{BackendGuard, Pool};
+use crate::config::Upstream;
 use crate::error::ProxyError;
+use crate::http::ProxyBody;
 
-/// An upstream as the proxy uses it: its servers, the balancer that picks
-/// among them, and a keep-alive connection pool for plain HTTP.
+/// An upstream as the proxy uses it: its pool of servers and a keep-alive
+/// connection pool for plain HTTP.
 pub struct UpstreamPool {
     pub config: Upstream,
-    balancer: RoundRobin,
-    http: Client<HttpConnector, Incoming>,
+    pub pool: Arc<Pool>,
+    http: Client<HttpConnector, ProxyBody>,
+}
+
+/// A backend's answer to a forwarded request, with the server that gave it.
+pub struct Answer {
+    pub response: Response<Incoming>,
+    /// Counts the request (and the tunnel it may become) on its server.
+    pub backend: BackendGuard,
+    /// Servers tried, this one included.
+    pub attempts: u32,
 }
 
 impl UpstreamPool {
-    pub fn new(config: Upstream) -> UpstreamPool {
+    pub async fn new(config: Upstream) -> UpstreamPool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -33,31 +50,59 @@ impl UpstreamPool {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
         UpstreamPool {
+            pool: Arc::new(Pool::new(&config).await),
             config,
-            balancer: RoundRobin::default(),
             http,
         }
     }
 
-    /// The server for the next connection.
-    pub fn pick(&self) -> Result<&ServerAddress, ProxyError> {
-        self.balancer
-            .pick(&self.config.servers)
-            .map(|server| &server.address)
-            .ok_or(ProxyError::NoServer)
+    /// Picks a server and connects, trying others when a connect fails.
+    async fn connect(&self, key: Option<&[u8]>) -> Result<(TcpStream, BackendGuard, u32), ProxyError> {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = None;
+        loop {
+            // Nothing left to try: the last failure is the client's answer
+            // (502/504); with nothing tried at all, every server is down (503).
+            let Some(guard) = self.pool.pick(key, &tried) else {
+                return Err(last_error.unwrap_or(ProxyError::NoServer));
+            };
+            let backend = guard.backend().clone();
+            match connect(backend.addr, self.config.connect_timeout).await {
+                Ok(stream) => {
+                    backend.record_connect_success();
+                    return Ok((stream, guard, tried.len() as u32 + 1));
+                }
+                Err(error) => {
+                    self.connect_failed(&backend.name, backend.addr, &error, &backend);
+                    tried.push(backend.addr);
+                    let error = error.on(&backend.name);
+                    if tried.len() > self.config.retries as usize {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
     }
 
-    /// Sends a WebSocket handshake to `server` on a new connection of its
-    /// own (a tunnel never shares its backend connection) and returns the
-    /// backend's answer; its upgrade is reached through `hyper::upgrade::on`.
+    fn connect_failed(&self, name: &str, addr: SocketAddr, error: &ConnectError, backend: &crate::balance::Backend) {
+        let backoff = backend.record_connect_failure(self.config.passive_backoff, self.config.passive_backoff_max);
+        warn!(upstream = %self.config.name, server = %name, %addr, %error, backoff_ms = backoff.as_millis() as u64,
+            "connect failed; server set aside");
+    }
+
+    /// Sends a WebSocket handshake on a new connection of its own (a tunnel
+    /// never shares its backend connection) and returns the backend's
+    /// answer; its upgrade is reached through `hyper::upgrade::on`.
     pub async fn send_handshake(
         &self,
-        server: &ServerAddress,
+        key: Option<&[u8]>,
         request: Request<Empty<Bytes>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let stream = connect(server, self.config.connect_timeout).await?;
+    ) -> Result<Answer, ProxyError> {
+        let (stream, backend, attempts) = self.connect(key).await?;
+        let server = backend.backend().name.to_string();
         let upstream_error = |e: hyper::Error| ProxyError::Upstream {
-            server: server.to_string(),
+            server: server.clone(),
             reason: e.to_string(),
         };
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
@@ -70,81 +115,137 @@ impl UpstreamPool {
             }
         });
         let timeout = self.config.response_timeout;
-        match tokio::time::timeout(timeout, sender.send_request(request)).await {
-            Ok(result) => result.map_err(upstream_error),
-            Err(_) => Err(ProxyError::ResponseTimeout {
-                server: server.to_string(),
-                timeout,
-            }),
-        }
+        let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+            Ok(result) => result.map_err(upstream_error)?,
+            Err(_) => return Err(ProxyError::ResponseTimeout { server, timeout }),
+        };
+        Ok(Answer {
+            response,
+            backend,
+            attempts,
+        })
     }
 
     /// Forwards a plain HTTP request on a pooled keep-alive connection,
-    /// streaming the body both ways. The request's URI must already name
-    /// `server`.
-    pub async fn send_http(
-        &self,
-        server: &ServerAddress,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let timeout = self.config.response_timeout;
-        match tokio::time::timeout(timeout, self.http.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => Err(connect_error(server, &error, self.config.connect_timeout)),
-            Ok(Err(error)) => Err(ProxyError::Upstream {
-                server: server.to_string(),
-                reason: error_chain(&error),
-            }),
-            Err(_) => Err(ProxyError::ResponseTimeout {
-                server: server.to_string(),
-                timeout,
-            }),
+    /// streaming the body both ways. A request without a body is tried on
+    /// another server when the connect fails; one with a body is not, since
+    /// its body cannot be read twice.
+    pub async fn send_http(&self, key: Option<&[u8]>, request: Request<Incoming>) -> Result<Answer, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let replayable = body.is_end_stream();
+        let mut body = Some(body.boxed());
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = None;
+        loop {
+            let Some(guard) = self.pool.pick(key, &tried) else {
+                return Err(last_error.unwrap_or(ProxyError::NoServer));
+            };
+            let backend = guard.backend().clone();
+            let mut attempt = Request::from_parts(parts.clone(), ());
+            *attempt.uri_mut() = backend_uri(backend.addr, &parts.uri)?;
+            let attempt_body = match body.take() {
+                Some(body) => body,
+                None => Empty::new().map_err(|never| match never {}).boxed(),
+            };
+            let timeout = self.config.response_timeout;
+            let sent = tokio::time::timeout(timeout, self.http.request(attempt.map(|()| attempt_body))).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    backend.record_connect_success();
+                    return Ok(Answer {
+                        response,
+                        backend: guard,
+                        attempts: tried.len() as u32 + 1,
+                    });
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    let error = connect_error(&error);
+                    self.connect_failed(&backend.name, backend.addr, &error, &backend);
+                    tried.push(backend.addr);
+                    let error = error.on(&backend.name);
+                    if !replayable || tried.len() > self.config.retries as usize {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                }
+                Ok(Err(error)) => {
+                    return Err(ProxyError::Upstream {
+                        server: backend.name.to_string(),
+                        reason: error_chain(&error),
+                    })
+                }
+                Err(_) => {
+                    return Err(ProxyError::ResponseTimeout {
+                        server: backend.name.to_string(),
+                        timeout,
+                    })
+                }
+            }
         }
     }
 }
 
-/// Opens a TCP connection to `server` within `timeout`.
-pub async fn connect(server: &ServerAddress, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let attempt = TcpStream::connect((server.host.as_str(), server.port));
-    match tokio::time::timeout(timeout, attempt).await {
+/// The request's target, aimed at one server.
+fn backend_uri(addr: SocketAddr, uri: &Uri) -> Result<Uri, ProxyError> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+/// Why a connection to a server could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Refused(std::io::Error),
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnectError {
+    fn on(self, server: &str) -> ProxyError {
+        match self {
+            ConnectError::Refused(source) => ProxyError::Connect {
+                server: server.to_string(),
+                source,
+            },
+            ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout {
+                server: server.to_string(),
+                timeout,
+            },
+        }
+    }
+}
+
+/// Opens a TCP connection to `addr` within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             // Frames are small and latency matters more than packet count.
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Ok(Err(source)) => Err(ProxyError::Connect {
-            server: server.to_string(),
-            source,
-        }),
-        Err(_) => Err(ProxyError::ConnectTimeout {
-            server: server.to_string(),
-            timeout,
-        }),
+        Ok(Err(error)) => Err(ConnectError::Refused(error)),
+        Err(_) => Err(ConnectError::Timeout(timeout)),
     }
 }
 
-/// A pooled client's connect failure: a timeout (504) or a refusal (502).
-fn connect_error(server: &ServerAddress, error: &(dyn std::error::Error + 'static), timeout: Duration) -> ProxyError {
+/// A pooled client's connect failure: a timeout or a refusal.
+fn connect_error(error: &(dyn std::error::Error + 'static)) -> ConnectError {
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return ProxyError::ConnectTimeout {
-                    server: server.to_string(),
-                    timeout,
-                };
+                return ConnectError::Timeout(Duration::ZERO);
             }
-            return ProxyError::Connect {
-                server: server.to_string(),
-                source: std::io::Error::new(io.kind(), io.to_string()),
-            };
+            return ConnectError::Refused(std::io::Error::new(io.kind(), io.to_string()));
         }
         source = cause.source();
     }
-    ProxyError::Connect {
-        server: server.to_string(),
-        source: std::io::Error::other(error_chain(error)),
-    }
+    ConnectError::Refused(std::io::Error::other(error_chain(error)))
 }
 
 /// An error and its causes on one line: hyper's top-level messages alone

@@ -78,6 +78,11 @@ impl Backend {
         self.is_healthy() && !self.is_draining() && !self.is_backed_off()
     }
 
+    /// Healthy and not draining, whatever the passive back-off says.
+    pub fn is_up(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
