@@ -86,7 +86,7 @@ impl Pool {
     /// no server is available.
     pub fn pick(&self, key: Option<&[u8]>, tried: &[SocketAddr]) -> Option<BackendGuard> {
         let backends = self.backends.load();
-        let usable = |backup: bool, available: fn(&Backend) -> bool| -> Vec<Arc<Backend>> {
+        let usable = |backup: bool, available: Availability| -> Vec<Arc<Backend>> {
             backends
                 .iter()
                 .filter(|b| b.backup == backup && available(b) && !tried.contains(&b.addr))
@@ -97,7 +97,7 @@ impl Pool {
         // only set aside after a failed connect are tried anyway: one blip on
         // a lone server must not turn the upstream into 503s (nginx's rule
         // for a single server). Down by active checks or draining stays out.
-        let tiers: [(bool, fn(&Backend) -> bool); 4] = [
+        let tiers: [(bool, Availability); 4] = [
             (false, Backend::is_available),
             (true, Backend::is_available),
             (false, Backend::is_up),
@@ -111,6 +111,9 @@ impl Pool {
         candidates.get(index).map(Backend::acquire)
     }
 }
+
+/// Which servers a tier of [`Pool::pick`] takes.
+type Availability = fn(&Backend) -> bool;
 
 async fn resolve(server: &UpstreamServer) -> std::io::Result<Vec<SocketAddr>> {
     let address = &server.address;
