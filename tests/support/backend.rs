@@ -111,6 +111,38 @@ impl Backend {
         }
     }
 
+    /// An echo backend on `addr` exactly (a server coming back on its old port).
+    pub async fn echo_at(addr: SocketAddr) -> Backend {
+        let listener = within("binding the backend's old address", async {
+            loop {
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => return listener,
+                    // The dropped listener may not have been closed yet.
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                    }
+                    Err(e) => panic!("bind {addr}: {e}"),
+                }
+            }
+        })
+        .await;
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let records = Arc::new(Records::default());
+        let (counter, state) = (accepts.clone(), records.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_backend_connection(stream, Behavior::Echo, state.clone()));
+            }
+        });
+        Backend {
+            addr,
+            accepts,
+            records,
+            task,
+        }
+    }
+
     /// TCP connections accepted so far.
     pub fn accepts(&self) -> usize {
         self.accepts.load(Ordering::SeqCst)
