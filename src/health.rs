@@ -39,6 +39,9 @@ use tracing::{debug, info, warn};
 
 use crate::balance::{Backend, HealthChange};
 use crate::config::{HealthCheck, HealthCheckKind};
+use crate::tls::UpstreamTls;
+use crate::upstream::BackendStream;
+use tokio_util::either::Either;
 
 /// The `User-Agent` of `http` and `websocket` checks, so backends can tell
 /// probes from clients in their logs.
@@ -73,6 +76,9 @@ pub enum CheckFailure {
     /// `Sec-WebSocket-Accept`, a missing `Upgrade`, a broken connection.
     #[error("WebSocket handshake failed: {0}")]
     Handshake(String),
+    /// The TLS handshake failed (certificate not trusted, wrong name, …).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The check's request cannot be built from the server name and path.
     #[error("invalid check request: {0}")]
     InvalidRequest(String),
@@ -93,6 +99,7 @@ pub enum CheckFailure {
 pub async fn run(
     upstream: Arc<str>,
     check: HealthCheck,
+    tls: Option<UpstreamTls>,
     backends: impl Fn() -> Arc<Vec<Arc<Backend>>> + Send + Sync + 'static,
     stop: CancellationToken,
 ) {
@@ -106,7 +113,7 @@ pub async fn run(
         let round = futures_util::future::join_all(
             servers
                 .iter()
-                .map(|backend| check_and_record(&upstream, &check, backend)),
+                .map(|backend| check_and_record(&upstream, &check, tls.as_ref(), backend)),
         );
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -129,8 +136,8 @@ fn jitter(interval: Duration) -> Duration {
 }
 
 /// Checks one backend, records the result and logs a change of state.
-async fn check_and_record(upstream: &str, check: &HealthCheck, backend: &Backend) {
-    let result = check_once(check, backend).await;
+async fn check_and_record(upstream: &str, check: &HealthCheck, tls: Option<&UpstreamTls>, backend: &Backend) {
+    let result = check_once(check, tls, backend).await;
     if let Err(failure) = &result {
         debug!(upstream, server = %backend.name, addr = %backend.addr, reason = %failure, "health check failed");
     }
@@ -161,13 +168,51 @@ async fn check_and_record(upstream: &str, check: &HealthCheck, backend: &Backend
 /// verdict is known, the remaining time is only used for politeness (reading
 /// a little of an HTTP body, sending a WebSocket close) and running out of it
 /// there does not turn a success into a failure.
-pub async fn check_once(check: &HealthCheck, backend: &Backend) -> Result<(), CheckFailure> {
+/// With `tls`, `http` and `websocket` checks speak TLS as the upstream does
+/// (the handshake, certificate included, is part of the check); `tcp`
+/// checks only the TCP connection.
+pub async fn check_once(check: &HealthCheck, tls: Option<&UpstreamTls>, backend: &Backend) -> Result<(), CheckFailure> {
     let deadline = Instant::now() + check.timeout;
     match check.kind {
         HealthCheckKind::Tcp => connect(backend, deadline).await.map(drop),
-        HealthCheckKind::Http => check_http(check, backend, deadline).await,
-        HealthCheckKind::Websocket => check_websocket(check, backend, deadline).await,
+        HealthCheckKind::Http => {
+            check_http(
+                check,
+                backend,
+                connect_maybe_tls(backend, tls, deadline).await?,
+                deadline,
+            )
+            .await
+        }
+        HealthCheckKind::Websocket => {
+            check_websocket(
+                check,
+                backend,
+                connect_maybe_tls(backend, tls, deadline).await?,
+                deadline,
+            )
+            .await
+        }
     }
+}
+
+/// A fresh connection to the backend, with TLS when the upstream uses it.
+async fn connect_maybe_tls(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+    deadline: Instant,
+) -> Result<BackendStream, CheckFailure> {
+    let stream = connect(backend, deadline).await?;
+    let Some(tls) = tls else {
+        return Ok(Either::Left(stream));
+    };
+    before(deadline, async {
+        tls.connect(stream, &backend.name)
+            .await
+            .map(Either::Right)
+            .map_err(|e| CheckFailure::Tls(e.to_string()))
+    })
+    .await
 }
 
 /// `fut` bounded by `deadline`, running out of time being [`CheckFailure::Timeout`].
@@ -186,14 +231,18 @@ async fn connect(backend: &Backend, deadline: Instant) -> Result<TcpStream, Chec
 }
 
 /// `GET path` with `Connection: close` on a connection of its own; 2xx passes.
-async fn check_http(check: &HealthCheck, backend: &Backend, deadline: Instant) -> Result<(), CheckFailure> {
+async fn check_http(
+    check: &HealthCheck,
+    backend: &Backend,
+    stream: BackendStream,
+    deadline: Instant,
+) -> Result<(), CheckFailure> {
     let request = Request::get(check.path.as_str())
         .header(HOST, &*backend.name)
         .header(USER_AGENT, USER_AGENT_VALUE)
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| CheckFailure::InvalidRequest(e.to_string()))?;
-    let stream = connect(backend, deadline).await?;
     let (mut sender, connection) = before(deadline, async {
         hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -244,7 +293,12 @@ async fn drain(mut body: hyper::body::Incoming) {
 
 /// A real opening handshake on `ws://{name}{path}`, validated by tungstenite
 /// (101, `Upgrade`, `Connection`, `Sec-WebSocket-Accept`), then a close 1000.
-async fn check_websocket(check: &HealthCheck, backend: &Backend, deadline: Instant) -> Result<(), CheckFailure> {
+async fn check_websocket(
+    check: &HealthCheck,
+    backend: &Backend,
+    stream: BackendStream,
+    deadline: Instant,
+) -> Result<(), CheckFailure> {
     let url = format!("ws://{}{}", backend.name, check.path);
     let mut request = url
         .as_str()
@@ -253,7 +307,6 @@ async fn check_websocket(check: &HealthCheck, backend: &Backend, deadline: Insta
     request
         .headers_mut()
         .insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-    let stream = connect(backend, deadline).await?;
     let (mut socket, _response) = before(deadline, async {
         tokio_tungstenite::client_async(request, stream)
             .await

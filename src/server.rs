@@ -156,6 +156,7 @@ fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task
             tasks.push(tokio::spawn(crate::health::run(
                 pool.name.clone(),
                 check,
+                upstream.config.tls.clone(),
                 backends,
                 stop.clone(),
             )));

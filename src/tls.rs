@@ -107,3 +107,90 @@ impl ResolvesServerCert for SniResolver {
             .or(default)
     }
 }
+
+/// TLS toward an upstream's servers (`wss` to the backend): the client
+/// configuration, built when the configuration is loaded, and the name
+/// certificates are checked against.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// `tls.server_name`; without it, each server's configured host.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Trusts the certificates of the PEM file `ca`, or without it the
+    /// system's roots; TLS 1.2 and 1.3, ALPN `http/1.1`.
+    pub fn new(ca: Option<&Path>, server_name: Option<&str>) -> Result<UpstreamTls, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("cannot read CA file {}: {}", path.display(), pem_reason(e)))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("cannot read CA file {}: {}", path.display(), pem_reason(e)))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!("no usable CA certificate in {}", path.display()));
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err("no CA certificates found on this system; set tls.ca".into());
+                }
+            }
+        }
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_string())
+                    .map_err(|_| format!("{name:?} is not a valid TLS server name (a DNS name or an IP address)"))
+            })
+            .transpose()?;
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(UpstreamTls {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+
+    /// The name a server's certificate must carry: `tls.server_name`, or the
+    /// host of the server as configured (`backend.internal:8443`).
+    pub fn name_for(&self, configured: &str) -> Result<ServerName<'static>, String> {
+        if let Some(name) = &self.server_name {
+            return Ok(name.clone());
+        }
+        let host = configured
+            .rsplit_once(':')
+            .map_or(configured, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a valid TLS server name"))
+    }
+
+    /// The TLS handshake on a connected stream, checking the certificate
+    /// against the roots and `name_for(configured)`.
+    pub async fn connect<S>(&self, stream: S, configured: &str) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let name = self.name_for(configured).map_err(std::io::Error::other)?;
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, stream)
+            .await
+    }
+}

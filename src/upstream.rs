@@ -13,10 +13,14 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 use tracing::{debug, warn};
 
 use crate::balance::{BackendGuard, Pool};
@@ -29,8 +33,11 @@ use crate::http::ProxyBody;
 pub struct UpstreamPool {
     pub config: Upstream,
     pub pool: Arc<Pool>,
-    http: Client<HttpConnector, ProxyBody>,
+    http: Client<HttpsConnector<HttpConnector>, ProxyBody>,
 }
+
+/// A connection to a server: plain TCP, or TLS over it.
+pub type BackendStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// A backend's answer to a forwarded request, with the server that gave it.
 pub struct Answer {
@@ -43,21 +50,50 @@ pub struct Answer {
 
 impl UpstreamPool {
     pub async fn new(config: Upstream) -> UpstreamPool {
+        let pool = Arc::new(Pool::new(&config).await);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let https = match &config.tls {
+            Some(tls) => {
+                // Requests are aimed at an address; the certificate is
+                // checked against the name of the server behind it.
+                let (tls_for_names, pool_for_names) = (tls.clone(), pool.clone());
+                let name_of = move |uri: &Uri| -> Result<ServerName<'static>, String> {
+                    let backends = pool_for_names.backends();
+                    let backend = backends
+                        .iter()
+                        .find(|b| uri.authority().is_some_and(|a| a.as_str() == b.addr.to_string()))
+                        .ok_or_else(|| format!("no server at {uri}"))?;
+                    tls_for_names.name_for(&backend.name)
+                };
+                // hyper-rustls sets ALPN itself (http/1.1, from `enable_http1`)
+                // and refuses a configuration that already has it.
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols.clear();
+                HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_or_http()
+                    .with_server_name_resolver(name_of)
+                    .enable_http1()
+                    .wrap_connector(connector)
+            }
+            // Never used for TLS: every URI of a plain upstream is http://.
+            None => HttpsConnectorBuilder::new()
+                .with_tls_config(plain_only_tls_config())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector),
+        };
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        UpstreamPool {
-            pool: Arc::new(Pool::new(&config).await),
-            config,
-            http,
-        }
+            .build(https);
+        UpstreamPool { pool, config, http }
     }
 
     /// Picks a server and connects, trying others when a connect fails.
-    async fn connect(&self, key: Option<&[u8]>) -> Result<(TcpStream, BackendGuard, u32), ProxyError> {
+    async fn connect(&self, key: Option<&[u8]>) -> Result<(BackendStream, BackendGuard, u32), ProxyError> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
         loop {
@@ -67,7 +103,7 @@ impl UpstreamPool {
                 return Err(last_error.unwrap_or(ProxyError::NoServer));
             };
             let backend = guard.backend().clone();
-            match connect(backend.addr, self.config.connect_timeout).await {
+            match self.connect_to(&backend).await {
                 Ok(stream) => {
                     backend.record_connect_success();
                     return Ok((stream, guard, tried.len() as u32 + 1));
@@ -82,6 +118,20 @@ impl UpstreamPool {
                     last_error = Some(error);
                 }
             }
+        }
+    }
+
+    /// TCP, then TLS when the upstream asks for it; a TLS failure counts as a
+    /// failed connect: nothing was sent, and the server is no use as it is.
+    async fn connect_to(&self, backend: &crate::balance::Backend) -> Result<BackendStream, ConnectError> {
+        let stream = connect(backend.addr, self.config.connect_timeout).await?;
+        let Some(tls) = &self.config.tls else {
+            return Ok(Either::Left(stream));
+        };
+        match tokio::time::timeout(self.config.connect_timeout, tls.connect(stream, &backend.name)).await {
+            Ok(Ok(stream)) => Ok(Either::Right(stream)),
+            Ok(Err(error)) => Err(ConnectError::Tls(error.to_string())),
+            Err(_) => Err(ConnectError::Timeout(self.config.connect_timeout)),
         }
     }
 
@@ -142,7 +192,7 @@ impl UpstreamPool {
             };
             let backend = guard.backend().clone();
             let mut attempt = Request::from_parts(parts.clone(), ());
-            *attempt.uri_mut() = backend_uri(backend.addr, &parts.uri)?;
+            *attempt.uri_mut() = backend_uri(backend.addr, &parts.uri, self.config.tls.is_some())?;
             let attempt_body = match body.take() {
                 Some(body) => body,
                 None => Empty::new().map_err(|never| match never {}).boxed(),
@@ -186,10 +236,10 @@ impl UpstreamPool {
 }
 
 /// The request's target, aimed at one server.
-fn backend_uri(addr: SocketAddr, uri: &Uri) -> Result<Uri, ProxyError> {
+fn backend_uri(addr: SocketAddr, uri: &Uri, tls: bool) -> Result<Uri, ProxyError> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     Uri::builder()
-        .scheme("http")
+        .scheme(if tls { "https" } else { "http" })
         .authority(addr.to_string())
         .path_and_query(path)
         .build()
@@ -203,6 +253,8 @@ pub enum ConnectError {
     Refused(std::io::Error),
     #[error("no connection within {0:?}")]
     Timeout(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 impl ConnectError {
@@ -215,6 +267,10 @@ impl ConnectError {
             ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout {
                 server: server.to_string(),
                 timeout,
+            },
+            ConnectError::Tls(reason) => ProxyError::Connect {
+                server: server.to_string(),
+                source: std::io::Error::other(format!("TLS handshake failed: {reason}")),
             },
         }
     }
@@ -231,6 +287,15 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         Ok(Err(error)) => Err(ConnectError::Refused(error)),
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
+}
+
+/// A TLS configuration for a connector that never makes TLS connections.
+fn plain_only_tls_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 /// A pooled client's connect failure: a timeout or a refusal.

@@ -277,3 +277,43 @@ fn wsgate_check_warns_about_routes_open_to_every_origin() {
     assert!(ok, "{output}");
     assert!(!output.contains("warning"), "unexpected warning:\n{output}");
 }
+
+#[test]
+fn upstream_tls_and_balancing_keys_are_checked() {
+    let with = |extra: &str| replace(BASE, "connect_timeout", &format!("{extra}\nconnect_timeout"));
+    let missing_ca = with("tls = { ca = \"/nonexistent/backend-ca.pem\" }");
+    let error = single_error(&missing_ca, "upstream[0].tls.ca");
+    assert!(error.message.contains("backend-ca.pem"), "{error:#?}");
+
+    let error = single_error(&with("balance = \"fastest\""), "upstream[0].balance");
+    assert!(error.message.contains("fastest"), "{error:#?}");
+
+    let error = single_error(
+        &with("balance = \"hash\"\nhash_key = \"body:x\""),
+        "upstream[0].hash_key",
+    );
+    assert!(error.message.contains("header:"), "{error:#?}");
+
+    let error = single_error(&with("hash_key = \"client_ip\""), "upstream[0].hash_key");
+    assert!(error.message.contains("balance = \"hash\""), "{error:#?}");
+
+    let weightless = replace(
+        BASE,
+        "address = \"127.0.0.1:9001\"",
+        "address = \"127.0.0.1:9001\", weight = 0",
+    );
+    single_error(&weightless, "upstream[0].servers[0].weight");
+
+    let all_backup = replace(
+        BASE,
+        "address = \"127.0.0.1:9001\"",
+        "address = \"127.0.0.1:9001\", backup = true",
+    );
+    single_error(&all_backup, "upstream[0].servers");
+
+    let check = with("[upstream.health_check]\nkind = \"ping\"");
+    // The table header ends the inline keys; connect_timeout now belongs to the check table.
+    assert!(errors(&check)
+        .iter()
+        .any(|e| e.key.starts_with("upstream[0].health_check")));
+}

@@ -43,7 +43,7 @@ fn backend(addr: SocketAddr) -> Arc<Backend> {
 
 async fn check(kind: HealthCheckKind, addr: SocketAddr) -> Result<(), CheckFailure> {
     let check = health_check(kind, Duration::from_secs(5));
-    within("check_once", check_once(&check, &backend(addr))).await
+    within("check_once", check_once(&check, None, &backend(addr))).await
 }
 
 async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
@@ -261,7 +261,7 @@ async fn http_times_out_against_a_server_that_never_answers() {
     let limit = Duration::from_millis(300);
     let check = health_check(HealthCheckKind::Http, limit);
     let started = Instant::now();
-    let failure = within("check_once", check_once(&check, &backend(server.addr)))
+    let failure = within("check_once", check_once(&check, None, &backend(server.addr)))
         .await
         .unwrap_err();
     let took = started.elapsed();
@@ -394,7 +394,7 @@ async fn websocket_times_out_against_a_server_that_never_answers() {
     let limit = Duration::from_millis(300);
     let check = health_check(HealthCheckKind::Websocket, limit);
     let started = Instant::now();
-    let failure = within("check_once", check_once(&check, &backend(server.addr)))
+    let failure = within("check_once", check_once(&check, None, &backend(server.addr)))
         .await
         .unwrap_err();
     assert!(matches!(failure, CheckFailure::Timeout), "{failure:?}");
@@ -421,7 +421,7 @@ fn spawn_run(
     backends: impl Fn() -> Arc<Vec<Arc<Backend>>> + Send + Sync + 'static,
 ) -> (CancellationToken, JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run("pool".into(), check, backends, stop.clone()));
+    let task = tokio::spawn(run("pool".into(), check, None, backends, stop.clone()));
     (stop, task)
 }
 

@@ -160,6 +160,7 @@ mod tests {
             passive_backoff: Duration::from_secs(1),
             passive_backoff_max: Duration::from_secs(30),
             health_check: None,
+            tls: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
         }

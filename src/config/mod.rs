@@ -145,6 +145,8 @@ pub struct Upstream {
     /// … up to this (default 30s).
     pub passive_backoff_max: Duration,
     pub health_check: Option<HealthCheck>,
+    /// TLS to the servers (`wss`), when enabled.
+    pub tls: Option<crate::tls::UpstreamTls>,
     /// Time to establish the TCP connection to a server (default 3s);
     /// past it the client gets 504.
     pub connect_timeout: Duration,

@@ -112,6 +112,15 @@ pub struct RawUpstream {
     pub passive_backoff: Option<Spanned<HumanDuration>>,
     pub passive_backoff_max: Option<Spanned<HumanDuration>>,
     pub health_check: Option<RawHealthCheck>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub enabled: Option<bool>,
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

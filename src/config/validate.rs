@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Balance, RawConfig, RawGlobal, RawHealthCheck, RawListener, RawRoute, RawUpstream};
+use super::raw::{Balance, RawConfig, RawGlobal, RawHealthCheck, RawListener, RawRoute, RawUpstream, RawUpstreamTls};
 use super::units::HumanDuration;
 use super::{
     Admission, Config, ConfigError, ConfigErrors, Global, HashKey, HealthCheck, Listener, MissingOrigin, Route,
@@ -482,6 +482,7 @@ impl Checker<'_> {
             None => 1.25,
         };
         let health_check = raw.health_check.as_ref().map(|check| self.health_check(i, check));
+        let tls = raw.tls.as_ref().and_then(|tls| self.upstream_tls(i, tls));
         let passive_backoff = self.timeout(
             raw.passive_backoff.clone(),
             &format!("upstream[{i}].passive_backoff"),
@@ -507,6 +508,7 @@ impl Checker<'_> {
             passive_backoff,
             passive_backoff_max: passive_backoff_max.max(passive_backoff),
             health_check,
+            tls,
             connect_timeout: self.timeout(
                 raw.connect_timeout.clone(),
                 &format!("upstream[{i}].connect_timeout"),
@@ -517,6 +519,31 @@ impl Checker<'_> {
                 &format!("upstream[{i}].response_timeout"),
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
+        }
+    }
+
+    /// Loads the CA (or the system's roots) now: a bad file is a config
+    /// error, not a failed handshake at the first request.
+    fn upstream_tls(&mut self, i: usize, raw: &RawUpstreamTls) -> Option<crate::tls::UpstreamTls> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let ca = raw.ca.as_ref().map(|ca| self.relative_to_config(ca.get_ref()));
+        let name = raw.server_name.as_ref().map(|n| n.get_ref().as_str());
+        match crate::tls::UpstreamTls::new(ca.as_deref(), name) {
+            Ok(tls) => Some(tls),
+            Err(why) => {
+                match (&raw.server_name, &raw.ca) {
+                    (Some(n), _) if why.contains("server name") => {
+                        self.error(n, format!("upstream[{i}].tls.server_name"), why)
+                    }
+                    (_, Some(ca)) => self.error(ca, format!("upstream[{i}].tls.ca"), why),
+                    _ => self
+                        .errors
+                        .push(ConfigError::file(self.file, format!("upstream[{i}].tls: {why}"))),
+                }
+                None
+            }
         }
     }
 
