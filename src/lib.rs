@@ -37,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod handshake;
 pub mod headers;
+pub mod inspect;
 pub mod health;
 pub mod http;
 pub mod real_ip;

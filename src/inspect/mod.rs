@@ -1,0 +1,3 @@
+//! Frame-aware tunnels (in progress).
+
+pub mod frame;
