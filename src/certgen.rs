@@ -56,7 +56,7 @@ pub enum CertGenError {
 /// The CA's private key is discarded, so the CA can never sign anything else.
 ///
 /// With no names the certificate has no subject alternative names, so no client accepts it;
-/// [`write`] refuses that case.
+/// [`write()`] refuses that case.
 pub fn generate(names: &[String]) -> Result<DevCertificate, rcgen::Error> {
     let ca = {
         let mut params = CertificateParams::default();

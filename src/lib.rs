@@ -5,28 +5,45 @@
 //! A connection flows through the modules in this order:
 //!
 //! ```text
-//! client ─TCP─▶ server ─▶ tls ─▶ http ─▶ route ─▶ handshake ─▶ balance ─▶ upstream ─▶ tunnel
-//!               (accept,  (rustls, (hyper    (Host +  (RFC 6455   (pick a    (connect,     (splice
-//!                spawn)    SNI)     HTTP/1.1) path)    checks)     server)    forward,      bytes both
-//!                                                                             check 101)    ways)
+//! client ─TCP─▶ server ──▶ real_ip ──▶ tls ──▶ http ──▶ route ──▶ handshake ──▶ admission
+//!               (accept,    (PROXY     (rustls, (hyper,   (Host +   (RFC 6455     (Origin, subprotocols,
+//!                global     header)     SNI)     HTTP/1.1) path)     §4.2.1)       rate limits, caps)
+//!                cap)                                                                  │
+//!        ┌─────────────────────────────────────────────────────────────────────────────┘
+//!        ▼
+//!     balance ──▶ upstream ──▶ backend ──▶ tunnel
+//!     (strategy,  (connect,                (splice bytes both ways
+//!      health)     failover, TLS,           until both sides end)
+//!                  forward, check 101)
 //! ```
 //!
-//! - [`server`] binds the listeners, accepts connections and owns shutdown.
-//! - [`tls`] builds the rustls server configuration and picks a certificate by SNI.
+//! - [`server`] binds the listeners, holds the global connection cap, accepts
+//!   connections and owns shutdown and the periodic work.
+//! - [`real_ip`] decides who the client is: the TCP peer, or what a trusted
+//!   proxy says (PROXY protocol, `X-Forwarded-For`, `Forwarded`).
+//! - [`tls`] builds the rustls configurations: certificates by SNI toward
+//!   clients, verified connections toward backends.
 //! - [`http`] serves each connection with hyper and dispatches every request:
 //!   a WebSocket upgrade or an ordinary HTTP request.
 //! - [`route`] maps Host and path to a route and its upstream.
 //! - [`handshake`] validates a client's opening handshake (RFC 6455 §4.2.1) and
 //!   checks the backend's answer (§4.1).
-//! - [`headers`] removes hop-by-hop headers and writes the forwarding headers.
-//! - [`balance`] picks the server of an upstream for each request.
-//! - [`upstream`] connects to backends, forwards handshakes and HTTP requests.
-//! - [`tunnel`] splices the two upgraded connections byte for byte.
-//! - [`error`] turns every failure into the one HTTP answer the client gets.
+//! - [`admission`] refuses, before any backend is contacted, what a route does
+//!   not admit: foreign origins, unknown subprotocols, clients over their rate
+//!   or share of tunnels.
+//! - [`balance`] keeps each upstream's servers and picks one per connection;
+//!   [`health`] checks them actively.
+//! - [`upstream`] connects to backends (with failover before any byte is
+//!   sent), forwards handshakes and HTTP requests.
+//! - [`tunnel`] splices the two upgraded connections byte for byte;
+//!   [`inspect`] reads the frames as they pass.
+//! - [`headers`] removes hop-by-hop headers and writes the forwarding headers;
+//!   [`error`] turns every failure into the one HTTP answer the client gets.
 //!
-//! Beside the flow: [`config`] loads and validates the TOML file,
-//! [`certgen`] makes development certificates, [`demo`] is a small echo
-//! backend for the quick start and [`client`] a command-line WebSocket client.
+//! Beside the flow: [`config`] loads and validates the TOML file, [`stats`]
+//! counts what operators read, [`certgen`] makes development certificates,
+//! [`demo`] is a small echo backend for the quick start and [`client`] a
+//! command-line WebSocket client.
 
 pub mod admission;
 pub mod balance;
@@ -37,9 +54,9 @@ pub mod demo;
 pub mod error;
 pub mod handshake;
 pub mod headers;
-pub mod inspect;
 pub mod health;
 pub mod http;
+pub mod inspect;
 pub mod real_ip;
 pub mod route;
 pub mod server;

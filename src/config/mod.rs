@@ -1,6 +1,6 @@
 //! Configuration: the TOML file, validated into typed values.
 //!
-//! Two layers: [`raw`] mirrors the file for serde, and [`validate`] turns it
+//! Two layers: `raw` mirrors the file for serde, and `validate` turns it
 //! into the types below, reporting *every* problem at once with the file,
 //! line, column and key, so `wsgate check` is one round trip for an operator.
 //! Everything that can fail (addresses, certificate files, names that refer to
