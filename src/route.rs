@@ -76,6 +76,7 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: 0,
             admission: Default::default(),
+            inspect: None,
         }
     }
 

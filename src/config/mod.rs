@@ -86,6 +86,30 @@ pub struct Route {
     pub upstream: usize,
     /// Who may open a WebSocket on this route, and how many.
     pub admission: Admission,
+    /// Frame-aware tunnels; `None`: a pure byte splice, the fastest path.
+    pub inspect: Option<Inspect>,
+}
+
+/// `[route.inspect]`: wsgate reads the frames as they pass (see [`crate::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspect {
+    /// wsgate pings a client it heard nothing from for this long (default 30s).
+    pub ping_interval: Duration,
+    /// No frame at all within this time after the ping: the client is gone (default 10s).
+    pub pong_timeout: Duration,
+    /// Keep the backend side alive the same way (default false).
+    pub ping_backend: bool,
+    /// No data frame either way for this long: both sides get 1001 (default: none).
+    pub idle_timeout: Option<Duration>,
+    /// Once one side sent a close frame, time for the close handshake to
+    /// finish before both connections are shut down (default 5s).
+    pub close_timeout: Duration,
+    /// Largest frame payload (default 16MiB); larger ends the tunnel with 1009.
+    pub max_frame_size: u64,
+    /// Largest message, all fragments together (default 64MiB).
+    pub max_message_size: u64,
+    /// Client frames must be masked and backend frames must not (default true).
+    pub enforce_masking: bool,
 }
 
 /// A route's admission rules for Upgrade requests (see [`crate::admission`]).

@@ -71,6 +71,21 @@ pub struct RawRoute {
     pub require_subprotocol: Option<bool>,
     pub rate_limit: Option<RawRateLimit>,
     pub limits: Option<RawRouteLimits>,
+    pub inspect: Option<RawInspect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInspect {
+    pub enabled: Option<bool>,
+    pub ping_interval: Option<Spanned<HumanDuration>>,
+    pub pong_timeout: Option<Spanned<HumanDuration>>,
+    pub ping_backend: Option<bool>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+    pub close_timeout: Option<Spanned<HumanDuration>>,
+    pub max_frame_size: Option<Spanned<ByteSize>>,
+    pub max_message_size: Option<Spanned<ByteSize>>,
+    pub enforce_masking: Option<bool>,
 }
 
 /// What to do with an Upgrade request that carries no `Origin` header.

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Balance, RawConfig, RawGlobal, RawHealthCheck, RawListener, RawRoute, RawUpstream, RawUpstreamTls};
-use super::units::HumanDuration;
+use super::raw::{
+    Balance, RawConfig, RawGlobal, RawHealthCheck, RawInspect, RawListener, RawRoute, RawUpstream, RawUpstreamTls,
+};
+use super::units::{ByteSize, HumanDuration};
 use super::{
-    Admission, Config, ConfigError, ConfigErrors, Global, HashKey, HealthCheck, Listener, MissingOrigin, Route,
-    ServerAddress, Upstream, UpstreamServer,
+    Admission, Config, ConfigError, ConfigErrors, Global, HashKey, HealthCheck, Inspect, Listener, MissingOrigin,
+    Route, ServerAddress, Upstream, UpstreamServer,
 };
 use crate::admission::origin::OriginPattern;
 use crate::tls::{self, CertificateError};
@@ -330,12 +332,49 @@ impl Checker<'_> {
             self.error(&raw.upstream, format!("route[{i}].upstream"), message);
         }
         let admission = self.admission(i, raw);
+        let inspect = raw.inspect.as_ref().and_then(|inspect| self.inspect(i, inspect));
         Some(Route {
             name: raw.name.get_ref().clone(),
             hosts,
             path_prefix: path_prefix?,
             upstream: upstream?,
             admission,
+            inspect,
+        })
+    }
+
+    fn inspect(&mut self, i: usize, raw: &RawInspect) -> Option<Inspect> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let key = |name: &str| format!("route[{i}].inspect.{name}");
+        let idle_timeout = raw
+            .idle_timeout
+            .clone()
+            .map(|t| self.timeout(Some(t), &key("idle_timeout"), Duration::from_secs(600)));
+        let size = |checker: &mut Self, value: &Option<Spanned<ByteSize>>, name: &str, default: u64| match value {
+            Some(v) if v.get_ref().0 < 125 => {
+                checker.error(v, key(name), "must be at least 125 bytes (the largest control frame)");
+                default
+            }
+            Some(v) => v.get_ref().0,
+            None => default,
+        };
+        let max_frame_size = size(self, &raw.max_frame_size, "max_frame_size", 16 << 20);
+        let max_message_size = size(self, &raw.max_message_size, "max_message_size", 64 << 20);
+        Some(Inspect {
+            ping_interval: self.timeout(
+                raw.ping_interval.clone(),
+                &key("ping_interval"),
+                Duration::from_secs(30),
+            ),
+            pong_timeout: self.timeout(raw.pong_timeout.clone(), &key("pong_timeout"), Duration::from_secs(10)),
+            ping_backend: raw.ping_backend.unwrap_or(false),
+            idle_timeout,
+            close_timeout: self.timeout(raw.close_timeout.clone(), &key("close_timeout"), Duration::from_secs(5)),
+            max_frame_size,
+            max_message_size: max_message_size.max(max_frame_size),
+            enforce_masking: raw.enforce_masking.unwrap_or(true),
         })
     }
 
