@@ -1,0 +1,275 @@
+//! From the raw file to a [`Config`]: every check, every problem reported.
+//!
+//! This module holds the entry point, the [`Checker`] that collects the
+//! problems and the helpers every stage shares; the checks themselves live in
+//! [`listener`], [`route`] and [`upstream`].
+
+mod listener;
+mod route;
+mod upstream;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawGlobal};
+use super::units::HumanDuration;
+use super::{Config, ConfigError, ConfigErrors, Global};
+
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 16 * 1024;
+const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
+const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
+/// Below this, ordinary browser requests with a few cookies would be refused.
+const MIN_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
+const MAX_REQUEST_HEADER_SIZE: u64 = 1024 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let raw = deserialize(text, path)?;
+    let mut check = Checker {
+        file: path,
+        text,
+        errors: Vec::new(),
+    };
+    let config = check.config(raw);
+    if check.errors.is_empty() {
+        Ok(config)
+    } else {
+        check.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(check.errors))
+    }
+}
+
+/// Syntax and shape: a TOML error, an unknown key or a value of the wrong
+/// type, reported with the key's full path (`upstream[0].connect_timeout`).
+fn deserialize(text: &str, path: &Path) -> Result<RawConfig, ConfigErrors> {
+    let syntax_error = |e: toml::de::Error, key: String| {
+        let at = e.span().map_or(0, |s| s.start);
+        ConfigErrors::single(ConfigError::at(path, text, at, key, e.message().trim_end()))
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| syntax_error(e, String::new()))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = clean_key_path(&e.path().to_string());
+        syntax_error(e.into_inner(), key)
+    })
+}
+
+/// serde_path_to_error sees `Spanned`'s private field names; the user never wrote them.
+fn clean_key_path(path: &str) -> String {
+    let cleaned: Vec<&str> = path
+        .split('.')
+        .filter(|part| !part.starts_with("$__serde_spanned") && *part != "?")
+        .collect();
+    cleaned.join(".")
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error<T>(&mut self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        self.errors
+            .push(ConfigError::at(self.file, self.text, value.span().start, key, message));
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let global = self.global(raw.global);
+        if raw.listeners.is_empty() {
+            self.errors.push(ConfigError::file(
+                self.file,
+                "no [[listener]]: wsgate needs at least one address to accept connections on",
+            ));
+        }
+        if raw.routes.is_empty() {
+            self.errors.push(ConfigError::file(
+                self.file,
+                "no [[route]]: every request would be answered 404",
+            ));
+        }
+        self.unique_names("listener", raw.listeners.iter().map(|l| &l.name));
+        self.unique_names("route", raw.routes.iter().map(|r| &r.name));
+        self.unique_names("upstream", raw.upstreams.iter().map(|u| &u.name));
+
+        let listeners = raw
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| self.listener(i, l, global.handshake_timeout))
+            .collect::<Vec<_>>();
+        self.unique_addresses(&raw.listeners);
+        let upstreams = raw
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| self.upstream(i, u))
+            .collect::<Vec<_>>();
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.route(i, r, &raw.upstreams))
+            .collect::<Vec<_>>();
+        self.reachable_routes(&raw.routes, &routes);
+
+        Config {
+            path: self.file.to_path_buf(),
+            global,
+            listeners,
+            routes,
+            upstreams,
+        }
+    }
+
+    fn global(&mut self, raw: RawGlobal) -> Global {
+        let max_request_header_size = match raw.max_request_header_size {
+            Some(size) if !(MIN_REQUEST_HEADER_SIZE..=MAX_REQUEST_HEADER_SIZE).contains(&size.get_ref().0) => {
+                self.error(
+                    &size,
+                    "global.max_request_header_size",
+                    format!("must be between 8KiB and 1MiB, not {} bytes", size.get_ref().0),
+                );
+                DEFAULT_MAX_REQUEST_HEADER_SIZE
+            }
+            Some(size) => size.get_ref().0,
+            None => DEFAULT_MAX_REQUEST_HEADER_SIZE,
+        };
+        let max_connections = match raw.max_connections {
+            Some(n) if n.get_ref() == &0 => {
+                self.error(&n, "global.max_connections", "must be at least 1");
+                DEFAULT_MAX_CONNECTIONS
+            }
+            Some(n) => *n.get_ref(),
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let ipv6_client_prefix = match raw.ipv6_client_prefix {
+            Some(p) if !(1..=128).contains(p.get_ref()) => {
+                self.error(
+                    &p,
+                    "global.ipv6_client_prefix",
+                    "must be between 1 and 128 (64 is one host's usual share)",
+                );
+                DEFAULT_IPV6_CLIENT_PREFIX
+            }
+            Some(p) => *p.get_ref(),
+            None => DEFAULT_IPV6_CLIENT_PREFIX,
+        };
+        Global {
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            ipv6_client_prefix,
+            handshake_timeout: self.timeout(
+                raw.handshake_timeout,
+                "global.handshake_timeout",
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            ),
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.into_inner().0),
+            // Bounded to 1MiB above, so this fits any usize.
+            max_request_header_size: max_request_header_size as usize,
+        }
+    }
+
+    /// A timeout of zero would refuse everything; say so rather than obey.
+    fn timeout(&mut self, value: Option<Spanned<HumanDuration>>, key: &str, default: Duration) -> Duration {
+        match value {
+            Some(d) if d.get_ref().0.is_zero() => {
+                self.error(&d, key, "must be longer than zero");
+                default
+            }
+            Some(d) => d.get_ref().0,
+            None => default,
+        }
+    }
+
+    fn unique_names<'r>(&mut self, kind: &str, names: impl Iterator<Item = &'r Spanned<String>>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, name) in names.enumerate() {
+            let key = format!("{kind}[{i}].name");
+            if name.get_ref().trim().is_empty() {
+                self.error(name, key, "must not be empty");
+            } else if let Some(first) = seen.get(name.get_ref().as_str()) {
+                let message = format!(
+                    "duplicate {kind} name {:?}, already used by {kind}[{first}]",
+                    name.get_ref()
+                );
+                self.error(name, key, message);
+            } else {
+                seen.insert(name.get_ref(), i);
+            }
+        }
+    }
+
+    fn relative_to_config(&self, path: &str) -> PathBuf {
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        dir.join(path)
+    }
+
+    /// A count that must be at least 1: a cap of 0 would refuse everything.
+    fn positive(&mut self, value: &Option<Spanned<u64>>, key: &str) -> Option<usize> {
+        let value = value.as_ref()?;
+        if *value.get_ref() == 0 {
+            self.error(value, key, "must be at least 1 (omit the key for no limit)");
+            return None;
+        }
+        Some(usize::try_from(*value.get_ref()).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        parse(text, Path::new("/etc/wsgate/test.toml")).unwrap_err().0
+    }
+
+    const BASE: &str = r#"
+[[listener]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "chat"
+upstream = "chat-backends"
+
+[[upstream]]
+name = "chat-backends"
+servers = [{ address = "127.0.0.1:9001" }]
+"#;
+
+    #[test]
+    fn a_valid_file_loads() {
+        let config = parse(BASE, Path::new("x.toml")).unwrap();
+        assert_eq!(config.routes[0].path_prefix, "/");
+        assert_eq!(config.upstreams[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_full_path() {
+        let text = BASE.replace("servers =", "connect_timout = \"3s\"\nservers =");
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "upstream[0].connect_timout");
+        assert_eq!(errors[0].line, 12);
+        assert!(errors[0].message.contains("connect_timout"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn bad_values_inside_spanned_fields_name_the_key() {
+        let text = BASE.replace("listen = \"127.0.0.1:0\"", "listen = 8443");
+        let listen = errors(&text);
+        assert_eq!(listen[0].key, "listener[0].listen", "{listen:?}");
+        let text = BASE.replace("servers =", "connect_timeout = \"10 parsecs\"\nservers =");
+        let timeout = errors(&text);
+        assert_eq!(timeout[0].key, "upstream[0].connect_timeout", "{timeout:?}");
+        assert_eq!(timeout[0].line, 12);
+    }
+}

@@ -1,0 +1,207 @@
+//! Route checks: host patterns, path prefix and upstream name, admission
+//! (origins, subprotocols, rate limits, caps), frame inspection, and that
+//! every route can be reached.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Checker;
+use crate::admission::origin::OriginPattern;
+use crate::config::raw::{RawInspect, RawRoute, RawUpstream};
+use crate::config::units::ByteSize;
+use crate::config::{Admission, Inspect, MissingOrigin, Route};
+
+impl Checker<'_> {
+    pub(super) fn route(&mut self, i: usize, raw: &RawRoute, upstreams: &[RawUpstream]) -> Option<Route> {
+        let mut hosts = Vec::new();
+        for (j, host) in raw.hosts.iter().flatten().enumerate() {
+            match normalize_host_pattern(host.get_ref()) {
+                Ok(h) => hosts.push(h),
+                Err(why) => self.error(host, format!("route[{i}].hosts[{j}]"), why),
+            }
+        }
+        let path_prefix = match &raw.path_prefix {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.error(
+                    p,
+                    format!("route[{i}].path_prefix"),
+                    format!("{:?} must start with \"/\"", p.get_ref()),
+                );
+                None
+            }
+            Some(p) => Some(p.get_ref().clone()),
+            None => Some("/".to_string()),
+        };
+        let wanted = raw.upstream.get_ref();
+        let upstream = upstreams.iter().position(|u| u.name.get_ref() == wanted);
+        if upstream.is_none() {
+            let defined: Vec<&str> = upstreams.iter().map(|u| u.name.get_ref().as_str()).collect();
+            let message = if defined.is_empty() {
+                format!("no upstream named {wanted:?}: the file defines no [[upstream]]")
+            } else {
+                format!("no upstream named {wanted:?} (defined: {})", defined.join(", "))
+            };
+            self.error(&raw.upstream, format!("route[{i}].upstream"), message);
+        }
+        let admission = self.admission(i, raw);
+        let inspect = raw.inspect.as_ref().and_then(|inspect| self.inspect(i, inspect));
+        Some(Route {
+            name: raw.name.get_ref().clone(),
+            hosts,
+            path_prefix: path_prefix?,
+            upstream: upstream?,
+            admission,
+            inspect,
+        })
+    }
+
+    fn inspect(&mut self, i: usize, raw: &RawInspect) -> Option<Inspect> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let key = |name: &str| format!("route[{i}].inspect.{name}");
+        let idle_timeout = raw
+            .idle_timeout
+            .clone()
+            .map(|t| self.timeout(Some(t), &key("idle_timeout"), Duration::from_secs(600)));
+        let size = |checker: &mut Self, value: &Option<Spanned<ByteSize>>, name: &str, default: u64| match value {
+            Some(v) if v.get_ref().0 < 125 => {
+                checker.error(v, key(name), "must be at least 125 bytes (the largest control frame)");
+                default
+            }
+            Some(v) => v.get_ref().0,
+            None => default,
+        };
+        let max_frame_size = size(self, &raw.max_frame_size, "max_frame_size", 16 << 20);
+        let max_message_size = size(self, &raw.max_message_size, "max_message_size", 64 << 20);
+        Some(Inspect {
+            ping_interval: self.timeout(
+                raw.ping_interval.clone(),
+                &key("ping_interval"),
+                Duration::from_secs(30),
+            ),
+            pong_timeout: self.timeout(raw.pong_timeout.clone(), &key("pong_timeout"), Duration::from_secs(10)),
+            ping_backend: raw.ping_backend.unwrap_or(false),
+            idle_timeout,
+            close_timeout: self.timeout(raw.close_timeout.clone(), &key("close_timeout"), Duration::from_secs(5)),
+            max_frame_size,
+            max_message_size: max_message_size.max(max_frame_size),
+            enforce_masking: raw.enforce_masking.unwrap_or(true),
+        })
+    }
+
+    fn admission(&mut self, i: usize, raw: &RawRoute) -> Admission {
+        let mut admission = Admission::default();
+        if let Some(origins) = &raw.allowed_origins {
+            let mut patterns = Vec::new();
+            for (j, origin) in origins.iter().enumerate() {
+                match origin.get_ref().parse::<OriginPattern>() {
+                    Ok(pattern) => patterns.push(pattern),
+                    Err(why) => self.error(origin, format!("route[{i}].allowed_origins[{j}]"), why),
+                }
+            }
+            admission.allowed_origins = Some(patterns);
+        }
+        admission.missing_origin = raw.missing_origin.unwrap_or(MissingOrigin::Allow);
+        if let Some(protocols) = &raw.subprotocols {
+            for (j, protocol) in protocols.iter().enumerate() {
+                if !is_token(protocol.get_ref()) {
+                    let message = format!(
+                        "{:?} is not a subprotocol name: RFC 6455 §4.1 allows letters, digits and !#$%&'*+-.^_`|~ only",
+                        protocol.get_ref()
+                    );
+                    self.error(protocol, format!("route[{i}].subprotocols[{j}]"), message);
+                }
+            }
+            admission.subprotocols = Some(protocols.iter().map(|p| p.get_ref().clone()).collect());
+        }
+        admission.require_subprotocol = raw.require_subprotocol.unwrap_or(true);
+        if let Some(rate_limit) = &raw.rate_limit {
+            admission.per_client_rate = rate_limit.per_client;
+            admission.total_rate = rate_limit.total;
+            admission.limit_http = rate_limit.limit_http.unwrap_or(false);
+        }
+        if let Some(limits) = &raw.limits {
+            admission.max_websockets =
+                self.positive(&limits.max_websockets, &format!("route[{i}].limits.max_websockets"));
+            admission.max_websockets_per_client = self.positive(
+                &limits.max_websockets_per_client,
+                &format!("route[{i}].limits.max_websockets_per_client"),
+            );
+        }
+        admission
+    }
+
+    /// Two routes with the same host and prefix: the second never matches,
+    /// which is always a mistake worth stopping for.
+    pub(super) fn reachable_routes(&mut self, raw: &[RawRoute], routes: &[Route]) {
+        for (i, route) in routes.iter().enumerate() {
+            for earlier in &routes[..i] {
+                let same_hosts = route.hosts.is_empty() && earlier.hosts.is_empty()
+                    || route.hosts.iter().any(|h| earlier.hosts.contains(h));
+                if same_hosts && route.path_prefix == earlier.path_prefix {
+                    if let Some(raw_route) = raw.iter().find(|r| r.name.get_ref() == &route.name) {
+                        let message = format!(
+                            "route {:?} can never match: route {:?} has the same hosts and path_prefix {:?}",
+                            route.name, earlier.name, route.path_prefix
+                        );
+                        let key = format!(
+                            "route[{}].path_prefix",
+                            raw.iter().position(|r| std::ptr::eq(r, raw_route)).unwrap_or(i)
+                        );
+                        self.error(&raw_route.name, key, message);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), the grammar of subprotocol names.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Lower-cases a host pattern and checks it is a bare name (no scheme,
+/// port or path), optionally with a leading `*.` wildcard.
+pub(super) fn normalize_host_pattern(pattern: &str) -> Result<String, String> {
+    let host = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_prefix("*.").unwrap_or(&host);
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+    if valid || is_ip {
+        Ok(host)
+    } else {
+        Err(format!(
+            "{pattern:?} is not a host name; write a bare name such as \"chat.example.com\" or \"*.example.com\" (no scheme, port or path)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(
+            normalize_host_pattern("Chat.Example.COM."),
+            Ok("chat.example.com".into())
+        );
+        assert_eq!(normalize_host_pattern("*.example.com"), Ok("*.example.com".into()));
+        assert!(normalize_host_pattern("https://example.com").is_err());
+        assert!(normalize_host_pattern("example.com:443").is_err());
+        assert!(normalize_host_pattern("").is_err());
+    }
+}

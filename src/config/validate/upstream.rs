@@ -1,0 +1,241 @@
+//! Upstream checks: server addresses and weights, balancing and its hash key,
+//! timeouts, health checks and TLS to the backends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::route::normalize_host_pattern;
+use super::{Checker, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
+use crate::config::raw::{Balance, RawHealthCheck, RawUpstream, RawUpstreamTls};
+use crate::config::{ConfigError, HashKey, HealthCheck, ServerAddress, Upstream, UpstreamServer};
+
+impl Checker<'_> {
+    pub(super) fn upstream(&mut self, i: usize, raw: &RawUpstream) -> Upstream {
+        if raw.servers.get_ref().is_empty() {
+            self.error(
+                &raw.servers,
+                format!("upstream[{i}].servers"),
+                "needs at least one server",
+            );
+        }
+        let mut servers = Vec::new();
+        for (j, server) in raw.servers.get_ref().iter().enumerate() {
+            let weight = match &server.weight {
+                Some(w) if *w.get_ref() == 0 => {
+                    let message = "must be at least 1 (use drain = true to stop new tunnels to a server)";
+                    self.error(w, format!("upstream[{i}].servers[{j}].weight"), message);
+                    1
+                }
+                Some(w) => *w.get_ref(),
+                None => 1,
+            };
+            match parse_server_address(server.address.get_ref()) {
+                Ok(address) => servers.push(UpstreamServer {
+                    address,
+                    weight,
+                    backup: server.backup.unwrap_or(false),
+                    drain: server.drain.unwrap_or(false),
+                }),
+                Err(why) => self.error(&server.address, format!("upstream[{i}].servers[{j}].address"), why),
+            }
+        }
+        if !servers.is_empty() && servers.iter().all(|s| s.backup) {
+            self.error(
+                &raw.servers,
+                format!("upstream[{i}].servers"),
+                "every server is a backup: mark at least one as primary",
+            );
+        }
+        let balance = raw.balance.unwrap_or(Balance::LeastConnections);
+        let hash_key = match &raw.hash_key {
+            Some(key) => match parse_hash_key(key.get_ref()) {
+                Ok(parsed) => parsed,
+                Err(why) => {
+                    self.error(key, format!("upstream[{i}].hash_key"), why);
+                    HashKey::ClientIp
+                }
+            },
+            None => HashKey::ClientIp,
+        };
+        if let Some(key) = raw.hash_key.as_ref().filter(|_| balance != Balance::Hash) {
+            self.error(
+                key,
+                format!("upstream[{i}].hash_key"),
+                "only used with balance = \"hash\"",
+            );
+        }
+        let hash_load_factor = match &raw.hash_load_factor {
+            Some(f) if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) => {
+                self.error(
+                    f,
+                    format!("upstream[{i}].hash_load_factor"),
+                    "must be at least 1.0 (1.25 lets a server take 25% above the average)",
+                );
+                1.25
+            }
+            Some(f) => *f.get_ref(),
+            None => 1.25,
+        };
+        let health_check = raw.health_check.as_ref().map(|check| self.health_check(i, check));
+        let tls = raw.tls.as_ref().and_then(|tls| self.upstream_tls(i, tls));
+        let passive_backoff = self.timeout(
+            raw.passive_backoff.clone(),
+            &format!("upstream[{i}].passive_backoff"),
+            Duration::from_secs(1),
+        );
+        let passive_backoff_max = self.timeout(
+            raw.passive_backoff_max.clone(),
+            &format!("upstream[{i}].passive_backoff_max"),
+            Duration::from_secs(30),
+        );
+        Upstream {
+            name: raw.name.get_ref().clone(),
+            servers,
+            balance,
+            hash_key,
+            hash_load_factor,
+            retries: raw.retries.as_ref().map_or(2, |r| *r.get_ref()),
+            resolve_interval: self.timeout(
+                raw.resolve_interval.clone(),
+                &format!("upstream[{i}].resolve_interval"),
+                Duration::from_secs(30),
+            ),
+            passive_backoff,
+            passive_backoff_max: passive_backoff_max.max(passive_backoff),
+            health_check,
+            tls,
+            connect_timeout: self.timeout(
+                raw.connect_timeout.clone(),
+                &format!("upstream[{i}].connect_timeout"),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            response_timeout: self.timeout(
+                raw.response_timeout.clone(),
+                &format!("upstream[{i}].response_timeout"),
+                DEFAULT_RESPONSE_TIMEOUT,
+            ),
+        }
+    }
+
+    /// Loads the CA (or the system's roots) now: a bad file is a config
+    /// error, not a failed handshake at the first request.
+    fn upstream_tls(&mut self, i: usize, raw: &RawUpstreamTls) -> Option<crate::tls::UpstreamTls> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let ca = raw.ca.as_ref().map(|ca| self.relative_to_config(ca.get_ref()));
+        let name = raw.server_name.as_ref().map(|n| n.get_ref().as_str());
+        match crate::tls::UpstreamTls::new(ca.as_deref(), name) {
+            Ok(tls) => Some(tls),
+            Err(why) => {
+                match (&raw.server_name, &raw.ca) {
+                    (Some(n), _) if why.contains("server name") => {
+                        self.error(n, format!("upstream[{i}].tls.server_name"), why)
+                    }
+                    (_, Some(ca)) => self.error(ca, format!("upstream[{i}].tls.ca"), why),
+                    _ => self
+                        .errors
+                        .push(ConfigError::file(self.file, format!("upstream[{i}].tls: {why}"))),
+                }
+                None
+            }
+        }
+    }
+
+    fn health_check(&mut self, i: usize, raw: &RawHealthCheck) -> HealthCheck {
+        let key = |name: &str| format!("upstream[{i}].health_check.{name}");
+        let path = match &raw.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.error(p, key("path"), format!("{:?} must start with \"/\"", p.get_ref()));
+                "/".to_string()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/".to_string(),
+        };
+        let count = |checker: &mut Self, value: &Option<Spanned<u32>>, name: &str, default: u32| match value {
+            Some(v) if *v.get_ref() == 0 => {
+                checker.error(v, key(name), "must be at least 1");
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        };
+        HealthCheck {
+            kind: raw.kind,
+            path,
+            interval: self.timeout(raw.interval.clone(), &key("interval"), Duration::from_secs(5)),
+            timeout: self.timeout(raw.timeout.clone(), &key("timeout"), Duration::from_secs(2)),
+            rise: count(self, &raw.rise, "rise", 2),
+            fall: count(self, &raw.fall, "fall", 3),
+        }
+    }
+}
+
+/// `client_ip`, `header:NAME`, `cookie:NAME` or `query:NAME`.
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    let explain = || {
+        format!(
+            "{text:?} is not a hash key; write \"client_ip\", \"header:X-User-Id\", \"cookie:sid\" or \"query:room\""
+        )
+    };
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    let (source, name) = text.split_once(':').ok_or_else(explain)?;
+    if name.is_empty() {
+        return Err(explain());
+    }
+    match source {
+        "header" => http::HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| explain()),
+        "cookie" => Ok(HashKey::Cookie(name.to_string())),
+        "query" => Ok(HashKey::Query(name.to_string())),
+        _ => Err(explain()),
+    }
+}
+
+/// `host:port` or `[v6]:port`, where host is an IP address or a DNS name.
+fn parse_server_address(text: &str) -> Result<ServerAddress, String> {
+    let explain = || {
+        format!("{text:?} is not a server address; write HOST:PORT such as \"10.0.0.11:8080\", \"[::1]:8080\" or \"backend.internal:8080\"")
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(ServerAddress {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(explain)?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(explain)?;
+    if host.contains(':') || normalize_host_pattern(host).is_err() || host.starts_with("*.") {
+        return Err(explain());
+    }
+    Ok(ServerAddress {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            parse_server_address("127.0.0.1:9001").unwrap().to_string(),
+            "127.0.0.1:9001"
+        );
+        assert_eq!(parse_server_address("[::1]:9001").unwrap().to_string(), "[::1]:9001");
+        assert_eq!(
+            parse_server_address("Backend.internal:8080").unwrap().host,
+            "backend.internal"
+        );
+        assert!(parse_server_address("backend.internal").is_err());
+        assert!(parse_server_address("backend:0").is_err());
+        assert!(parse_server_address("http://backend:80").is_err());
+    }
+}
