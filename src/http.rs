@@ -80,6 +80,9 @@ pub struct Proxy {
     gates: Vec<RouteGate>,
     upstreams: Vec<UpstreamPool>,
     tunnels: TaskTracker,
+    /// Cancelled when shutdown begins: inspected tunnels then tell both
+    /// sides "going away".
+    pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Stats,
     pub(crate) refusal_log: RefusalLog,
 }
@@ -102,6 +105,7 @@ impl Proxy {
             gates,
             upstreams,
             tunnels,
+            shutdown: CancellationToken::new(),
             stats,
             refusal_log: RefusalLog::default(),
         }

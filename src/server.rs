@@ -110,6 +110,7 @@ impl Server {
         shutdown.await;
         info!("shutting down: no new connections");
         stop.cancel();
+        self.proxy.shutdown.cancel();
         for task in background {
             let _ = task.await;
         }
