@@ -1,1 +1,1058 @@
-//! (in progress)
+//! Reading WebSocket frame headers as the bytes pass (RFC 6455 §5).
+//!
+//! The tunnel splices bytes unchanged; with inspection on it also hands each
+//! chunk it read to one [`FrameReader`] per direction. The reader is a small
+//! state machine over the wire format:
+//!
+//! ```text
+//!  ┌──────── header (2..=14 bytes) ────────┐┌──── payload (payload_len bytes) ────┐
+//!  FIN RSV opcode │ MASK len7 │ ext len │ key  data: skipped by count, never copied
+//!                                              control (≤125): unmasked into a copy
+//!  ▲ at_frame_boundary()                   ▲ FrameStart                          ▲ [Control] FrameEnd
+//! ```
+//!
+//! It keeps at most the 14 header bytes and a control frame's 125 payload bytes,
+//! in fixed arrays: nothing is allocated after [`FrameReader::new`], and a data
+//! payload of any size costs one subtraction per chunk. Every rule that can be
+//! judged from the header (opcode, reserved bits, masking, fragmentation, size
+//! limits) is judged as soon as the byte that decides it arrives, before any of
+//! the payload; only a close frame's code and reason wait for its payload.
+//!
+//! [`Event::FrameEnd`] comes with the exact offset of a frame boundary, the only
+//! place where wsgate may send a frame of its own ([`encode_control`]).
+
+use std::fmt;
+
+/// Largest control frame payload: "All control frames MUST have a payload length
+/// of 125 bytes or less and MUST NOT be fragmented" (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Longest header: 2 bytes, 8 of extended length, 4 of masking key (§5.2).
+const MAX_HEADER_LEN: usize = 14;
+
+/// Which way the frames flow; decides the masking rule (RFC 6455 §5.1: client frames are masked, server frames are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// How a [`FrameReader`] judges the frames of one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderConfig {
+    pub direction: Direction,
+    /// Enforce the masking rule of `direction` (config `enforce_masking`, default true).
+    pub enforce_masking: bool,
+    /// RSV1 is legal when permessage-deflate was negotiated (RFC 7692).
+    pub allow_rsv1: bool,
+    /// Largest frame payload (None: unlimited).
+    pub max_frame_size: Option<u64>,
+    /// Largest message: the sum of a fragmented message's frame payloads (None: unlimited).
+    pub max_message_size: Option<u64>,
+}
+
+/// RFC 6455 §5.2 opcodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    /// %x0: continues the data message opened by a Text or Binary frame (§5.4).
+    Continuation,
+    /// %x1: the first frame of a text (UTF-8) message.
+    Text,
+    /// %x2: the first frame of a binary message.
+    Binary,
+    /// %x8: starts or answers the closing handshake (§5.5.1).
+    Close,
+    /// %x9: asks for a Pong (§5.5.2).
+    Ping,
+    /// %xA: answers a Ping, or is a unidirectional heartbeat (§5.5.3).
+    Pong,
+}
+
+impl OpCode {
+    /// The opcode of a frame's first byte; `None` for "%x3-7 … reserved for
+    /// further non-control frames" and "%xB-F … reserved for further control
+    /// frames" (§5.2), which no extension wsgate knows defines.
+    fn from_u8(bits: u8) -> Option<OpCode> {
+        Some(match bits {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            _ => return None,
+        })
+    }
+
+    /// "Control frames are identified by opcodes where the most significant bit
+    /// of the opcode is 1" (§5.5).
+    pub fn is_control(self) -> bool {
+        self.as_u8() & 0x8 != 0
+    }
+
+    /// The 4-bit value on the wire.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            OpCode::Continuation => 0x0,
+            OpCode::Text => 0x1,
+            OpCode::Binary => 0x2,
+            OpCode::Close => 0x8,
+            OpCode::Ping => 0x9,
+            OpCode::Pong => 0xA,
+        }
+    }
+}
+
+/// A frame header as read from the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub fin: bool,
+    pub rsv1: bool,
+    pub opcode: OpCode,
+    /// The masking key, present when the MASK bit is set (§5.3).
+    pub mask: Option<[u8; 4]>,
+    pub payload_len: u64,
+    /// Bytes of header on the wire (2 to 14); the payload starts right after.
+    pub header_len: usize,
+}
+
+/// A control frame's payload, unmasked, without heap allocation (≤125 bytes, §5.5).
+#[derive(Clone, Copy)]
+pub struct ControlPayload {
+    bytes: [u8; MAX_CONTROL_PAYLOAD],
+    /// At most 125: `push_unmasked` never grows it past the array.
+    len: u8,
+}
+
+impl ControlPayload {
+    const EMPTY: ControlPayload = ControlPayload {
+        bytes: [0; MAX_CONTROL_PAYLOAD],
+        len: 0,
+    };
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&self.bytes)
+    }
+
+    /// For Close: the code (None for an empty body) and the reason bytes.
+    ///
+    /// "If there is a body, the first two bytes of the body MUST be a 2-byte
+    /// unsigned integer (in network byte order) representing a status code"
+    /// (§5.5.1).
+    pub fn close_code(&self) -> Option<u16> {
+        match self.as_bytes() {
+            [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+            _ => None,
+        }
+    }
+
+    /// For Close: the reason, the bytes after the code (empty without a code).
+    pub fn close_reason(&self) -> &[u8] {
+        self.as_bytes().get(2..).unwrap_or(&[])
+    }
+
+    /// Appends payload bytes, unmasked with the key (§5.3: byte `i` of the
+    /// payload is XORed with `key[i % 4]`); bytes past 125 are dropped, which a
+    /// reader never asks for since it refuses longer control frames first.
+    fn push_unmasked(&mut self, bytes: &[u8], mask: Option<[u8; 4]>) {
+        let start = usize::from(self.len);
+        let slots = self.bytes.iter_mut().enumerate().skip(start);
+        for ((i, slot), byte) in slots.zip(bytes) {
+            *slot = byte ^ mask.map_or(0, |key| key[i % 4]);
+        }
+        self.len = (start + bytes.len()).min(MAX_CONTROL_PAYLOAD) as u8;
+    }
+}
+
+impl PartialEq for ControlPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ControlPayload {}
+
+impl fmt::Debug for ControlPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ControlPayload(b\"{}\")", self.as_bytes().escape_ascii())
+    }
+}
+
+/// What the reader saw, in wire order: FrameStart, then Control for a control
+/// frame, then FrameEnd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A frame header was read completely (`consumed` bytes later the payload begins).
+    FrameStart(FrameHeader),
+    /// A control frame was read completely; its payload is unmasked.
+    Control { opcode: OpCode, payload: ControlPayload },
+    /// The last byte of a frame (payload included) was consumed: a frame boundary, where another frame may be inserted.
+    /// `message_end` when it was the final frame of a data message.
+    FrameEnd {
+        opcode: OpCode,
+        fin: bool,
+        message_end: bool,
+    },
+}
+
+/// What a well-behaved peer never does; each maps to the close code the offender gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// "RSV1, RSV2, RSV3: 1 bit each. MUST be 0 unless an extension is
+    /// negotiated that defines meanings for non-zero values" (§5.2); with
+    /// permessage-deflate, RSV1 only on the first frame of a data message
+    /// (RFC 7692 §6.1).
+    #[error("reserved bits set")]
+    ReservedBits,
+    /// "If an unknown opcode is received, the receiving endpoint MUST _Fail the
+    /// WebSocket Connection_" (§5.2).
+    #[error("unknown opcode {0:#x}")]
+    UnknownOpcode(u8),
+    /// "All control frames MUST have a payload length of 125 bytes or less" (§5.5).
+    #[error("control frame of {0} bytes (at most 125)")]
+    ControlTooLong(u64),
+    /// Control frames "MUST NOT be fragmented" (§5.5).
+    #[error("fragmented control frame")]
+    FragmentedControl,
+    /// A continuation frame with no message open (§5.4).
+    #[error("continuation frame outside a message")]
+    UnexpectedContinuation,
+    /// A Text or Binary frame while a fragmented message is open: "the fragments
+    /// of one message MUST NOT be interleaved between the fragments of another
+    /// message" (§5.4).
+    #[error("new data frame inside an unfinished message")]
+    ExpectedContinuation,
+    /// A 64-bit length "the most significant bit MUST be 0" (§5.2).
+    #[error("64-bit length with the most significant bit set")]
+    LengthTopBit,
+    /// "The minimal number of bytes MUST be used to encode the length" (§5.2).
+    #[error("payload length not minimally encoded")]
+    NonMinimalLength,
+    /// "The server MUST close the connection upon receiving a frame that is not
+    /// masked" (§5.1).
+    #[error("unmasked frame from the client")]
+    MaskingRequired,
+    /// "A client MUST close a connection if it detects a masked frame" (§5.1).
+    #[error("masked frame from the server")]
+    MaskingForbidden,
+    /// A close code no endpoint may send (§7.4).
+    #[error("close code {0} may not be sent")]
+    InvalidCloseCode(u16),
+    /// A close body holds a 2-byte code or nothing (§5.5.1).
+    #[error("close frame body of one byte")]
+    CloseBodyOneByte,
+    /// The close reason "is not guaranteed to be human readable" but is UTF-8
+    /// (§5.5.1), else 1007 (§7.4.1).
+    #[error("close reason is not UTF-8")]
+    InvalidCloseReason,
+    /// A frame payload over `max_frame_size`.
+    #[error("frame of {0} bytes over the limit")]
+    FrameTooLarge(u64),
+    /// A message (all its fragments) over `max_message_size`.
+    #[error("message of {0} bytes over the limit")]
+    MessageTooLarge(u64),
+}
+
+impl Violation {
+    /// 1002 protocol error, 1009 too big (size limits), 1007 invalid UTF-8 in a close reason (§7.4.1).
+    pub fn close_code(self) -> u16 {
+        match self {
+            Violation::FrameTooLarge(_) | Violation::MessageTooLarge(_) => 1009,
+            Violation::InvalidCloseReason => 1007,
+            _ => 1002,
+        }
+    }
+}
+
+/// Whether an endpoint may put `code` in a close frame (RFC 6455 §7.4 and the
+/// IANA "WebSocket Close Code Number Registry", §11.7).
+fn close_code_allowed(code: u16) -> bool {
+    match code {
+        // 0-999: "not used" (§7.4.2).
+        0..=999 => false,
+        // Normal closure, going away, protocol error, unsupported data (§7.4.1).
+        1000..=1003 => true,
+        // 1004 is reserved; 1005 (no status) and 1006 (abnormal closure) "MUST
+        // NOT be set as a status code in a Close control frame by an endpoint".
+        1004..=1006 => false,
+        // 1007-1011 from §7.4.1; 1012 service restart, 1013 try again later,
+        // 1014 bad gateway from the IANA registry.
+        1007..=1014 => true,
+        // 1015 (TLS handshake) is never sent either; the rest up to 2999 is
+        // "reserved for definition by this protocol" (§7.4.2).
+        1015..=2999 => false,
+        // 3000-3999 registered for libraries and frameworks, 4000-4999 private use.
+        3000..=4999 => true,
+        _ => false,
+    }
+}
+
+/// Where the reader is in the byte stream.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Reading a header: `FrameReader::filled` bytes of it are in `FrameReader::header`.
+    Header,
+    /// Skipping (data) or unmasking (control) the payload of `frame`.
+    Payload { frame: FrameHeader, remaining: u64 },
+    /// A control frame's `Control` event was returned; its `FrameEnd` is next.
+    ControlDone { frame: FrameHeader },
+    /// A violation was returned; every later call returns it again.
+    Failed(Violation),
+}
+
+/// Reads the frames of one direction of a tunnel without buffering them.
+pub struct FrameReader {
+    config: ReaderConfig,
+    state: State,
+    /// The header bytes read so far, which may arrive split across calls.
+    header: [u8; MAX_HEADER_LEN],
+    filled: usize,
+    /// The opcode of the header being read, once its first byte passed the checks.
+    opcode: OpCode,
+    /// The payload of the control frame being read.
+    control: ControlPayload,
+    /// A Text or Binary frame without FIN was read and its final fragment has not ended yet.
+    message_open: bool,
+    /// Payload bytes of the current message, its frames so far.
+    message_size: u64,
+}
+
+impl FrameReader {
+    pub fn new(config: ReaderConfig) -> FrameReader {
+        FrameReader {
+            config,
+            state: State::Header,
+            header: [0; MAX_HEADER_LEN],
+            filled: 0,
+            opcode: OpCode::Continuation,
+            control: ControlPayload::EMPTY,
+            message_open: false,
+            message_size: 0,
+        }
+    }
+
+    /// Consumes a prefix of `input` up to and including the next event, returning how many bytes were consumed and
+    /// the event (None: all of `input` consumed, no event in it).
+    ///
+    /// The caller loops: `while !rest.is_empty() { let (n, event) = reader.advance(rest)?; rest = &rest[n..]; ... }`.
+    /// Never reads past `input`; never panics on any input; works with input split at any byte (header bytes split
+    /// across calls are kept in a small fixed buffer of 14 bytes).
+    ///
+    /// One call returns one event, so an event that falls due with no byte
+    /// left (the `FrameEnd` after a `Control`, or after the `FrameStart` of an
+    /// empty frame) comes with `0` consumed: from the next call, or at once
+    /// from `advance(&[])`. Looping until the event is `None` drains them.
+    pub fn advance(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Violation> {
+        let result = match self.state {
+            State::Header => self.read_header(input),
+            State::Payload { frame, remaining } => self.read_payload(frame, remaining, input),
+            State::ControlDone { frame } => Ok((0, Some(self.end_frame(frame)))),
+            State::Failed(violation) => Err(violation),
+        };
+        if let Err(violation) = result {
+            self.state = State::Failed(violation);
+        }
+        result
+    }
+
+    /// Between two frames: a frame of our own may be sent now.
+    ///
+    /// True from the `FrameEnd` event until the first byte of the next header.
+    pub fn at_frame_boundary(&self) -> bool {
+        matches!(self.state, State::Header) && self.filled == 0
+    }
+
+    /// A fragmented data message is open (we may still insert control frames between its frames, RFC 6455 §5.4).
+    pub fn in_message(&self) -> bool {
+        self.message_open
+    }
+
+    fn read_header(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Violation> {
+        for (i, &byte) in input.iter().enumerate() {
+            // `filled` < 14 here: a complete header returns below.
+            if let Some(slot) = self.header.get_mut(self.filled) {
+                *slot = byte;
+            }
+            self.filled += 1;
+            self.check_header_prefix()?;
+            if self.filled >= self.header_len() {
+                return Ok((i + 1, Some(Event::FrameStart(self.start_frame()))));
+            }
+        }
+        Ok((input.len(), None))
+    }
+
+    /// The header's length as far as its bytes so far tell: 2 until the second
+    /// byte gives the length form and the MASK bit.
+    fn header_len(&self) -> usize {
+        if self.filled < 2 {
+            return 2;
+        }
+        let mask_len = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + self.extended_len() + mask_len
+    }
+
+    /// Bytes of extended payload length (§5.2): 126 means 16 bits follow, 127 means 64 bits.
+    fn extended_len(&self) -> usize {
+        match self.header[1] & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        }
+    }
+
+    fn payload_len(&self) -> u64 {
+        let h = &self.header;
+        match h[1] & 0x7F {
+            126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+            len => u64::from(len),
+        }
+    }
+
+    /// Judges the header byte just read, once the bytes that decide a rule are all there.
+    fn check_header_prefix(&mut self) -> Result<(), Violation> {
+        match self.filled {
+            1 => self.check_first_byte(),
+            2 => self.check_second_byte(),
+            n if n == 2 + self.extended_len() && n > 2 => self.check_extended_length(),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_first_byte(&mut self) -> Result<(), Violation> {
+        let byte = self.header[0];
+        let fin = byte & 0x80 != 0;
+        // RSV2 and RSV3: no extension wsgate lets through defines them (§5.2).
+        if byte & 0x30 != 0 {
+            return Err(Violation::ReservedBits);
+        }
+        let opcode = OpCode::from_u8(byte & 0x0F).ok_or(Violation::UnknownOpcode(byte & 0x0F))?;
+        // RSV1 is permessage-deflate's "Per-Message Compressed" bit: "An endpoint
+        // MUST NOT set the "Per-Message Compressed" bit of control frames and
+        // non-first fragments of a data message" (RFC 7692 §6.1).
+        if byte & 0x40 != 0 && !(self.config.allow_rsv1 && matches!(opcode, OpCode::Text | OpCode::Binary)) {
+            return Err(Violation::ReservedBits);
+        }
+        if opcode.is_control() {
+            // "Control frames themselves MUST NOT be fragmented" (§5.4); they may
+            // come between the fragments of a message.
+            if !fin {
+                return Err(Violation::FragmentedControl);
+            }
+        } else if opcode == OpCode::Continuation && !self.message_open {
+            return Err(Violation::UnexpectedContinuation);
+        } else if opcode != OpCode::Continuation && self.message_open {
+            return Err(Violation::ExpectedContinuation);
+        }
+        self.opcode = opcode;
+        Ok(())
+    }
+
+    fn check_second_byte(&self) -> Result<(), Violation> {
+        let masked = self.header[1] & 0x80 != 0;
+        // "a client MUST mask all frames that it sends to the server … A server
+        // MUST NOT mask any frames that it sends to the client" (§5.1).
+        if self.config.enforce_masking {
+            match self.config.direction {
+                Direction::ClientToServer if !masked => return Err(Violation::MaskingRequired),
+                Direction::ServerToClient if masked => return Err(Violation::MaskingForbidden),
+                _ => {}
+            }
+        }
+        match self.header[1] & 0x7F {
+            len @ 0..=125 => self.check_length(u64::from(len)),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_extended_length(&self) -> Result<(), Violation> {
+        let len = self.payload_len();
+        if self.extended_len() == 8 && len >> 63 != 0 {
+            return Err(Violation::LengthTopBit);
+        }
+        // 126 announces 126..=65535, 127 announces 65536 and more (§5.2).
+        let minimal = if self.extended_len() == 2 {
+            len >= 126
+        } else {
+            len > 0xFFFF
+        };
+        if !minimal {
+            return Err(Violation::NonMinimalLength);
+        }
+        self.check_length(len)
+    }
+
+    /// The rules the payload length decides, before any payload byte arrives.
+    fn check_length(&self, len: u64) -> Result<(), Violation> {
+        if self.opcode.is_control() {
+            if len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(Violation::ControlTooLong(len));
+            }
+            // A close body is empty or starts with a 2-byte code (§5.5.1).
+            if self.opcode == OpCode::Close && len == 1 {
+                return Err(Violation::CloseBodyOneByte);
+            }
+        }
+        if self.config.max_frame_size.is_some_and(|max| len > max) {
+            return Err(Violation::FrameTooLarge(len));
+        }
+        if !self.opcode.is_control() {
+            let message = match self.opcode {
+                OpCode::Continuation => self.message_size.saturating_add(len),
+                _ => len,
+            };
+            if self.config.max_message_size.is_some_and(|max| message > max) {
+                return Err(Violation::MessageTooLarge(message));
+            }
+        }
+        Ok(())
+    }
+
+    /// The header is complete and judged: start skipping its payload.
+    fn start_frame(&mut self) -> FrameHeader {
+        let ext = self.extended_len();
+        let h = &self.header;
+        let mask = (h[1] & 0x80 != 0).then(|| [h[2 + ext], h[3 + ext], h[4 + ext], h[5 + ext]]);
+        let frame = FrameHeader {
+            fin: h[0] & 0x80 != 0,
+            rsv1: h[0] & 0x40 != 0,
+            opcode: self.opcode,
+            mask,
+            payload_len: self.payload_len(),
+            header_len: self.filled,
+        };
+        match frame.opcode {
+            OpCode::Continuation => self.message_size = self.message_size.saturating_add(frame.payload_len),
+            OpCode::Text | OpCode::Binary => self.message_size = frame.payload_len,
+            _ => self.control = ControlPayload::EMPTY,
+        }
+        if !frame.opcode.is_control() && !frame.fin {
+            self.message_open = true;
+        }
+        self.filled = 0;
+        self.state = State::Payload {
+            frame,
+            remaining: frame.payload_len,
+        };
+        frame
+    }
+
+    fn read_payload(
+        &mut self,
+        frame: FrameHeader,
+        remaining: u64,
+        input: &[u8],
+    ) -> Result<(usize, Option<Event>), Violation> {
+        // At most `input.len()`, so it fits in a usize.
+        let take = remaining.min(input.len() as u64) as usize;
+        let remaining = remaining - take as u64;
+        let control = frame.opcode.is_control();
+        if control {
+            self.control.push_unmasked(&input[..take], frame.mask);
+        }
+        if remaining > 0 {
+            self.state = State::Payload { frame, remaining };
+            return Ok((take, None));
+        }
+        if !control {
+            return Ok((take, Some(self.end_frame(frame))));
+        }
+        if frame.opcode == OpCode::Close {
+            check_close_body(&self.control)?;
+        }
+        self.state = State::ControlDone { frame };
+        Ok((
+            take,
+            Some(Event::Control {
+                opcode: frame.opcode,
+                payload: self.control,
+            }),
+        ))
+    }
+
+    fn end_frame(&mut self, frame: FrameHeader) -> Event {
+        let message_end = !frame.opcode.is_control() && frame.fin;
+        if message_end {
+            self.message_open = false;
+        }
+        self.state = State::Header;
+        Event::FrameEnd {
+            opcode: frame.opcode,
+            fin: frame.fin,
+            message_end,
+        }
+    }
+}
+
+/// A close body's code must be one an endpoint may send, and "the body MAY
+/// contain UTF-8-encoded data" after it (§5.5.1); an endpoint that receives
+/// non-UTF-8 data fails the connection with 1007 (§8.1, §7.4.1).
+fn check_close_body(payload: &ControlPayload) -> Result<(), Violation> {
+    if let Some(code) = payload.close_code() {
+        if !close_code_allowed(code) {
+            return Err(Violation::InvalidCloseCode(code));
+        }
+        if std::str::from_utf8(payload.close_reason()).is_err() {
+            return Err(Violation::InvalidCloseReason);
+        }
+    }
+    Ok(())
+}
+
+/// A frame wsgate sends itself, for its pings and close frames: `mask` Some(..) toward the backend (a client must
+/// mask), None toward the client. Appends to `out` (≤ 14 + 125 bytes).
+///
+/// The frame has FIN set; a payload over 125 bytes, which no control frame may
+/// carry (§5.5), is cut to 125.
+pub fn encode_control(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.push(0x80 | opcode.as_u8());
+    // ≤ 125 fits the 7-bit length.
+    out.push(mask_bit | payload.len() as u8);
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+}
+
+/// A close frame's payload: the code then the reason (reason truncated to fit 125 bytes on a UTF-8 boundary).
+pub fn close_payload(code: u16, reason: &str) -> ([u8; 125], usize) {
+    let mut payload = [0; MAX_CONTROL_PAYLOAD];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    // Index 0 is a boundary, so this ends.
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+    (payload, 2 + end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn config(direction: Direction) -> ReaderConfig {
+        ReaderConfig {
+            direction,
+            enforce_masking: true,
+            allow_rsv1: false,
+            max_frame_size: None,
+            max_message_size: None,
+        }
+    }
+
+    fn server() -> ReaderConfig {
+        config(Direction::ServerToClient)
+    }
+
+    /// Feeds `input` whole and drains pending events: each event with the offset after it.
+    fn feed(reader: &mut FrameReader, input: &[u8]) -> Result<Vec<(usize, Event)>, Violation> {
+        let mut events = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (n, event) = reader.advance(&input[offset..])?;
+            offset += n;
+            match event {
+                Some(event) => events.push((offset, event)),
+                None => break,
+            }
+        }
+        assert_eq!(offset, input.len());
+        Ok(events)
+    }
+
+    fn violation(config: ReaderConfig, input: &[u8]) -> Violation {
+        feed(&mut FrameReader::new(config), input).expect_err("a violation")
+    }
+
+    /// A frame with a minimal length, unmasked unless `mask` is given.
+    fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = vec![first];
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            len @ 0..=125 => out.push(mask_bit | len as u8),
+            len @ 126..=0xFFFF => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(key) => {
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    fn ends(events: &[(usize, Event)]) -> Vec<(usize, OpCode, bool)> {
+        events
+            .iter()
+            .filter_map(|&(offset, event)| match event {
+                Event::FrameEnd {
+                    opcode, message_end, ..
+                } => Some((offset, opcode, message_end)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reserved_bits() {
+        assert_eq!(violation(server(), &[0xC1, 0]), Violation::ReservedBits);
+        assert_eq!(violation(server(), &[0xA1, 0]), Violation::ReservedBits);
+        assert_eq!(violation(server(), &[0x91, 0]), Violation::ReservedBits);
+        let deflate = ReaderConfig {
+            allow_rsv1: true,
+            ..server()
+        };
+        assert!(feed(&mut FrameReader::new(deflate), &frame(0xC1, b"x", None)).is_ok());
+        assert_eq!(violation(deflate, &[0xA1, 0]), Violation::ReservedBits);
+        // RFC 7692 §6.1: not on control frames, not on continuations.
+        assert_eq!(violation(deflate, &[0xC9, 0]), Violation::ReservedBits);
+        let mut reader = FrameReader::new(deflate);
+        feed(&mut reader, &frame(0x41, b"x", None)).unwrap();
+        assert_eq!(feed(&mut reader, &[0xC0]), Err(Violation::ReservedBits));
+    }
+
+    #[test]
+    fn unknown_opcodes() {
+        for op in (0x3..=0x7).chain(0xB..=0xF) {
+            // Judged from the first byte alone.
+            assert_eq!(violation(server(), &[0x80 | op]), Violation::UnknownOpcode(op));
+        }
+    }
+
+    #[test]
+    fn control_frames_are_short_and_whole() {
+        assert_eq!(
+            violation(server(), &frame(0x89, &[0; 126], None)),
+            Violation::ControlTooLong(126)
+        );
+        assert_eq!(
+            violation(server(), &[0x8A, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Violation::ControlTooLong(65536)
+        );
+        assert_eq!(violation(server(), &[0x09]), Violation::FragmentedControl);
+        assert!(feed(&mut FrameReader::new(server()), &frame(0x89, &[7; 125], None)).is_ok());
+    }
+
+    #[test]
+    fn fragmentation_order() {
+        assert_eq!(violation(server(), &[0x80]), Violation::UnexpectedContinuation);
+        let mut reader = FrameReader::new(server());
+        feed(&mut reader, &frame(0x01, b"part", None)).unwrap();
+        assert_eq!(feed(&mut reader, &[0x82]), Err(Violation::ExpectedContinuation));
+    }
+
+    #[test]
+    fn length_encoding() {
+        let top_bit = [0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(violation(server(), &top_bit), Violation::LengthTopBit);
+        assert_eq!(violation(server(), &[0x82, 126, 0, 125]), Violation::NonMinimalLength);
+        assert_eq!(
+            violation(server(), &[0x82, 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]),
+            Violation::NonMinimalLength
+        );
+        // The smallest lengths of each form are fine.
+        let mut reader = FrameReader::new(server());
+        assert!(reader.advance(&[0x82, 126, 0, 126]).is_ok());
+        let mut reader = FrameReader::new(server());
+        assert!(reader.advance(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]).is_ok());
+    }
+
+    #[test]
+    fn masking() {
+        let client = config(Direction::ClientToServer);
+        assert_eq!(violation(client, &[0x82, 0x00]), Violation::MaskingRequired);
+        assert_eq!(violation(server(), &[0x82, 0x80]), Violation::MaskingForbidden);
+        let lax = |direction| ReaderConfig {
+            enforce_masking: false,
+            ..config(direction)
+        };
+        assert!(feed(
+            &mut FrameReader::new(lax(Direction::ClientToServer)),
+            &frame(0x82, b"ab", None)
+        )
+        .is_ok());
+        assert!(feed(
+            &mut FrameReader::new(lax(Direction::ServerToClient)),
+            &frame(0x82, b"ab", Some(KEY))
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn close_codes() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let body = close_payload(code, "bye");
+            let events = feed(&mut FrameReader::new(server()), &frame(0x88, &body.0[..body.1], None));
+            let events = events.unwrap_or_else(|v| panic!("{code}: {v}"));
+            match events[1].1 {
+                Event::Control {
+                    opcode: OpCode::Close,
+                    payload,
+                } => {
+                    assert_eq!(payload.close_code(), Some(code));
+                    assert_eq!(payload.close_reason(), b"bye");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            let body = code.to_be_bytes();
+            assert_eq!(
+                violation(server(), &frame(0x88, &body, None)),
+                Violation::InvalidCloseCode(code)
+            );
+        }
+    }
+
+    #[test]
+    fn close_bodies() {
+        // Judged from the header, before the byte arrives.
+        assert_eq!(violation(server(), &[0x88, 1]), Violation::CloseBodyOneByte);
+        let invalid = frame(0x88, &[0x03, 0xE8, b'o', 0xFF], None);
+        assert_eq!(violation(server(), &invalid), Violation::InvalidCloseReason);
+        let events = feed(&mut FrameReader::new(server()), &[0x88, 0]).unwrap();
+        match events.as_slice() {
+            [(2, Event::FrameStart(_)), (2, Event::Control { payload, .. }), (2, Event::FrameEnd { .. })] => {
+                assert_eq!(payload.close_code(), None);
+                assert_eq!(payload.close_reason(), b"");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn size_limits() {
+        let limited = ReaderConfig {
+            max_frame_size: Some(100),
+            max_message_size: Some(250),
+            ..server()
+        };
+        // Header only: the payload never has to arrive.
+        assert_eq!(violation(limited, &[0x82, 101]), Violation::FrameTooLarge(101));
+        assert_eq!(
+            violation(limited, &[0x82, 126, 0xFF, 0xFF]),
+            Violation::FrameTooLarge(65535)
+        );
+        let mut reader = FrameReader::new(limited);
+        feed(&mut reader, &frame(0x02, &[0; 100], None)).unwrap();
+        feed(&mut reader, &frame(0x89, b"ping", None)).unwrap();
+        feed(&mut reader, &frame(0x00, &[0; 100], None)).unwrap();
+        assert_eq!(feed(&mut reader, &[0x80, 51]), Err(Violation::MessageTooLarge(251)));
+        // The next message counts from zero.
+        let mut reader = FrameReader::new(limited);
+        feed(&mut reader, &frame(0x02, &[0; 100], None)).unwrap();
+        feed(&mut reader, &frame(0x80, &[0; 100], None)).unwrap();
+        feed(&mut reader, &frame(0x82, &[0; 100], None)).unwrap();
+        let message_only = ReaderConfig {
+            max_message_size: Some(10),
+            ..server()
+        };
+        assert_eq!(violation(message_only, &[0x82, 11]), Violation::MessageTooLarge(11));
+    }
+
+    #[test]
+    fn violation_close_codes() {
+        assert_eq!(Violation::FrameTooLarge(1).close_code(), 1009);
+        assert_eq!(Violation::MessageTooLarge(1).close_code(), 1009);
+        assert_eq!(Violation::InvalidCloseReason.close_code(), 1007);
+        for v in [
+            Violation::ReservedBits,
+            Violation::MaskingRequired,
+            Violation::InvalidCloseCode(1005),
+        ] {
+            assert_eq!(v.close_code(), 1002);
+        }
+    }
+
+    #[test]
+    fn errors_stick() {
+        let mut reader = FrameReader::new(server());
+        assert_eq!(reader.advance(&[0x83]), Err(Violation::UnknownOpcode(3)));
+        assert_eq!(reader.advance(&[0x82, 0]), Err(Violation::UnknownOpcode(3)));
+        assert!(!reader.at_frame_boundary());
+    }
+
+    #[test]
+    fn encode_control_round_trips() {
+        for (direction, mask) in [
+            (Direction::ClientToServer, Some(KEY)),
+            (Direction::ServerToClient, None),
+        ] {
+            let (close, len) = close_payload(1001, "going away");
+            for (opcode, payload) in [
+                (OpCode::Ping, &b"are you there"[..]),
+                (OpCode::Pong, b""),
+                (OpCode::Close, &close[..len]),
+            ] {
+                let mut out = Vec::new();
+                encode_control(opcode, payload, mask, &mut out);
+                let events = feed(&mut FrameReader::new(config(direction)), &out).unwrap();
+                match events.as_slice() {
+                    [(_, Event::FrameStart(header)), (
+                        end,
+                        Event::Control {
+                            opcode: op,
+                            payload: got,
+                        },
+                    ), (_, Event::FrameEnd { message_end: false, .. })] => {
+                        assert_eq!((header.opcode, header.mask, header.fin), (opcode, mask, true));
+                        assert_eq!((*op, got.as_bytes(), *end), (opcode, payload, out.len()));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        encode_control(OpCode::Ping, &[1; 200], None, &mut out);
+        assert_eq!(out.len(), 2 + 125);
+    }
+
+    #[test]
+    fn close_payload_cuts_on_a_char_boundary() {
+        let (payload, len) = close_payload(1000, &"é".repeat(100));
+        assert_eq!(len, 2 + 122);
+        assert_eq!(&payload[..2], &[0x03, 0xE8]);
+        assert!(std::str::from_utf8(&payload[2..len]).is_ok());
+        let (_, len) = close_payload(4000, "");
+        assert_eq!(len, 2);
+    }
+
+    #[test]
+    fn extended_lengths() {
+        for (len, header_len) in [(126, 4), (65535, 4), (65536, 10)] {
+            for (direction, mask) in [
+                (Direction::ServerToClient, None),
+                (Direction::ClientToServer, Some(KEY)),
+            ] {
+                let header_len = header_len + if mask.is_some() { 4 } else { 0 };
+                let bytes = frame(0x82, &vec![0xAB; len], mask);
+                let mut reader = FrameReader::new(config(direction));
+                let events = feed(&mut reader, &bytes).unwrap();
+                match events.as_slice() {
+                    [(start, Event::FrameStart(header)), (end, Event::FrameEnd { message_end: true, .. })] => {
+                        assert_eq!(
+                            (*start, header.header_len, header.payload_len),
+                            (header_len, header_len, len as u64)
+                        );
+                        assert_eq!(header.mask, mask);
+                        assert_eq!(*end, bytes.len());
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert!(reader.at_frame_boundary());
+            }
+        }
+    }
+
+    #[test]
+    fn control_frames_between_fragments() {
+        let parts = [
+            frame(0x01, b"hel", None),
+            frame(0x89, b"ping", None),
+            frame(0x00, b"lo ", None),
+            frame(0x8A, b"", None),
+            frame(0x80, b"world", None),
+            frame(0x81, b"!", None),
+        ];
+        let mut reader = FrameReader::new(server());
+        let mut open = Vec::new();
+        let mut all = Vec::new();
+        for part in &parts {
+            assert!(reader.at_frame_boundary());
+            all.extend(feed(&mut reader, part).unwrap().into_iter().map(|(_, e)| e));
+            open.push(reader.in_message());
+        }
+        assert_eq!(open, [true, true, true, true, false, false]);
+        let ends: Vec<_> = all
+            .iter()
+            .filter_map(|e| match *e {
+                Event::FrameEnd {
+                    opcode,
+                    fin,
+                    message_end,
+                } => Some((opcode, fin, message_end)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                (OpCode::Text, false, false),
+                (OpCode::Ping, true, false),
+                (OpCode::Continuation, false, false),
+                (OpCode::Pong, true, false),
+                (OpCode::Continuation, true, true),
+                (OpCode::Text, true, true),
+            ]
+        );
+        assert!(all.contains(&Event::Control {
+            opcode: OpCode::Ping,
+            payload: control(b"ping")
+        }));
+    }
+
+    fn control(bytes: &[u8]) -> ControlPayload {
+        let mut payload = ControlPayload::EMPTY;
+        payload.push_unmasked(bytes, None);
+        payload
+    }
+
+    #[test]
+    fn split_headers_and_offsets() {
+        let mut stream = frame(0x82, &[1; 300], Some(KEY));
+        stream.extend(frame(0x89, b"hi", Some(KEY)));
+        stream.extend(frame(0x81, b"", Some(KEY)));
+        let whole = feed(&mut FrameReader::new(config(Direction::ClientToServer)), &stream).unwrap();
+        assert_eq!(
+            ends(&whole),
+            [
+                (8 + 300, OpCode::Binary, true),
+                (8 + 300 + 8, OpCode::Ping, false),
+                (stream.len(), OpCode::Text, true)
+            ]
+        );
+        // One byte at a time: the same events at the same offsets.
+        let mut reader = FrameReader::new(config(Direction::ClientToServer));
+        let mut bytewise = Vec::new();
+        for (i, byte) in stream.iter().enumerate() {
+            let mut rest = std::slice::from_ref(byte);
+            loop {
+                let (n, event) = reader.advance(rest).unwrap();
+                rest = &rest[n..];
+                match event {
+                    Some(event) => bytewise.push((i + 1 - rest.len(), event)),
+                    None => break,
+                }
+            }
+            if i == 0 {
+                assert!(!reader.at_frame_boundary());
+            }
+        }
+        assert_eq!(bytewise, whole);
+        assert!(reader.at_frame_boundary());
+    }
+
+    #[test]
+    fn control_payload_debug() {
+        assert_eq!(format!("{:?}", control(b"a\x00")), "ControlPayload(b\"a\\x00\")");
+    }
+}
