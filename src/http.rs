@@ -30,6 +30,7 @@ use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers::{self, Forwarded};
+use crate::inspect::{self, tunnel::Settings};
 use crate::real_ip::{self, TrustedProxies};
 use crate::route::RouteTable;
 use crate::stats::{OpenConnection, RefusalReason, Stats};
@@ -315,6 +316,14 @@ impl Proxy {
         let client_upgrade = hyper::upgrade::on(&mut request);
         let backend_upgrade = hyper::upgrade::on(backend_response);
         let span = tracing::info_span!("tunnel");
+        // RFC 7692: RSV1 marks compressed messages once the backend agreed.
+        let deflate = answer
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .any(|value| value.to_str().is_ok_and(|v| v.contains("permessage-deflate")));
+        let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
+        let drain = self.shutdown.clone();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
         self.tunnels.spawn(
@@ -324,7 +333,12 @@ impl Proxy {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         info!("tunnel open");
-                        tunnel::splice(client, backend).await;
+                        match inspect {
+                            Some(settings) => {
+                                inspect::tunnel::run(TokioIo::new(client), TokioIo::new(backend), settings, drain).await
+                            }
+                            None => tunnel::splice(client, backend).await,
+                        }
                     }
                     Err(error) => debug!(%error, "upgrade did not complete"),
                 }

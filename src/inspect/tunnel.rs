@@ -142,8 +142,22 @@ where
     let (backend_read, backend_write) = tokio::io::split(backend);
     let (to_backend, backend_inbox) = mpsc::channel(4);
     let (to_client, client_inbox) = mpsc::channel(4);
-    let upstream = Pump::new(Side::Client, client_read, backend_write, backend_inbox, to_client.clone(), &shared);
-    let downstream = Pump::new(Side::Backend, backend_read, client_write, client_inbox, to_backend.clone(), &shared);
+    let upstream = Pump::new(
+        Side::Client,
+        client_read,
+        backend_write,
+        backend_inbox,
+        to_client.clone(),
+        &shared,
+    );
+    let downstream = Pump::new(
+        Side::Backend,
+        backend_read,
+        client_write,
+        client_inbox,
+        to_backend.clone(),
+        &shared,
+    );
 
     let upstream = upstream.run(drain.clone());
     let downstream = downstream.run(drain);
@@ -423,7 +437,8 @@ where
     /// wsgate's own (RFC 6455 §7.4.1), then the tunnel ends.
     async fn violation(&mut self, violation: Violation, dst_clean: bool) -> Stop {
         debug!(side = self.from.as_str(), %violation, "protocol violation");
-        self.shared.ended_by(format!("{} violation: {violation}", self.from.as_str()));
+        self.shared
+            .ended_by(format!("{} violation: {violation}", self.from.as_str()));
         let offender = violation.close_code();
         let _ = self.to_source.try_send(Order::CloseAndEnd {
             code: offender,
@@ -550,7 +565,11 @@ where
             // Nothing at all since well before the ping: the peer is gone
             // (a dead NAT mapping, a pulled cable). Its side is closed
             // outright; the other side is told with 1001.
-            debug!(side = to.as_str(), silent_ms = silent_for.as_millis() as u64, "peer stopped answering");
+            debug!(
+                side = to.as_str(),
+                silent_ms = silent_for.as_millis() as u64,
+                "peer stopped answering"
+            );
             self.shared.ended_by(format!("{} not answering pings", to.as_str()));
             let _ = self.to_source.try_send(Order::CloseAndEnd {
                 code: 1001,
@@ -578,10 +597,15 @@ where
 
 /// Timers are checked a few times per their shortest period.
 fn tick_period(inspect: &Inspect) -> Duration {
-    let shortest = [Some(inspect.ping_interval), Some(inspect.pong_timeout), Some(inspect.close_timeout), inspect.idle_timeout]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(Duration::from_secs(1));
+    let shortest = [
+        Some(inspect.ping_interval),
+        Some(inspect.pong_timeout),
+        Some(inspect.close_timeout),
+        inspect.idle_timeout,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(Duration::from_secs(1));
     (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }

@@ -1,0 +1,700 @@
+//! Inspected tunnels (`[route.inspect]`): frames followed as they pass, limits,
+//! protocol violations, permessage-deflate, keepalive, lost peers, shutdown.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Limits large enough for the 16 MiB message.
+const BIG: &str = "max_frame_size = \"32MiB\"\nmax_message_size = \"64MiB\"\n";
+/// How long a connection may take to end once wsgate decided to end it (spec: ~1 s).
+const END_BOUND: Duration = Duration::from_secs(3);
+
+/// Like `support::config`, with `[route.inspect]` enabled plus `inspect` keys, to `servers`.
+fn inspect_config(servers: &[SocketAddr], certs: Option<&TestCerts>, inspect: &str) -> String {
+    let mut toml = String::from(
+        "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n",
+    );
+    if let Some(certs) = certs {
+        toml += "[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n";
+        toml += &tls_entry(&certs.server_cert(), &certs.server_key());
+        toml += "\n";
+    }
+    let servers: Vec<String> = servers.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
+    toml + &format!(
+        "[[route]]\nname = \"all\"\nupstream = \"backends\"\n\n[route.inspect]\nenabled = true\n{inspect}\n\
+         [[upstream]]\nname = \"backends\"\nservers = [{}]\n",
+        servers.join(", ")
+    )
+}
+
+async fn inspect_proxy(servers: &[SocketAddr], inspect: &str) -> ProxyHandle {
+    start_proxy(&inspect_config(servers, None, inspect)).await
+}
+
+// ---------------------------------------------------------------- raw frames
+
+/// A frame off the wire: `b0` is FIN, RSV and opcode; the payload is unmasked.
+#[derive(Debug, Clone, PartialEq)]
+struct Wire {
+    b0: u8,
+    masked: bool,
+    payload: Vec<u8>,
+}
+
+impl Wire {
+    fn opcode(&self) -> u8 {
+        self.b0 & 0x0f
+    }
+    /// Code and reason of a close frame (1005 when it has no body).
+    fn close(&self) -> Option<(u16, String)> {
+        let (code, reason) = self.payload.split_at(self.payload.len().min(2));
+        let code = if code.len() == 2 {
+            u16::from_be_bytes([code[0], code[1]])
+        } else {
+            1005
+        };
+        (self.opcode() == 8).then(|| (code, String::from_utf8_lossy(reason).into_owned()))
+    }
+    fn is_wsgate_ping(&self) -> bool {
+        self.opcode() == 9 && self.payload.len() == 8 && self.payload.starts_with(b"wsg\0")
+    }
+}
+
+/// A frame with first byte `b0`, masked (as a client sends) or not.
+fn encode(b0: u8, mask: bool, payload: &[u8]) -> Vec<u8> {
+    let bit = if mask { 0x80 } else { 0 };
+    let mut frame = vec![b0];
+    match payload.len() {
+        n if n < 126 => frame.push(bit | n as u8),
+        n if n <= u16::MAX as usize => {
+            frame.push(bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if !mask {
+        frame.extend_from_slice(payload);
+        return frame;
+    }
+    let key = [0x5au8, 0x13, 0xc7, 0x88];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
+async fn read_wire<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Wire> {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await?;
+    let len = match head[1] & 0x7f {
+        126 => s.read_u16().await? as u64,
+        127 => s.read_u64().await?,
+        n => n as u64,
+    };
+    assert!(len <= 64 << 20, "frame of {len} bytes");
+    let masked = head[1] & 0x80 != 0;
+    let mut key = [0u8; 4];
+    if masked {
+        s.read_exact(&mut key).await?;
+    }
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).await?;
+    payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
+    Ok(Wire {
+        b0: head[0],
+        masked,
+        payload,
+    })
+}
+
+async fn next_wire<S: AsyncRead + Unpin>(s: &mut S, who: &str) -> Wire {
+    within(&format!("{who} reading a frame"), read_wire(s))
+        .await
+        .unwrap_or_else(|e| panic!("{who}: no frame: {e}"))
+}
+
+/// Reads up to the first close frame (other frames are skipped) and returns its code and reason.
+async fn expect_close<S: AsyncRead + Unpin>(s: &mut S, who: &str) -> (u16, String) {
+    loop {
+        let frame = next_wire(s, who).await;
+        if let Some(close) = frame.close() {
+            return close;
+        }
+        eprintln!(
+            "{who}: before the close: {:#04x}, {} bytes",
+            frame.b0,
+            frame.payload.len()
+        );
+    }
+}
+
+/// Reads until the connection ends (EOF or error) within [`END_BOUND`]; returns the frames read.
+async fn expect_end<S: AsyncRead + Unpin>(s: &mut S, who: &str) -> Vec<Wire> {
+    within_for(END_BOUND, &format!("{who}'s connection ending"), async {
+        let mut frames = Vec::new();
+        while let Ok(frame) = read_wire(s).await {
+            frames.push(frame);
+        }
+        frames
+    })
+    .await
+}
+
+/// Reads an HTTP head byte by byte (nothing after it is consumed).
+async fn read_head_bytes<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = s.read_u8().await.expect("HTTP head cut short");
+        head.push(byte);
+        assert!(head.len() < 16 * 1024, "HTTP head too long");
+    }
+    String::from_utf8(head).expect("UTF-8 head")
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A raw client through the handshake (101 checked), `early` sent in the same
+/// write as the request; returns the stream and the response head.
+async fn raw_client_with(addr: SocketAddr, headers: &[(&str, &str)], early: &[u8]) -> (TcpStream, String) {
+    let mut s = tcp_connect(addr).await;
+    s.set_nodelay(true).unwrap();
+    let mut request = valid_upgrade(&format!("localhost:{}", addr.port()), "/", headers).into_bytes();
+    request.extend_from_slice(early);
+    s.write_all(&request).await.unwrap();
+    let head = within("101 from the proxy", read_head_bytes(&mut s)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head)
+}
+
+async fn raw_client(addr: SocketAddr) -> TcpStream {
+    raw_client_with(addr, &[], &[]).await.0
+}
+
+// ---------------------------------------------------------------- raw backend
+
+/// A backend answering the handshake by hand. In echo mode each connection
+/// sends every frame back unchanged but unmasked (a ping gets a pong) and
+/// records it; otherwise connections are handed to the test by `next_conn`.
+/// Dropping it ends all its connections (no close frame).
+struct RawBackend {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Wire>>>,
+    conns: mpsc::UnboundedReceiver<TcpStream>,
+    task: JoinHandle<()>,
+}
+
+impl RawBackend {
+    async fn start(echo: bool, extensions: Option<&'static str>) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepts, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let (tx, conns) = mpsc::unbounded_channel();
+        let (counter, record) = (accepts.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            // Owned by this task: aborting it drops every connection.
+            let mut tasks = JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (record, tx) = (record.clone(), tx.clone());
+                tasks.spawn(async move {
+                    let head = read_head_bytes(&mut stream).await;
+                    let key = header(&head, "sec-websocket-key").expect("the handshake carries the key");
+                    let mut answer = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+                        derive_accept_key(key.as_bytes())
+                    );
+                    if let Some(extensions) = extensions {
+                        answer += &format!("Sec-WebSocket-Extensions: {extensions}\r\n");
+                    }
+                    stream.write_all(format!("{answer}\r\n").as_bytes()).await.unwrap();
+                    if !echo {
+                        let _ = tx.send(stream);
+                        return;
+                    }
+                    while let Ok(frame) = read_wire(&mut stream).await {
+                        let b0 = if frame.opcode() == 9 { 0x8a } else { frame.b0 };
+                        let reply = encode(b0, false, &frame.payload);
+                        record.lock().unwrap().push(frame);
+                        if stream.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            accepts,
+            seen,
+            conns,
+            task,
+        }
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    fn seen(&self) -> Vec<Wire> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The next connection, past its handshake (not in echo mode).
+    async fn next_conn(&mut self) -> TcpStream {
+        within("a connection at the raw backend", self.conns.recv())
+            .await
+            .expect("raw backend stopped")
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- 1. core scenarios, ws and wss
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) {
+    within("WebSocket send", ws.send(message))
+        .await
+        .expect("WebSocket send");
+}
+
+async fn assert_echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) {
+    send(ws, message.clone()).await;
+    assert_eq!(next_message(ws).await, message);
+}
+
+/// Reads until the stream ends.
+async fn drain<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
+    within("end of stream", async { while let Some(Ok(_)) = ws.next().await {} }).await
+}
+
+/// Closes normally and reads until the stream ends.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
+    let _ = within("WebSocket close", ws.close(None)).await;
+    drain(ws).await
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    Message::Close(Some(frame))
+}
+
+/// One connection to an echo backend: text and binary, 16 MiB, fragments, a
+/// ping, then the client's close 4000.
+async fn core_scenarios<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>, backend: &Backend) {
+    assert_echo(&mut ws, Message::text("hello through wsgate")).await;
+    assert_echo(&mut ws, Message::binary(vec![0u8, 1, 2, 127, 128, 254, 255])).await;
+
+    let big: Vec<u8> = (0..16usize << 20).map(|i| (i % 251) as u8).collect();
+    let limit = Duration::from_secs(60);
+    within_for(limit, "sending 16 MiB", ws.send(Message::binary(big.clone())))
+        .await
+        .unwrap();
+    match within_for(limit, "echo of 16 MiB", ws.next()).await {
+        Some(Ok(Message::Binary(data))) => assert!(data[..] == big[..], "echo differs ({} bytes)", data.len()),
+        other => panic!("expected the 16 MiB echo, got {other:?}"),
+    }
+
+    // The backend echoes whole messages only: the echo proves all fragments arrived.
+    let parts = [
+        ("frag", Data::Text, false),
+        ("mented ", Data::Continue, false),
+        ("message", Data::Continue, true),
+    ];
+    for (text, data, fin) in parts {
+        send(
+            &mut ws,
+            Message::Frame(Frame::message(text.as_bytes().to_vec(), OpCode::Data(data), fin)),
+        )
+        .await;
+    }
+    assert_eq!(next_message(&mut ws).await, Message::text("fragmented message"));
+
+    // The backend's tungstenite answers; that pong is not wsgate's, so it passes.
+    send(&mut ws, Message::Ping(b"are you there".to_vec().into())).await;
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::Pong(b"are you there".to_vec().into())
+    );
+
+    let Message::Close(frame) = close_message(4000, "client done") else {
+        unreachable!()
+    };
+    within("client close", ws.close(frame)).await.expect("close");
+    assert_eq!(backend.wait_close().await, (4000, "client done".to_string()));
+    assert_eq!(next_message(&mut ws).await, close_message(4000, "client done"));
+    assert_eq!(backend.accepts(), 1);
+}
+
+/// A backend that closes with 1001 right after the handshake: the client gets it.
+async fn going_away<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
+    assert_eq!(next_message(&mut ws).await, close_message(1001, "going away"));
+    drain(ws).await;
+}
+
+/// An echo backend and one that closes at once, each behind an inspecting proxy.
+async fn core_setup(certs: Option<&TestCerts>) -> (Backend, Backend, ProxyHandle, ProxyHandle) {
+    let echo = Backend::echo().await;
+    let away = Backend::start(Behavior::CloseAfterHandshake(1001, "going away")).await;
+    let echo_proxy = start_proxy(&inspect_config(&[echo.addr], certs, BIG)).await;
+    let away_proxy = start_proxy(&inspect_config(&[away.addr], certs, "")).await;
+    (echo, away, echo_proxy, away_proxy)
+}
+
+#[tokio::test]
+async fn core_scenarios_over_ws() {
+    let (echo, _away, echo_proxy, away_proxy) = core_setup(None).await;
+    core_scenarios(ws_connect(echo_proxy.addr("plain"), "/chat", &[]).await.0, &echo).await;
+    going_away(ws_connect(away_proxy.addr("plain"), "/", &[]).await.0).await;
+    echo_proxy.stop().await;
+    away_proxy.stop().await;
+}
+
+#[tokio::test]
+async fn core_scenarios_over_wss() {
+    let certs = TestCerts::generate();
+    let (echo, _away, echo_proxy, away_proxy) = core_setup(Some(&certs)).await;
+    let (ws, _) = wss_connect(echo_proxy.addr("tls"), "localhost", "/chat", &certs).await;
+    core_scenarios(ws, &echo).await;
+    going_away(wss_connect(away_proxy.addr("tls"), "localhost", "/", &certs).await.0).await;
+    echo_proxy.stop().await;
+    away_proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_in_the_same_write_as_the_handshake_is_not_lost() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let (mut client, _) = raw_client_with(proxy.addr("plain"), &[], &encode(0x81, true, b"early bird")).await;
+    let echo = next_wire(&mut client, "client").await;
+    assert_eq!((echo.b0, &echo.payload[..]), (0x81, &b"early bird"[..]));
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------- 2, 3. frames split and interleaved
+
+#[tokio::test]
+async fn a_frame_written_one_byte_at_a_time_is_followed() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let mut client = raw_client(proxy.addr("plain")).await;
+    let payload: Vec<u8> = (0..200u8).map(|i| b'a' + i % 26).collect();
+    for byte in encode(0x81, true, &payload) {
+        within("one-byte write", async {
+            client.write_all(&[byte]).await.unwrap();
+            client.flush().await.unwrap();
+        })
+        .await;
+        // Pacing, not readiness: gives the proxy the chance to read each byte on its own.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let echo = next_wire(&mut client, "client").await;
+    assert_eq!((echo.b0, echo.masked, echo.payload), (0x81, false, payload));
+    for byte in encode(0x88, true, &close_payload(1000, "bye")) {
+        client.write_all(&[byte]).await.unwrap();
+    }
+    assert_eq!(expect_close(&mut client, "client").await, (1000, "bye".to_string()));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn control_frames_between_fragments_pass() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let mut client = raw_client(proxy.addr("plain")).await;
+    for (b0, payload) in [
+        (0x01, &b"Hello, "[..]),
+        (0x89, b"p1"),
+        (0x00, b"fragmented "),
+        (0x8a, b"unsolicited"),
+        (0x80, b"world"),
+    ] {
+        client.write_all(&encode(b0, true, payload)).await.unwrap();
+    }
+    let mut got = vec![
+        next_wire(&mut client, "client").await,
+        next_wire(&mut client, "client").await,
+    ];
+    got.sort_by_key(|f| f.b0);
+    let got: Vec<(u8, Vec<u8>)> = got.into_iter().map(|f| (f.b0, f.payload)).collect();
+    assert_eq!(
+        got,
+        [(0x81, b"Hello, fragmented world".to_vec()), (0x8a, b"p1".to_vec())]
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------- 4. message size
+
+#[tokio::test]
+async fn a_4_mib_message_in_64_kib_fragments_passes() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "max_message_size = \"8MiB\"\n").await;
+    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+    let big: Vec<u8> = (0..4usize << 20).map(|i| (i % 253) as u8).collect();
+    for (i, chunk) in big.chunks(64 << 10).enumerate() {
+        let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
+        let fin = (i + 1) * (64 << 10) == big.len();
+        send(&mut ws, Message::Frame(Frame::message(chunk.to_vec(), opcode, fin))).await;
+    }
+    match next_message(&mut ws).await {
+        Message::Binary(data) => assert!(data[..] == big[..], "echo differs ({} bytes)", data.len()),
+        other => panic!("expected the binary echo, got {other:?}"),
+    }
+    close(ws).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_over_max_message_size_ends_with_1009_both_ways() {
+    let backend = Backend::echo().await;
+    // max_message_size is raised to max_frame_size: lower both.
+    let limits = "max_frame_size = \"512KiB\"\nmax_message_size = \"1MiB\"\n";
+    let proxy = inspect_proxy(&[backend.addr], limits).await;
+    let client = raw_client(proxy.addr("plain")).await;
+    let (mut read, mut write) = client.into_split();
+    // Writes on its own: the proxy may stop reading once the limit is crossed.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 256 << 10];
+        for i in 0..8 {
+            let b0 = match i {
+                0 => 0x02,
+                7 => 0x80,
+                _ => 0x00,
+            };
+            if write.write_all(&encode(b0, true, &chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(expect_close(&mut read, "client").await.0, 1009);
+    expect_end(&mut read, "client").await;
+    assert_eq!(backend.wait_close().await.0, 1009);
+    writer.abort();
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------- 5. permessage-deflate
+
+/// "Hello" compressed (RFC 7692 §7.2.3.1).
+const HELLO_DEFLATED: &[u8] = &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+const OFFER: (&str, &str) = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits");
+
+#[tokio::test]
+async fn rsv1_passes_when_permessage_deflate_was_agreed() {
+    let backend = RawBackend::start(true, Some("permessage-deflate")).await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let (mut client, head) = raw_client_with(proxy.addr("plain"), &[OFFER], &[]).await;
+    assert_eq!(header(&head, "sec-websocket-extensions"), Some("permessage-deflate"));
+    client.write_all(&encode(0xc1, true, HELLO_DEFLATED)).await.unwrap();
+    let echo = next_wire(&mut client, "client").await;
+    assert_eq!((echo.b0, echo.masked, &echo.payload[..]), (0xc1, false, HELLO_DEFLATED));
+    let seen = backend.seen();
+    assert_eq!(
+        (seen[0].b0, seen[0].masked, &seen[0].payload[..]),
+        (0xc1, true, HELLO_DEFLATED)
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn rsv1_without_permessage_deflate_agreed_is_a_protocol_error() {
+    // The client offers deflate, the backend does not take it: RSV1 stays illegal.
+    let backend = RawBackend::start(true, None).await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let (mut client, head) = raw_client_with(proxy.addr("plain"), &[OFFER], &[]).await;
+    assert_eq!(header(&head, "sec-websocket-extensions"), None);
+    client.write_all(&encode(0xc1, true, HELLO_DEFLATED)).await.unwrap();
+    assert_eq!(expect_close(&mut client, "client").await.0, 1002);
+    expect_end(&mut client, "client").await;
+    let backend_close = || backend.seen().iter().find_map(Wire::close).map(|c| c.0);
+    wait_until("the backend's close code", Some(1002), backend_close).await;
+    assert!(
+        !backend.seen().iter().any(|f| f.opcode() == 1),
+        "the RSV1 frame reached the backend"
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------- 6, 10. violations
+
+/// A peer breaks the protocol with `frame`: the offender gets close `codes.0`,
+/// the other side `codes.1`, and both connections end soon after.
+async fn violation(by_client: bool, frame: &[u8], codes: (u16, u16)) {
+    let mut backend = RawBackend::start(false, None).await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let mut client = raw_client(proxy.addr("plain")).await;
+    let mut server = backend.next_conn().await;
+    let start = Instant::now();
+    let (offender, other) = match by_client {
+        true => (&mut client, &mut server),
+        false => (&mut server, &mut client),
+    };
+    offender.write_all(frame).await.unwrap();
+    assert_eq!(expect_close(offender, "offender").await.0, codes.0, "offender's close");
+    assert_eq!(expect_close(other, "other side").await.0, codes.1, "other side's close");
+    expect_end(offender, "offender").await;
+    expect_end(other, "other side").await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "both connections took {took:?} to end");
+    proxy.stop().await;
+}
+
+macro_rules! violations {
+    ($($name:ident: $by_client:expr, $frame:expr => $codes:expr;)*) => {
+        $(#[tokio::test]
+        async fn $name() {
+            violation($by_client, &$frame, $codes).await;
+        })*
+    };
+}
+
+const CLIENT: bool = true;
+const BACKEND: bool = false;
+
+violations! {
+    an_unmasked_client_frame_gets_1002_both_ways: CLIENT, encode(0x81, false, b"unmasked") => (1002, 1002);
+    an_unknown_opcode_from_the_client: CLIENT, encode(0x83, true, b"") => (1002, 1002);
+    a_client_ping_over_125_bytes: CLIENT, encode(0x89, true, &[0; 126]) => (1002, 1002);
+    a_fragmented_client_ping: CLIENT, encode(0x09, true, b"p") => (1002, 1002);
+    a_continuation_with_no_message_open: CLIENT, encode(0x80, true, b"x") => (1002, 1002);
+    a_64_bit_length_with_the_top_bit: CLIENT, [0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4] => (1002, 1002);
+    a_1_byte_close_body_from_the_client: CLIENT, encode(0x88, true, &[3]) => (1002, 1002);
+    a_non_utf8_close_reason_gets_1007: CLIENT, encode(0x88, true, &[0x03, 0xe8, 0xff, 0xfe]) => (1007, 1002);
+    an_invalid_close_code_from_the_backend_gets_1002_and_the_client_1011:
+        BACKEND, encode(0x88, false, &close_payload(1005, "")) => (1002, 1011);
+    a_masked_backend_frame: BACKEND, encode(0x81, true, b"masked") => (1002, 1011);
+    rsv1_from_the_backend_without_deflate: BACKEND, encode(0xc1, false, b"x") => (1002, 1011);
+}
+
+// ---------------------------------------------------------------- 7. keepalive
+
+const KEEPALIVE: &str = "ping_interval = \"300ms\"\npong_timeout = \"300ms\"\n";
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let backend = RawBackend::start(true, None).await;
+    let proxy = inspect_proxy(&[backend.addr], KEEPALIVE).await;
+    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+    // Keep reading for 2 s: tungstenite answers each ping as it reads it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut pings = 0;
+    while let Ok(message) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match message {
+            Some(Ok(Message::Ping(p))) if p.len() == 8 && p.starts_with(b"wsg\0") => pings += 1,
+            other => panic!("while idle: {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings from wsgate in 2 s with ping_interval 300ms");
+    send(&mut ws, Message::text("still here")).await;
+    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+    let seen: Vec<(u8, Vec<u8>)> = backend.seen().into_iter().map(|f| (f.b0, f.payload)).collect();
+    assert_eq!(
+        seen,
+        [(0x81, b"still here".to_vec())],
+        "the backend saw wsgate's pongs or pings"
+    );
+    close(ws).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_and_the_backend_gets_1001() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], KEEPALIVE).await;
+    let mut client = raw_client(proxy.addr("plain")).await;
+    let start = Instant::now();
+    // The client reads nothing meanwhile; the backend's close is the event.
+    let (code, reason) = backend.wait_close().await;
+    let took = start.elapsed();
+    assert_eq!(code, 1001, "reason {reason:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took <= Duration::from_secs(3),
+        "the silent client was dropped after {took:?}"
+    );
+    let frames = expect_end(&mut client, "client").await;
+    assert!(
+        frames.iter().any(Wire::is_wsgate_ping),
+        "no ping reached the client: {frames:?}"
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------- 8, 9. lost backend, shutdown
+
+#[tokio::test]
+async fn a_lost_backend_gets_the_client_1011_and_the_next_handshake_goes_elsewhere() {
+    let mut backends = vec![RawBackend::start(true, None).await, RawBackend::start(true, None).await];
+    let proxy = inspect_proxy(&[backends[0].addr, backends[1].addr], "").await;
+    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+    send(&mut ws, Message::text("before")).await;
+    assert_eq!(next_message(&mut ws).await, Message::text("before"));
+    let i = backends
+        .iter()
+        .position(|b| b.accepts() == 1)
+        .expect("a backend has the tunnel");
+    let live = backends.remove(1 - i);
+    assert_eq!(live.accepts(), 0);
+    drop(backends); // ends its connection without a close frame
+    assert_eq!(
+        next_message(&mut ws).await,
+        close_message(1011, "backend connection lost")
+    );
+    drain(ws).await;
+
+    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+    send(&mut ws, Message::text("after")).await;
+    assert_eq!(next_message(&mut ws).await, Message::text("after"));
+    assert_eq!(live.accepts(), 1);
+    close(ws).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_1001_going_away_both_ways() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+    assert_echo(&mut ws, Message::text("before shutdown")).await;
+    let stopping = tokio::spawn(proxy.stop());
+    assert_eq!(next_message(&mut ws).await, close_message(1001, "going away"));
+    assert_eq!(backend.wait_close().await, (1001, "going away".to_string()));
+    within("proxy stop", stopping).await.expect("proxy stop");
+}
