@@ -28,14 +28,7 @@ const END_BOUND: Duration = Duration::from_secs(3);
 
 /// Like `support::config`, with `[route.inspect]` enabled plus `inspect` keys, to `servers`.
 fn inspect_config(servers: &[SocketAddr], certs: Option<&TestCerts>, inspect: &str) -> String {
-    let mut toml = String::from(
-        "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n",
-    );
-    if let Some(certs) = certs {
-        toml += "[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n";
-        toml += &tls_entry(&certs.server_cert(), &certs.server_key());
-        toml += "\n";
-    }
+    let toml = listeners(certs);
     let servers: Vec<String> = servers.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     toml + &format!(
         "[[route]]\nname = \"all\"\nupstream = \"backends\"\n\n[route.inspect]\nenabled = true\n{inspect}\n\

@@ -49,9 +49,9 @@ pub fn tls_entry(cert: &Path, key: &Path) -> String {
     )
 }
 
-/// A proxy config: listener `plain` (and `tls` when `certs` is given, with the
-/// localhost certificate), one route for any host, one upstream at `backend`.
-pub fn config(backend: SocketAddr, certs: Option<&TestCerts>) -> String {
+/// `[global]` and the listeners: `plain`, and `tls` when `certs` is given
+/// (with the localhost certificate).
+pub fn listeners(certs: Option<&TestCerts>) -> String {
     let mut toml = String::from(
         "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n",
     );
@@ -60,6 +60,13 @@ pub fn config(backend: SocketAddr, certs: Option<&TestCerts>) -> String {
         toml += &tls_entry(&certs.server_cert(), &certs.server_key());
         toml += "\n";
     }
+    toml
+}
+
+/// A proxy config: listener `plain` (and `tls` when `certs` is given, with the
+/// localhost certificate), one route for any host, one upstream at `backend`.
+pub fn config(backend: SocketAddr, certs: Option<&TestCerts>) -> String {
+    let mut toml = listeners(certs);
     toml += &route_and_upstream(backend, "");
     toml
 }
