@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use tracing::{debug, info, warn, Instrument, Span};
 
+use crate::lifecycle::drain::Drain;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
@@ -81,9 +82,11 @@ pub struct Proxy {
     gates: Vec<RouteGate>,
     upstreams: Vec<UpstreamPool>,
     tunnels: TaskTracker,
-    /// Cancelled when shutdown begins: inspected tunnels then tell both
-    /// sides "going away".
+    /// Cancelled when shutdown begins: keep-alive connections then close
+    /// after their request in flight.
     pub(crate) shutdown: CancellationToken,
+    /// Asks open tunnels to end gracefully (inspected ones with a close code).
+    pub(crate) drain: Drain,
     pub(crate) stats: Stats,
     pub(crate) refusal_log: RefusalLog,
 }
@@ -107,6 +110,7 @@ impl Proxy {
             upstreams,
             tunnels,
             shutdown: CancellationToken::new(),
+            drain: Drain::default(),
             stats,
             refusal_log: RefusalLog::default(),
         }
@@ -323,7 +327,7 @@ impl Proxy {
             .iter()
             .any(|value| value.to_str().is_ok_and(|v| v.contains("permessage-deflate")));
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
-        let drain = self.shutdown.clone();
+        let drain = self.drain.signal();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
         self.tunnels.spawn(

@@ -57,6 +57,7 @@ pub mod headers;
 pub mod health;
 pub mod http;
 pub mod inspect;
+pub mod lifecycle;
 pub mod real_ip;
 pub mod route;
 pub mod server;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{self, Config};
+use wsgate::lifecycle::drain::GoingAway;
 use wsgate::server::Server;
 use wsgate::{certgen, client, demo};
 
@@ -166,26 +167,19 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
+/// Completes on SIGINT or SIGTERM (shut down: clients are told 1001 "going
+/// away") or SIGUSR2 (a planned restart: 1012 "service restart", so clients
+/// reconnect knowing the service is coming back).
+async fn shutdown_signal() -> GoingAway {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut restart)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined2())) else {
         let _ = tokio::signal::ctrl_c().await;
+        return GoingAway::SHUTDOWN;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => GoingAway::SHUTDOWN,
+        _ = terminate.recv() => GoingAway::SHUTDOWN,
+        _ = restart.recv() => GoingAway::RESTART,
     }
 }
 

@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::refusal_log;
 use crate::config::Config;
+use crate::lifecycle::drain::GoingAway;
 use crate::http::{ConnectionInfo, ConnectionSlot, Proxy};
 use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
@@ -86,9 +87,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes; then stops accepting, lets
-    /// requests in flight finish and waits up to `shutdown_timeout` for
+    /// requests in flight finish, asks every tunnel to end with the close
+    /// code `shutdown` gave, and waits up to `shutdown_timeout` for
     /// connections and tunnels to end before returning.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub async fn run(self, shutdown: impl Future<Output = GoingAway> + Send + 'static) {
         let stop = CancellationToken::new();
         let mut background = Vec::new();
         for listener in self.listeners {
@@ -107,10 +109,11 @@ impl Server {
             background.push(tokio::spawn(acceptor.run(listener.socket).instrument(span)));
         }
         background.extend(housekeeping(&self.proxy, &stop));
-        shutdown.await;
-        info!("shutting down: no new connections");
+        let why = shutdown.await;
+        info!(close_code = why.code, "shutting down: no new connections");
         stop.cancel();
         self.proxy.shutdown.cancel();
+        self.proxy.drain.start(why);
         for task in background {
             let _ = task.await;
         }

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wsgate::config::Config;
+use wsgate::lifecycle::drain::GoingAway;
 use wsgate::server::Server;
 
 /// The bound on every single wait in these tests.
@@ -91,7 +92,7 @@ pub async fn refused_addr() -> SocketAddr {
 /// A running proxy; `stop()` shuts it down and surfaces a panic of its task.
 pub struct ProxyHandle {
     addrs: Vec<(String, SocketAddr)>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<oneshot::Sender<GoingAway>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -131,10 +132,8 @@ pub fn run_proxy(server: Server, names: Vec<String>) -> ProxyHandle {
             (name, addr)
         })
         .collect();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
+    let (tx, rx) = oneshot::channel::<GoingAway>();
+    let task = tokio::spawn(server.run(async move { rx.await.unwrap_or(GoingAway::SHUTDOWN) }));
     ProxyHandle {
         addrs,
         shutdown: Some(tx),
@@ -152,9 +151,14 @@ impl ProxyHandle {
     }
 
     /// Signals shutdown and waits for `run` to return; a panic inside it fails the test.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_with(GoingAway::SHUTDOWN).await;
+    }
+
+    /// Shuts down telling tunnels `why` (1001 going away, 1012 restart).
+    pub async fn stop_with(mut self, why: GoingAway) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(why);
         }
         if let Some(task) = self.task.take() {
             match within_for(Duration::from_secs(15), "proxy run() returning after shutdown", task).await {
@@ -169,7 +173,7 @@ impl ProxyHandle {
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(GoingAway::SHUTDOWN);
         }
         if let Some(task) = self.task.take() {
             if task.is_finished() && !std::thread::panicking() {

@@ -1,0 +1,470 @@
+use super::*;
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn config(direction: Direction) -> ReaderConfig {
+    ReaderConfig {
+        direction,
+        enforce_masking: true,
+        allow_rsv1: false,
+        max_frame_size: None,
+        max_message_size: None,
+    }
+}
+
+fn server() -> ReaderConfig {
+    config(Direction::ServerToClient)
+}
+
+/// Feeds `input` whole and drains pending events: each event with the offset after it.
+fn feed(reader: &mut FrameReader, input: &[u8]) -> Result<Vec<(usize, Event)>, Violation> {
+    let mut events = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (n, event) = reader.advance(&input[offset..])?;
+        offset += n;
+        match event {
+            Some(event) => events.push((offset, event)),
+            None => break,
+        }
+    }
+    assert_eq!(offset, input.len());
+    Ok(events)
+}
+
+fn violation(config: ReaderConfig, input: &[u8]) -> Violation {
+    feed(&mut FrameReader::new(config), input).expect_err("a violation")
+}
+
+/// A frame with a minimal length, unmasked unless `mask` is given.
+fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+fn ends(events: &[(usize, Event)]) -> Vec<(usize, OpCode, bool)> {
+    events
+        .iter()
+        .filter_map(|&(offset, event)| match event {
+            Event::FrameEnd {
+                opcode, message_end, ..
+            } => Some((offset, opcode, message_end)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reserved_bits() {
+    assert_eq!(violation(server(), &[0xC1, 0]), Violation::ReservedBits);
+    assert_eq!(violation(server(), &[0xA1, 0]), Violation::ReservedBits);
+    assert_eq!(violation(server(), &[0x91, 0]), Violation::ReservedBits);
+    let deflate = ReaderConfig {
+        allow_rsv1: true,
+        ..server()
+    };
+    assert!(feed(&mut FrameReader::new(deflate), &frame(0xC1, b"x", None)).is_ok());
+    assert_eq!(violation(deflate, &[0xA1, 0]), Violation::ReservedBits);
+    // RFC 7692 §6.1: not on control frames, not on continuations.
+    assert_eq!(violation(deflate, &[0xC9, 0]), Violation::ReservedBits);
+    let mut reader = FrameReader::new(deflate);
+    feed(&mut reader, &frame(0x41, b"x", None)).unwrap();
+    assert_eq!(feed(&mut reader, &[0xC0]), Err(Violation::ReservedBits));
+}
+
+#[test]
+fn unknown_opcodes() {
+    for op in (0x3..=0x7).chain(0xB..=0xF) {
+        // Judged from the first byte alone.
+        assert_eq!(violation(server(), &[0x80 | op]), Violation::UnknownOpcode(op));
+    }
+}
+
+#[test]
+fn control_frames_are_short_and_whole() {
+    assert_eq!(
+        violation(server(), &frame(0x89, &[0; 126], None)),
+        Violation::ControlTooLong(126)
+    );
+    assert_eq!(
+        violation(server(), &[0x8A, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        Violation::ControlTooLong(65536)
+    );
+    assert_eq!(violation(server(), &[0x09]), Violation::FragmentedControl);
+    assert!(feed(&mut FrameReader::new(server()), &frame(0x89, &[7; 125], None)).is_ok());
+}
+
+#[test]
+fn fragmentation_order() {
+    assert_eq!(violation(server(), &[0x80]), Violation::UnexpectedContinuation);
+    let mut reader = FrameReader::new(server());
+    feed(&mut reader, &frame(0x01, b"part", None)).unwrap();
+    assert_eq!(feed(&mut reader, &[0x82]), Err(Violation::ExpectedContinuation));
+}
+
+#[test]
+fn length_encoding() {
+    let top_bit = [0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(violation(server(), &top_bit), Violation::LengthTopBit);
+    assert_eq!(violation(server(), &[0x82, 126, 0, 125]), Violation::NonMinimalLength);
+    assert_eq!(
+        violation(server(), &[0x82, 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]),
+        Violation::NonMinimalLength
+    );
+    // The smallest lengths of each form are fine.
+    let mut reader = FrameReader::new(server());
+    assert!(reader.advance(&[0x82, 126, 0, 126]).is_ok());
+    let mut reader = FrameReader::new(server());
+    assert!(reader.advance(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]).is_ok());
+}
+
+#[test]
+fn masking() {
+    let client = config(Direction::ClientToServer);
+    assert_eq!(violation(client, &[0x82, 0x00]), Violation::MaskingRequired);
+    assert_eq!(violation(server(), &[0x82, 0x80]), Violation::MaskingForbidden);
+    let lax = |direction| ReaderConfig {
+        enforce_masking: false,
+        ..config(direction)
+    };
+    assert!(feed(
+        &mut FrameReader::new(lax(Direction::ClientToServer)),
+        &frame(0x82, b"ab", None)
+    )
+    .is_ok());
+    assert!(feed(
+        &mut FrameReader::new(lax(Direction::ServerToClient)),
+        &frame(0x82, b"ab", Some(KEY))
+    )
+    .is_ok());
+}
+
+#[test]
+fn close_codes() {
+    for code in [
+        1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999,
+    ] {
+        let body = close_payload(code, "bye");
+        let events = feed(&mut FrameReader::new(server()), &frame(0x88, &body.0[..body.1], None));
+        let events = events.unwrap_or_else(|v| panic!("{code}: {v}"));
+        match events[1].1 {
+            Event::Control {
+                opcode: OpCode::Close,
+                payload,
+            } => {
+                assert_eq!(payload.close_code(), Some(code));
+                assert_eq!(payload.close_reason(), b"bye");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+        let body = code.to_be_bytes();
+        assert_eq!(
+            violation(server(), &frame(0x88, &body, None)),
+            Violation::InvalidCloseCode(code)
+        );
+    }
+}
+
+#[test]
+fn close_bodies() {
+    // Judged from the header, before the byte arrives.
+    assert_eq!(violation(server(), &[0x88, 1]), Violation::CloseBodyOneByte);
+    let invalid = frame(0x88, &[0x03, 0xE8, b'o', 0xFF], None);
+    assert_eq!(violation(server(), &invalid), Violation::InvalidCloseReason);
+    let events = feed(&mut FrameReader::new(server()), &[0x88, 0]).unwrap();
+    match events.as_slice() {
+        [(2, Event::FrameStart(_)), (2, Event::Control { payload, .. }), (2, Event::FrameEnd { .. })] => {
+            assert_eq!(payload.close_code(), None);
+            assert_eq!(payload.close_reason(), b"");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn size_limits() {
+    let limited = ReaderConfig {
+        max_frame_size: Some(100),
+        max_message_size: Some(250),
+        ..server()
+    };
+    // Header only: the payload never has to arrive.
+    assert_eq!(violation(limited, &[0x82, 101]), Violation::FrameTooLarge(101));
+    assert_eq!(
+        violation(limited, &[0x82, 126, 0xFF, 0xFF]),
+        Violation::FrameTooLarge(65535)
+    );
+    let mut reader = FrameReader::new(limited);
+    feed(&mut reader, &frame(0x02, &[0; 100], None)).unwrap();
+    feed(&mut reader, &frame(0x89, b"ping", None)).unwrap();
+    feed(&mut reader, &frame(0x00, &[0; 100], None)).unwrap();
+    assert_eq!(feed(&mut reader, &[0x80, 51]), Err(Violation::MessageTooLarge(251)));
+    // The next message counts from zero.
+    let mut reader = FrameReader::new(limited);
+    feed(&mut reader, &frame(0x02, &[0; 100], None)).unwrap();
+    feed(&mut reader, &frame(0x80, &[0; 100], None)).unwrap();
+    feed(&mut reader, &frame(0x82, &[0; 100], None)).unwrap();
+    let message_only = ReaderConfig {
+        max_message_size: Some(10),
+        ..server()
+    };
+    assert_eq!(violation(message_only, &[0x82, 11]), Violation::MessageTooLarge(11));
+}
+
+#[test]
+fn violation_close_codes() {
+    assert_eq!(Violation::FrameTooLarge(1).close_code(), 1009);
+    assert_eq!(Violation::MessageTooLarge(1).close_code(), 1009);
+    assert_eq!(Violation::InvalidCloseReason.close_code(), 1007);
+    for v in [
+        Violation::ReservedBits,
+        Violation::MaskingRequired,
+        Violation::InvalidCloseCode(1005),
+    ] {
+        assert_eq!(v.close_code(), 1002);
+    }
+}
+
+#[test]
+fn errors_stick() {
+    let mut reader = FrameReader::new(server());
+    assert_eq!(reader.advance(&[0x83]), Err(Violation::UnknownOpcode(3)));
+    assert_eq!(reader.advance(&[0x82, 0]), Err(Violation::UnknownOpcode(3)));
+    assert!(!reader.at_frame_boundary());
+}
+
+#[test]
+fn encode_control_round_trips() {
+    for (direction, mask) in [
+        (Direction::ClientToServer, Some(KEY)),
+        (Direction::ServerToClient, None),
+    ] {
+        let (close, len) = close_payload(1001, "going away");
+        for (opcode, payload) in [
+            (OpCode::Ping, &b"are you there"[..]),
+            (OpCode::Pong, b""),
+            (OpCode::Close, &close[..len]),
+        ] {
+            let mut out = Vec::new();
+            encode_control(opcode, payload, mask, &mut out);
+            let events = feed(&mut FrameReader::new(config(direction)), &out).unwrap();
+            match events.as_slice() {
+                [(_, Event::FrameStart(header)), (
+                    end,
+                    Event::Control {
+                        opcode: op,
+                        payload: got,
+                    },
+                ), (_, Event::FrameEnd { message_end: false, .. })] => {
+                    assert_eq!((header.opcode, header.mask, header.fin), (opcode, mask, true));
+                    assert_eq!((*op, got.as_bytes(), *end), (opcode, payload, out.len()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    encode_control(OpCode::Ping, &[1; 200], None, &mut out);
+    assert_eq!(out.len(), 2 + 125);
+}
+
+#[test]
+fn close_payload_cuts_on_a_char_boundary() {
+    let (payload, len) = close_payload(1000, &"é".repeat(100));
+    assert_eq!(len, 2 + 122);
+    assert_eq!(&payload[..2], &[0x03, 0xE8]);
+    assert!(std::str::from_utf8(&payload[2..len]).is_ok());
+    let (_, len) = close_payload(4000, "");
+    assert_eq!(len, 2);
+}
+
+#[test]
+fn extended_lengths() {
+    for (len, header_len) in [(126, 4), (65535, 4), (65536, 10)] {
+        for (direction, mask) in [
+            (Direction::ServerToClient, None),
+            (Direction::ClientToServer, Some(KEY)),
+        ] {
+            let header_len = header_len + if mask.is_some() { 4 } else { 0 };
+            let bytes = frame(0x82, &vec![0xAB; len], mask);
+            let mut reader = FrameReader::new(config(direction));
+            let events = feed(&mut reader, &bytes).unwrap();
+            match events.as_slice() {
+                [(start, Event::FrameStart(header)), (end, Event::FrameEnd { message_end: true, .. })] => {
+                    assert_eq!(
+                        (*start, header.header_len, header.payload_len),
+                        (header_len, header_len, len as u64)
+                    );
+                    assert_eq!(header.mask, mask);
+                    assert_eq!(*end, bytes.len());
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(reader.at_frame_boundary());
+        }
+    }
+}
+
+#[test]
+fn control_frames_between_fragments() {
+    let parts = [
+        frame(0x01, b"hel", None),
+        frame(0x89, b"ping", None),
+        frame(0x00, b"lo ", None),
+        frame(0x8A, b"", None),
+        frame(0x80, b"world", None),
+        frame(0x81, b"!", None),
+    ];
+    let mut reader = FrameReader::new(server());
+    let mut open = Vec::new();
+    let mut all = Vec::new();
+    for part in &parts {
+        assert!(reader.at_frame_boundary());
+        all.extend(feed(&mut reader, part).unwrap().into_iter().map(|(_, e)| e));
+        open.push(reader.in_message());
+    }
+    assert_eq!(open, [true, true, true, true, false, false]);
+    let ends: Vec<_> = all
+        .iter()
+        .filter_map(|e| match *e {
+            Event::FrameEnd {
+                opcode,
+                fin,
+                message_end,
+            } => Some((opcode, fin, message_end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            (OpCode::Text, false, false),
+            (OpCode::Ping, true, false),
+            (OpCode::Continuation, false, false),
+            (OpCode::Pong, true, false),
+            (OpCode::Continuation, true, true),
+            (OpCode::Text, true, true),
+        ]
+    );
+    assert!(all.contains(&Event::Control {
+        opcode: OpCode::Ping,
+        payload: control(b"ping")
+    }));
+}
+
+fn control(bytes: &[u8]) -> ControlPayload {
+    let mut payload = ControlPayload::EMPTY;
+    payload.push_unmasked(bytes, None);
+    payload
+}
+
+#[test]
+fn split_headers_and_offsets() {
+    let mut stream = frame(0x82, &[1; 300], Some(KEY));
+    stream.extend(frame(0x89, b"hi", Some(KEY)));
+    stream.extend(frame(0x81, b"", Some(KEY)));
+    let whole = feed(&mut FrameReader::new(config(Direction::ClientToServer)), &stream).unwrap();
+    assert_eq!(
+        ends(&whole),
+        [
+            (8 + 300, OpCode::Binary, true),
+            (8 + 300 + 8, OpCode::Ping, false),
+            (stream.len(), OpCode::Text, true)
+        ]
+    );
+    // One byte at a time: the same events at the same offsets.
+    let mut reader = FrameReader::new(config(Direction::ClientToServer));
+    let mut bytewise = Vec::new();
+    for (i, byte) in stream.iter().enumerate() {
+        let mut rest = std::slice::from_ref(byte);
+        loop {
+            let (n, event) = reader.advance(rest).unwrap();
+            rest = &rest[n..];
+            match event {
+                Some(event) => bytewise.push((i + 1 - rest.len(), event)),
+                None => break,
+            }
+        }
+        if i == 0 {
+            assert!(!reader.at_frame_boundary());
+        }
+    }
+    assert_eq!(bytewise, whole);
+    assert!(reader.at_frame_boundary());
+}
+
+#[test]
+fn control_payload_debug() {
+    assert_eq!(format!("{:?}", control(b"a\x00")), "ControlPayload(b\"a\\x00\")");
+}
+
+#[test]
+fn bytes_to_judge_covers_the_header_and_a_control_payload() {
+    assert_eq!(bytes_to_judge(&[]), 2);
+    assert_eq!(bytes_to_judge(&[0x81]), 2);
+    // Unmasked text of 5 bytes: the 2-byte header only.
+    assert_eq!(bytes_to_judge(&[0x81, 0x05]), 2);
+    // Masked binary with a 16-bit and a 64-bit length.
+    assert_eq!(bytes_to_judge(&[0x82, 0x80 | 126]), 2 + 2 + 4);
+    assert_eq!(bytes_to_judge(&[0x82, 0x80 | 127]), 2 + 8 + 4);
+    // A masked ping of 8 bytes: header, key and payload.
+    assert_eq!(bytes_to_judge(&[0x89, 0x80 | 8]), 2 + 4 + 8);
+    // A control frame claiming an extended length: the header tells it is illegal.
+    assert_eq!(bytes_to_judge(&[0x88, 126]), 2 + 2);
+}
+
+proptest::proptest! {
+    /// Whatever the bytes, the reader reaches its first event (or a
+    /// violation) within `bytes_to_judge` bytes of a boundary, and never
+    /// needs fewer than it says for a control frame.
+    #[test]
+    fn the_first_judgement_needs_no_more_than_bytes_to_judge(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+        let need = bytes_to_judge(&bytes);
+        proptest::prop_assume!(bytes.len() >= need);
+        let mut reader = FrameReader::new(ReaderConfig {
+            direction: Direction::ClientToServer,
+            enforce_masking: false,
+            allow_rsv1: true,
+            max_frame_size: None,
+            max_message_size: None,
+        });
+        let mut pos = 0;
+        let mut judged = false;
+        for _ in 0..4 {
+            match reader.advance(&bytes[pos..need]) {
+                Err(_) => { judged = true; break; }
+                Ok((n, event)) => {
+                    pos += n;
+                    match event {
+                        Some(Event::FrameStart(h)) if !h.opcode.is_control() => { judged = true; break; }
+                        Some(Event::Control { .. }) => { judged = true; break; }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+        }
+        proptest::prop_assert!(judged, "no judgement within {} bytes of {:?}", need, &bytes[..need]);
+    }
+}

@@ -1,0 +1,102 @@
+//! The clocks of an inspected tunnel: keepalive pings toward a pump's
+//! destination, the pong timeout, the idle timeout and the close timeout.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::frame::OpCode;
+use super::pump::{Flow, Order, Pump, PING_PREFIX};
+use super::tunnel::{Ending, Side};
+use crate::config::Inspect;
+
+impl<R, W> Pump<'_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Runs on every tick: each pump watches the side it writes to, since
+    /// only it may put a ping between that side's frames.
+    pub(super) async fn timers(&mut self) -> Flow {
+        let inspect = &self.shared.settings.inspect;
+        let (ping_interval, pong_timeout, idle_timeout, close_timeout) = (
+            inspect.ping_interval,
+            inspect.pong_timeout,
+            inspect.idle_timeout,
+            inspect.close_timeout,
+        );
+        let keepalive = self.to() == Side::Client || inspect.ping_backend;
+        let to = self.to();
+        let (pinged, close_started) = {
+            let state = self.shared.state();
+            (state.ping[to.index()], state.close_started)
+        };
+        if let Some(closed_at) = close_started {
+            if closed_at.elapsed() >= close_timeout {
+                self.shared.ended(Ending::CloseTimeout);
+                self.shared.end.cancel();
+                return Flow::Stop;
+            }
+            return Flow::Go;
+        }
+        if idle_timeout.is_some_and(|idle| self.shared.idle_for() >= idle) {
+            self.shared.ended(Ending::IdleTimeout);
+            let _ = self.to_source.try_send(Order::Close {
+                code: 1001,
+                reason: "idle timeout",
+            });
+            return self.close_at_boundary(1001, "idle timeout").await;
+        }
+        if !keepalive {
+            return Flow::Go;
+        }
+        let silent_for = self.shared.silent_for(to);
+        if silent_for >= ping_interval + pong_timeout {
+            // Nothing at all since well before the ping: the peer is gone
+            // (a dead NAT mapping, a pulled cable). Its side is closed
+            // outright; the other side is told with 1001.
+            debug!(
+                side = to.as_str(),
+                silent_ms = silent_for.as_millis() as u64,
+                "peer stopped answering"
+            );
+            self.shared.ended(Ending::Unresponsive(to));
+            let _ = self.to_source.try_send(Order::CloseAndEnd {
+                code: 1001,
+                reason: "peer not responding",
+            });
+            return Flow::Stop;
+        }
+        if silent_for >= ping_interval && pinged.is_none() && self.can_inject() {
+            let id = {
+                let mut state = self.shared.state();
+                state.next_ping = state.next_ping.wrapping_add(1);
+                state.ping[to.index()] = Some((state.next_ping, Instant::now()));
+                state.next_ping
+            };
+            let mut payload = [0u8; 8];
+            payload[..4].copy_from_slice(PING_PREFIX);
+            payload[4..].copy_from_slice(&id.to_be_bytes());
+            if self.send_control(OpCode::Ping, &payload).await.is_err() {
+                return Flow::Stop;
+            }
+        }
+        Flow::Go
+    }
+}
+
+/// Timers are checked a few times per their shortest period.
+pub(super) fn tick_period(inspect: &Inspect) -> Duration {
+    let shortest = [
+        Some(inspect.ping_interval),
+        Some(inspect.pong_timeout),
+        Some(inspect.close_timeout),
+        inspect.idle_timeout,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(Duration::from_secs(1));
+    (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}

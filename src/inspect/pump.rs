@@ -1,0 +1,337 @@
+//! One direction of an inspected tunnel: frames from one side to the other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
+use super::tunnel::{Ending, Shared, Side};
+use crate::lifecycle::drain::DrainSignal;
+
+/// One read's worth of bytes per direction, allocated once per tunnel.
+const BUFFER_SIZE: usize = 16 * 1024;
+/// wsgate's pings carry this prefix and a counter, so their pongs are known.
+pub(super) const PING_PREFIX: &[u8; 4] = b"wsg\0";
+
+/// What a pump is asked to send to its destination.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Order {
+    /// Send a close frame at the next frame boundary, then end.
+    CloseAndEnd { code: u16, reason: &'static str },
+    /// Send a close frame at the next frame boundary and wait for the answer.
+    Close { code: u16, reason: &'static str },
+}
+
+/// Whether a pump goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    Go,
+    Stop,
+}
+
+/// Frames from `from` to the other side.
+pub(super) struct Pump<'s, R, W> {
+    pub(super) from: Side,
+    src: R,
+    dst: W,
+    reader: FrameReader,
+    inbox: mpsc::Receiver<Order>,
+    /// The other pump's inbox: it writes to `from`.
+    pub(super) to_source: mpsc::Sender<Order>,
+    pub(super) shared: &'s Arc<Shared>,
+    /// Scratch space for the frames wsgate writes.
+    out: Vec<u8>,
+    /// A frame of wsgate's own waiting for the next frame boundary.
+    pending: Option<Order>,
+}
+
+impl<'s, R, W> Pump<'s, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) fn new(
+        from: Side,
+        src: R,
+        dst: W,
+        inbox: mpsc::Receiver<Order>,
+        to_source: mpsc::Sender<Order>,
+        shared: &'s Arc<Shared>,
+    ) -> Self {
+        let inspect = &shared.settings.inspect;
+        let reader = FrameReader::new(ReaderConfig {
+            direction: match from {
+                Side::Client => Direction::ClientToServer,
+                Side::Backend => Direction::ServerToClient,
+            },
+            enforce_masking: inspect.enforce_masking,
+            allow_rsv1: shared.settings.deflate,
+            max_frame_size: Some(inspect.max_frame_size),
+            max_message_size: Some(inspect.max_message_size),
+        });
+        Pump {
+            from,
+            src,
+            dst,
+            reader,
+            inbox,
+            to_source,
+            shared,
+            out: Vec::with_capacity(14 + 125),
+            pending: None,
+        }
+    }
+
+    /// The side this pump writes to.
+    pub(super) fn to(&self) -> Side {
+        self.from.other()
+    }
+
+    pub(super) async fn run(mut self, mut drain: DrainSignal) {
+        let mut buffer = vec![0u8; BUFFER_SIZE];
+        // Bytes at the front of `buffer` kept back from the last read: the
+        // start of a frame not yet complete enough to judge.
+        let mut kept = 0;
+        let mut ticks = tokio::time::interval(super::keepalive::tick_period(&self.shared.settings.inspect));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = false;
+        loop {
+            let flow = tokio::select! {
+                () = self.shared.end.cancelled() => Flow::Stop,
+                read = self.src.read(&mut buffer[kept..]) => match read {
+                    Ok(0) | Err(_) => self.source_ended().await,
+                    Ok(n) => {
+                        let read = kept + n;
+                        let (flow, left) = self.forward(&buffer[..read]).await;
+                        buffer.copy_within(read - left..read, 0);
+                        kept = left;
+                        flow
+                    }
+                },
+                Some(order) = self.inbox.recv(), if self.pending.is_none() => {
+                    self.pending = Some(order);
+                    self.obey_pending().await
+                }
+                why = drain.requested(), if !draining => {
+                    draining = true;
+                    self.shared.ended(Ending::Drained(why));
+                    // Tell this side why, then wait for its close answer (or
+                    // the close timeout) as usual.
+                    self.close_at_boundary(why.code, why.reason).await
+                }
+                _ = ticks.tick() => self.timers().await,
+            };
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        let _ = self.dst.shutdown().await;
+    }
+
+    /// Forwards one read and returns how many bytes at its end were kept
+    /// back: the start of a frame whose header (or, for a control frame,
+    /// whole frame) has not fully arrived, see [`frame::bytes_to_judge`].
+    /// wsgate's pending frame goes out at the first frame boundary.
+    async fn forward(&mut self, chunk: &[u8]) -> (Flow, usize) {
+        let mut pos = 0;
+        // Everything before `flushed` has been written (or dropped, for a
+        // pong that answers wsgate's ping).
+        let mut flushed = 0;
+        let mut frame_start = 0;
+        let mut frames = 0;
+        // A read that starts inside a frame continues a data frame: control
+        // frames are only passed on whole.
+        let mut data = !self.reader.at_frame_boundary();
+        let kept = loop {
+            if self.reader.at_frame_boundary() {
+                if self.pending.is_some() {
+                    if self.write(&chunk[flushed..pos]).await.is_err() {
+                        return (Flow::Stop, 0);
+                    }
+                    flushed = pos;
+                    if self.obey_pending().await == Flow::Stop {
+                        return (Flow::Stop, 0);
+                    }
+                }
+                let rest = &chunk[pos..];
+                if rest.is_empty() {
+                    break 0;
+                }
+                if rest.len() < frame::bytes_to_judge(rest) {
+                    break rest.len();
+                }
+                frame_start = pos;
+            }
+            let (consumed, event) = match self.reader.advance(&chunk[pos..]) {
+                Ok(step) => step,
+                Err(violation) => {
+                    // The frames before the offending one still go; none of it does.
+                    let _ = self.write(&chunk[flushed..frame_start]).await;
+                    return (self.violation(violation).await, 0);
+                }
+            };
+            pos += consumed;
+            match event {
+                Some(Event::FrameStart(header)) => {
+                    frames += 1;
+                    data |= !header.opcode.is_control();
+                }
+                Some(Event::Control { opcode, payload }) => match opcode {
+                    OpCode::Close => self.saw_close(payload.close_code(), payload.close_reason().len()),
+                    OpCode::Pong if self.is_our_pong(payload.as_bytes()) => {
+                        // Consumed here: what came before it goes, it does not.
+                        if self.write(&chunk[flushed..frame_start]).await.is_err() {
+                            return (Flow::Stop, 0);
+                        }
+                        flushed = pos;
+                    }
+                    _ => {}
+                },
+                Some(Event::FrameEnd { opcode, .. }) => {
+                    if opcode == OpCode::Close && self.both_closed() {
+                        let _ = self.write(&chunk[flushed..pos]).await;
+                        self.shared.end.cancel();
+                        return (Flow::Stop, 0);
+                    }
+                }
+                None => break 0,
+            }
+        };
+        let upto = chunk.len() - kept;
+        self.shared.read_from(self.from, upto, frames, data);
+        if self.write(&chunk[flushed..upto]).await.is_err() {
+            return (Flow::Stop, 0);
+        }
+        (Flow::Go, kept)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.dst.write_all(bytes).await
+    }
+
+    fn saw_close(&self, code: Option<u16>, reason_len: usize) {
+        let mut state = self.shared.state();
+        let now = Instant::now();
+        state.closed[self.from.index()].get_or_insert(now);
+        state.close_started.get_or_insert(now);
+        state.first_close.get_or_insert((self.from, code, reason_len));
+    }
+
+    fn both_closed(&self) -> bool {
+        self.shared.state().closed.iter().all(Option::is_some)
+    }
+
+    /// A pong answering wsgate's ping is consumed here, not forwarded.
+    fn is_our_pong(&self, payload: &[u8]) -> bool {
+        let mut state = self.shared.state();
+        let Some((id, sent)) = state.ping[self.from.index()] else {
+            return false;
+        };
+        let ours = payload.len() == 8 && payload[..4] == PING_PREFIX[..] && payload[4..] == id.to_be_bytes();
+        if ours {
+            state.ping[self.from.index()] = None;
+            state.last_rtt = Some(sent.elapsed());
+            state.pongs += 1;
+        }
+        ours
+    }
+
+    /// The source broke the protocol: each side gets a close frame of
+    /// wsgate's own (RFC 6455 §7.4.1), then the tunnel ends. Nothing of the
+    /// offending frame was forwarded, so the destination is between frames.
+    async fn violation(&mut self, violation: Violation) -> Flow {
+        debug!(side = self.from.as_str(), %violation, "protocol violation");
+        self.shared.ended(Ending::Violation(self.from, violation));
+        let offender = violation.close_code();
+        let reason = match offender {
+            1009 => "message too big",
+            1007 => "invalid close reason",
+            _ => "protocol violation",
+        };
+        let _ = self.to_source.try_send(Order::CloseAndEnd { code: offender, reason });
+        // The innocent side: 1002 if the client broke the protocol (the
+        // backend learns why), 1011 if the backend did (the client is not at
+        // fault); 1009 either way for a size limit.
+        let (code, reason) = match (self.from, offender) {
+            (_, 1009) => (1009, "peer sent a message too big"),
+            (Side::Client, _) => (1002, "client protocol violation"),
+            (Side::Backend, _) => (1011, "backend protocol violation"),
+        };
+        let _ = self.send_close(code, reason).await;
+        Flow::Stop
+    }
+
+    /// The source closed its connection (or it failed). Without a close
+    /// frame first, the other side is told why instead of seeing a bare TCP
+    /// close: 1011 to a client whose backend vanished, 1001 to a backend
+    /// whose client did.
+    async fn source_ended(&mut self) -> Flow {
+        let closed = self.shared.state().closed[self.from.index()].is_some();
+        if !closed && self.can_inject() {
+            let (code, reason) = match self.from {
+                Side::Backend => (1011, "backend connection lost"),
+                Side::Client => (1001, "client went away"),
+            };
+            self.shared.ended(Ending::Lost(self.from));
+            let _ = self.send_close(code, reason).await;
+        }
+        Flow::Stop
+    }
+
+    /// Between frames on the way to the destination.
+    pub(super) fn can_inject(&self) -> bool {
+        self.reader.at_frame_boundary()
+    }
+
+    /// Carries out the pending order if the stream is between frames.
+    async fn obey_pending(&mut self) -> Flow {
+        if !self.can_inject() {
+            return Flow::Go;
+        }
+        match self.pending.take() {
+            Some(Order::CloseAndEnd { code, reason }) => {
+                let _ = self.send_close(code, reason).await;
+                Flow::Stop
+            }
+            Some(Order::Close { code, reason }) => match self.send_close(code, reason).await {
+                Ok(()) => Flow::Go,
+                Err(_) => Flow::Stop,
+            },
+            None => Flow::Go,
+        }
+    }
+
+    /// Sends a close frame at the next frame boundary and goes on reading:
+    /// the peer's close answer ends the tunnel (or the close timeout does).
+    pub(super) async fn close_at_boundary(&mut self, code: u16, reason: &'static str) -> Flow {
+        if self.pending.is_none() {
+            self.pending = Some(Order::Close { code, reason });
+        }
+        self.obey_pending().await
+    }
+
+    /// A close frame from wsgate to this pump's destination.
+    async fn send_close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
+        self.shared.state().close_started.get_or_insert_with(Instant::now);
+        let (payload, len) = frame::close_payload(code, reason);
+        self.send_control(OpCode::Close, &payload[..len]).await
+    }
+
+    /// A control frame of wsgate's own, masked toward the backend (a client
+    /// must mask, RFC 6455 §5.3).
+    pub(super) async fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> std::io::Result<()> {
+        let mask = (self.to() == Side::Backend).then(rand::random::<[u8; 4]>);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        frame::encode_control(opcode, payload, mask, &mut out);
+        let result = self.dst.write_all(&out).await;
+        self.out = out;
+        result
+    }
+}
