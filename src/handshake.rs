@@ -92,6 +92,13 @@ pub enum UpstreamHandshakeError {
     /// subprotocol the client did not offer.
     #[error("the backend chose a subprotocol that was not offered")]
     UnofferedSubprotocol,
+    /// §4.1: "If the response includes a |Sec-WebSocket-Extensions| header
+    /// field and this header field indicates the use of an extension that
+    /// was not present in the client's handshake … the client MUST _Fail
+    /// the WebSocket Connection_". An inspected tunnel also trusts the
+    /// answer to decide whether RSV1 is legal.
+    #[error("the backend agreed to an extension that was not offered")]
+    UnofferedExtension,
 }
 
 /// Checks the backend's 101 as the client would: a wrong accept value means
@@ -114,12 +121,33 @@ pub fn check_upstream_answer(
                 .is_ok_and(|p| crate::admission::offered_subprotocols(request).any(|offered| offered == p.trim())) => {}
         _ => return Err(UpstreamHandshakeError::UnofferedSubprotocol),
     }
+    let offered: Vec<&str> = extension_names(request).collect();
+    if extension_names(headers).any(|agreed| !offered.iter().any(|o| o.eq_ignore_ascii_case(agreed))) {
+        return Err(UpstreamHandshakeError::UnofferedExtension);
+    }
     let expected = derive_accept_key(key.as_bytes());
     let mut accepts = headers.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
         (Some(accept), None) if accept.as_bytes().trim_ascii() == expected.as_bytes() => Ok(()),
         _ => Err(UpstreamHandshakeError::BadAccept),
     }
+}
+
+/// The extension names in `Sec-WebSocket-Extensions` (RFC 6455 §9.1: a
+/// comma-separated list of `name *(";" param)`), in every occurrence.
+pub fn extension_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|extension| extension.split(';').next().map(str::trim))
+        .filter(|name| !name.is_empty())
+}
+
+/// Whether the backend's answer agreed to the extension `name`.
+pub fn agreed_extension(answer: &HeaderMap, name: &str) -> bool {
+    extension_names(answer).any(|agreed| agreed.eq_ignore_ascii_case(name))
 }
 
 /// Whether a comma-separated header holds `token`, case-insensitively, in
@@ -152,6 +180,47 @@ mod tests {
         move |b| {
             b.headers_mut().unwrap().insert(name, HeaderValue::from_static(value));
         }
+    }
+
+    fn extensions(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(http::header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn extension_names_are_the_first_token_of_each_element() {
+        let headers = extensions(&[
+            "permessage-deflate; client_max_window_bits, x-webkit-deflate-frame",
+            " foo ;bar=1",
+        ]);
+        let names: Vec<&str> = extension_names(&headers).collect();
+        assert_eq!(names, ["permessage-deflate", "x-webkit-deflate-frame", "foo"]);
+        assert!(agreed_extension(&headers, "PerMessage-Deflate"));
+        // A name that merely contains another is not it.
+        assert!(!agreed_extension(
+            &extensions(&["x-permessage-deflate-foo"]),
+            "permessage-deflate"
+        ));
+    }
+
+    #[test]
+    fn an_extension_the_client_did_not_offer_fails_the_answer() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut answer = extensions(&["permessage-deflate"]);
+        answer.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        answer.insert(
+            http::header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert_eq!(
+            check_upstream_answer(&key, &HeaderMap::new(), &answer),
+            Err(UpstreamHandshakeError::UnofferedExtension)
+        );
+        let offer = extensions(&["permessage-deflate; client_max_window_bits"]);
+        assert_eq!(check_upstream_answer(&key, &offer, &answer), Ok(()));
     }
 
     #[test]

@@ -21,7 +21,6 @@ use tokio_util::task::TaskTracker;
 
 use tracing::{debug, info, warn, Instrument, Span};
 
-use crate::lifecycle::drain::Drain;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
@@ -32,6 +31,7 @@ use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers::{self, Forwarded};
 use crate::inspect::{self, tunnel::Settings};
+use crate::lifecycle::drain::Drain;
 use crate::real_ip::{self, TrustedProxies};
 use crate::route::RouteTable;
 use crate::stats::{OpenConnection, RefusalReason, Stats};
@@ -321,11 +321,7 @@ impl Proxy {
         let backend_upgrade = hyper::upgrade::on(backend_response);
         let span = tracing::info_span!("tunnel");
         // RFC 7692: RSV1 marks compressed messages once the backend agreed.
-        let deflate = answer
-            .headers()
-            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-            .iter()
-            .any(|value| value.to_str().is_ok_and(|v| v.contains("permessage-deflate")));
+        let deflate = handshake::agreed_extension(answer.headers(), "permessage-deflate");
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
         let drain = self.drain.signal();
         let permit = admitted.permit;

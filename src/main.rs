@@ -172,7 +172,8 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
 /// reconnect knowing the service is coming back).
 async fn shutdown_signal() -> GoingAway {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut restart)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined2())) else {
+    let (Ok(mut terminate), Ok(mut restart)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined2()))
+    else {
         let _ = tokio::signal::ctrl_c().await;
         return GoingAway::SHUTDOWN;
     };

@@ -15,8 +15,8 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::refusal_log;
 use crate::config::Config;
-use crate::lifecycle::drain::GoingAway;
 use crate::http::{ConnectionInfo, ConnectionSlot, Proxy};
+use crate::lifecycle::drain::GoingAway;
 use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
 

@@ -55,17 +55,19 @@ where
         if silent_for >= ping_interval + pong_timeout {
             // Nothing at all since well before the ping: the peer is gone
             // (a dead NAT mapping, a pulled cable). Its side is closed
-            // outright; the other side is told with 1001.
+            // outright; the other side is told: 1001 to a backend whose
+            // client went away, 1011 to a client whose backend hangs.
             debug!(
                 side = to.as_str(),
                 silent_ms = silent_for.as_millis() as u64,
                 "peer stopped answering"
             );
             self.shared.ended(Ending::Unresponsive(to));
-            let _ = self.to_source.try_send(Order::CloseAndEnd {
-                code: 1001,
-                reason: "peer not responding",
-            });
+            let (code, reason) = match to {
+                Side::Client => (1001, "client not responding"),
+                Side::Backend => (1011, "backend not responding"),
+            };
+            let _ = self.to_source.try_send(Order::CloseAndEnd { code, reason });
             return Flow::Stop;
         }
         if silent_for >= ping_interval && pinged.is_none() && self.can_inject() {

@@ -8,10 +8,11 @@ mod backend;
 mod certs;
 mod client;
 mod raw;
+mod wire;
 
 // Each test file uses a different part of these.
 #[allow(unused_imports)]
-pub use {backend::*, certs::*, client::*, raw::*};
+pub use {backend::*, certs::*, client::*, raw::*, wire::*};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,943 @@
+//! Load generator for wsgate, plus a fast echo backend to put behind it.
+//!
+//! One binary with four subcommands (see `benches/README.md`):
+//!
+//! - `backend --listen ADDR`: a multi-threaded WebSocket echo server, cheap per
+//!   message, so the proxy rather than the backend is what a run measures;
+//! - `echo`: C sockets, each sending one S-byte binary message and waiting for
+//!   its echo, over and over; messages/s, MB/s and round-trip latency;
+//! - `handshake`: C workers looping open, one echo, close; handshakes/s;
+//! - `idle`: N open sockets doing nothing; resident memory per socket of the
+//!   processes named with `--pid`.
+//!
+//! `echo` and `handshake` take `--proxy-pid` to report the proxy's CPU time
+//! per million messages (or per thousand handshakes) over the measured window.
+//! Every workload prints exactly one line of JSON on standard output; progress
+//! and problems go to standard error.
+//!
+//! Built by `cargo build --release --benches` (a `harness = false` bench);
+//! `benches/run.sh` drives it.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// TCP connect, TLS and the opening handshake together must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One echo round trip must finish within this.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a socket gets for the close handshake before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Latencies are recorded in microseconds up to an hour, with 3 significant digits.
+const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+
+#[derive(Parser)]
+#[command(about = "Load generator and echo backend for benchmarking wsgate")]
+struct Cli {
+    /// Worker threads of the tokio runtime (default: one per CPU).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a WebSocket echo server (binary and text messages come back unchanged).
+    Backend {
+        /// Address to listen on, e.g. 127.0.0.1:9101.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Request-response throughput and latency: each socket keeps one message in flight.
+    Echo(EchoArgs),
+    /// Connection churn: each worker loops open, one echo, close.
+    Handshake(HandshakeArgs),
+    /// Memory per idle socket of the processes given with --pid.
+    Idle(IdleArgs),
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// ws:// or wss:// URL to connect to.
+    #[arg(long)]
+    url: String,
+    /// CA certificate (PEM) to trust for wss://, e.g. certs/dev-ca.pem.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Sockets, each with one message in flight.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Length of the measured window ("5s", "500ms" or plain seconds).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Traffic before the measured window, not counted.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Process whose CPU time over the measured window is reported (the proxy).
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct HandshakeArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Churn before the measured window, not counted.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Process whose CPU time over the measured window is reported (the proxy).
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Sockets to open.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// How long to hold them open before reading memory again.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Processes to measure, comma-separated (e.g. the proxy and the backend).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pid: Vec<u32>,
+    /// Connection attempts in flight at once while opening.
+    #[arg(long, default_value_t = 100)]
+    parallel: usize,
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench` to harness-less benches; it means nothing here.
+    let args = std::env::args_os().filter(|a| a != "--bench");
+    let cli = Cli::parse_from(args);
+    let Some(command) = cli.command else {
+        eprintln!("loadgen: no workload given; see `loadgen --help` and benches/README.md (benches/run.sh runs them)");
+        return ExitCode::SUCCESS;
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = cli.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format!("cannot start the runtime: {error}")),
+    };
+    let result = match command {
+        Command::Backend { listen } => runtime.block_on(backend(listen)),
+        Command::Echo(args) => runtime.block_on(echo(args)),
+        Command::Handshake(args) => runtime.block_on(handshake(args)),
+        Command::Idle(args) => runtime.block_on(idle(args)),
+    };
+    // Sockets still closing must not hold the exit up.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error),
+    }
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("loadgen: {error}");
+    ExitCode::FAILURE
+}
+
+/// "5s", "250ms", "1m" (humantime), or a plain number of seconds ("2.5").
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// The echo backend
+
+async fn backend(listen: SocketAddr) -> Result<String, String> {
+    raise_fd_limit();
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot bind {listen}: {e}"))?;
+    eprintln!("loadgen backend: echoing on {listen}");
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                tokio::spawn(echo_connection(tcp));
+            }
+            Err(error) => {
+                // Out of descriptors, or one connection reset before accept: don't spin.
+                eprintln!("loadgen backend: accept failed: {error}");
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Echoes every data message back until the peer closes; tungstenite answers
+/// pings and the close frame by itself while the stream is polled.
+async fn echo_connection(tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let config = WebSocketConfig::default().max_message_size(Some(256 << 20));
+    let Ok(Ok(mut ws)) = timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::accept_async_with_config(tcp, Some(config)),
+    )
+    .await
+    else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        if matches!(message, Message::Binary(_) | Message::Text(_)) && ws.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connecting
+
+/// Where to connect, parsed once.
+struct Target {
+    url: String,
+    addr: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    fn new(args: &TargetArgs) -> Result<Target, String> {
+        let url = url::Url::parse(&args.url).map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
+        let secure = match url.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => return Err(format!("{:?}: the scheme must be ws or wss, not {other}", args.url)),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("{:?}: no host", args.url))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tls = if secure {
+            let ca = args
+                .ca
+                .as_deref()
+                .ok_or_else(|| format!("{}: wss:// needs --ca with the CA certificate to trust", args.url))?;
+            let name = ServerName::try_from(host).map_err(|e| format!("bad TLS server name: {e}"))?;
+            Some((tls_connector(ca)?, name))
+        } else {
+            None
+        };
+        Ok(Target {
+            url: args.url.clone(),
+            addr,
+            tls,
+        })
+    }
+
+    /// TCP (no Nagle), TLS for wss://, then the opening handshake, all within
+    /// [`CONNECT_TIMEOUT`].
+    async fn connect(&self) -> Result<Ws, String> {
+        let connecting = async {
+            let tcp = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| format!("connect {}: {e}", self.addr))?;
+            let _ = tcp.set_nodelay(true);
+            let stream = match &self.tls {
+                None => Stream::Plain(tcp),
+                Some((connector, name)) => Stream::Tls(Box::new(
+                    connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| format!("TLS with {}: {e}", self.addr))?,
+                )),
+            };
+            let config = WebSocketConfig::default().max_message_size(Some(256 << 20));
+            match tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(tungstenite::Error::Http(response)) => Err(format!("handshake refused: {}", response.status())),
+                Err(error) => Err(format!("handshake: {error}")),
+            }
+        };
+        timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("connect to {} timed out", self.addr))?
+    }
+}
+
+fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", ca.display()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+type Ws = WebSocketStream<Stream>;
+
+/// A plain or TLS client connection.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Sends a close frame and waits (bounded) for the server's close and end of stream.
+async fn close(mut ws: Ws) {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    if timeout_at(deadline, ws.close(None)).await.is_err() {
+        return;
+    }
+    while let Ok(Some(Ok(_))) = timeout_at(deadline, ws.next()).await {}
+}
+
+/// Opens `count` connections, `parallel` attempts at a time.
+async fn connect_many(target: &Arc<Target>, count: usize, parallel: usize) -> (Vec<Ws>, Vec<String>) {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut attempts = JoinSet::new();
+    for _ in 0..count {
+        let target = Arc::clone(target);
+        let permits = Arc::clone(&permits);
+        attempts.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            target.connect().await
+        });
+    }
+    let (mut open, mut errors) = (Vec::with_capacity(count), Vec::new());
+    while let Some(joined) = attempts.join_next().await {
+        match joined {
+            Ok(Ok(ws)) => open.push(ws),
+            Ok(Err(error)) => errors.push(error),
+            Err(error) => errors.push(format!("connect task: {error}")),
+        }
+    }
+    (open, errors)
+}
+
+/// One round trip: send `payload`, wait for a data message back, return its length.
+async fn round_trip(ws: &mut Ws, payload: &Bytes) -> Result<usize, String> {
+    let exchange = async {
+        ws.send(Message::Binary(payload.clone()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(data))) => return Ok(data.len()),
+                Some(Ok(Message::Text(text))) => return Ok(text.len()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => return Err(format!("closed by the server: {frame:?}")),
+                Some(Err(error)) => return Err(format!("receive: {error}")),
+                None => return Err("connection ended".to_owned()),
+            }
+        }
+    };
+    timeout(MESSAGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no echo within {}s", MESSAGE_TIMEOUT.as_secs()))?
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+/// The measured window, shared by every worker: only exchanges that start at
+/// or after `start` and end by `end` count.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn after(warmup: Duration, duration: Duration) -> Window {
+        let start = Instant::now() + warmup;
+        Window {
+            start,
+            end: start + duration,
+        }
+    }
+
+    fn contains(&self, from: Instant, to: Instant) -> bool {
+        from >= self.start && to <= self.end
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("valid histogram bounds")
+}
+
+fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.clamp(1, HISTOGRAM_MAX_US));
+}
+
+/// What each worker hands back.
+struct Tally {
+    latency: Histogram<u64>,
+    done: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency: histogram(),
+            done: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn error(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        self.done += other.done;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// CPU time (user + system) a process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces; count from after it.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| format!("/proc/{pid}/stat: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0], so utime (14) and stime (15) are fields[11] and [12].
+    let ticks = |i: usize| -> Result<u64, String> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat: no field {}", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the running system; it touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Resident memory of a process in KiB, from VmRSS in /proc/PID/status.
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("/proc/{pid}/status: no VmRSS"))
+}
+
+/// Lets this process hold as many sockets as the hard limit allows.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read or write the rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Minimal JSON object writer: numbers and escaped strings, one line.
+struct Json(String);
+
+impl Json {
+    fn new() -> Json {
+        Json(String::from("{"))
+    }
+
+    fn key(&mut self, key: &str) -> &mut String {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        let _ = write!(self.0, "\"{key}\":");
+        &mut self.0
+    }
+
+    fn str(mut self, key: &str, value: &str) -> Json {
+        let out = self.key(key);
+        out.push('"');
+        for c in value.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        self
+    }
+
+    fn int(mut self, key: &str, value: u64) -> Json {
+        let _ = write!(self.key(key), "{value}");
+        self
+    }
+
+    fn num(mut self, key: &str, value: f64) -> Json {
+        if value.is_finite() {
+            let _ = write!(self.key(key), "{value:.3}");
+        } else {
+            self.key(key).push_str("null");
+        }
+        self
+    }
+
+    fn opt(self, key: &str, value: Option<f64>) -> Json {
+        match value {
+            Some(value) => self.num(key, value),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    fn raw(mut self, key: &str, value: &str) -> Json {
+        self.key(key).push_str(value);
+        self
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Samples the proxy's CPU time at the window's start and end, when asked to.
+async fn cpu_over(pid: Option<u32>, window: Window) -> Result<Option<f64>, String> {
+    sleep_until(window.start).await;
+    let Some(pid) = pid else {
+        sleep_until(window.end).await;
+        return Ok(None);
+    };
+    let before = cpu_seconds(pid)?;
+    sleep_until(window.end).await;
+    Ok(Some(cpu_seconds(pid)? - before))
+}
+
+// ---------------------------------------------------------------------------
+// Workloads
+
+async fn echo(args: EchoArgs) -> Result<String, String> {
+    raise_fd_limit();
+    let target = Arc::new(Target::new(&args.target)?);
+    if let Some(pid) = args.proxy_pid {
+        cpu_seconds(pid)?;
+    }
+    let (sockets, connect_errors) = connect_many(&target, args.connections, 100).await;
+    if sockets.is_empty() {
+        return Err(format!(
+            "no connection to {} opened: {}",
+            args.target.url,
+            connect_errors.first().map_or("", String::as_str)
+        ));
+    }
+    let opened = sockets.len() as u64;
+    let payload = Bytes::from((0..args.size).map(|i| i as u8).collect::<Vec<u8>>());
+    let size = args.size;
+    let window = Window::after(args.warmup, args.duration);
+    let mut workers = JoinSet::new();
+    for ws in sockets {
+        let target = Arc::clone(&target);
+        let payload = payload.clone();
+        workers.spawn(echo_worker(ws, target, payload, size, window));
+    }
+    let cpu = cpu_over(args.proxy_pid, window).await?;
+    let mut total = Tally::new();
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(tally) => total.merge(tally),
+            Err(error) => total.error(format!("worker: {error}")),
+        }
+    }
+    for error in &connect_errors {
+        total.error(error.clone());
+    }
+    if let Some(error) = &total.first_error {
+        eprintln!("loadgen echo: {} error(s), first: {error}", total.errors);
+    }
+    let seconds = args.duration.as_secs_f64();
+    let rate = total.done as f64 / seconds;
+    let latency = &total.latency;
+    Ok(Json::new()
+        .str("workload", "echo")
+        .str("url", &args.target.url)
+        .int("connections", args.connections as u64)
+        .int("opened", opened)
+        .int("size", size as u64)
+        .num("duration_s", seconds)
+        .int("messages", total.done)
+        .num("msgs_per_s", rate)
+        .num("mb_per_s", rate * size as f64 / 1e6)
+        .int("p50_us", latency.value_at_quantile(0.5))
+        .int("p99_us", latency.value_at_quantile(0.99))
+        .int("p999_us", latency.value_at_quantile(0.999))
+        .int("max_us", latency.max())
+        .int("errors", total.errors)
+        .opt("proxy_cpu_s", cpu)
+        .opt(
+            "proxy_cpu_s_per_1m_msgs",
+            cpu.filter(|_| total.done > 0).map(|c| c / total.done as f64 * 1e6),
+        )
+        .finish())
+}
+
+async fn echo_worker(ws: Ws, target: Arc<Target>, payload: Bytes, size: usize, window: Window) -> Tally {
+    let mut tally = Tally::new();
+    let mut ws = Some(ws);
+    while Instant::now() < window.end {
+        let socket = match ws.as_mut() {
+            Some(socket) => socket,
+            None => match target.connect().await {
+                Ok(socket) => ws.insert(socket),
+                Err(error) => {
+                    tally.error(error);
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let sent = Instant::now();
+        match round_trip(socket, &payload).await {
+            Ok(len) if len == size => {
+                let done = Instant::now();
+                if window.contains(sent, done) {
+                    record(&mut tally.latency, done - sent);
+                    tally.done += 1;
+                }
+            }
+            Ok(len) => tally.error(format!("echo of {len} bytes, expected {size}")),
+            Err(error) => {
+                tally.error(error);
+                ws = None;
+            }
+        }
+    }
+    if let Some(ws) = ws {
+        close(ws).await;
+    }
+    tally
+}
+
+async fn handshake(args: HandshakeArgs) -> Result<String, String> {
+    raise_fd_limit();
+    let target = Arc::new(Target::new(&args.target)?);
+    if let Some(pid) = args.proxy_pid {
+        cpu_seconds(pid)?;
+    }
+    let window = Window::after(args.warmup, args.duration);
+    let payload = Bytes::from_static(b"0123456789abcdef");
+    // Connection-to-101 latency and full cycle (open, echo, close) latency.
+    let cycles = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..args.connections {
+        let target = Arc::clone(&target);
+        let payload = payload.clone();
+        let cycles = Arc::clone(&cycles);
+        workers.spawn(async move {
+            let mut opened = Tally::new();
+            let mut cycle = histogram();
+            while Instant::now() < window.end {
+                let started = Instant::now();
+                let mut ws = match target.connect().await {
+                    Ok(ws) => ws,
+                    Err(error) => {
+                        opened.error(error);
+                        sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let connected = Instant::now();
+                match round_trip(&mut ws, &payload).await {
+                    Ok(len) if len == payload.len() => {}
+                    Ok(len) => opened.error(format!("echo of {len} bytes, expected {}", payload.len())),
+                    Err(error) => {
+                        opened.error(error);
+                        continue;
+                    }
+                }
+                close(ws).await;
+                let done = Instant::now();
+                cycles.fetch_add(1, Ordering::Relaxed);
+                if window.contains(started, done) {
+                    record(&mut opened.latency, connected - started);
+                    record(&mut cycle, done - started);
+                    opened.done += 1;
+                }
+            }
+            (opened, cycle)
+        });
+    }
+    let cpu = cpu_over(args.proxy_pid, window).await?;
+    let mut total = Tally::new();
+    let mut cycle = histogram();
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok((tally, c)) => {
+                total.merge(tally);
+                let _ = cycle.add(&c);
+            }
+            Err(error) => total.error(format!("worker: {error}")),
+        }
+    }
+    if let Some(error) = &total.first_error {
+        eprintln!("loadgen handshake: {} error(s), first: {error}", total.errors);
+    }
+    let seconds = args.duration.as_secs_f64();
+    Ok(Json::new()
+        .str("workload", "handshake")
+        .str("url", &args.target.url)
+        .int("connections", args.connections as u64)
+        .num("duration_s", seconds)
+        .int("handshakes", total.done)
+        .num("handshakes_per_s", total.done as f64 / seconds)
+        .int("p50_us", total.latency.value_at_quantile(0.5))
+        .int("p99_us", total.latency.value_at_quantile(0.99))
+        .int("cycle_p50_us", cycle.value_at_quantile(0.5))
+        .int("cycle_p99_us", cycle.value_at_quantile(0.99))
+        .int("errors", total.errors)
+        .opt("proxy_cpu_s", cpu)
+        .opt(
+            "proxy_cpu_s_per_1k_handshakes",
+            cpu.filter(|_| total.done > 0).map(|c| c / total.done as f64 * 1e3),
+        )
+        .finish())
+}
+
+async fn idle(args: IdleArgs) -> Result<String, String> {
+    raise_fd_limit();
+    let target = Arc::new(Target::new(&args.target)?);
+    let before = args
+        .pid
+        .iter()
+        .map(|&pid| rss_kib(pid))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Each socket lives in its own task, polled so that pings (an inspected
+    // route's keepalive) are answered while it sits idle.
+    let (stop, stopped) = watch::channel(false);
+    let (report, mut reports) = mpsc::channel::<Result<(), String>>(args.count.max(1));
+    let permits = Arc::new(Semaphore::new(args.parallel.max(1)));
+    let mut sockets = JoinSet::new();
+    for _ in 0..args.count {
+        let target = Arc::clone(&target);
+        let permits = Arc::clone(&permits);
+        let report = report.clone();
+        let mut stopped = stopped.clone();
+        sockets.spawn(async move {
+            let connected = match permits.acquire().await {
+                Ok(_permit) => target.connect().await,
+                Err(error) => Err(error.to_string()),
+            };
+            let mut ws = match connected {
+                Ok(ws) => {
+                    let _ = report.send(Ok(())).await;
+                    ws
+                }
+                Err(error) => {
+                    let _ = report.send(Err(error)).await;
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    message = ws.next() => match message {
+                        Some(Ok(_)) => continue,
+                        _ => return,
+                    },
+                }
+            }
+            close(ws).await;
+        });
+    }
+    drop(report);
+    let (mut opened, mut errors, mut first_error) = (0u64, 0u64, None);
+    while let Some(result) = reports.recv().await {
+        match result {
+            Ok(()) => opened += 1,
+            Err(error) => {
+                errors += 1;
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = &first_error {
+        eprintln!("loadgen idle: {errors} connect error(s), first: {error}");
+    }
+    sleep(args.hold).await;
+    let after = args
+        .pid
+        .iter()
+        .map(|&pid| rss_kib(pid))
+        .collect::<Result<Vec<_>, _>>()?;
+    let _ = stop.send(true);
+    let closing = async { while sockets.join_next().await.is_some() {} };
+    let _ = timeout(CLOSE_TIMEOUT + Duration::from_secs(3), closing).await;
+
+    let per_socket = |delta: i64| {
+        if opened > 0 {
+            delta as f64 / opened as f64
+        } else {
+            f64::NAN
+        }
+    };
+    let mut pids = String::from("[");
+    let mut total_delta = 0i64;
+    for (i, pid) in args.pid.iter().enumerate() {
+        let delta = after[i] as i64 - before[i] as i64;
+        total_delta += delta;
+        if i > 0 {
+            pids.push(',');
+        }
+        pids.push_str(
+            &Json::new()
+                .int("pid", u64::from(*pid))
+                .int("rss_before_kib", before[i])
+                .int("rss_after_kib", after[i])
+                .num("rss_delta_kib", delta as f64)
+                .num("kib_per_socket", per_socket(delta))
+                .finish(),
+        );
+    }
+    pids.push(']');
+    Ok(Json::new()
+        .str("workload", "idle")
+        .str("url", &args.target.url)
+        .int("requested", args.count as u64)
+        .int("opened", opened)
+        .int("errors", errors)
+        .num("hold_s", args.hold.as_secs_f64())
+        .raw("pids", &pids)
+        .num("kib_per_socket", per_socket(total_delta))
+        .finish())
+}
