@@ -881,14 +881,16 @@ async fn idle(args: IdleArgs) -> Result<String, String> {
         });
     }
     drop(report);
+    // Every task reports exactly once, after its connect attempt (itself bounded).
     let (mut opened, mut errors, mut first_error) = (0u64, 0u64, None);
-    while let Some(result) = reports.recv().await {
-        match result {
-            Ok(()) => opened += 1,
-            Err(error) => {
+    for _ in 0..args.count {
+        match reports.recv().await {
+            Some(Ok(())) => opened += 1,
+            Some(Err(error)) => {
                 errors += 1;
                 first_error.get_or_insert(error);
             }
+            None => break,
         }
     }
     if let Some(error) = &first_error {

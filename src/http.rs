@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -73,8 +74,63 @@ pub struct ConnectionSlot {
     pub(crate) _open: OpenConnection,
 }
 
+/// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
+/// after which the request in flight is finished and the connection closed.
+/// Each request is served by the configuration current when it arrives, so
+/// a keep-alive connection follows a reload.
+pub async fn serve_connection<IO>(
+    current: Arc<ArcSwap<Proxy>>,
+    io: IO,
+    info: ConnectionInfo,
+    header_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let first = current.load_full();
+    let service = service_fn(move |request| {
+        let proxy = current.load_full();
+        let info = info.clone();
+        let span = tracing::info_span!(
+            "request",
+            route = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+            server = tracing::field::Empty,
+            attempts = tracing::field::Empty
+        );
+        async move { Ok::<_, Infallible>(proxy.handle(request, &info).instrument(span).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(first.global.max_request_header_size)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    match result {
+        Err(error) if error.is_timeout() => {
+            first.stats.count_refusal(RefusalReason::HandshakeTimeout);
+            debug!("request headers not complete within the handshake timeout");
+        }
+        Err(error) => debug!(%error, "client connection ended with an error"),
+        Ok(()) => {}
+    }
+}
+
 /// What every request needs: routes, upstream pools, settings, and the
 /// tracker that lets shutdown wait for tunnels.
+///
+/// One `Proxy` per configuration generation: a reload builds the next one
+/// with [`Proxy::new`] from the last, and the server swaps it in whole, so a
+/// request sees one configuration from start to end. What outlives
+/// generations (open tunnels, shutdown, counters) is shared between them.
 pub struct Proxy {
     global: Global,
     routes: RouteTable,
@@ -86,20 +142,33 @@ pub struct Proxy {
     /// after their request in flight.
     pub(crate) shutdown: CancellationToken,
     /// Asks open tunnels to end gracefully (inspected ones with a close code).
-    pub(crate) drain: Drain,
+    pub(crate) drain: Arc<Drain>,
     pub(crate) stats: Stats,
-    pub(crate) refusal_log: RefusalLog,
+    pub(crate) refusal_log: Arc<RefusalLog>,
 }
 
 impl Proxy {
-    pub async fn new(config: &Config, tunnels: TaskTracker, stats: Stats) -> Proxy {
-        let gates: Vec<RouteGate> = config.routes.iter().map(|r| RouteGate::new(&r.admission)).collect();
+    /// The proxy for `config`. On a reload, `previous` is the generation it
+    /// replaces: routes and upstreams of the same name keep their tunnel
+    /// counts and servers' state, and the shared parts carry over.
+    pub async fn new(config: &Config, tunnels: TaskTracker, stats: Stats, previous: Option<&Proxy>) -> Proxy {
+        let previous_gate = |name: &str| {
+            let previous = previous?;
+            let index = previous.routes.iter().position(|r| r.name == name)?;
+            previous.gates.get(index)
+        };
+        let gates: Vec<RouteGate> = config
+            .routes
+            .iter()
+            .map(|r| RouteGate::new(&r.admission, previous_gate(&r.name)))
+            .collect();
         for (route, gate) in config.routes.iter().zip(&gates) {
             stats.register_route(&route.name, gate.caps.clone());
         }
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
-            let upstream = UpstreamPool::new(upstream.clone()).await;
+            let last = previous.and_then(|p| p.upstreams.iter().find(|u| u.config.name == upstream.name));
+            let upstream = UpstreamPool::new(upstream.clone(), last).await;
             stats.register_upstream(&upstream.config.name, upstream.pool.clone());
             upstreams.push(upstream);
         }
@@ -109,11 +178,16 @@ impl Proxy {
             gates,
             upstreams,
             tunnels,
-            shutdown: CancellationToken::new(),
-            drain: Drain::default(),
+            shutdown: previous.map_or_else(CancellationToken::new, |p| p.shutdown.clone()),
+            drain: previous.map_or_else(Default::default, |p| p.drain.clone()),
             stats,
-            refusal_log: RefusalLog::default(),
+            refusal_log: previous.map_or_else(Default::default, |p| p.refusal_log.clone()),
         }
+    }
+
+    /// `shutdown_timeout` of this generation.
+    pub(crate) fn shutdown_timeout(&self) -> std::time::Duration {
+        self.global.shutdown_timeout
     }
 
     /// The upstream pools, for health checks and name resolution.
@@ -144,54 +218,6 @@ impl Proxy {
             client,
             key: ClientKey::new(client, self.global.ipv6_client_prefix),
             via_trusted,
-        }
-    }
-
-    /// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
-    /// after which the request in flight is finished and the connection closed.
-    pub async fn serve_connection<IO>(
-        self: Arc<Self>,
-        io: IO,
-        info: ConnectionInfo,
-        header_timeout: std::time::Duration,
-        shutdown: CancellationToken,
-    ) where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let proxy = self.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            let span = tracing::info_span!(
-                "request",
-                route = tracing::field::Empty,
-                upstream = tracing::field::Empty,
-                server = tracing::field::Empty,
-                attempts = tracing::field::Empty
-            );
-            async move { Ok::<_, Infallible>(proxy.handle(request, &info).instrument(span).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_header_size(self.global.max_request_header_size)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        match result {
-            Err(error) if error.is_timeout() => {
-                self.stats.count_refusal(RefusalReason::HandshakeTimeout);
-                debug!("request headers not complete within the handshake timeout");
-            }
-            Err(error) => debug!(%error, "client connection ended with an error"),
-            Ok(()) => {}
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `wsgate` command: parse arguments, load the configuration, start logging, run.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{self, Config};
 use wsgate::lifecycle::drain::GoingAway;
+use wsgate::lifecycle::notify;
+use wsgate::lifecycle::reload::Reloader;
 use wsgate::server::Server;
 use wsgate::{certgen, client, demo};
 
@@ -155,6 +158,13 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
         Ok(server) => server,
         Err(error) => return fail(error),
     };
+    // Signals are handled from here on, so a SIGTERM right after readiness drains.
+    let shutdown = shutdown_signal();
+    reload_on_hangup(path, server.reloader());
+    // Bound, so connections are accepted from here on (queued until the
+    // accept loops run): systemd may start what is ordered after us.
+    notify::ready();
+    let _watchdog = notify::spawn_watchdog();
     if demo_backend.is_some() {
         for listener in &config.listeners {
             if let Some(address) = server.local_addr(&listener.name) {
@@ -163,24 +173,63 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
             }
         }
     }
-    server.run(shutdown_signal()).await;
+    server
+        .run(async move {
+            let why = shutdown.await;
+            notify::stopping();
+            why
+        })
+        .await;
     ExitCode::SUCCESS
+}
+
+/// Reloads the configuration file on every SIGHUP (`systemctl reload`),
+/// telling systemd around it. A file that does not load keeps the running
+/// configuration; the run loop logs every problem.
+fn reload_on_hangup(path: &Path, reloader: Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP: reload by signal is off");
+            return;
+        }
+    };
+    let path = path.to_owned();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+            notify::reloading();
+            let _ = reloader.reload_file(&path).await;
+            notify::ready();
+        }
+    });
 }
 
 /// Completes on SIGINT or SIGTERM (shut down: clients are told 1001 "going
 /// away") or SIGUSR2 (a planned restart: 1012 "service restart", so clients
 /// reconnect knowing the service is coming back).
-async fn shutdown_signal() -> GoingAway {
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: called before telling systemd we are ready, a SIGTERM sent
+/// right after readiness drains instead of killing the process.
+fn shutdown_signal() -> impl Future<Output = GoingAway> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut restart)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined2()))
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return GoingAway::SHUTDOWN;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => GoingAway::SHUTDOWN,
-        _ = terminate.recv() => GoingAway::SHUTDOWN,
-        _ = restart.recv() => GoingAway::RESTART,
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::user_defined2()),
+    );
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate), Ok(mut restart)) = signals else {
+            let _ = tokio::signal::ctrl_c().await;
+            return GoingAway::SHUTDOWN;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => GoingAway::SHUTDOWN,
+            _ = terminate.recv() => GoingAway::SHUTDOWN,
+            _ = restart.recv() => GoingAway::RESTART,
+        }
     }
 }
 

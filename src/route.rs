@@ -18,6 +18,11 @@ impl RouteTable {
         self.routes.get(index)
     }
 
+    /// The routes in configuration order (their indexes are [`RouteTable::get`]'s).
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
     /// The best route for `host` (lower case, no port) and `path`: a route
     /// naming the host exactly beats a wildcard, which beats a route for any
     /// host; among those, the longest matching path prefix wins, as nginx

@@ -1,4 +1,5 @@
-//! Listeners, the accept loop, the global connection cap and graceful shutdown.
+//! Listeners, the accept loop, the global connection cap, and the server's
+//! run: reloads while it serves, graceful shutdown at its end.
 
 use std::future::Future;
 use std::io;
@@ -6,37 +7,73 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::refusal_log;
-use crate::config::Config;
-use crate::http::{ConnectionInfo, ConnectionSlot, Proxy};
+use crate::config::{self, Config};
+use crate::http::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
 use crate::lifecycle::drain::GoingAway;
+use crate::lifecycle::reload::{Reload, Reloader, Running};
 use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
 
 /// A proxy whose listeners are bound and ready to accept.
 pub struct Server {
-    proxy: Arc<Proxy>,
+    /// The configuration generation new connections and requests use;
+    /// a reload swaps it whole.
+    current: Arc<ArcSwap<Proxy>>,
     listeners: Vec<BoundListener>,
-    shutdown_timeout: Duration,
     /// One permit per open client connection, shared by every listener.
     connection_permits: Arc<Semaphore>,
+    max_connections: usize,
     tasks: TaskTracker,
+    reloads: mpsc::Receiver<Reload>,
+    reload_sender: mpsc::Sender<Reload>,
 }
 
-struct BoundListener {
-    name: String,
-    socket: TcpListener,
+/// A listener's socket and what its connections are served with.
+pub(crate) struct BoundListener {
+    pub(crate) name: String,
+    /// The address as configured (port 0 in tests): a reload compares it.
+    pub(crate) listen: SocketAddr,
+    pub(crate) socket: TcpListener,
+    pub(crate) settings: ListenerSettings,
+}
+
+/// A listener's settings; a reload replaces them for new connections.
+#[derive(Clone)]
+pub(crate) struct ListenerSettings {
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     trusted_proxies: Arc<TrustedProxies>,
     proxy_protocol: bool,
+}
+
+impl ListenerSettings {
+    pub(crate) fn new(listener: &config::Listener) -> ListenerSettings {
+        ListenerSettings {
+            tls: listener.tls.clone().map(TlsAcceptor::from),
+            handshake_timeout: listener.handshake_timeout,
+            trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
+            proxy_protocol: listener.proxy_protocol,
+        }
+    }
+}
+
+/// Binds `listener`'s address; the error names the listener.
+pub(crate) async fn bind_socket(listener: &config::Listener) -> io::Result<TcpListener> {
+    TcpListener::bind(listener.listen).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("listener {:?}: cannot bind {}: {e}", listener.name, listener.listen),
+        )
+    })
 }
 
 impl Server {
@@ -44,31 +81,39 @@ impl Server {
     /// an error naming the listener.
     pub async fn bind(config: Config) -> io::Result<Server> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        // Sockets systemd passed (socket activation) serve their listeners
+        // instead of binding; the rest are bound here.
+        let mut passed = crate::lifecycle::listen_fds::Activated::from_env()
+            .for_listeners(config.listeners.iter().map(|l| l.name.as_str()));
         for listener in &config.listeners {
-            let socket = TcpListener::bind(listener.listen).await.map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("listener {:?}: cannot bind {}: {e}", listener.name, listener.listen),
-                )
-            })?;
+            let socket = match passed.take(&listener.name, listener.listen) {
+                Some(socket) => TcpListener::from_std(socket).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("listener {:?}: cannot use the passed socket: {e}", listener.name),
+                    )
+                })?,
+                None => bind_socket(listener).await?,
+            };
             listeners.push(BoundListener {
                 name: listener.name.clone(),
+                listen: listener.listen,
                 socket,
-                tls: listener.tls.clone().map(TlsAcceptor::from),
-                handshake_timeout: listener.handshake_timeout,
-                trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
-                proxy_protocol: listener.proxy_protocol,
+                settings: ListenerSettings::new(listener),
             });
         }
         let tasks = TaskTracker::new();
+        let proxy = Proxy::new(&config, tasks.clone(), Stats::default(), None).await;
+        let max_connections = config.global.max_connections.min(Semaphore::MAX_PERMITS);
+        let (reload_sender, reloads) = mpsc::channel(1);
         Ok(Server {
-            proxy: Arc::new(Proxy::new(&config, tasks.clone(), Stats::default()).await),
+            current: Arc::new(ArcSwap::from_pointee(proxy)),
             listeners,
-            shutdown_timeout: config.global.shutdown_timeout,
-            connection_permits: Arc::new(Semaphore::new(
-                config.global.max_connections.min(Semaphore::MAX_PERMITS),
-            )),
+            connection_permits: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             tasks,
+            reloads,
+            reload_sender,
         })
     }
 
@@ -83,47 +128,66 @@ impl Server {
 
     /// The proxy's counters; the handle stays valid after `run` returns.
     pub fn stats(&self) -> Stats {
-        self.proxy.stats.clone()
+        self.current.load().stats.clone()
     }
 
-    /// Serves until `shutdown` completes; then stops accepting, lets
-    /// requests in flight finish, asks every tunnel to end with the close
-    /// code `shutdown` gave, and waits up to `shutdown_timeout` for
-    /// connections and tunnels to end before returning.
+    /// A handle that asks the running server to switch configurations.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(self.reload_sender.clone())
+    }
+
+    /// Serves until `shutdown` completes, switching configurations when a
+    /// [`Reloader`] asks; then stops accepting, lets requests in flight
+    /// finish, asks every tunnel to end with the close code `shutdown` gave,
+    /// and waits up to `shutdown_timeout` for connections and tunnels to end
+    /// before returning.
     pub async fn run(self, shutdown: impl Future<Output = GoingAway> + Send + 'static) {
+        let Server {
+            current,
+            listeners,
+            connection_permits,
+            max_connections,
+            tasks,
+            mut reloads,
+            reload_sender,
+        } = self;
+        // Only the handles given out keep the channel open.
+        drop(reload_sender);
         let stop = CancellationToken::new();
-        let mut background = Vec::new();
-        for listener in self.listeners {
-            info!(listener = %listener.name, address = ?listener.socket.local_addr().ok(), tls = listener.tls.is_some(), "listening");
-            let acceptor = Acceptor {
-                proxy: self.proxy.clone(),
-                tls: listener.tls,
-                handshake_timeout: listener.handshake_timeout,
-                trusted_proxies: listener.trusted_proxies,
-                proxy_protocol: listener.proxy_protocol,
-                permits: self.connection_permits.clone(),
-                stop: stop.clone(),
-                tasks: self.tasks.clone(),
-            };
-            let span = tracing::info_span!("listener", name = %listener.name);
-            background.push(tokio::spawn(acceptor.run(listener.socket).instrument(span)));
+        let mut running = Running {
+            current,
+            listeners: Vec::new(),
+            permits: connection_permits,
+            max_connections,
+            tasks: tasks.clone(),
+            stop: stop.clone(),
+            housekeeping: None,
+            generation: 1,
+        };
+        for listener in listeners {
+            running.start_listener(listener);
         }
-        background.extend(housekeeping(&self.proxy, &stop));
-        let why = shutdown.await;
+        running.start_housekeeping();
+        tokio::pin!(shutdown);
+        let why = loop {
+            tokio::select! {
+                why = &mut shutdown => break why,
+                Some(reload) = reloads.recv() => running.answer(reload).await,
+            }
+        };
         info!(close_code = why.code, "shutting down: no new connections");
         stop.cancel();
-        self.proxy.shutdown.cancel();
-        self.proxy.drain.start(why);
-        for task in background {
-            let _ = task.await;
-        }
-        self.tasks.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
+        let proxy = running.current.load_full();
+        proxy.shutdown.cancel();
+        proxy.drain.start(why);
+        running.join().await;
+        tasks.close();
+        if tokio::time::timeout(proxy.shutdown_timeout(), tasks.wait())
             .await
             .is_err()
         {
             warn!(
-                open = self.tasks.len(),
+                open = tasks.len(),
                 "shutdown timeout reached with connections still open"
             );
         }
@@ -134,7 +198,7 @@ impl Server {
 /// Periodic work: forgetting idle rate-limiter keys (the memory bound),
 /// active health checks, resolving upstream host names again, and
 /// summarising refusals that were not logged one by one.
-fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for limiter in proxy.keyed_limiters() {
         let limiter = limiter.clone();
@@ -193,19 +257,16 @@ fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task
     tasks
 }
 
-struct Acceptor {
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
-    trusted_proxies: Arc<TrustedProxies>,
-    proxy_protocol: bool,
-    permits: Arc<Semaphore>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
+pub(crate) struct Acceptor {
+    pub(crate) current: Arc<ArcSwap<Proxy>>,
+    pub(crate) settings: Arc<ArcSwap<ListenerSettings>>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
 }
 
 impl Acceptor {
-    async fn run(self, socket: TcpListener) {
+    pub(crate) async fn run(self, socket: TcpListener) {
         loop {
             // Take a place under max_connections *before* accepting: at the
             // cap the listener pauses and new clients wait in the kernel's
@@ -238,7 +299,7 @@ impl Acceptor {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(permit);
         }
-        self.proxy.stats.count_refusal(RefusalReason::GlobalCap);
+        self.current.load().stats.count_refusal(RefusalReason::GlobalCap);
         warn!("max_connections reached: not accepting until a connection ends");
         tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.ok(),
@@ -252,11 +313,13 @@ impl Acceptor {
         peer: SocketAddr,
         permit: OwnedSemaphorePermit,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let proxy = self.proxy.clone();
-        let tls = self.tls.clone();
-        let trusted = self.trusted_proxies.clone();
-        let proxy_protocol = self.proxy_protocol;
-        let handshake_timeout = self.handshake_timeout;
+        let current = self.current.clone();
+        let proxy = current.load_full();
+        let settings = self.settings.load_full();
+        let tls = settings.tls.clone();
+        let trusted = settings.trusted_proxies.clone();
+        let proxy_protocol = settings.proxy_protocol;
+        let handshake_timeout = settings.handshake_timeout;
         let stop = self.stop.clone();
         let accepted_at = Instant::now();
         async move {
@@ -298,9 +361,9 @@ impl Acceptor {
                     .max(Duration::from_millis(1))
             };
             match tls {
-                None => proxy.serve_connection(stream, info(false), left(), stop).await,
+                None => serve_connection(current, stream, info(false), left(), stop).await,
                 Some(acceptor) => match tokio::time::timeout(left(), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => proxy.serve_connection(stream, info(true), left(), stop).await,
+                    Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
                     Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                     Err(_) => {
                         proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);

@@ -49,8 +49,10 @@ pub struct Answer {
 }
 
 impl UpstreamPool {
-    pub async fn new(config: Upstream) -> UpstreamPool {
-        let pool = Arc::new(Pool::new(&config).await);
+    /// The pool for `config`; after a reload, `previous` is the same
+    /// upstream of the last configuration, whose servers' state carries over.
+    pub async fn new(config: Upstream, previous: Option<&UpstreamPool>) -> UpstreamPool {
+        let pool = Arc::new(Pool::new(&config, previous.map(|p| &*p.pool)).await);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);

@@ -18,8 +18,10 @@ pub enum CapExceeded {
 #[derive(Debug, Default)]
 pub struct RouteCaps {
     open: AtomicUsize,
-    max: Option<usize>,
-    per_client_max: Option<usize>,
+    /// The caps, `usize::MAX` for none; atomics so a reload can change them
+    /// while the tunnels counted here stay counted.
+    max: AtomicUsize,
+    per_client_max: AtomicUsize,
     /// Only kept when `per_client_max` is set; an entry lives while its
     /// client has a tunnel, so the table never outgrows the open tunnels.
     per_client: Mutex<HashMap<ClientKey, usize>>,
@@ -27,11 +29,17 @@ pub struct RouteCaps {
 
 impl RouteCaps {
     pub fn new(max: Option<usize>, per_client_max: Option<usize>) -> Arc<RouteCaps> {
-        Arc::new(RouteCaps {
-            max,
-            per_client_max,
-            ..RouteCaps::default()
-        })
+        let caps = Arc::new(RouteCaps::default());
+        caps.set_limits(max, per_client_max);
+        caps
+    }
+
+    /// New caps from a reloaded configuration; tunnels already open keep
+    /// counting against them.
+    pub fn set_limits(&self, max: Option<usize>, per_client_max: Option<usize>) {
+        self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.per_client_max
+            .store(per_client_max.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
     /// Open tunnels now.
@@ -47,16 +55,17 @@ impl RouteCaps {
     /// Takes a place for one tunnel of `client`, or says which cap is full.
     pub fn try_acquire(self: &Arc<Self>, client: ClientKey) -> Result<TunnelPermit, CapExceeded> {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if self.max.is_some_and(|max| before >= max) {
+        if before >= self.max.load(Ordering::Relaxed) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(CapExceeded::Route);
         }
-        let Some(per_client_max) = self.per_client_max else {
+        let per_client_max = self.per_client_max.load(Ordering::Relaxed);
+        if per_client_max == usize::MAX {
             return Ok(TunnelPermit {
                 caps: self.clone(),
                 client: None,
             });
-        };
+        }
         let mut table = self.table();
         let held = table.entry(client).or_insert(0);
         if *held >= per_client_max {

@@ -87,7 +87,20 @@ pub struct RouteGate {
 }
 
 impl RouteGate {
-    pub fn new(rules: &Admission) -> RouteGate {
+    /// The gate for `rules`. After a reload, `previous` is the same route's
+    /// gate of the last configuration: its tunnel counts carry over (under
+    /// the new caps), so a reload never lets a route exceed its caps; rate
+    /// limiters start afresh with the new rates.
+    pub fn new(rules: &Admission, previous: Option<&RouteGate>) -> RouteGate {
+        let caps = match previous {
+            Some(previous) => {
+                previous
+                    .caps
+                    .set_limits(rules.max_websockets, rules.max_websockets_per_client);
+                previous.caps.clone()
+            }
+            None => RouteCaps::new(rules.max_websockets, rules.max_websockets_per_client),
+        };
         RouteGate {
             origins: rules.allowed_origins.clone().map(OriginAllowlist::new),
             missing_origin: rules.missing_origin,
@@ -98,7 +111,7 @@ impl RouteGate {
                 .map(|spec| Arc::new(KeyedLimiter::new(&spec, MAX_TRACKED_CLIENTS))),
             total: rules.total_rate.map(|spec| TotalLimiter::new(&spec)),
             limit_http: rules.limit_http,
-            caps: RouteCaps::new(rules.max_websockets, rules.max_websockets_per_client),
+            caps,
         }
     }
 

@@ -5,7 +5,7 @@
 //! small mutex.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ pub struct Backend {
     /// Passive health: no new connections before this instant (nanoseconds
     /// since [`epoch`]); 0 when not backed off.
     down_until: AtomicU64,
+    /// Health checks and connects that failed in a row, for the metrics: the
+    /// streak below restarts whenever the state flips, this one only on a
+    /// success.
+    failures: AtomicU32,
     health: Mutex<HealthStreak>,
 }
 
@@ -58,6 +62,7 @@ impl Backend {
             // passes would turn every start and reload into an outage.
             healthy: AtomicBool::new(true),
             down_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             health: Mutex::new(HealthStreak::default()),
         })
     }
@@ -96,6 +101,22 @@ impl Backend {
         self.draining.store(draining, Ordering::Relaxed);
     }
 
+    /// Health checks and connects that failed in a row since the last one
+    /// that succeeded.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn note_result(&self, ok: bool) {
+        if ok {
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn is_backed_off(&self) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
         until != 0 && now_nanos() < until
@@ -104,6 +125,7 @@ impl Backend {
     /// An active check's result, with the thresholds: `rise` successes in a
     /// row bring a down server up, `fall` failures in a row take it down.
     pub fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<HealthChange> {
+        self.note_result(ok);
         let mut health = self.lock();
         let up = self.is_healthy();
         if ok == up {
@@ -128,6 +150,7 @@ impl Backend {
     /// tunnels away for `base`, doubling with each failure in a row up to
     /// `max`, without waiting for the next active check. Returns the back-off.
     pub fn record_connect_failure(&self, base: Duration, max: Duration) -> Duration {
+        self.note_result(false);
         let mut health = self.lock();
         let doublings = health.connect_failures.min(16);
         health.connect_failures = health.connect_failures.saturating_add(1);
@@ -139,6 +162,7 @@ impl Backend {
 
     /// A successful connect ends any passive back-off.
     pub fn record_connect_success(&self) {
+        self.note_result(true);
         if self.down_until.load(Ordering::Relaxed) != 0 {
             let mut health = self.lock();
             health.connect_failures = 0;
@@ -215,6 +239,24 @@ mod tests {
         b.record_connect_success();
         assert!(b.is_available());
         assert_eq!(b.record_connect_failure(base, max), base);
+    }
+
+    #[test]
+    fn failures_in_a_row_count_checks_and_connects_until_a_success() {
+        let b = backend();
+        b.record_check(false, 2, 3);
+        b.record_connect_failure(Duration::from_millis(1), Duration::from_millis(1));
+        b.record_check(false, 2, 3);
+        assert_eq!(b.consecutive_failures(), 3);
+        b.record_check(false, 2, 3);
+        assert!(!b.is_healthy());
+        assert_eq!(
+            b.consecutive_failures(),
+            4,
+            "the count goes on while the server is down"
+        );
+        b.record_check(true, 2, 3);
+        assert_eq!(b.consecutive_failures(), 0);
     }
 
     #[test]

@@ -33,11 +33,16 @@ pub struct Pool {
 impl Pool {
     /// Resolves every server's address; a name that does not resolve now is
     /// logged and tried again at the next [`Pool::resolve`].
-    pub async fn new(config: &Upstream) -> Pool {
+    ///
+    /// After a reload, `previous` is the same upstream's pool of the last
+    /// configuration: servers still configured alike keep their state (open
+    /// tunnels, health, back-off), and take the new `drain` flag.
+    pub async fn new(config: &Upstream, previous: Option<&Pool>) -> Pool {
+        let known = previous.map(Pool::backends).unwrap_or_default();
         let pool = Pool {
             name: config.name.as_str().into(),
             servers: config.servers.clone(),
-            backends: ArcSwap::from_pointee(Vec::new()),
+            backends: ArcSwap::new(known),
             picker: Picker::new(config.balance, config.hash_load_factor),
         };
         pool.resolve().await;
@@ -71,9 +76,14 @@ impl Pool {
                 }
             };
             for addr in addresses {
-                let known = current.iter().find(|b| b.name == name && b.addr == addr);
+                let known = current.iter().find(|b| {
+                    b.name == name && b.addr == addr && b.weight == server.weight.max(1) && b.backup == server.backup
+                });
                 next.push(match known {
-                    Some(backend) => backend.clone(),
+                    Some(backend) => {
+                        backend.set_draining(server.drain);
+                        backend.clone()
+                    }
                     None => Backend::new(name.clone(), addr, server.weight, server.backup, server.drain),
                 });
             }
@@ -168,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn backups_serve_only_when_no_primary_is_available() {
-        let pool = Pool::new(&upstream(&[("127.0.0.1:1", false), ("127.0.0.1:2", true)])).await;
+        let pool = Pool::new(&upstream(&[("127.0.0.1:1", false), ("127.0.0.1:2", true)]), None).await;
         let first = pool.pick(None, &[]).unwrap();
         assert_eq!(first.backend().addr.port(), 1);
         assert_eq!(
@@ -183,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_server_set_aside_after_a_failed_connect_is_still_tried() {
-        let pool = Pool::new(&upstream(&[("127.0.0.1:1", false)])).await;
+        let pool = Pool::new(&upstream(&[("127.0.0.1:1", false)]), None).await;
         let backend = pool.backends()[0].clone();
         backend.record_connect_failure(Duration::from_secs(60), Duration::from_secs(60));
         assert!(!backend.is_available());
@@ -200,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_resolve_to_every_address_and_keep_their_state() {
-        let pool = Pool::new(&upstream(&[("localhost:9", false)])).await;
+        let pool = Pool::new(&upstream(&[("localhost:9", false)]), None).await;
         let before = pool.backends();
         assert!(!before.is_empty());
         assert!(before.iter().all(|b| &*b.name == "localhost:9" && b.addr.port() == 9));

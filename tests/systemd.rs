@@ -1,0 +1,359 @@
+//! The real `wsgate` binary under the service manager's protocols, played by
+//! the test: readiness and stopping on `NOTIFY_SOCKET`, the watchdog, and
+//! socket activation (`LISTEN_FDS`) with a socket matched by name or by
+//! address. Every wait is bounded; a child still running when a test fails
+//! is killed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{assert_echo, close, route_and_upstream, within, ws_connect, Backend, TIMEOUT};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Variables of the protocols under test: none is inherited from the
+/// environment `cargo test` runs in.
+const PROTOCOL_VARIABLES: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
+/// A scratch directory with the config, the notify socket and the child's log.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a config with listener `plain` at `listen` and an upstream at `backend`.
+    fn config(&self, listen: SocketAddr, backend: SocketAddr) -> PathBuf {
+        let toml = format!(
+            "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"{listen}\"\n\n{}",
+            route_and_upstream(backend, "")
+        );
+        let path = self.path("wsgate.toml");
+        std::fs::write(&path, toml).expect("write config");
+        path
+    }
+
+    /// A datagram socket standing in for systemd's notification socket.
+    fn notify_socket(&self) -> Notifications {
+        let path = self.path("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        Notifications { socket, path }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("wsgate.log")).unwrap_or_default()
+    }
+}
+
+/// What wsgate sent on `NOTIFY_SOCKET`, one datagram at a time.
+struct Notifications {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Notifications {
+    /// The lines of the next datagram.
+    async fn next(&self, what: &str) -> Vec<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = within(what, self.socket.recv(&mut buf)).await.expect("recv");
+        String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned).collect()
+    }
+
+    /// Reads datagrams until one holds `line`; returns everything read before it.
+    async fn expect(&self, line: &str, log: impl Fn() -> String) -> Vec<String> {
+        let mut before = Vec::new();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let mut buf = vec![0u8; 4096];
+            let received = tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await;
+            let Ok(Ok(n)) = received else {
+                panic!(
+                    "no {line} within {TIMEOUT:?} (received {before:?}; {received:?})\n--- wsgate log:\n{}",
+                    log()
+                );
+            };
+            let lines: Vec<String> = String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned).collect();
+            if lines.iter().any(|l| l == line) {
+                return before;
+            }
+            before.extend(lines);
+        }
+    }
+}
+
+/// The running `wsgate`; killed when dropped (a test that failed midway).
+struct Wsgate {
+    child: Child,
+}
+
+impl Wsgate {
+    fn pid(&self) -> libc::pid_t {
+        self.child.id().expect("child still running") as libc::pid_t
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with a pid we own and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
+    }
+
+    /// Waits for the child to exit; its status must be success.
+    async fn exits_successfully(mut self, scratch: &Scratch) {
+        let status = within_or_log(
+            Duration::from_secs(15),
+            "wsgate exiting after SIGTERM",
+            scratch,
+            self.child.wait(),
+        )
+        .await
+        .expect("wait");
+        assert!(status.success(), "wsgate exited with {status}\n--- log:\n{}", scratch.log());
+    }
+}
+
+async fn within_or_log<F: std::future::Future>(limit: Duration, what: &str, scratch: &Scratch, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {limit:?}: {what}\n--- wsgate log:\n{}", scratch.log()),
+    }
+}
+
+/// A command running `wsgate --config <config>`, through `sh -c '<prefix> exec
+/// "$0" "$@"'` when `prefix` is given: variables holding the child's own pid
+/// (`$$`, kept by `exec`) can only be set that way. Logs go to a file in
+/// `scratch`; nothing of the protocols is inherited.
+fn wsgate(scratch: &Scratch, config: &Path, prefix: Option<&str>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_wsgate");
+    let mut command = match prefix {
+        Some(prefix) => {
+            let mut command = Command::new("sh");
+            command.arg("-c").arg(format!("{prefix} exec \"$0\" \"$@\"")).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    command.arg("--config").arg(config);
+    for variable in PROTOCOL_VARIABLES {
+        command.env_remove(variable);
+    }
+    let log = std::fs::File::create(scratch.path("wsgate.log")).expect("log file");
+    command
+        .env("WSGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    command
+}
+
+fn spawn(mut command: Command) -> Wsgate {
+    Wsgate {
+        child: command.spawn().expect("start wsgate"),
+    }
+}
+
+/// A loopback address nothing listens on (bound, then released) for wsgate to bind.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// Hands `listener` to the child as descriptor 3, as systemd passes the
+/// first socket (without `FD_CLOEXEC`, so it survives the exec).
+fn pass_as_fd3(command: &mut Command, listener: &std::net::TcpListener) {
+    let fd = listener.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (dup2, fcntl), on descriptors of the child.
+    unsafe {
+        command.pre_exec(move || {
+            if fd != 3 && libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears FD_CLOEXEC on the copy; when fd is 3 already, clear it here.
+            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The descriptor flags of `fd` in process `pid` (octal in /proc/PID/fdinfo).
+fn fd_flags(pid: libc::pid_t, fd: i32) -> u32 {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .expect("flags line")
+        .trim();
+    u32::from_str_radix(flags, 8).expect("octal flags")
+}
+
+async fn echo_through(addr: SocketAddr) {
+    let (mut ws, response) = ws_connect(addr, "/echo", &[]).await;
+    assert_eq!(response.status(), 101);
+    assert_echo(&mut ws, Message::text("through the passed socket")).await;
+    close(ws).await;
+}
+
+#[tokio::test]
+async fn ready_once_bound_and_stopping_on_sigterm() {
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let listen = free_addr();
+    let config = scratch.config(listen, backend.addr);
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(&scratch, &config, None);
+    command.env("NOTIFY_SOCKET", &notifications.path);
+    let wsgate = spawn(command);
+
+    notifications.expect("READY=1", || scratch.log()).await;
+    // Ready means bound: the listener takes a connection and serves it.
+    let response = within_or_log(
+        TIMEOUT,
+        "a request right after READY=1",
+        &scratch,
+        support::raw_exchange(listen, "GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert_eq!(response.body_text(), "backend GET /ready");
+
+    wsgate.signal(libc::SIGTERM);
+    let before = notifications.expect("STOPPING=1", || scratch.log()).await;
+    assert!(
+        !before.iter().any(|l| l.starts_with("WATCHDOG")),
+        "no watchdog was asked for: {before:?}"
+    );
+    wsgate.exits_successfully(&scratch).await;
+}
+
+#[tokio::test]
+async fn watchdog_is_fed_every_half_interval() {
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let config = scratch.config("127.0.0.1:0".parse().unwrap(), backend.addr);
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(&scratch, &config, Some("WATCHDOG_PID=$$"));
+    command
+        .env("NOTIFY_SOCKET", &notifications.path)
+        .env("WATCHDOG_USEC", "200000");
+    let wsgate = spawn(command);
+
+    notifications.expect("READY=1", || scratch.log()).await;
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while pings < 2 {
+        let lines = notifications.next("WATCHDOG=1 from wsgate").await;
+        pings += lines.iter().filter(|l| *l == "WATCHDOG=1").count();
+    }
+    // The first ping comes at once, the second half an interval (100 ms) later.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "two pings took {:?}",
+        started.elapsed()
+    );
+
+    wsgate.signal(libc::SIGTERM);
+    notifications.expect("STOPPING=1", || scratch.log()).await;
+    wsgate.exits_successfully(&scratch).await;
+}
+
+#[tokio::test]
+async fn watchdog_for_another_process_is_left_alone() {
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let config = scratch.config("127.0.0.1:0".parse().unwrap(), backend.addr);
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(&scratch, &config, None);
+    // pid 1 is never the child.
+    command
+        .env("NOTIFY_SOCKET", &notifications.path)
+        .env("WATCHDOG_USEC", "100000")
+        .env("WATCHDOG_PID", "1");
+    let wsgate = spawn(command);
+
+    notifications.expect("READY=1", || scratch.log()).await;
+    // Five would-be intervals pass; then SIGTERM, and nothing but STOPPING=1 arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wsgate.signal(libc::SIGTERM);
+    let before = notifications.expect("STOPPING=1", || scratch.log()).await;
+    assert!(before.is_empty(), "unexpected notifications: {before:?}");
+    wsgate.exits_successfully(&scratch).await;
+}
+
+#[tokio::test]
+async fn a_passed_socket_named_after_the_listener_is_used_whatever_its_address() {
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the passed socket");
+    let addr = passed.local_addr().unwrap();
+    // Bound instead, this address would fail or serve nothing the test reaches.
+    let config = scratch.config("127.0.0.1:1".parse().unwrap(), backend.addr);
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(
+        &scratch,
+        &config,
+        Some("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=plain"),
+    );
+    command.env("NOTIFY_SOCKET", &notifications.path);
+    pass_as_fd3(&mut command, &passed);
+    let wsgate = spawn(command);
+    // Only wsgate holds the socket now: if it did not use it, connecting fails.
+    drop(passed);
+
+    notifications.expect("READY=1", || scratch.log()).await;
+    let flags = fd_flags(wsgate.pid(), 3);
+    assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "fd 3 must be close-on-exec: {flags:o}");
+    within_or_log(TIMEOUT, "echo through the passed socket", &scratch, echo_through(addr)).await;
+    assert!(scratch.log().contains("using the socket passed by the service manager"));
+
+    wsgate.signal(libc::SIGTERM);
+    notifications.expect("STOPPING=1", || scratch.log()).await;
+    wsgate.exits_successfully(&scratch).await;
+}
+
+#[tokio::test]
+async fn an_unnamed_passed_socket_is_used_by_the_listener_at_its_address() {
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the passed socket");
+    let addr = passed.local_addr().unwrap();
+    // Binding this address again would fail: it is in use by the passed socket.
+    let config = scratch.config(addr, backend.addr);
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(&scratch, &config, Some("LISTEN_PID=$$ LISTEN_FDS=1"));
+    command.env("NOTIFY_SOCKET", &notifications.path);
+    pass_as_fd3(&mut command, &passed);
+    let wsgate = spawn(command);
+    drop(passed);
+
+    notifications.expect("READY=1", || scratch.log()).await;
+    within_or_log(TIMEOUT, "echo through the passed socket", &scratch, echo_through(addr)).await;
+
+    wsgate.signal(libc::SIGTERM);
+    notifications.expect("STOPPING=1", || scratch.log()).await;
+    wsgate.exits_successfully(&scratch).await;
+}
