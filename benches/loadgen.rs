@@ -51,6 +51,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a socket gets for the close handshake before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read buffer per socket, both here and in the backend; tungstenite's default
+/// (128 KiB) would make the idle workload measure mostly buffers.
+const READ_BUFFER: usize = 16 * 1024;
+/// Largest message accepted, both here and in the backend.
+const MAX_MESSAGE: usize = 256 << 20;
 /// Latencies are recorded in microseconds up to an hour, with 3 significant digits.
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 
@@ -221,7 +226,7 @@ async fn backend(listen: SocketAddr) -> Result<String, String> {
 /// pings and the close frame by itself while the stream is polled.
 async fn echo_connection(tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let config = WebSocketConfig::default().max_message_size(Some(256 << 20));
+    let config = socket_config();
     let Ok(Ok(mut ws)) = timeout(
         CONNECT_TIMEOUT,
         tokio_tungstenite::accept_async_with_config(tcp, Some(config)),
@@ -235,6 +240,12 @@ async fn echo_connection(tcp: TcpStream) {
             return;
         }
     }
+}
+
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(MAX_MESSAGE))
 }
 
 // ---------------------------------------------------------------------------
@@ -301,7 +312,7 @@ impl Target {
                         .map_err(|e| format!("TLS with {}: {e}", self.addr))?,
                 )),
             };
-            let config = WebSocketConfig::default().max_message_size(Some(256 << 20));
+            let config = socket_config();
             match tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await {
                 Ok((ws, _)) => Ok(ws),
                 Err(tungstenite::Error::Http(response)) => Err(format!("handshake refused: {}", response.status())),

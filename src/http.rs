@@ -36,6 +36,8 @@ use crate::lifecycle::drain::Drain;
 use crate::real_ip::{self, TrustedProxies};
 use crate::route::RouteTable;
 use crate::stats::{OpenConnection, RefusalReason, Stats};
+use crate::telemetry::access::{LoggedBody, RequestLine};
+use crate::telemetry::outcome;
 use crate::tunnel;
 use crate::upstream::{Answer, UpstreamPool};
 
@@ -46,6 +48,8 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// Where a connection came from.
 #[derive(Clone)]
 pub struct ConnectionInfo {
+    /// The listener that accepted it, by name.
+    pub listener: Arc<str>,
     /// The TCP peer.
     pub peer: SocketAddr,
     /// The client: the peer, or the address in a trusted PROXY protocol header.
@@ -229,19 +233,40 @@ impl Proxy {
         let upgrade = handshake::wants_websocket(request.headers());
         let mut matched = None;
         let ctx = self.context(info, request.headers());
-        let mut response = match self.dispatch(request, &ctx, upgrade, &mut matched).await {
-            Ok(response) => response,
+        let result = self.dispatch(request, &ctx, upgrade, &mut matched).await;
+        let route = matched
+            .and_then(|index| self.routes.get(index))
+            .map_or("", |r| r.name.as_str());
+        // Every upgrade that reached a route is one handshake outcome.
+        let handshake_on = (upgrade && matched.is_some()).then_some(route);
+        let mut response = match result {
+            Ok(response) => {
+                if let Some(route) = handshake_on {
+                    let status = response.status();
+                    let outcome = match status {
+                        StatusCode::SWITCHING_PROTOCOLS => outcome::OK,
+                        _ => outcome::backend_rejected(status.as_u16()),
+                    };
+                    self.stats.metrics().handshake(route, outcome);
+                }
+                response
+            }
             Err(error) => {
-                if let Some(reason) = error.refusal_reason() {
-                    self.stats.count_refusal(reason);
-                    let route = matched
-                        .and_then(|index| self.routes.get(index))
-                        .map_or("", |r| r.name.as_str());
-                    self.refusal_log.refused(ctx.key, reason, route, &error);
-                } else if error.is_client_error() {
-                    debug!(%error, %method, %path, "refused");
-                } else {
-                    warn!(%error, %method, %path, "upstream failed");
+                match error.refusal_reason() {
+                    Some(reason) => {
+                        self.stats.count_request_refusal(reason, route, upgrade);
+                        self.refusal_log.refused(ctx.key, reason, route, &error);
+                    }
+                    None => {
+                        if let Some(route) = handshake_on {
+                            self.stats.metrics().handshake(route, outcome::of_error(&error));
+                        }
+                        if error.is_client_error() {
+                            debug!(%error, %method, %path, "refused");
+                        } else {
+                            warn!(%error, %method, %path, "upstream failed");
+                        }
+                    }
                 }
                 error.into_response()
             }
@@ -254,15 +279,28 @@ impl Proxy {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        info!(
-            %method,
-            %path,
-            status = response.status().as_u16(),
-            websocket = upgrade,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
-        response
+        if upgrade {
+            info!(
+                %method,
+                %path,
+                status = response.status().as_u16(),
+                websocket = upgrade,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+            response
+        } else if self.global.http_log {
+            // Logged once the body has gone: bytes and the whole duration.
+            let line = RequestLine {
+                method,
+                path,
+                status: response.status().as_u16(),
+                started,
+            };
+            response.map(|body| LoggedBody::new(body, line).boxed())
+        } else {
+            response
+        }
     }
 
     async fn dispatch(
@@ -345,7 +383,31 @@ impl Proxy {
 
         let client_upgrade = hyper::upgrade::on(&mut request);
         let backend_upgrade = hyper::upgrade::on(backend_response);
-        let span = tracing::info_span!("tunnel");
+        // A root span with the connection's facts, attached once: every line
+        // the tunnel logs, to its `tunnel closed`, carries them.
+        let subprotocol = answer
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        let client = match ctx.via_trusted {
+            // Named by a trusted proxy's forwarding header: no port.
+            Some(_) => ctx.client.to_string(),
+            None => ctx.info.client.to_string(),
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "tunnel",
+            client,
+            listener = &*ctx.info.listener,
+            route = route.name.as_str(),
+            upstream = upstream.config.name.as_str(),
+            server = &*server,
+            subprotocol,
+            inspected = route.inspect.is_some()
+        );
+        let metrics = self.stats.metrics().clone();
+        let labels = (route.name.clone(), upstream.config.name.clone(), server.clone());
         // RFC 7692: RSV1 marks compressed messages once the backend agreed.
         let deflate = handshake::agreed_extension(answer.headers(), "permessage-deflate");
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
@@ -359,11 +421,14 @@ impl Proxy {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         info!("tunnel open");
+                        let (route, upstream, server) = &labels;
+                        let metrics = metrics.tunnel(route, upstream, server, inspect.is_some());
                         match inspect {
                             Some(settings) => {
-                                inspect::tunnel::run(TokioIo::new(client), TokioIo::new(backend), settings, drain).await
+                                let (client, backend) = (TokioIo::new(client), TokioIo::new(backend));
+                                inspect::tunnel::run(client, backend, settings, drain, metrics).await
                             }
-                            None => tunnel::splice(client, backend).await,
+                            None => tunnel::splice(client, backend, metrics).await,
                         }
                     }
                     Err(error) => debug!(%error, "upgrade did not complete"),

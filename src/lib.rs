@@ -41,7 +41,8 @@
 //!   [`error`] turns every failure into the one HTTP answer the client gets.
 //!
 //! Beside the flow: [`config`] loads and validates the TOML file, [`stats`]
-//! counts what operators read, [`certgen`] makes development certificates,
+//! counts what operators read and [`telemetry`] serves it (Prometheus
+//! metrics, health and readiness on the admin listener), [`certgen`] makes development certificates,
 //! [`demo`] is a small echo backend for the quick start and [`client`] a
 //! command-line WebSocket client.
 
@@ -62,6 +63,7 @@ pub mod real_ip;
 pub mod route;
 pub mod server;
 pub mod stats;
+pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

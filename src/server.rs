@@ -22,6 +22,7 @@ use crate::lifecycle::drain::GoingAway;
 use crate::lifecycle::reload::{Reload, Reloader, Running};
 use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
+use crate::telemetry::admin::AdminListener;
 
 /// A proxy whose listeners are bound and ready to accept.
 pub struct Server {
@@ -35,6 +36,8 @@ pub struct Server {
     tasks: TaskTracker,
     reloads: mpsc::Receiver<Reload>,
     reload_sender: mpsc::Sender<Reload>,
+    /// Metrics, health and readiness (`[admin]`), when configured.
+    admin: Option<AdminListener>,
 }
 
 /// A listener's socket and what its connections are served with.
@@ -49,6 +52,8 @@ pub(crate) struct BoundListener {
 /// A listener's settings; a reload replaces them for new connections.
 #[derive(Clone)]
 pub(crate) struct ListenerSettings {
+    /// The listener's name, for its connections' counters.
+    name: Arc<str>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     trusted_proxies: Arc<TrustedProxies>,
@@ -58,6 +63,7 @@ pub(crate) struct ListenerSettings {
 impl ListenerSettings {
     pub(crate) fn new(listener: &config::Listener) -> ListenerSettings {
         ListenerSettings {
+            name: listener.name.as_str().into(),
             tls: listener.tls.clone().map(TlsAcceptor::from),
             handshake_timeout: listener.handshake_timeout,
             trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
@@ -102,6 +108,10 @@ impl Server {
                 settings: ListenerSettings::new(listener),
             });
         }
+        let admin = match &config.admin {
+            Some(admin) => Some(AdminListener::bind(admin.listen).await?),
+            None => None,
+        };
         let tasks = TaskTracker::new();
         let proxy = Proxy::new(&config, tasks.clone(), Stats::default(), None).await;
         let max_connections = config.global.max_connections.min(Semaphore::MAX_PERMITS);
@@ -114,7 +124,13 @@ impl Server {
             tasks,
             reloads,
             reload_sender,
+            admin,
         })
+    }
+
+    /// The bound address of the admin listener, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(AdminListener::local_addr)
     }
 
     /// The bound address of the listener named `name` (the real port when
@@ -150,6 +166,7 @@ impl Server {
             tasks,
             mut reloads,
             reload_sender,
+            admin,
         } = self;
         // Only the handles given out keep the channel open.
         drop(reload_sender);
@@ -168,6 +185,10 @@ impl Server {
             running.start_listener(listener);
         }
         running.start_housekeeping();
+        // Started after the listeners, so it is never ready before they accept.
+        let admin_done = CancellationToken::new();
+        let admin =
+            admin.map(|admin| tokio::spawn(admin.serve(running.current.clone(), stop.clone(), admin_done.clone())));
         tokio::pin!(shutdown);
         let why = loop {
             tokio::select! {
@@ -179,7 +200,9 @@ impl Server {
         stop.cancel();
         let proxy = running.current.load_full();
         proxy.shutdown.cancel();
-        proxy.drain.start(why);
+        // Spread over the first half of the window: the close handshakes
+        // and the plain tunnels' own ends get the rest.
+        proxy.drain.start(why, proxy.shutdown_timeout() / 2);
         running.join().await;
         tasks.close();
         if tokio::time::timeout(proxy.shutdown_timeout(), tasks.wait())
@@ -190,6 +213,10 @@ impl Server {
                 open = tasks.len(),
                 "shutdown timeout reached with connections still open"
             );
+        }
+        admin_done.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         info!("stopped");
     }
@@ -325,7 +352,7 @@ impl Acceptor {
         async move {
             let slot = Arc::new(ConnectionSlot {
                 _permit: Some(permit),
-                _open: proxy.stats.connection_opened(),
+                _open: proxy.stats.connection_opened(&settings.name),
             });
             let _ = stream.set_nodelay(true);
             let peer_trusted = trusted.contains(peer.ip());
@@ -347,6 +374,7 @@ impl Acceptor {
                 }
             }
             let info = |tls| ConnectionInfo {
+                listener: settings.name.clone(),
                 peer,
                 client,
                 // Without PROXY protocol, a trusted peer names its clients in headers.

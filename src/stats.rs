@@ -1,6 +1,7 @@
 //! Counters an operator reads: open connections and tunnels, and refusals
-//! by reason. Plain atomics, so the request path never waits on them; the
-//! metrics endpoint will expose the same values.
+//! by reason. Plain atomics, so the request path never waits on them. The
+//! Prometheus [`Metrics`] live here too, so every configuration generation
+//! (and the admin listener) shares one set.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -8,6 +9,8 @@ use std::sync::Arc;
 
 use crate::admission::caps::RouteCaps;
 use crate::balance::Pool;
+use crate::telemetry::metrics::OpenGauge;
+use crate::telemetry::Metrics;
 
 /// Why a client was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +76,7 @@ struct Inner {
     refusals: [AtomicU64; RefusalReason::ALL.len()],
     routes: std::sync::RwLock<HashMap<String, Arc<RouteCaps>>>,
     upstreams: std::sync::RwLock<HashMap<String, Arc<Pool>>>,
+    metrics: Metrics,
 }
 
 /// One backend server as statistics show it.
@@ -93,8 +97,25 @@ impl Stats {
         self.inner.refusals[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// A connection refused before any request was read (global cap,
+    /// handshake timeout, a bad PROXY header): no route to name.
     pub(crate) fn count_refusal(&self, reason: RefusalReason) {
         self.inner.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.handshake("", reason.as_str());
+    }
+
+    /// A request refused on `route`; an upgrade's refusal is also one of the
+    /// route's handshake outcomes.
+    pub(crate) fn count_request_refusal(&self, reason: RefusalReason, route: &str, websocket: bool) {
+        self.inner.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+        if websocket {
+            self.inner.metrics.handshake(route, reason.as_str());
+        }
+    }
+
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Client connections open now (a tunnel keeps its connection open).
@@ -163,16 +184,21 @@ impl Stats {
         routes.insert(name.to_owned(), caps);
     }
 
-    /// Counts a connection as open until the returned guard is dropped.
-    pub(crate) fn connection_opened(&self) -> OpenConnection {
+    /// Counts a connection on `listener` as open until the returned guard
+    /// is dropped.
+    pub(crate) fn connection_opened(&self, listener: &str) -> OpenConnection {
         self.inner.open_connections.fetch_add(1, Ordering::Relaxed);
-        OpenConnection { stats: self.clone() }
+        OpenConnection {
+            stats: self.clone(),
+            _gauge: self.inner.metrics.connection_opened(listener),
+        }
     }
 }
 
 /// An open client connection, counted until dropped.
 pub struct OpenConnection {
     stats: Stats,
+    _gauge: OpenGauge,
 }
 
 impl Drop for OpenConnection {

@@ -156,3 +156,41 @@ async fn a_violating_header_split_across_reads_still_gets_a_clean_close_to_the_b
     expect_end(&mut read, "client").await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_drain_spreads_the_close_frames_over_the_window() {
+    let backend = Backend::echo().await;
+    // A window of 4s / 2 = 2s, less the 200ms close timeout: 1.8s to spread over.
+    let toml = inspect_config(&[backend.addr], None, "close_timeout = \"200ms\"\n")
+        .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"4s\"");
+    let proxy = start_proxy(&toml).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+        assert_echo(&mut ws, Message::text(format!("client {i}"))).await;
+        clients.push(ws);
+    }
+    let started = Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    let mut told = Vec::new();
+    for mut ws in clients {
+        told.push(tokio::spawn(async move {
+            let message = within("the drain's close frame", ws.next()).await;
+            let at = Instant::now();
+            assert_eq!(message.unwrap().unwrap(), close_message(1001, "going away"));
+            at
+        }));
+    }
+    let mut times = Vec::new();
+    for client in told {
+        times.push(client.await.unwrap().duration_since(started));
+    }
+    within("proxy stop", stopping).await.expect("proxy stop");
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    assert!(*last < Duration::from_secs(2), "the last close came after {last:?}");
+    assert!(
+        *last - *first >= Duration::from_millis(300),
+        "20 closes within {:?} of each other: not spread",
+        *last - *first
+    );
+}

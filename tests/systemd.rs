@@ -128,7 +128,11 @@ impl Wsgate {
         )
         .await
         .expect("wait");
-        assert!(status.success(), "wsgate exited with {status}\n--- log:\n{}", scratch.log());
+        assert!(
+            status.success(),
+            "wsgate exited with {status}\n--- log:\n{}",
+            scratch.log()
+        );
     }
 }
 
@@ -148,7 +152,10 @@ fn wsgate(scratch: &Scratch, config: &Path, prefix: Option<&str>) -> Command {
     let mut command = match prefix {
         Some(prefix) => {
             let mut command = Command::new("sh");
-            command.arg("-c").arg(format!("{prefix} exec \"$0\" \"$@\"")).arg(binary);
+            command
+                .arg("-c")
+                .arg(format!("{prefix} exec \"$0\" \"$@\""))
+                .arg(binary);
             command
         }
         None => Command::new(binary),
@@ -235,7 +242,10 @@ async fn ready_once_bound_and_stopping_on_sigterm() {
         TIMEOUT,
         "a request right after READY=1",
         &scratch,
-        support::raw_exchange(listen, "GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        support::raw_exchange(
+            listen,
+            "GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        ),
     )
     .await;
     assert_eq!(response.status, 200, "{}", response.body_text());
@@ -326,7 +336,11 @@ async fn a_passed_socket_named_after_the_listener_is_used_whatever_its_address()
 
     notifications.expect("READY=1", || scratch.log()).await;
     let flags = fd_flags(wsgate.pid(), 3);
-    assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "fd 3 must be close-on-exec: {flags:o}");
+    assert_ne!(
+        flags & libc::O_CLOEXEC as u32,
+        0,
+        "fd 3 must be close-on-exec: {flags:o}"
+    );
     within_or_log(TIMEOUT, "echo through the passed socket", &scratch, echo_through(addr)).await;
     assert!(scratch.log().contains("using the socket passed by the service manager"));
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use raw::{Balance, HealthCheckKind, MissingOrigin};
+pub use raw::{Balance, HealthCheckKind, LogFormat, MissingOrigin};
 
 use crate::admission::origin::OriginPattern;
 use crate::admission::rate_limit::LimitSpec;
@@ -36,6 +36,15 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
+    /// The admin listener (metrics, health, readiness); `None`: none.
+    pub admin: Option<Admin>,
+}
+
+/// `[admin]`: where the operator's endpoints are served (see
+/// [`crate::telemetry::admin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
 }
 
 /// Settings that apply to every connection.
@@ -56,6 +65,15 @@ pub struct Global {
     /// IPv6 clients are counted per prefix of this length (default 64): one
     /// host usually owns a whole /64 and could otherwise rotate addresses.
     pub ipv6_client_prefix: u8,
+    /// How log lines are written (default text).
+    pub log_format: LogFormat,
+    /// Which log lines are written: a `tracing` filter such as
+    /// `"info,wsgate::tunnel=debug"` (default `"info"`); `WSGATE_LOG`
+    /// overrides it.
+    pub log_filter: String,
+    /// One `request` line per plain HTTP request (default true): a busy
+    /// HTTP route can log more than an operator wants to keep.
+    pub http_log: bool,
 }
 
 /// An address wsgate accepts connections on.

@@ -21,6 +21,13 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<RawUpstream>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +38,20 @@ pub struct RawGlobal {
     pub max_request_header_size: Option<Spanned<ByteSize>>,
     pub max_connections: Option<Spanned<u64>>,
     pub ipv6_client_prefix: Option<Spanned<u8>>,
+    pub log_format: Option<LogFormat>,
+    pub log_filter: Option<Spanned<String>>,
+    pub http_log: Option<bool>,
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 #[derive(Debug, Deserialize)]

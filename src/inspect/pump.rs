@@ -8,11 +8,19 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
-use super::tunnel::{Ending, Shared, Side};
+use super::tunnel::{Closer, Ending, Shared, Side};
 use crate::lifecycle::drain::DrainSignal;
 
 /// One read's worth of bytes per direction, allocated once per tunnel.
 const BUFFER_SIZE: usize = 16 * 1024;
+/// Sleeps until `at`; never completes for `None` (the branch is disabled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// wsgate's pings carry this prefix and a counter, so their pongs are known.
 pub(super) const PING_PREFIX: &[u8; 4] = b"wsg\0";
 
@@ -98,6 +106,9 @@ where
         let mut ticks = tokio::time::interval(super::keepalive::tick_period(&self.shared.settings.inspect));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
+        // When this tunnel's turn in a spread drain comes, and why.
+        let mut drain_at = None;
+        let mut drain_why = None;
         loop {
             let flow = tokio::select! {
                 () = self.shared.end.cancelled() => Flow::Stop,
@@ -115,12 +126,23 @@ where
                     self.pending = Some(order);
                     self.obey_pending().await
                 }
-                why = drain.requested(), if !draining => {
+                request = drain.requested(), if !draining => {
                     draining = true;
-                    self.shared.ended(Ending::Drained(why));
-                    // Tell this side why, then wait for its close answer (or
-                    // the close timeout) as usual.
-                    self.close_at_boundary(why.code, why.reason).await
+                    drain_at = Some(tokio::time::Instant::now() + self.shared.drain_delay(request.spread));
+                    drain_why = Some(request.why);
+                    Flow::Go
+                }
+                () = sleep_until(drain_at), if drain_at.is_some() => {
+                    drain_at = None;
+                    match drain_why {
+                        Some(why) => {
+                            self.shared.ended(Ending::Drained(why));
+                            // Tell this side why, then wait for its close
+                            // answer (or the close timeout) as usual.
+                            self.close_at_boundary(why.code, why.reason).await
+                        }
+                        None => Flow::Go,
+                    }
                 }
                 _ = ticks.tick() => self.timers().await,
             };
@@ -220,7 +242,8 @@ where
         let now = Instant::now();
         state.closed[self.from.index()].get_or_insert(now);
         state.close_started.get_or_insert(now);
-        state.first_close.get_or_insert((self.from, code, reason_len));
+        state.close_sent[self.from.index()].get_or_insert((code, reason_len));
+        state.first_close.get_or_insert(Closer::Peer(self.from));
     }
 
     fn both_closed(&self) -> bool {
@@ -236,7 +259,9 @@ where
         let ours = payload.len() == 8 && payload[..4] == PING_PREFIX[..] && payload[4..] == id.to_be_bytes();
         if ours {
             state.ping[self.from.index()] = None;
-            state.last_rtt = Some(sent.elapsed());
+            let rtt = sent.elapsed();
+            state.last_rtt = Some(rtt);
+            self.shared.metrics.ping_answered(rtt);
             state.pongs += 1;
         }
         ours
@@ -272,7 +297,11 @@ where
     /// close: 1011 to a client whose backend vanished, 1001 to a backend
     /// whose client did.
     async fn source_ended(&mut self) -> Flow {
-        let closed = self.shared.state().closed[self.from.index()].is_some();
+        let closed = {
+            let mut state = self.shared.state();
+            state.ended_first.get_or_insert(self.from);
+            state.closed[self.from.index()].is_some()
+        };
         if !closed && self.can_inject() {
             let (code, reason) = match self.from {
                 Side::Backend => (1011, "backend connection lost"),
@@ -318,8 +347,13 @@ where
 
     /// A close frame from wsgate to this pump's destination.
     async fn send_close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
-        self.shared.state().close_started.get_or_insert_with(Instant::now);
         let (payload, len) = frame::close_payload(code, reason);
+        {
+            let mut state = self.shared.state();
+            state.close_started.get_or_insert_with(Instant::now);
+            state.wsgate_close.get_or_insert((code, len.saturating_sub(2)));
+            state.first_close.get_or_insert(Closer::Wsgate);
+        }
         self.send_control(OpCode::Close, &payload[..len]).await
     }
 

@@ -26,6 +26,8 @@ use super::frame::Violation;
 use super::pump::Pump;
 use crate::config::Inspect;
 use crate::lifecycle::drain::{DrainSignal, GoingAway};
+use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
+use crate::telemetry::{FirstClose, TunnelMetrics};
 
 /// After one direction ended, how long the other gets to deliver its close.
 const END_GRACE: Duration = Duration::from_secs(1);
@@ -104,6 +106,10 @@ pub(super) struct Shared {
     bytes: [AtomicU64; 2],
     frames: [AtomicU64; 2],
     state: Mutex<State>,
+    /// Recorded into at the tunnel's end (and per answered ping).
+    pub(super) metrics: TunnelMetrics,
+    /// This tunnel's place in a spread drain, from 0 to 1.
+    drain_place: f32,
     /// Cancelled when the tunnel must end at once.
     pub(super) end: CancellationToken,
 }
@@ -119,15 +125,37 @@ pub(super) struct State {
     /// When the first close frame went, a peer's or wsgate's: the close
     /// timeout runs from here.
     pub(super) close_started: Option<Instant>,
-    /// The first close frame: who sent it, its code, its reason's length.
-    pub(super) first_close: Option<(Side, Option<u16>, usize)>,
+    /// Per side: its first close frame's code and reason length.
+    pub(super) close_sent: [Option<(Option<u16>, usize)>; 2],
+    /// The first close frame wsgate sent of its own: code and reason length.
+    pub(super) wsgate_close: Option<(u16, usize)>,
+    /// Who sent the tunnel's first close frame, a peer or wsgate.
+    pub(super) first_close: Option<Closer>,
+    /// The side whose connection ended first (read end of stream or failed).
+    pub(super) ended_first: Option<Side>,
     pub(super) ending: Option<Ending>,
     pub(super) last_rtt: Option<Duration>,
     pub(super) pongs: u32,
 }
 
+/// Who sent a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closer {
+    Peer(Side),
+    Wsgate,
+}
+
+impl Closer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Closer::Peer(side) => side.as_str(),
+            Closer::Wsgate => "wsgate",
+        }
+    }
+}
+
 impl Shared {
-    fn new(settings: Settings) -> Shared {
+    fn new(settings: Settings, metrics: TunnelMetrics) -> Shared {
         Shared {
             settings,
             started: Instant::now(),
@@ -136,6 +164,8 @@ impl Shared {
             bytes: Default::default(),
             frames: Default::default(),
             state: Mutex::new(State::default()),
+            metrics,
+            drain_place: rand::random(),
             end: CancellationToken::new(),
         }
     }
@@ -148,6 +178,14 @@ impl Shared {
     /// Records why wsgate ended the tunnel; the first reason stands.
     pub(super) fn ended(&self, why: Ending) {
         self.state().ending.get_or_insert(why);
+    }
+
+    /// How long this tunnel waits before its close frames when drain asks
+    /// for ends spread over `spread`: its place in the window, leaving room
+    /// for the close handshake to finish inside it.
+    pub(super) fn drain_delay(&self, spread: Duration) -> Duration {
+        let room = spread.saturating_sub(self.settings.inspect.close_timeout);
+        room.mul_f32(self.drain_place)
     }
 
     fn now_ms(&self) -> u64 {
@@ -180,13 +218,14 @@ impl Shared {
     }
 }
 
-/// Runs an inspected tunnel until both sides are done, then logs how it ended.
-pub async fn run<C, B>(client: C, backend: B, settings: Settings, drain: DrainSignal)
+/// Runs an inspected tunnel until both sides are done, then logs how it
+/// ended and records it in `metrics`.
+pub async fn run<C, B>(client: C, backend: B, settings: Settings, drain: DrainSignal, metrics: TunnelMetrics)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let shared = Arc::new(Shared::new(settings));
+    let shared = Arc::new(Shared::new(settings, metrics));
     let (client_read, client_write) = tokio::io::split(client);
     let (backend_read, backend_write) = tokio::io::split(backend);
     let (to_backend, backend_inbox) = mpsc::channel(4);
@@ -222,26 +261,38 @@ where
     log_end(&shared);
 }
 
+/// The tunnel's `tunnel closed` line (its span carries client, listener,
+/// route, upstream, server and subprotocol) and its metrics.
 fn log_end(shared: &Shared) {
     let state = shared.state();
-    let (closed_first, code, reason_len) = match state.first_close {
-        Some((side, code, reason_len)) => (side.as_str(), code, reason_len),
-        None => ("none", None, 0),
+    let first_code = |closer: Closer| match closer {
+        Closer::Peer(side) => state.close_sent[side.index()].unwrap_or_default(),
+        Closer::Wsgate => state.wsgate_close.map_or((None, 0), |(code, len)| (Some(code), len)),
     };
+    let (code, reason_len) = state.first_close.map_or((None, 0), first_code);
     let violation = match state.ending {
         Some(Ending::Violation(_, violation)) => Some(violation),
         _ => None,
     };
     let load = |counters: &[AtomicU64; 2], side: Side| counters[side.index()].load(Ordering::Relaxed);
+    let bytes = [load(&shared.bytes, Side::Client), load(&shared.bytes, Side::Backend)];
+    let frames = [load(&shared.frames, Side::Client), load(&shared.frames, Side::Backend)];
+    let sent = |side: Side| state.close_sent[side.index()];
+    let duration = shared.started.elapsed();
     info!(
-        from_client = load(&shared.bytes, Side::Client),
-        from_backend = load(&shared.bytes, Side::Backend),
-        frames_from_client = load(&shared.frames, Side::Client),
-        frames_from_backend = load(&shared.frames, Side::Backend),
-        duration_ms = shared.started.elapsed().as_millis() as u64,
-        closed_first,
+        from_client = bytes[CLIENT_TO_BACKEND],
+        from_backend = bytes[BACKEND_TO_CLIENT],
+        frames_from_client = frames[CLIENT_TO_BACKEND],
+        frames_from_backend = frames[BACKEND_TO_CLIENT],
+        duration_ms = duration.as_millis() as u64,
+        closed_first = state.first_close.map_or("none", Closer::as_str),
         close_code = code,
         close_reason_len = reason_len,
+        client_close_code = sent(Side::Client).and_then(|(code, _)| code),
+        client_close_reason_len = sent(Side::Client).map(|(_, len)| len),
+        backend_close_code = sent(Side::Backend).and_then(|(code, _)| code),
+        backend_close_reason_len = sent(Side::Backend).map(|(_, len)| len),
+        wsgate_close_code = state.wsgate_close.map(|(code, _)| code),
         ended_by = state.ending.map_or("peers", Ending::as_str),
         violation = violation.map(tracing::field::display),
         drain_code = match state.ending {
@@ -252,4 +303,14 @@ fn log_end(shared: &Shared) {
         last_ping_rtt_ms = state.last_rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
         "tunnel closed"
     );
+    let close = match state.first_close {
+        Some(closer) => FirstClose::Frame {
+            side: closer.as_str(),
+            code: first_code(closer).0,
+        },
+        None => FirstClose::Missing {
+            side: state.ended_first.map_or("wsgate", Side::as_str),
+        },
+    };
+    shared.metrics.finish(duration, bytes, frames, Some(close));
 }

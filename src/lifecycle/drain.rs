@@ -6,6 +6,12 @@
 //! the [`GoingAway`] code to both sides between frames and waiting for their
 //! answers (up to its close timeout); a plain tunnel cannot speak WebSocket
 //! and is simply closed when the shutdown deadline passes.
+//!
+//! The close frames are spread over a window: each tunnel waits a random
+//! part of it first, so a hundred thousand clients told to reconnect do not
+//! all come back in the same second.
+
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -29,10 +35,17 @@ impl GoingAway {
     };
 }
 
+/// A request to end: why, and the window the tunnels spread their ends over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainRequest {
+    pub why: GoingAway,
+    pub spread: Duration,
+}
+
 /// The sending half: one per proxy.
 #[derive(Debug)]
 pub struct Drain {
-    sender: watch::Sender<Option<GoingAway>>,
+    sender: watch::Sender<Option<DrainRequest>>,
 }
 
 impl Default for Drain {
@@ -47,18 +60,18 @@ impl Drain {
     /// Asks every tunnel, open now or opened later, to end with `why`. The
     /// first request wins: a restart announced to clients is not turned
     /// into a shutdown halfway through.
-    pub fn start(&self, why: GoingAway) {
+    pub fn start(&self, why: GoingAway, spread: Duration) {
         self.sender.send_if_modified(|current| {
             if current.is_some() {
                 return false;
             }
-            *current = Some(why);
+            *current = Some(DrainRequest { why, spread });
             true
         });
     }
 
     /// What drain was asked for, if any.
-    pub fn requested(&self) -> Option<GoingAway> {
+    pub fn requested(&self) -> Option<DrainRequest> {
         *self.sender.borrow()
     }
 
@@ -73,13 +86,13 @@ impl Drain {
 /// The receiving half, held by each tunnel.
 #[derive(Debug, Clone)]
 pub struct DrainSignal {
-    receiver: watch::Receiver<Option<GoingAway>>,
+    receiver: watch::Receiver<Option<DrainRequest>>,
 }
 
 impl DrainSignal {
     /// Completes once drain is asked for (at once if it already was). If
     /// the proxy is gone without asking, never completes.
-    pub async fn requested(&mut self) -> GoingAway {
+    pub async fn requested(&mut self) -> DrainRequest {
         // The guard `wait_for` returns must not live across an await.
         let why = self.receiver.wait_for(Option::is_some).await.ok().and_then(|why| *why);
         match why {
@@ -98,19 +111,23 @@ mod tests {
         let drain = Drain::default();
         let mut early = drain.signal();
         assert_eq!(drain.requested(), None);
-        drain.start(GoingAway::RESTART);
-        drain.start(GoingAway::SHUTDOWN);
-        assert_eq!(early.requested().await, GoingAway::RESTART);
+        let restart = DrainRequest {
+            why: GoingAway::RESTART,
+            spread: Duration::from_secs(3),
+        };
+        drain.start(restart.why, restart.spread);
+        drain.start(GoingAway::SHUTDOWN, Duration::ZERO);
+        assert_eq!(early.requested().await, restart);
         let mut late = drain.signal();
-        assert_eq!(late.requested().await, GoingAway::RESTART);
-        assert_eq!(drain.requested(), Some(GoingAway::RESTART));
+        assert_eq!(late.requested().await, restart);
+        assert_eq!(drain.requested(), Some(restart));
     }
 
     #[tokio::test]
     async fn without_a_request_nothing_completes() {
         let drain = Drain::default();
         let mut signal = drain.signal();
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), signal.requested()).await;
+        let waited = tokio::time::timeout(Duration::from_millis(20), signal.requested()).await;
         assert!(waited.is_err());
     }
 }

@@ -9,20 +9,22 @@ mod route;
 mod upstream;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawGlobal};
+use super::raw::{RawAdmin, RawConfig, RawGlobal, RawListener};
 use super::units::HumanDuration;
-use super::{Config, ConfigError, ConfigErrors, Global};
+use super::{Admin, Config, ConfigError, ConfigErrors, Global};
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 16 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
+const DEFAULT_LOG_FILTER: &str = "info";
 /// Below this, ordinary browser requests with a few cookies would be refused.
 const MIN_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
 const MAX_REQUEST_HEADER_SIZE: u64 = 1024 * 1024;
@@ -118,6 +120,7 @@ impl Checker<'_> {
             .filter_map(|(i, r)| self.route(i, r, &raw.upstreams))
             .collect::<Vec<_>>();
         self.reachable_routes(&raw.routes, &routes);
+        let admin = raw.admin.as_ref().and_then(|admin| self.admin(admin, &raw.listeners));
 
         Config {
             path: self.file.to_path_buf(),
@@ -125,7 +128,33 @@ impl Checker<'_> {
             listeners,
             routes,
             upstreams,
+            admin,
         }
+    }
+
+    /// `[admin]`: an address of its own, not one a listener has.
+    fn admin(&mut self, raw: &RawAdmin, listeners: &[RawListener]) -> Option<Admin> {
+        let listen = raw.listen.as_ref()?;
+        let Ok(addr) = listen.get_ref().parse::<SocketAddr>() else {
+            let message = format!(
+                "{:?} is not an address to listen on; write IP:PORT such as \"127.0.0.1:9090\"",
+                listen.get_ref()
+            );
+            self.error(listen, "admin.listen", message);
+            return None;
+        };
+        let taken = listeners
+            .iter()
+            .position(|l| addr.port() != 0 && l.listen.get_ref().parse::<SocketAddr>().ok() == Some(addr));
+        if let Some(i) = taken {
+            self.error(
+                listen,
+                "admin.listen",
+                format!("{addr} is already the address of listener[{i}]"),
+            );
+            return None;
+        }
+        Some(Admin { listen: addr })
     }
 
     fn global(&mut self, raw: RawGlobal) -> Global {
@@ -161,7 +190,29 @@ impl Checker<'_> {
             Some(p) => *p.get_ref(),
             None => DEFAULT_IPV6_CLIENT_PREFIX,
         };
+        let log_filter = match raw.log_filter {
+            Some(filter) if filter.get_ref().trim().is_empty() => {
+                self.error(
+                    &filter,
+                    "global.log_filter",
+                    "must not be empty; \"info\" is the default and \"off\" turns logging off",
+                );
+                DEFAULT_LOG_FILTER.to_owned()
+            }
+            Some(filter) => match tracing_subscriber::EnvFilter::builder().parse(filter.get_ref()) {
+                Ok(_) => filter.into_inner(),
+                Err(e) => {
+                    let message = format!("{e}; write directives such as \"info\" or \"warn,wsgate::tunnel=debug\"");
+                    self.error(&filter, "global.log_filter", message);
+                    DEFAULT_LOG_FILTER.to_owned()
+                }
+            },
+            None => DEFAULT_LOG_FILTER.to_owned(),
+        };
         Global {
+            log_format: raw.log_format.unwrap_or_default(),
+            log_filter,
+            http_log: raw.http_log.unwrap_or(true),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
             ipv6_client_prefix,
             handshake_timeout: self.timeout(
@@ -260,6 +311,42 @@ servers = [{ address = "127.0.0.1:9001" }]
         assert_eq!(errors[0].key, "upstream[0].connect_timout");
         assert_eq!(errors[0].line, 12);
         assert!(errors[0].message.contains("connect_timout"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn logging_and_admin_keys_have_defaults() {
+        let config = parse(BASE, Path::new("x.toml")).unwrap();
+        assert_eq!(config.global.log_format, crate::config::LogFormat::Text);
+        assert_eq!(config.global.log_filter, "info");
+        assert!(config.global.http_log);
+        assert!(config.admin.is_none());
+        let text = format!(
+            "[global]\nlog_format = \"json\"\nlog_filter = \"warn,wsgate::tunnel=debug\"\nhttp_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:9090\"\n{BASE}"
+        );
+        let config = parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(config.global.log_format, crate::config::LogFormat::Json);
+        assert_eq!(config.global.log_filter, "warn,wsgate::tunnel=debug");
+        assert!(!config.global.http_log);
+        assert_eq!(config.admin.unwrap().listen, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_logging_and_admin_keys_name_file_line_and_key() {
+        let format = errors(&format!("[global]\nlog_format = \"xml\"\n{BASE}"));
+        assert_eq!(format[0].key, "global.log_format", "{format:?}");
+        assert_eq!(format[0].line, 2);
+        let filter = errors(&format!("[global]\nlog_filter = \"info,wsgate=loud\"\n{BASE}"));
+        assert_eq!(filter[0].key, "global.log_filter", "{filter:?}");
+        assert_eq!(filter[0].line, 2);
+        let admin = errors(&format!("{BASE}\n[admin]\nlisten = \"localhost\"\n"));
+        assert_eq!(admin[0].key, "admin.listen", "{admin:?}");
+        assert_eq!(admin[0].line, 15);
+        let shared = BASE.replace("127.0.0.1:0", "127.0.0.1:8080") + "\n[admin]\nlisten = \"127.0.0.1:8080\"\n";
+        let shared = errors(&shared);
+        assert!(shared[0].message.contains("listener[0]"), "{shared:?}");
+        let unknown = errors(&format!("{BASE}\n[admin]\nlisten = \"127.0.0.1:0\"\nport = 9\n"));
+        assert_eq!(unknown[0].key, "admin.port", "{unknown:?}");
     }
 
     #[test]

@@ -1,0 +1,485 @@
+//! The Prometheus metrics behind the admin listener's `/metrics`.
+//!
+//! Every label value comes from the configuration (listener, route, upstream
+//! and server names) or from a short fixed list (outcomes, directions, close
+//! code classes): nothing a client sends becomes a label, so the number of
+//! series stays bounded however many clients come and go.
+//!
+//! The data path never waits here: a tunnel resolves its handles once when
+//! it opens ([`Metrics::tunnel`]) and records into them (atomics) when it
+//! ends; only the few events of a tunnel's life and of the server's (a
+//! handshake, a keepalive pong, a scrape) look a label set up.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::balance::Pool;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Tunnels last from seconds to days.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0, 21600.0, 43200.0, 86400.0,
+];
+
+/// Round trips of keepalive pings, from a LAN to a poor mobile link.
+const RTT_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Index of the client-to-backend direction in per-direction arrays; the
+/// other direction is 1.
+pub const CLIENT_TO_BACKEND: usize = 0;
+pub const BACKEND_TO_CLIENT: usize = 1;
+const DIRECTIONS: [&str; 2] = ["client_to_backend", "backend_to_client"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelLabels {
+    route: String,
+    upstream: String,
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    route: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    route: String,
+    side: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn rtt_histogram() -> Histogram {
+    Histogram::new(RTT_BUCKETS)
+}
+
+/// A cheap, cloneable handle on the proxy's metrics; one per server, kept
+/// across reloads (it lives in [`Stats`](crate::stats::Stats)).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    open_connections: Family<ListenerLabels, Gauge>,
+    open_tunnels: Family<TunnelLabels, Gauge>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    tunnel_duration: HistogramFamily<RouteLabels>,
+    tunnel_bytes: Family<DirectionLabels, Counter>,
+    tunnel_frames: Family<DirectionLabels, Counter>,
+    close_codes: Family<CloseLabels, Counter>,
+    ping_rtt: HistogramFamily<RouteLabels>,
+    server_healthy: Family<ServerLabels, Gauge>,
+    server_failures: Family<ServerLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+    generation: Gauge,
+    /// One scrape at a time: the server gauges are rebuilt from the pools
+    /// right before encoding, and a second scrape must not see them half-built.
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wsgate");
+        let open_connections = Family::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now, by listener (a tunnel keeps its connection open)",
+            open_connections.clone(),
+        );
+        let open_tunnels = Family::default();
+        registry.register(
+            "open_tunnels",
+            "WebSocket tunnels open now, by route, upstream and backend server",
+            open_tunnels.clone(),
+        );
+        let handshakes = Family::default();
+        registry.register(
+            "handshakes",
+            "WebSocket opening handshakes by route and outcome: ok, a refusal reason, or what the backend did",
+            handshakes.clone(),
+        );
+        let tunnel_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "tunnel_duration",
+            "How long tunnels stayed open, by route",
+            Unit::Seconds,
+            tunnel_duration.clone(),
+        );
+        let tunnel_bytes = Family::default();
+        registry.register(
+            "tunnel_bytes",
+            "Bytes carried by ended tunnels, by route and direction",
+            tunnel_bytes.clone(),
+        );
+        let tunnel_frames = Family::default();
+        registry.register(
+            "tunnel_frames",
+            "WebSocket frames carried by ended tunnels of inspected routes, by route and direction",
+            tunnel_frames.clone(),
+        );
+        let close_codes = Family::default();
+        registry.register(
+            "close_codes",
+            "Ended tunnels of inspected routes by their first close frame: who sent it and its code \
+             (1000-1015 exactly, 3xxx and 4xxx as classes, none without a close frame)",
+            close_codes.clone(),
+        );
+        let ping_rtt: HistogramFamily<RouteLabels> = Family::new_with_constructor(rtt_histogram);
+        registry.register_with_unit(
+            "ping_rtt",
+            "Round trips of answered keepalive pings, by route",
+            Unit::Seconds,
+            ping_rtt.clone(),
+        );
+        let server_healthy = Family::default();
+        registry.register(
+            "server_healthy",
+            "1 while a backend server is up by its health checks (every address of a name), else 0",
+            server_healthy.clone(),
+        );
+        let server_failures = Family::default();
+        registry.register(
+            "server_consecutive_failures",
+            "Health checks and connects of a backend server that failed in a row",
+            server_failures.clone(),
+        );
+        let reloads: Family<ResultLabels, Counter> = Family::default();
+        registry.register("reloads", "Configuration reloads by result", reloads.clone());
+        let generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "The configuration in use, counted from 1 at start and up by one per applied reload",
+            generation.clone(),
+        );
+        // Both results exist from the start, so rate() and alerts on
+        // failures work before the first reload.
+        for result in ["ok", "failed"] {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
+        generation.set(1);
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                open_connections,
+                open_tunnels,
+                handshakes,
+                tunnel_duration,
+                tunnel_bytes,
+                tunnel_frames,
+                close_codes,
+                ping_rtt,
+                server_healthy,
+                server_failures,
+                reloads,
+                generation,
+                scrape: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Counts a client connection on `listener` as open until the returned
+    /// handle is dropped.
+    pub(crate) fn connection_opened(&self, listener: &str) -> OpenGauge {
+        let gauge = self.inner.open_connections.get_or_create_owned(&ListenerLabels {
+            listener: listener.to_owned(),
+        });
+        gauge.inc();
+        OpenGauge(gauge)
+    }
+
+    /// One opening handshake on `route` (empty when refused before a route
+    /// was chosen) and how it went; see [`outcome`](super::outcome).
+    pub fn handshake(&self, route: &str, outcome: &'static str) {
+        self.inner
+            .handshakes
+            .get_or_create(&HandshakeLabels {
+                route: route.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The handles of one tunnel, resolved once as it opens; it counts as
+    /// open until they are dropped. `inspected`: frames and close codes are
+    /// known (an inspected route).
+    pub fn tunnel(&self, route: &str, upstream: &str, server: &str, inspected: bool) -> TunnelMetrics {
+        let inner = &self.inner;
+        let open = inner.open_tunnels.get_or_create_owned(&TunnelLabels {
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+            server: server.to_owned(),
+        });
+        open.inc();
+        let by_route = RouteLabels {
+            route: route.to_owned(),
+        };
+        let per_direction = |family: &Family<DirectionLabels, Counter>| {
+            DIRECTIONS.map(|direction| {
+                family.get_or_create_owned(&DirectionLabels {
+                    route: route.to_owned(),
+                    direction,
+                })
+            })
+        };
+        TunnelMetrics {
+            route: route.to_owned(),
+            open,
+            duration: inner.tunnel_duration.get_or_create_owned(&by_route),
+            bytes: per_direction(&inner.tunnel_bytes),
+            frames: inspected.then(|| per_direction(&inner.tunnel_frames)),
+            ping_rtt: inspected.then(|| inner.ping_rtt.get_or_create_owned(&by_route)),
+            close_codes: inner.close_codes.clone(),
+        }
+    }
+
+    /// A reload was applied.
+    pub fn reload_ok(&self) {
+        self.inner.reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+    }
+
+    /// A reload was refused; the server runs on as it was.
+    pub fn reload_failed(&self) {
+        self.inner
+            .reloads
+            .get_or_create(&ResultLabels { result: "failed" })
+            .inc();
+    }
+
+    /// The configuration generation now in use.
+    pub fn set_generation(&self, generation: u64) {
+        self.inner.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Every metric in the Prometheus text format, the servers' health read
+    /// from `pools` at this moment.
+    pub(crate) fn encode(&self, pools: &[Arc<Pool>]) -> String {
+        let _one_at_a_time = self
+            .inner
+            .scrape
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.refresh_servers(pools);
+        let mut text = String::new();
+        // Writing to a String cannot fail, and every metric here encodes.
+        let _ = prometheus_text::encode(&mut text, &self.inner.registry);
+        text
+    }
+
+    /// Rebuilds the server gauges: servers gone from the pools (a reload, a
+    /// name that resolves elsewhere now) disappear. Several addresses of one
+    /// name are one series: healthy only when all are, failures the most of
+    /// any.
+    fn refresh_servers(&self, pools: &[Arc<Pool>]) {
+        let (healthy, failures) = (&self.inner.server_healthy, &self.inner.server_failures);
+        healthy.clear();
+        failures.clear();
+        for pool in pools {
+            let mut seen: Vec<(&str, bool, u32)> = Vec::new();
+            let backends = pool.backends();
+            for backend in backends.iter() {
+                let (up, failed) = (backend.is_healthy(), backend.consecutive_failures());
+                match seen.iter_mut().find(|(name, ..)| *name == &*backend.name) {
+                    Some(entry) => {
+                        entry.1 &= up;
+                        entry.2 = entry.2.max(failed);
+                    }
+                    None => seen.push((&backend.name, up, failed)),
+                }
+            }
+            for (server, up, failed) in seen {
+                let labels = ServerLabels {
+                    upstream: pool.name.to_string(),
+                    server: server.to_owned(),
+                };
+                healthy.get_or_create(&labels).set(i64::from(up));
+                failures.get_or_create(&labels).set(i64::from(failed));
+            }
+        }
+    }
+}
+
+/// A gauge counted up while this handle lives.
+pub(crate) struct OpenGauge(Gauge);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One tunnel's metric handles, resolved when it opens.
+pub struct TunnelMetrics {
+    route: String,
+    open: Gauge,
+    duration: Histogram,
+    bytes: [Counter; 2],
+    frames: Option<[Counter; 2]>,
+    ping_rtt: Option<Histogram>,
+    close_codes: Family<CloseLabels, Counter>,
+}
+
+/// Who sent a tunnel's first close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstClose {
+    /// A close frame from `side` (`client`, `backend`, or `wsgate` for one
+    /// of its own), with its status code (`None`: the frame carried none).
+    Frame { side: &'static str, code: Option<u16> },
+    /// No close frame at all; `side` is the side whose connection ended first.
+    Missing { side: &'static str },
+}
+
+impl TunnelMetrics {
+    /// An answered keepalive ping.
+    pub fn ping_answered(&self, rtt: Duration) {
+        if let Some(histogram) = &self.ping_rtt {
+            histogram.observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// Records a tunnel that ended: how long it lasted, the bytes (and, when
+    /// inspected, frames) each way by [`CLIENT_TO_BACKEND`] and
+    /// [`BACKEND_TO_CLIENT`], and its first close frame when it was inspected.
+    pub fn finish(&self, duration: Duration, bytes: [u64; 2], frames: [u64; 2], close: Option<FirstClose>) {
+        self.duration.observe(duration.as_secs_f64());
+        for (counter, n) in self.bytes.iter().zip(bytes) {
+            counter.inc_by(n);
+        }
+        if let Some(counters) = &self.frames {
+            for (counter, n) in counters.iter().zip(frames) {
+                counter.inc_by(n);
+            }
+        }
+        if let Some(close) = close {
+            let (side, code) = match close {
+                FirstClose::Frame { side, code } => (side, close_code_label(code)),
+                FirstClose::Missing { side } => (side, "none"),
+            };
+            self.close_codes
+                .get_or_create(&CloseLabels {
+                    route: self.route.clone(),
+                    side,
+                    code,
+                })
+                .inc();
+        }
+    }
+}
+
+impl Drop for TunnelMetrics {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// The `code` label of a close frame: the code itself for the ones RFC 6455
+/// defines (1000-1015; a frame without a code is 1005), `3xxx` for codes
+/// registered by libraries and frameworks, `4xxx` for applications' private
+/// codes, `other` for anything else.
+pub fn close_code_label(code: Option<u16>) -> &'static str {
+    const DEFINED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011", "1012", "1013",
+        "1014", "1015",
+    ];
+    match code.unwrap_or(1005) {
+        code @ 1000..=1015 => DEFINED[usize::from(code - 1000)],
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_are_bounded_labels() {
+        assert_eq!(close_code_label(Some(1000)), "1000");
+        assert_eq!(close_code_label(Some(1015)), "1015");
+        assert_eq!(close_code_label(None), "1005");
+        assert_eq!(close_code_label(Some(3003)), "3xxx");
+        assert_eq!(close_code_label(Some(4001)), "4xxx");
+        assert_eq!(close_code_label(Some(2000)), "other");
+    }
+
+    #[test]
+    fn a_tunnel_counts_as_open_while_its_handles_live() {
+        let metrics = Metrics::new();
+        let tunnel = metrics.tunnel("chat", "backends", "10.0.0.1:80", true);
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains("wsgate_open_tunnels{route=\"chat\",upstream=\"backends\",server=\"10.0.0.1:80\"} 1"),
+            "{text}"
+        );
+        tunnel.finish(
+            Duration::from_secs(2),
+            [10, 20],
+            [1, 2],
+            Some(FirstClose::Frame {
+                side: "client",
+                code: Some(1000),
+            }),
+        );
+        drop(tunnel);
+        let text = metrics.encode(&[]);
+        assert!(text.contains("wsgate_open_tunnels{route=\"chat\",upstream=\"backends\",server=\"10.0.0.1:80\"} 0"));
+        assert!(text.contains("wsgate_tunnel_bytes_total{route=\"chat\",direction=\"backend_to_client\"} 20"));
+        assert!(text.contains("wsgate_close_codes_total{route=\"chat\",side=\"client\",code=\"1000\"} 1"));
+        assert!(text.contains("wsgate_tunnel_duration_seconds_count{route=\"chat\"} 1"));
+        assert!(text.contains("wsgate_reloads_total{result=\"failed\"} 0"));
+        assert!(text.contains("wsgate_config_generation 1"));
+    }
+}
