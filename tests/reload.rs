@@ -235,6 +235,41 @@ async fn a_reload_after_the_server_stopped_says_so() {
     ));
 }
 
+#[tokio::test]
+async fn open_tunnels_still_count_against_a_route_cap_after_a_reload() {
+    let backend = Backend::echo().await;
+    let capped = |max: usize| {
+        config_with(&[ORIGIN_A], &[backend.addr], &[]).replace(
+            "allowed_origins",
+            &format!("limits = {{ max_websockets = {max} }}\nallowed_origins"),
+        )
+    };
+    let (proxy, reloader) = start(&capped(1)).await;
+    let addr = proxy.addr("plain");
+    let (mut held, _) = ws_connect(addr, "/", &[("Origin", ORIGIN_A)]).await;
+    assert_eq!(upgrade_status(addr, ORIGIN_A).await, 503, "the cap of 1 is full");
+    within("reload", reloader.reload(parse(&capped(1))))
+        .await
+        .expect("reload");
+    assert_eq!(
+        upgrade_status(addr, ORIGIN_A).await,
+        503,
+        "the held tunnel still counts"
+    );
+    within("reload", reloader.reload(parse(&capped(2))))
+        .await
+        .expect("reload");
+    let (mut second, _) = ws_connect(addr, "/", &[("Origin", ORIGIN_A)]).await;
+    assert_eq!(
+        upgrade_status(addr, ORIGIN_A).await,
+        503,
+        "1 held + 1 new fill the new cap of 2"
+    );
+    send_and_check(&mut held, "held").await;
+    send_and_check(&mut second, "second").await;
+    proxy.stop().await;
+}
+
 async fn send_and_check(ws: &mut WebSocketStream<TcpStream>, text: &str) {
     within("send", ws.send(Message::text(text))).await.unwrap();
     assert_eq!(next_message(ws).await, Message::text(text));
