@@ -371,3 +371,132 @@ async fn an_unnamed_passed_socket_is_used_by_the_listener_at_its_address() {
     notifications.expect("STOPPING=1", || scratch.log()).await;
     wsgate.exits_successfully(&scratch).await;
 }
+
+/// A config whose one route admits the WebSocket origins `origins`.
+fn origin_config(listen: SocketAddr, backend: SocketAddr, origins: &str) -> String {
+    format!(
+        "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"{listen}\"\n\n\
+         [[route]]\nname = \"all\"\nupstream = \"backends\"\nallowed_origins = [{origins}]\n\n\
+         [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{backend}\" }}]\n"
+    )
+}
+
+async fn upgrade_status(addr: SocketAddr, origin: &str) -> u16 {
+    let host = format!("localhost:{}", addr.port());
+    support::raw_exchange(addr, &support::valid_upgrade(&host, "/", &[("Origin", origin)]))
+        .await
+        .status
+}
+
+/// Sends SIGHUP and waits for RELOADING=1 (with MONOTONIC_USEC in the same
+/// message, as systemd requires) and then READY=1.
+async fn hangup(wsgate: &Wsgate, notifications: &Notifications, scratch: &Scratch) {
+    wsgate.signal(libc::SIGHUP);
+    let mut reloading = Vec::new();
+    for _ in 0..10 {
+        reloading = notifications.next("RELOADING=1").await;
+        if reloading.iter().any(|l| l == "RELOADING=1") {
+            break;
+        }
+    }
+    assert!(reloading.iter().any(|l| l == "RELOADING=1"), "{reloading:?}");
+    assert!(
+        reloading.iter().any(|l| l
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|v| v > 0))),
+        "RELOADING=1 without MONOTONIC_USEC: {reloading:?}"
+    );
+    notifications.expect("READY=1", || scratch.log()).await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_between_reloading_and_ready_and_a_broken_file_changes_nothing() {
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let listen = free_addr();
+    let config = scratch.path("wsgate.toml");
+    std::fs::write(&config, origin_config(listen, backend.addr, "\"https://a.example\"")).unwrap();
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(&scratch, &config, None);
+    command.env("NOTIFY_SOCKET", &notifications.path);
+    let wsgate = spawn(command);
+    notifications.expect("READY=1", || scratch.log()).await;
+    assert_eq!(upgrade_status(listen, "https://b.example").await, 403);
+
+    std::fs::write(
+        &config,
+        origin_config(listen, backend.addr, "\"https://a.example\", \"https://b.example\""),
+    )
+    .unwrap();
+    hangup(&wsgate, &notifications, &scratch).await;
+    assert_eq!(
+        upgrade_status(listen, "https://b.example").await,
+        101,
+        "the reload took effect"
+    );
+
+    std::fs::write(&config, "[global]\nshutdown_timeout = 3\n").unwrap();
+    hangup(&wsgate, &notifications, &scratch).await;
+    let log = scratch.log();
+    assert!(log.contains("reload failed"), "--- log:\n{log}");
+    assert!(
+        log.contains("wsgate.toml:2:") && log.contains("shutdown_timeout"),
+        "the problem names file, line and key\n--- log:\n{log}"
+    );
+    assert_eq!(
+        upgrade_status(listen, "https://b.example").await,
+        101,
+        "still the last good config"
+    );
+
+    wsgate.signal(libc::SIGTERM);
+    wsgate.exits_successfully(&scratch).await;
+}
+
+#[tokio::test]
+async fn sigterm_tells_every_inspected_client_1001_before_its_connection_ends_and_exits_in_time() {
+    use futures_util::StreamExt;
+    let scratch = Scratch::new();
+    let backend = Backend::echo().await;
+    let listen = free_addr();
+    let config = scratch.path("wsgate.toml");
+    let toml = origin_config(listen, backend.addr, "\"https://a.example\"")
+        .replace("allowed_origins", "inspect = { enabled = true }\nallowed_origins");
+    std::fs::write(&config, toml).unwrap();
+    let notifications = scratch.notify_socket();
+    let mut command = wsgate(&scratch, &config, None);
+    command.env("NOTIFY_SOCKET", &notifications.path);
+    let wsgate = spawn(command);
+    notifications.expect("READY=1", || scratch.log()).await;
+
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let (mut ws, _) = ws_connect(listen, "/", &[("Origin", "https://a.example")]).await;
+        assert_echo(&mut ws, Message::text(format!("client {i}"))).await;
+        clients.push(ws);
+    }
+    let signalled = std::time::Instant::now();
+    wsgate.signal(libc::SIGTERM);
+    for (i, mut ws) in clients.into_iter().enumerate() {
+        let mut close = None;
+        for _ in 0..10 {
+            match within("the client's stream", ws.next()).await {
+                Some(Ok(Message::Close(frame))) => {
+                    close = frame;
+                    break;
+                }
+                Some(Ok(other)) => panic!("client {i}: {other:?}"),
+                _ => break,
+            }
+        }
+        let frame = close.unwrap_or_else(|| panic!("client {i}: the connection ended without a close frame"));
+        assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1001, "going away"));
+    }
+    wsgate.exits_successfully(&scratch).await;
+    // shutdown_timeout is 2s; exit comes well before it once every tunnel closed.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "exit after {:?}",
+        signalled.elapsed()
+    );
+}
