@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use wsgate::config::{self, Config};
+use wsgate::config::{self, Config, LogFormat};
 use wsgate::lifecycle::drain::GoingAway;
 use wsgate::lifecycle::notify;
 use wsgate::lifecycle::reload::Reloader;
@@ -63,16 +63,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The proxy logs its traffic; the one-shot tools only their problems.
-    let default_level = match cli.command {
-        None | Some(Command::Demo { .. }) => "info",
-        Some(_) => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // The proxy logs its traffic as its configuration says, once loaded
+    // (see `run`); the one-shot tools only their problems.
+    if !matches!(cli.command, None | Some(Command::Demo { .. })) {
+        init_logging(LogFormat::Text, "warn");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -143,6 +138,8 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Read once: a reload does not change how or what is logged.
+    init_logging(config.global.log_format, &config.global.log_filter);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -230,6 +227,19 @@ fn shutdown_signal() -> impl Future<Output = GoingAway> + Send + 'static {
             _ = terminate.recv() => GoingAway::SHUTDOWN,
             _ = restart.recv() => GoingAway::RESTART,
         }
+    }
+}
+
+/// Logs to standard error in `format`, filtered by `WSGATE_LOG` when it is
+/// set (and valid), else by `filter`.
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 

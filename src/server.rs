@@ -19,7 +19,7 @@ use crate::admission::refusal_log;
 use crate::config::{self, Config};
 use crate::http::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
 use crate::lifecycle::drain::GoingAway;
-use crate::lifecycle::reload::{Reload, Reloader, Running};
+use crate::lifecycle::reload::{Fixed, Reload, Reloader, Running};
 use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
 use crate::telemetry::admin::AdminListener;
@@ -38,6 +38,8 @@ pub struct Server {
     reload_sender: mpsc::Sender<Reload>,
     /// Metrics, health and readiness (`[admin]`), when configured.
     admin: Option<AdminListener>,
+    /// What a reload cannot change.
+    fixed: Fixed,
 }
 
 /// A listener's socket and what its connections are served with.
@@ -125,6 +127,7 @@ impl Server {
             reloads,
             reload_sender,
             admin,
+            fixed: Fixed::new(&config),
         })
     }
 
@@ -167,6 +170,7 @@ impl Server {
             mut reloads,
             reload_sender,
             admin,
+            fixed,
         } = self;
         // Only the handles given out keep the channel open.
         drop(reload_sender);
@@ -180,6 +184,7 @@ impl Server {
             stop: stop.clone(),
             housekeeping: None,
             generation: 1,
+            fixed,
         };
         for listener in listeners {
             running.start_listener(listener);

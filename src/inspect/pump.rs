@@ -109,9 +109,18 @@ where
         // When this tunnel's turn in a spread drain comes, and why.
         let mut drain_at = None;
         let mut drain_why = None;
+        // Built once, not per read: on a busy tunnel the loop turns once per
+        // read, and re-creating these futures each time costs more than the
+        // frame reading does.
+        let end = self.shared.end.clone();
+        let ended = end.cancelled();
+        let requested = drain.requested();
+        tokio::pin!(ended, requested);
         loop {
+            // The other pump's orders are also picked up on every read
+            // (`forward`), so a busy source does not keep them waiting.
             let flow = tokio::select! {
-                () = self.shared.end.cancelled() => Flow::Stop,
+                () = &mut ended => Flow::Stop,
                 read = self.src.read(&mut buffer[kept..]) => match read {
                     Ok(0) | Err(_) => self.source_ended().await,
                     Ok(n) => {
@@ -126,7 +135,7 @@ where
                     self.pending = Some(order);
                     self.obey_pending().await
                 }
-                request = drain.requested(), if !draining => {
+                request = &mut requested, if !draining => {
                     draining = true;
                     drain_at = Some(tokio::time::Instant::now() + self.shared.drain_delay(request.spread));
                     drain_why = Some(request.why);
@@ -158,6 +167,9 @@ where
     /// whole frame) has not fully arrived, see [`frame::bytes_to_judge`].
     /// wsgate's pending frame goes out at the first frame boundary.
     async fn forward(&mut self, chunk: &[u8]) -> (Flow, usize) {
+        if self.pending.is_none() {
+            self.pending = self.inbox.try_recv().ok();
+        }
         let mut pos = 0;
         // Everything before `flushed` has been written (or dropped, for a
         // pong that answers wsgate's ping).
@@ -214,6 +226,8 @@ where
                 },
                 Some(Event::FrameEnd { opcode, .. }) => {
                     if opcode == OpCode::Close && self.both_closed() {
+                        // The close that ends the tunnel counts like any read.
+                        self.shared.read_from(self.from, pos, frames, data);
                         let _ = self.write(&chunk[flushed..pos]).await;
                         self.shared.end.cancel();
                         return (Flow::Stop, 0);

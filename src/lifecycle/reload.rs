@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, LogFormat};
 use crate::http::Proxy;
 use crate::server::{bind_socket, housekeeping, Acceptor, BoundListener, ListenerSettings};
 
@@ -106,6 +106,42 @@ pub(crate) struct Running {
     /// The periodic work of the current generation.
     pub(crate) housekeeping: Option<(CancellationToken, Vec<JoinHandle<()>>)>,
     pub(crate) generation: u64,
+    pub(crate) fixed: Fixed,
+}
+
+/// Settings read once at start: the log subscriber and the admin listener
+/// are set up before serving and are not rebuilt by a reload. A reload
+/// that changes them says so instead of ignoring it silently.
+pub(crate) struct Fixed {
+    admin: Option<SocketAddr>,
+    log_format: LogFormat,
+    log_filter: String,
+}
+
+impl Fixed {
+    pub(crate) fn new(config: &Config) -> Fixed {
+        Fixed {
+            admin: config.admin.as_ref().map(|admin| admin.listen),
+            log_format: config.global.log_format,
+            log_filter: config.global.log_filter.clone(),
+        }
+    }
+
+    /// The keys of `config` that differ from these and wait for a restart.
+    fn not_applied(&self, config: &Config) -> Vec<&'static str> {
+        let next = Fixed::new(config);
+        let mut keys = Vec::new();
+        if next.admin != self.admin {
+            keys.push("admin.listen");
+        }
+        if next.log_format != self.log_format {
+            keys.push("global.log_format");
+        }
+        if next.log_filter != self.log_filter {
+            keys.push("global.log_filter");
+        }
+        keys
+    }
 }
 
 pub(crate) struct RunningListener {
@@ -167,9 +203,16 @@ impl Running {
                 Err(errors) => Err(ReloadError::Config(errors)),
             },
         };
+        let proxy = self.current.load_full();
+        let metrics = proxy.stats.metrics();
         match &result {
-            Ok(reloaded) => info!(generation = reloaded.generation, "configuration reloaded"),
+            Ok(reloaded) => {
+                metrics.reload_ok();
+                metrics.set_generation(reloaded.generation);
+                info!(generation = reloaded.generation, "configuration reloaded");
+            }
             Err(ReloadError::Config(errors)) => {
+                metrics.reload_failed();
                 for problem in errors.errors() {
                     error!("reload: {problem}");
                 }
@@ -178,7 +221,10 @@ impl Running {
                     "reload failed: still serving the previous configuration"
                 );
             }
-            Err(error) => error!(%error, "reload failed: still serving the previous configuration"),
+            Err(error) => {
+                metrics.reload_failed();
+                error!(%error, "reload failed: still serving the previous configuration");
+            }
         }
         let _ = request.done.send(result);
     }
@@ -187,6 +233,12 @@ impl Running {
     async fn reload(&mut self, config: Config) -> Result<Reloaded, ReloadError> {
         for warning in config.warnings() {
             warn!("{warning}");
+        }
+        for key in self.fixed.not_applied(&config) {
+            warn!(
+                key,
+                "reload: this setting cannot change while running; restart wsgate to apply it"
+            );
         }
         let plan = self.plan_listeners(&config).await?;
         let previous = self.current.load_full();

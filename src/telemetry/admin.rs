@@ -66,7 +66,9 @@ impl AdminListener {
         stopping: CancellationToken,
         done: CancellationToken,
     ) {
-        info!(address = ?self.local_addr(), "admin listener: /metrics, /healthz, /readyz");
+        if let Some(address) = self.local_addr() {
+            info!(%address, "admin listener: /metrics, /healthz, /readyz");
+        }
         // Owned here: when serving ends, open admin connections end with it.
         let mut connections = JoinSet::new();
         loop {

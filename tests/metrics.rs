@@ -1,0 +1,674 @@
+//! The admin listener against a real proxy: `/metrics` read after scripted
+//! sessions with real backends and clients, its text exposition parsed and
+//! checked value by value; `/healthz`, `/readyz` (with a server up, then
+//! down by its health checks) and 404s; and JSON logs from the binary.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+// ---------------------------------------------------------------- exposition
+
+/// One sample line of the text exposition: `name{labels} value`.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A parsed `/metrics` answer.
+#[derive(Debug)]
+struct Exposition {
+    samples: Vec<Sample>,
+}
+
+impl Exposition {
+    /// Parses the Prometheus text format: `#` lines are comments (HELP and
+    /// TYPE), every other non-empty line is one sample.
+    fn parse(text: &str) -> Exposition {
+        let samples = text
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| parse_sample(line).unwrap_or_else(|why| panic!("bad sample line {line:?}: {why}")))
+            .collect();
+        Exposition { samples }
+    }
+
+    /// The samples named `name` whose labels include `labels`.
+    fn matching<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |sample| {
+            sample.name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+        })
+    }
+
+    /// The value of the one sample named `name` with exactly `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<&Sample> = self
+            .matching(name, labels)
+            .filter(|sample| sample.labels.len() == labels.len())
+            .collect();
+        assert!(found.len() <= 1, "{name}{labels:?} appears {} times", found.len());
+        found.first().map(|sample| sample.value)
+    }
+
+    /// Like [`Exposition::value`], failing the test when there is no such sample.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels)
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?} in:\n{}", self.names(name)))
+    }
+
+    /// The sum over the samples named `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|sample| sample.value).sum()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.matching(name, &[]).count()
+    }
+
+    /// Every sample of `name`, for failure messages.
+    fn names(&self, name: &str) -> String {
+        self.matching(name, &[])
+            .map(|sample| format!("  {}{:?} {}\n", sample.name, sample.labels, sample.value))
+            .collect()
+    }
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let (series, value) = line.rsplit_once(' ').ok_or("no value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        value => value.parse::<f64>().map_err(|e| format!("value {value:?}: {e}"))?,
+    };
+    let Some((name, rest)) = series.split_once('{') else {
+        return Ok(Sample {
+            name: series.to_owned(),
+            labels: BTreeMap::new(),
+            value,
+        });
+    };
+    let body = rest.strip_suffix('}').ok_or("labels not closed")?;
+    let mut labels = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if chars.next() != Some('"') {
+            return Err(format!("label {key:?} without a quoted value"));
+        }
+        let mut label = String::new();
+        loop {
+            match chars.next().ok_or("value not closed")? {
+                '"' => break,
+                '\\' => match chars.next().ok_or("escape at the end")? {
+                    'n' => label.push('\n'),
+                    other => label.push(other),
+                },
+                c => label.push(c),
+            }
+        }
+        labels.insert(key, label);
+        match chars.next() {
+            Some(',') | None => {}
+            Some(c) => return Err(format!("unexpected {c:?} after a label")),
+        }
+    }
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+#[test]
+fn the_parser_reads_labels_and_values() {
+    let exposition = Exposition::parse(
+        "# HELP x_total A counter.\n# TYPE x_total counter\nx_total{a=\"1\",b=\"q\\\"uo\\\\te\"} 3\nup 1\n\
+         h_bucket{le=\"+Inf\"} 2\n",
+    );
+    assert_eq!(exposition.get("x_total", &[("a", "1"), ("b", "q\"uo\\te")]), 3.0);
+    assert_eq!(exposition.get("up", &[]), 1.0);
+    assert_eq!(exposition.get("h_bucket", &[("le", "+Inf")]), 2.0);
+}
+
+// ---------------------------------------------------------------- admin requests
+
+/// `GET path` on the admin listener: status and body.
+async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    admin_request(admin, "GET", path).await
+}
+
+async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("127.0.0.1:{}", admin.port()))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (parts, body) = http_request(tcp_connect(admin).await, request).await;
+    (parts.status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn scrape(admin: SocketAddr) -> Exposition {
+    let (status, text) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    Exposition::parse(&text)
+}
+
+/// Scrapes until `ready` holds (tunnels record their metrics as they end,
+/// a moment after the clients saw them close), for at most [`TIMEOUT`].
+async fn scrape_until(admin: SocketAddr, what: &str, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let exposition = scrape(admin).await;
+        if ready(&exposition) {
+            return exposition;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {TIMEOUT:?}: {exposition:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Binds the proxy for `toml`, runs it; returns it with its admin address.
+async fn start_with_admin(toml: &str) -> (ProxyHandle, SocketAddr) {
+    let (server, names) = bind_proxy(toml).await;
+    let admin = server.admin_addr().expect("the config has [admin]");
+    assert_ne!(admin.port(), 0, "admin_addr must be the bound address");
+    (run_proxy(server, names), admin)
+}
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+
+// ---------------------------------------------------------------- scripted session
+
+fn session_config(echo: SocketAddr, closer: SocketAddr) -> String {
+    listeners(None)
+        + ADMIN
+        + &format!(
+            r#"[[route]]
+name = "chat"
+path_prefix = "/chat"
+upstream = "echo"
+allowed_origins = ["https://ok.example"]
+
+[route.rate_limit]
+per_client = {{ rate = "3/h", burst = 3 }}
+
+[route.inspect]
+enabled = true
+
+[[route]]
+name = "closing"
+path_prefix = "/closing"
+upstream = "closer"
+
+[route.inspect]
+enabled = true
+
+[[route]]
+name = "raw"
+path_prefix = "/raw"
+upstream = "echo"
+
+[[upstream]]
+name = "echo"
+servers = [{{ address = "{echo}" }}]
+
+[[upstream]]
+name = "closer"
+servers = [{{ address = "{closer}" }}]
+"#
+        )
+}
+
+#[tokio::test]
+async fn a_scripted_session_shows_in_the_metrics() {
+    let echo = Backend::echo().await;
+    let closer = Backend::start(Behavior::CloseAfterHandshake(4001, "done")).await;
+    let (proxy, admin) = start_with_admin(&session_config(echo.addr, closer.addr)).await;
+    let addr = proxy.addr("plain");
+    let host = format!("localhost:{}", addr.port());
+
+    // Three tunnels on the inspected route, each closed by its client with 1000.
+    for i in 0..3 {
+        let (mut ws, _) = ws_connect(addr, "/chat", &[("Origin", "https://ok.example")]).await;
+        assert_echo(&mut ws, Message::text(format!("hello {i}"))).await;
+        send(&mut ws, close_message(1000, "done")).await;
+        drain(ws).await;
+    }
+    // Two foreign origins, then one over the rate limit (the three tunnels
+    // took the burst).
+    for _ in 0..2 {
+        let refused = raw_exchange(
+            addr,
+            &valid_upgrade(&host, "/chat", &[("Origin", "https://evil.example")]),
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{}", refused.body_text());
+    }
+    let limited = raw_exchange(
+        addr,
+        &valid_upgrade(&host, "/chat", &[("Origin", "https://ok.example")]),
+    )
+    .await;
+    assert_eq!(limited.status, 429, "{}", limited.body_text());
+    // An inspected tunnel the backend closes with 4001.
+    let (mut ws, _) = ws_connect(addr, "/closing", &[]).await;
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4001),
+        other => panic!("expected the backend's close, got {other:?}"),
+    }
+    drain(ws).await;
+    // A plain splice: bytes, no frames, no close codes.
+    let (mut ws, _) = ws_connect(addr, "/raw", &[]).await;
+    assert_echo(&mut ws, Message::binary(vec![7u8; 1000])).await;
+    send(&mut ws, close_message(1000, "done")).await;
+    drain(ws).await;
+
+    let m = scrape_until(admin, "every tunnel recorded, none open", |m| {
+        m.sum("wsgate_tunnel_duration_seconds_count", &[]) == 5.0
+            && m.sum("wsgate_open_tunnels", &[]) == 0.0
+            && m.sum("wsgate_open_connections", &[]) == 0.0
+    })
+    .await;
+
+    // Handshakes by route and outcome, and nothing else.
+    let handshakes = "wsgate_handshakes_total";
+    assert_eq!(m.get(handshakes, &[("route", "chat"), ("outcome", "ok")]), 3.0);
+    assert_eq!(m.get(handshakes, &[("route", "chat"), ("outcome", "origin")]), 2.0);
+    assert_eq!(
+        m.get(handshakes, &[("route", "chat"), ("outcome", "rate_limited")]),
+        1.0
+    );
+    assert_eq!(m.get(handshakes, &[("route", "closing"), ("outcome", "ok")]), 1.0);
+    assert_eq!(m.get(handshakes, &[("route", "raw"), ("outcome", "ok")]), 1.0);
+    assert_eq!(m.count(handshakes), 5, "{}", m.names(handshakes));
+
+    // Close codes by who closed first, inspected routes only.
+    let closes = "wsgate_close_codes_total";
+    assert_eq!(
+        m.get(closes, &[("route", "chat"), ("side", "client"), ("code", "1000")]),
+        3.0
+    );
+    assert_eq!(
+        m.get(closes, &[("route", "closing"), ("side", "backend"), ("code", "4xxx")]),
+        1.0
+    );
+    assert_eq!(m.count(closes), 2, "{}", m.names(closes));
+
+    // Open tunnels are back to 0 on every series; the series name the server.
+    let open = "wsgate_open_tunnels";
+    let echo_server = echo.addr.to_string();
+    assert_eq!(
+        m.get(
+            open,
+            &[("route", "chat"), ("upstream", "echo"), ("server", &echo_server)]
+        ),
+        0.0
+    );
+    assert_eq!(m.count(open), 3, "{}", m.names(open));
+    assert_eq!(m.get("wsgate_open_connections", &[("listener", "plain")]), 0.0);
+
+    // Bytes both ways on every route that had a tunnel; frames on inspected ones.
+    for route in ["chat", "closing", "raw"] {
+        for direction in ["client_to_backend", "backend_to_client"] {
+            let bytes = m.get(
+                "wsgate_tunnel_bytes_total",
+                &[("route", route), ("direction", direction)],
+            );
+            assert!(bytes > 0.0, "{route} {direction}: {bytes} bytes");
+        }
+    }
+    assert!(
+        m.get(
+            "wsgate_tunnel_bytes_total",
+            &[("route", "raw"), ("direction", "backend_to_client")]
+        ) > 1000.0
+    );
+    // Per chat tunnel: a text message and a close frame each way.
+    for direction in ["client_to_backend", "backend_to_client"] {
+        assert_eq!(
+            m.get(
+                "wsgate_tunnel_frames_total",
+                &[("route", "chat"), ("direction", direction)]
+            ),
+            6.0
+        );
+    }
+    assert_eq!(m.sum("wsgate_tunnel_frames_total", &[("route", "raw")]), 0.0);
+    assert_eq!(m.count("wsgate_tunnel_frames_total"), 4);
+
+    // Durations per route; keepalive pings never ran (30s interval).
+    assert_eq!(m.get("wsgate_tunnel_duration_seconds_count", &[("route", "chat")]), 3.0);
+    assert_eq!(
+        m.get(
+            "wsgate_tunnel_duration_seconds_bucket",
+            &[("route", "chat"), ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert_eq!(m.sum("wsgate_ping_rtt_seconds_count", &[]), 0.0);
+
+    // Servers (no health checks: up), reloads and the generation.
+    let server = [("upstream", "echo"), ("server", echo_server.as_str())];
+    assert_eq!(m.get("wsgate_server_healthy", &server), 1.0);
+    assert_eq!(m.get("wsgate_server_consecutive_failures", &server), 0.0);
+    assert_eq!(m.count("wsgate_server_healthy"), 2);
+    assert_eq!(m.get("wsgate_reloads_total", &[("result", "ok")]), 0.0);
+    assert_eq!(m.get("wsgate_reloads_total", &[("result", "failed")]), 0.0);
+    assert_eq!(m.get("wsgate_config_generation", &[]), 1.0);
+
+    // Labels come from the configuration and fixed lists only: no client
+    // address or origin anywhere.
+    let backends = [echo_server.clone(), closer.addr.to_string()];
+    for sample in &m.samples {
+        for value in sample.labels.values() {
+            assert!(!value.contains("example"), "an origin as a label: {sample:?}");
+            assert!(
+                !value.starts_with("127.0.0.1:") || backends.contains(value),
+                "a client address as a label: {sample:?}"
+            );
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn backend_failures_are_handshake_outcomes() {
+    let rejecting = Backend::start(Behavior::Status(403, "no")).await;
+    let broken = Backend::start(Behavior::Status(502, "broken")).await;
+    let silent = Backend::start(Behavior::Silent).await;
+    let wrong_accept = Backend::start(Behavior::WrongAccept).await;
+    let down = refused_addr().await;
+    let mut toml = listeners(None) + ADMIN;
+    for (name, server, extra) in [
+        ("rejecting", rejecting.addr, ""),
+        ("broken", broken.addr, ""),
+        ("silent", silent.addr, "response_timeout = \"200ms\"\n"),
+        ("wrong", wrong_accept.addr, ""),
+        ("down", down, ""),
+    ] {
+        toml += &format!(
+            "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"{name}\"\n\n\
+             [[upstream]]\nname = \"{name}\"\nservers = [{{ address = \"{server}\" }}]\n{extra}\n"
+        );
+    }
+    let (proxy, admin) = start_with_admin(&toml).await;
+    let addr = proxy.addr("plain");
+    let host = format!("localhost:{}", addr.port());
+    for (path, status) in [
+        ("/rejecting", 403),
+        ("/broken", 502),
+        ("/silent", 504),
+        ("/wrong", 502),
+        ("/down", 502),
+    ] {
+        let answer = raw_exchange(addr, &valid_upgrade(&host, path, &[])).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.body_text());
+    }
+    // A broken handshake is refused before any backend is asked.
+    let bad = raw_exchange(
+        addr,
+        &upgrade_request("GET /rejecting HTTP/1.1", &host, &[("Sec-WebSocket-Version", "13")]),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    // Plain HTTP is no handshake.
+    let plain = raw_exchange(addr, &format!("GET /rejecting HTTP/1.1\r\nHost: {host}\r\n\r\n")).await;
+    assert_eq!(plain.status, 403);
+
+    let m = scrape(admin).await;
+    let outcome =
+        |route: &str, outcome: &str| m.get("wsgate_handshakes_total", &[("route", route), ("outcome", outcome)]);
+    assert_eq!(outcome("rejecting", "backend_rejected_4xx"), 1.0);
+    assert_eq!(outcome("rejecting", "bad_handshake"), 1.0);
+    assert_eq!(outcome("broken", "backend_rejected_5xx"), 1.0);
+    assert_eq!(outcome("silent", "backend_timeout"), 1.0);
+    assert_eq!(outcome("wrong", "backend_error"), 1.0);
+    assert_eq!(outcome("down", "backend_error"), 1.0);
+    assert_eq!(
+        m.count("wsgate_handshakes_total"),
+        6,
+        "{}",
+        m.names("wsgate_handshakes_total")
+    );
+    // The failed connect counts against the server.
+    let down = down.to_string();
+    assert_eq!(
+        m.get(
+            "wsgate_server_consecutive_failures",
+            &[("upstream", "down"), ("server", &down)]
+        ),
+        1.0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn wsgate_s_own_close_frames_count_as_its_side() {
+    let backend = RawBackend::start(true, None).await;
+    let toml = inspect_config(&[backend.addr], None, "") + ADMIN;
+    let (proxy, admin) = start_with_admin(&toml).await;
+    let mut client = raw_client(proxy.addr("plain")).await;
+    // Unmasked: a protocol violation; wsgate closes both sides with its own codes.
+    client.write_all(&encode(0x81, false, b"hi")).await.unwrap();
+    assert_eq!(expect_close(&mut client, "client").await.0, 1002);
+    drop(client);
+    let m = scrape_until(admin, "the tunnel recorded", |m| {
+        m.sum("wsgate_tunnel_duration_seconds_count", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "wsgate_close_codes_total",
+            &[("route", "all"), ("side", "wsgate"), ("code", "1002")]
+        ),
+        1.0,
+        "{}",
+        m.names("wsgate_close_codes_total")
+    );
+    assert_eq!(m.count("wsgate_close_codes_total"), 1);
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------- health and readiness
+
+#[tokio::test]
+async fn health_readiness_and_unknown_paths() {
+    let echo = Backend::echo().await;
+    let (proxy, admin) = start_with_admin(&(config(echo.addr, None) + ADMIN)).await;
+    assert_eq!(admin_get(admin, "/healthz").await.0, 200);
+    assert_eq!(admin_get(admin, "/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(admin_get(admin, "/nope").await.0, 404);
+    assert_eq!(admin_get(admin, "/metrics/extra").await.0, 404);
+    assert_eq!(admin_request(admin, "POST", "/metrics").await.0, 404);
+    // The admin listener is not a proxy listener: requests there are not
+    // routed, and the proxy's listener does not serve the admin paths.
+    assert_eq!(scrape(admin).await.sum("wsgate_handshakes_total", &[]), 0.0);
+    let host = format!("localhost:{}", proxy.addr("plain").port());
+    let proxied = raw_exchange(
+        proxy.addr("plain"),
+        &format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(proxied.body_text(), "backend GET /readyz");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn not_ready_while_the_only_server_is_down() {
+    let addr = refused_addr().await;
+    let check = "[upstream.health_check]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n";
+    let toml = listeners(None) + ADMIN + &route_and_upstream(addr, check);
+    let (proxy, admin) = start_with_admin(&toml).await;
+    let server = addr.to_string();
+    let labels = [("upstream", "backends"), ("server", server.as_str())];
+
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let (status, body) = loop {
+        let (status, body) = admin_get(admin, "/readyz").await;
+        if status != 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("upstream \"backends\" has no healthy server"), "{body}");
+    // Alive all the same.
+    assert_eq!(admin_get(admin, "/healthz").await.0, 200);
+    let m = scrape(admin).await;
+    assert_eq!(m.get("wsgate_server_healthy", &labels), 0.0);
+    assert!(m.get("wsgate_server_consecutive_failures", &labels) >= 1.0);
+
+    // The server comes back: ready again, failures reset.
+    let _backend = Backend::echo_at(addr).await;
+    let m = scrape_until(admin, "the server up again", |m| {
+        m.value("wsgate_server_healthy", &labels) == Some(1.0)
+    })
+    .await;
+    assert_eq!(m.get("wsgate_server_consecutive_failures", &labels), 0.0);
+    assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_address_in_use_fails_the_bind() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let toml = config(refused_addr().await, None) + &format!("[admin]\nlisten = \"{}\"\n", taken.local_addr().unwrap());
+    let path = std::env::temp_dir().join("wsgate-tests").join("wsgate.toml");
+    let config = wsgate::config::Config::from_toml(&toml, &path).unwrap();
+    let error = match wsgate::server::Server::bind(config).await {
+        Ok(_) => panic!("bound an address in use"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("admin listener"), "{error}");
+}
+
+// ---------------------------------------------------------------- JSON logs
+
+/// Reads the child's stderr lines until one parses as JSON and satisfies `want`.
+async fn json_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    what: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    within(what, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("reading stderr")
+                .unwrap_or_else(|| panic!("stderr ended before {what}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if want(&value) {
+                return value;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_binary_logs_json_lines() {
+    let echo = Backend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wsgate.toml");
+    let toml = format!(
+        "[global]\nlog_format = \"json\"\nlog_filter = \"info\"\n\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route_and_upstream(echo.addr, "")
+    );
+    std::fs::write(&path, toml).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("WSGATE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wsgate");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+
+    let listening = json_line(&mut lines, "the listening line", |v| v["message"] == "listening").await;
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["listener"], "plain");
+    let addr: SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+
+    // A plain request: its line carries the status and the bytes sent.
+    let host = format!("localhost:{}", addr.port());
+    let answer = raw_exchange(addr, &format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n")).await;
+    assert_eq!(answer.body_text(), "backend GET /x");
+    let request = json_line(&mut lines, "the request line", |v| v["message"] == "request").await;
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["bytes"], "backend GET /x".len());
+    assert_eq!(request["span"]["route"], "all");
+
+    // A tunnel: its closing line carries the connection's fields from its span.
+    let (mut ws, _) = ws_connect(addr, "/", &[]).await;
+    assert_echo(&mut ws, Message::text("over json")).await;
+    send(&mut ws, close_message(1000, "done")).await;
+    drain(ws).await;
+    let closed = json_line(&mut lines, "the tunnel closed line", |v| {
+        v["message"] == "tunnel closed"
+    })
+    .await;
+    let span = &closed["span"];
+    assert_eq!(span["name"], "tunnel");
+    assert_eq!(span["listener"], "plain");
+    assert_eq!(span["route"], "all");
+    assert_eq!(span["upstream"], "backends");
+    assert_eq!(span["server"], echo.addr.to_string());
+    assert!(span["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{span}");
+    assert!(closed["from_client"].as_u64().unwrap() > 0, "{closed}");
+    assert!(closed["from_backend"].as_u64().unwrap() > 0, "{closed}");
+    assert_eq!(closed["ended_by"], "peers");
+
+    child.start_kill().unwrap();
+    let _ = within("wsgate exiting", child.wait()).await;
+}
+
+#[tokio::test]
+async fn reloads_are_counted_by_result_with_the_generation() {
+    let echo = Backend::echo().await;
+    let toml = config(echo.addr, None) + ADMIN;
+    let (server, names) = bind_proxy(&toml).await;
+    let admin = server.admin_addr().expect("the config has [admin]");
+    let reloader = server.reloader();
+    let proxy = run_proxy(server, names);
+    let before = scrape(admin).await;
+    assert_eq!(before.value("wsgate_config_generation", &[]), Some(1.0));
+
+    let path = std::env::temp_dir().join("wsgate-tests").join("wsgate.toml");
+    let config = wsgate::config::Config::from_toml(&toml, &path).expect("config");
+    reloader.reload(config).await.expect("reload");
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[global\n").unwrap();
+    assert!(reloader.reload_file(&broken).await.is_err());
+
+    let after = scrape(admin).await;
+    assert_eq!(after.value("wsgate_reloads_total", &[("result", "ok")]), Some(1.0));
+    assert_eq!(after.value("wsgate_reloads_total", &[("result", "failed")]), Some(1.0));
+    assert_eq!(after.value("wsgate_config_generation", &[]), Some(2.0));
+    proxy.stop().await;
+}
