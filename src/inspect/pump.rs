@@ -1,23 +1,38 @@
 //! One direction of an inspected tunnel: frames from one side to the other.
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
 use super::tunnel::{Closer, Ending, Shared, Side};
-use crate::lifecycle::drain::DrainSignal;
+use crate::lifecycle::drain::{DrainRequest, DrainSignal, GoingAway};
 
 /// One read's worth of bytes per direction, allocated once per tunnel.
 const BUFFER_SIZE: usize = 16 * 1024;
-/// Sleeps until `at`; never completes for `None` (the branch is disabled then).
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// What woke a pump.
+enum Woke {
+    Read(std::io::Result<usize>),
+    End,
+    Order(Order),
+    Drain(DrainRequest),
+    DrainTurn(GoingAway),
+    Tick,
+}
+
+/// One read into `buf`, as a poll.
+fn poll_read<R: AsyncRead + Unpin>(src: &mut R, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    let mut buf = ReadBuf::new(buf);
+    match Pin::new(src).poll_read(cx, &mut buf) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -106,54 +121,83 @@ where
         let mut ticks = tokio::time::interval(super::keepalive::tick_period(&self.shared.settings.inspect));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
-        // When this tunnel's turn in a spread drain comes, and why.
-        let mut drain_at = None;
-        let mut drain_why = None;
-        // Built once, not per read: on a busy tunnel the loop turns once per
-        // read, and re-creating these futures each time costs more than the
-        // frame reading does.
+        // This tunnel's turn in a spread drain, and why it drains.
+        let mut drain_turn: Option<(Pin<Box<tokio::time::Sleep>>, GoingAway)> = None;
         let end = self.shared.end.clone();
         let ended = end.cancelled();
         let requested = drain.requested();
         tokio::pin!(ended, requested);
+        let mut turn: u32 = 0;
         loop {
-            // The other pump's orders are also picked up on every read
-            // (`forward`), so a busy source does not keep them waiting.
-            let flow = tokio::select! {
-                () = &mut ended => Flow::Stop,
-                read = self.src.read(&mut buffer[kept..]) => match read {
-                    Ok(0) | Err(_) => self.source_ended().await,
-                    Ok(n) => {
-                        let read = kept + n;
-                        let (flow, left) = self.forward(&buffer[..read]).await;
-                        buffer.copy_within(read - left..read, 0);
-                        kept = left;
-                        flow
+            turn = turn.wrapping_add(1);
+            // On a busy tunnel the loop turns once per read: the read is
+            // polled first, and the rest (whose wakers stay registered) only
+            // when it would block, or every 16th turn so that a source that
+            // never pauses cannot hold them off.
+            let woke = poll_fn(|cx| {
+                let busy_turn = turn % 16 != 0;
+                if busy_turn {
+                    if let Poll::Ready(read) = poll_read(&mut self.src, cx, &mut buffer[kept..]) {
+                        return Poll::Ready(Woke::Read(read));
                     }
-                },
-                Some(order) = self.inbox.recv(), if self.pending.is_none() => {
+                }
+                if ended.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::End);
+                }
+                if !draining {
+                    if let Poll::Ready(request) = requested.as_mut().poll(cx) {
+                        return Poll::Ready(Woke::Drain(request));
+                    }
+                }
+                if let Some((sleep, why)) = &mut drain_turn {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::DrainTurn(*why));
+                    }
+                }
+                if self.pending.is_none() {
+                    if let Poll::Ready(Some(order)) = self.inbox.poll_recv(cx) {
+                        return Poll::Ready(Woke::Order(order));
+                    }
+                }
+                if ticks.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Woke::Tick);
+                }
+                if !busy_turn {
+                    if let Poll::Ready(read) = poll_read(&mut self.src, cx, &mut buffer[kept..]) {
+                        return Poll::Ready(Woke::Read(read));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let flow = match woke {
+                Woke::Read(Ok(0) | Err(_)) => self.source_ended().await,
+                Woke::Read(Ok(n)) => {
+                    let read = kept + n;
+                    let (flow, left) = self.forward(&buffer[..read]).await;
+                    buffer.copy_within(read - left..read, 0);
+                    kept = left;
+                    flow
+                }
+                Woke::End => Flow::Stop,
+                Woke::Order(order) => {
                     self.pending = Some(order);
                     self.obey_pending().await
                 }
-                request = &mut requested, if !draining => {
+                Woke::Drain(request) => {
                     draining = true;
-                    drain_at = Some(tokio::time::Instant::now() + self.shared.drain_delay(request.spread));
-                    drain_why = Some(request.why);
+                    let at = tokio::time::Instant::now() + self.shared.drain_delay(request.spread);
+                    drain_turn = Some((Box::pin(tokio::time::sleep_until(at)), request.why));
                     Flow::Go
                 }
-                () = sleep_until(drain_at), if drain_at.is_some() => {
-                    drain_at = None;
-                    match drain_why {
-                        Some(why) => {
-                            self.shared.ended(Ending::Drained(why));
-                            // Tell this side why, then wait for its close
-                            // answer (or the close timeout) as usual.
-                            self.close_at_boundary(why.code, why.reason).await
-                        }
-                        None => Flow::Go,
-                    }
+                Woke::DrainTurn(why) => {
+                    drain_turn = None;
+                    self.shared.ended(Ending::Drained(why));
+                    // Tell this side why, then wait for its close answer (or
+                    // the close timeout) as usual.
+                    self.close_at_boundary(why.code, why.reason).await
                 }
-                _ = ticks.tick() => self.timers().await,
+                Woke::Tick => self.timers().await,
             };
             if flow == Flow::Stop {
                 break;
