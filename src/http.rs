@@ -425,7 +425,8 @@ impl Proxy {
                         let metrics = metrics.tunnel(route, upstream, server, inspect.is_some());
                         match inspect {
                             Some(settings) => {
-                                let (client, backend) = (TokioIo::new(client), TokioIo::new(backend));
+                                let (client, backend) =
+                                    (tunnel::halves::client(client), tunnel::halves::backend(backend));
                                 inspect::tunnel::run(client, backend, settings, drain, metrics).await
                             }
                             None => tunnel::splice(client, backend, metrics).await,

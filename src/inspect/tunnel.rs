@@ -220,14 +220,21 @@ impl Shared {
 
 /// Runs an inspected tunnel until both sides are done, then logs how it
 /// ended and records it in `metrics`.
-pub async fn run<C, B>(client: C, backend: B, settings: Settings, drain: DrainSignal, metrics: TunnelMetrics)
-where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-    B: AsyncRead + AsyncWrite + Unpin + Send,
+/// Each side comes as its reading and writing halves
+/// ([`crate::tunnel::halves`]).
+pub async fn run<CR, CW, BR, BW>(
+    (client_read, client_write): (CR, CW),
+    (backend_read, backend_write): (BR, BW),
+    settings: Settings,
+    drain: DrainSignal,
+    metrics: TunnelMetrics,
+) where
+    CR: AsyncRead + Unpin + Send,
+    CW: AsyncWrite + Unpin + Send,
+    BR: AsyncRead + Unpin + Send,
+    BW: AsyncWrite + Unpin + Send,
 {
     let shared = Arc::new(Shared::new(settings, metrics));
-    let (client_read, client_write) = tokio::io::split(client);
-    let (backend_read, backend_write) = tokio::io::split(backend);
     let (to_backend, backend_inbox) = mpsc::channel(4);
     let (to_client, client_inbox) = mpsc::channel(4);
     let upstream = Pump::new(

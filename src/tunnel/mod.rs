@@ -1,4 +1,7 @@
 //! The WebSocket tunnel: after both 101s, bytes flow unchanged both ways.
+//! [`halves`] takes the two upgraded connections apart for a pump per direction.
+
+pub mod halves;
 
 use std::io;
 use std::pin::Pin;

@@ -1,0 +1,141 @@
+//! The two halves of an upgraded connection, one for each direction's pump.
+//!
+//! hyper hands an upgraded connection back as one boxed stream, and
+//! splitting that in two (`tokio::io::split`) puts a lock on every read and
+//! write. A plain TCP connection is taken back out of the box instead
+//! (`Upgraded::downcast`) and split into owned halves that need no lock; the
+//! bytes hyper had already read past the handshake are read first. A TLS
+//! stream's two directions share one session, so it keeps the locked split.
+
+use std::io::{self, Cursor};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Chain, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use crate::upstream::BackendStream;
+
+/// Any upgraded stream that is not plain TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A stream whose halves share it behind tokio's split.
+pub type Shared = Box<dyn Stream>;
+
+/// The reading half of one side.
+pub enum ReadHalf {
+    Tcp(Chain<Cursor<Bytes>, OwnedReadHalf>),
+    Shared(tokio::io::ReadHalf<Shared>),
+}
+
+/// The writing half of one side.
+pub enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Shared(tokio::io::WriteHalf<Shared>),
+}
+
+/// The client's side: plain TCP from a plain listener, else (TLS) shared.
+pub fn client(upgraded: Upgraded) -> (ReadHalf, WriteHalf) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => tcp(parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => shared(Box::new(TokioIo::new(upgraded))),
+    }
+}
+
+/// The backend's side: plain TCP, or TLS toward a `wss` upstream.
+pub fn backend(upgraded: Upgraded) -> (ReadHalf, WriteHalf) {
+    match upgraded.downcast::<TokioIo<BackendStream>>() {
+        Ok(parts) => match parts.io.into_inner() {
+            Either::Left(stream) => tcp(stream, parts.read_buf),
+            Either::Right(tls) => shared(Box::new(Prefixed {
+                prefix: parts.read_buf,
+                io: tls,
+            })),
+        },
+        Err(upgraded) => shared(Box::new(TokioIo::new(upgraded))),
+    }
+}
+
+fn tcp(stream: TcpStream, already_read: Bytes) -> (ReadHalf, WriteHalf) {
+    let (read, write) = stream.into_split();
+    (
+        ReadHalf::Tcp(Cursor::new(already_read).chain(read)),
+        WriteHalf::Tcp(write),
+    )
+}
+
+fn shared(stream: Shared) -> (ReadHalf, WriteHalf) {
+    let (read, write) = tokio::io::split(stream);
+    (ReadHalf::Shared(read), WriteHalf::Shared(write))
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(read) => Pin::new(read).poll_read(cx, buf),
+            ReadHalf::Shared(read) => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(write) => Pin::new(write).poll_write(cx, data),
+            WriteHalf::Shared(write) => Pin::new(write).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(write) => Pin::new(write).poll_flush(cx),
+            WriteHalf::Shared(write) => Pin::new(write).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(write) => Pin::new(write).poll_shutdown(cx),
+            WriteHalf::Shared(write) => Pin::new(write).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A stream whose first bytes were already read (by hyper) and are handed
+/// out before the stream's own.
+struct Prefixed<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
