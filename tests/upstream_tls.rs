@@ -106,3 +106,24 @@ async fn health_checks_speak_tls_to_a_tls_upstream() {
     assert_eq!(upgrade.status, 503, "down by its health check: 503 at once");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_inspected_tunnel_to_a_tls_backend_passes_frames_both_ways() {
+    let certs = TestCerts::generate();
+    let (backend, _task) = tls_backend(&certs).await;
+    let toml = proxy_config(backend, &certs.ca_pem(), false).replace(
+        "upstream = \"backends\"\n\n",
+        "upstream = \"backends\"\ninspect = { enabled = true }\n\n",
+    );
+    assert!(toml.contains("inspect"), "{toml}");
+    let proxy = start_proxy(&toml).await;
+    // Sizes across the 7-bit, 16-bit and 64-bit length forms.
+    let (mut ws, _) = ws_connect(proxy.addr("plain"), "/echo", &[]).await;
+    for size in [5usize, 125, 126, 70_000, 1 << 20] {
+        let message = Message::binary(vec![size as u8; size]);
+        within("send", ws.send(message.clone())).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, message, "{size} bytes");
+    }
+    within("close", ws.close(None)).await.unwrap();
+    proxy.stop().await;
+}
