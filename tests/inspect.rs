@@ -127,8 +127,16 @@ async fn a_frame_written_one_byte_at_a_time_is_followed() {
     }
     let echo = next_wire(&mut client, "client").await;
     assert_eq!((echo.b0, echo.masked, echo.payload), (0x81, false, payload));
+    // A control frame is held until it is whole, then passes unchanged.
+    for byte in encode(0x89, true, b"split ping") {
+        client.write_all(&[byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let pong = next_wire(&mut client, "client").await;
+    assert_eq!((pong.b0, pong.payload), (0x8a, b"split ping".to_vec()));
     for byte in encode(0x88, true, &close_payload(1000, "bye")) {
         client.write_all(&[byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(expect_close(&mut client, "client").await, (1000, "bye".to_string()));
     proxy.stop().await;
@@ -299,9 +307,11 @@ violations! {
     a_1_byte_close_body_from_the_client: CLIENT, encode(0x88, true, &[3]) => (1002, 1002);
     a_non_utf8_close_reason_gets_1007: CLIENT, encode(0x88, true, &[0x03, 0xe8, 0xff, 0xfe]) => (1007, 1002);
     an_invalid_close_code_from_the_backend_gets_1002_and_the_client_1011:
-        BACKEND, encode(0x88, false, &close_payload(1005, "")) => (1002, 1011);
-    a_masked_backend_frame: BACKEND, encode(0x81, true, b"masked") => (1002, 1011);
-    rsv1_from_the_backend_without_deflate: BACKEND, encode(0xc1, false, b"x") => (1002, 1011);
+        BACKEND, [encode(0x81, false, b"hello"), encode(0x88, false, &close_payload(1005, ""))].concat() => (1002, 1011);
+    a_masked_backend_frame_after_a_good_one: BACKEND, [encode(0x81, false, b"ok"), encode(0x81, true, b"masked")].concat() => (1002, 1011);
+    rsv1_from_the_backend_without_deflate: BACKEND, [encode(0x81, false, b"ok"), encode(0xc1, false, b"x")].concat() => (1002, 1011);
+    a_backend_whose_first_frame_is_bad_is_a_bad_gateway: BACKEND, encode(0x81, true, b"masked") => (1002, 1014);
+    a_backend_that_sends_no_websocket_at_all: BACKEND, b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec() => (1002, 1014);
 }
 
 // ---------------------------------------------------------------- 7. keepalive

@@ -140,9 +140,12 @@ async fn a_violating_header_split_across_reads_still_gets_a_clean_close_to_the_b
     // A masked binary frame announcing 64 KiB, header written a byte at a
     // time so that it reaches wsgate in several reads.
     let header = [0x82, 0x80 | 127, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4];
+    // wsgate judges the length as soon as its bytes are in, before the
+    // masking key: the connection may be closed before the last bytes go.
     for byte in header {
-        write.write_all(&[byte]).await.unwrap();
-        write.flush().await.unwrap();
+        if write.write_all(&[byte]).await.is_err() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(

@@ -362,6 +362,17 @@ impl FrameReader {
         matches!(self.state, State::Header) && self.filled == 0
     }
 
+    /// Inside a frame that is still being judged: its header has not fully
+    /// arrived, or it is a control frame whose payload (and, for a close,
+    /// its code) has not. Between frames and inside a data payload: false.
+    pub fn judging_frame(&self) -> bool {
+        match self.state {
+            State::Header => self.filled > 0,
+            State::Payload { frame, .. } | State::ControlDone { frame } => frame.opcode.is_control(),
+            State::Failed(_) => false,
+        }
+    }
+
     /// A fragmented data message is open (we may still insert control frames between its frames, RFC 6455 §5.4).
     pub fn in_message(&self) -> bool {
         self.message_open
@@ -598,36 +609,6 @@ fn check_close_body(payload: &ControlPayload) -> Result<(), Violation> {
         }
     }
     Ok(())
-}
-
-/// How many bytes, counted from a frame boundary, the tunnel waits for
-/// before it passes a frame on: the whole header and, for a control frame,
-/// its payload too (at most 14 + 125 bytes). With fewer than 2 bytes the
-/// header's length is not known yet: 2.
-///
-/// Holding these few bytes back means every rule is judged before any byte
-/// of the offending frame has left, so the other side can still be sent a
-/// clean close frame, and a pong that answers wsgate's ping can be dropped
-/// whole.
-pub fn bytes_to_judge(at_boundary: &[u8]) -> usize {
-    let [first, second, ..] = *at_boundary else {
-        return 2;
-    };
-    let len7 = second & 0x7F;
-    let extended = match len7 {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let mask = if second & 0x80 != 0 { 4 } else { 0 };
-    // The opcode's top bit marks control frames (%x8-%xF, §5.5); one that
-    // claims more than 125 bytes is refused from its header alone.
-    let control_payload = if first & 0x08 != 0 && usize::from(len7) <= MAX_CONTROL_PAYLOAD {
-        usize::from(len7)
-    } else {
-        0
-    };
-    2 + extended + mask + control_payload
 }
 
 /// A frame wsgate sends itself, for its pings and close frames: `mask` Some(..) toward the backend (a client must

@@ -174,7 +174,7 @@ where
                 Woke::Read(Ok(0) | Err(_)) => self.source_ended().await,
                 Woke::Read(Ok(n)) => {
                     let read = kept + n;
-                    let (flow, left) = self.forward(&buffer[..read]).await;
+                    let (flow, left) = self.forward(&buffer[..read], kept).await;
                     buffer.copy_within(read - left..read, 0);
                     kept = left;
                     flow
@@ -206,24 +206,33 @@ where
         let _ = self.dst.shutdown().await;
     }
 
-    /// Forwards one read and returns how many bytes at its end were kept
-    /// back: the start of a frame whose header (or, for a control frame,
-    /// whole frame) has not fully arrived, see [`frame::bytes_to_judge`].
+    /// Forwards one read and returns how many bytes at its end were held
+    /// back: a frame header that has not fully arrived, or a control frame
+    /// (at most 139 bytes) that has not. Those bytes were fed to the reader
+    /// already, so every rule a header decides is judged as its bytes
+    /// arrive, but none of them leaves before the frame is known to be good:
+    /// a violation always leaves the destination between frames, and a pong
+    /// that answers wsgate's ping is dropped whole. The held bytes start
+    /// `chunk` on the next call, with `judged` saying how many there are.
     /// wsgate's pending frame goes out at the first frame boundary.
-    async fn forward(&mut self, chunk: &[u8]) -> (Flow, usize) {
+    async fn forward(&mut self, chunk: &[u8], judged: usize) -> (Flow, usize) {
         if self.pending.is_none() {
             self.pending = self.inbox.try_recv().ok();
         }
-        let mut pos = 0;
+        // Bytes before `pos` have been fed to the reader.
+        let mut pos = judged;
         // Everything before `flushed` has been written (or dropped, for a
         // pong that answers wsgate's ping).
         let mut flushed = 0;
+        // Held bytes always start a frame.
         let mut frame_start = 0;
         let mut frames = 0;
-        // A read that starts inside a frame continues a data frame: control
-        // frames are only passed on whole.
-        let mut data = !self.reader.at_frame_boundary();
-        let kept = loop {
+        // Frames that ended in this read: they passed every check.
+        let mut whole_frames = 0;
+        // A read that starts inside a frame it does not hold continues a
+        // data frame's payload.
+        let mut data = !self.reader.at_frame_boundary() && !self.reader.judging_frame();
+        let held = loop {
             if self.reader.at_frame_boundary() {
                 if self.pending.is_some() {
                     if self.write(&chunk[flushed..pos]).await.is_err() {
@@ -234,12 +243,8 @@ where
                         return (Flow::Stop, 0);
                     }
                 }
-                let rest = &chunk[pos..];
-                if rest.is_empty() {
+                if pos == chunk.len() {
                     break 0;
-                }
-                if rest.len() < frame::bytes_to_judge(rest) {
-                    break rest.len();
                 }
                 frame_start = pos;
             }
@@ -248,7 +253,10 @@ where
                 Err(violation) => {
                     // The frames before the offending one still go; none of it does.
                     let _ = self.write(&chunk[flushed..frame_start]).await;
-                    return (self.violation(violation).await, 0);
+                    // A backend that never got one frame right is not a
+                    // WebSocket server at all: the client hears 1014.
+                    let spoke = whole_frames > 0 || self.shared.frames_from(self.from) > 0;
+                    return (self.violation(violation, spoke).await, 0);
                 }
             };
             pos += consumed;
@@ -269,6 +277,7 @@ where
                     _ => {}
                 },
                 Some(Event::FrameEnd { opcode, .. }) => {
+                    whole_frames += 1;
                     if opcode == OpCode::Close && self.both_closed() {
                         // The close that ends the tunnel counts like any read.
                         self.shared.read_from(self.from, pos, frames, data);
@@ -277,15 +286,18 @@ where
                         return (Flow::Stop, 0);
                     }
                 }
+                // All of `chunk` is fed: hold the frame it ends in if that
+                // frame is still being judged.
+                None if self.reader.judging_frame() => break chunk.len() - frame_start.max(flushed),
                 None => break 0,
             }
         };
-        let upto = chunk.len() - kept;
+        let upto = chunk.len() - held;
         self.shared.read_from(self.from, upto, frames, data);
         if self.write(&chunk[flushed..upto]).await.is_err() {
             return (Flow::Stop, 0);
         }
-        (Flow::Go, kept)
+        (Flow::Go, held)
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -328,7 +340,7 @@ where
     /// The source broke the protocol: each side gets a close frame of
     /// wsgate's own (RFC 6455 §7.4.1), then the tunnel ends. Nothing of the
     /// offending frame was forwarded, so the destination is between frames.
-    async fn violation(&mut self, violation: Violation) -> Flow {
+    async fn violation(&mut self, violation: Violation, spoke: bool) -> Flow {
         debug!(side = self.from.as_str(), %violation, "protocol violation");
         self.shared.ended(Ending::Violation(self.from, violation));
         let offender = violation.close_code();
@@ -340,10 +352,12 @@ where
         let _ = self.to_source.try_send(Order::CloseAndEnd { code: offender, reason });
         // The innocent side: 1002 if the client broke the protocol (the
         // backend learns why), 1011 if the backend did (the client is not at
-        // fault); 1009 either way for a size limit.
+        // fault), 1014 "bad gateway" if the backend never sent one valid
+        // frame; 1009 either way for a size limit.
         let (code, reason) = match (self.from, offender) {
             (_, 1009) => (1009, "peer sent a message too big"),
             (Side::Client, _) => (1002, "client protocol violation"),
+            (Side::Backend, _) if !spoke => (1014, "backend is not speaking WebSocket"),
             (Side::Backend, _) => (1011, "backend protocol violation"),
         };
         let _ = self.send_close(code, reason).await;

@@ -192,6 +192,11 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Frame starts read from `side` so far (before the read in hand).
+    pub(super) fn frames_from(&self, side: Side) -> u64 {
+        self.frames[side.index()].load(Ordering::Relaxed)
+    }
+
     /// One read from `from`: `bytes` long, with `frames` frame starts in it,
     /// some of them data when `data`.
     pub(super) fn read_from(&self, from: Side, bytes: usize, frames: u64, data: bool) {

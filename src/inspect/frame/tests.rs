@@ -420,51 +420,38 @@ fn control_payload_debug() {
 }
 
 #[test]
-fn bytes_to_judge_covers_the_header_and_a_control_payload() {
-    assert_eq!(bytes_to_judge(&[]), 2);
-    assert_eq!(bytes_to_judge(&[0x81]), 2);
-    // Unmasked text of 5 bytes: the 2-byte header only.
-    assert_eq!(bytes_to_judge(&[0x81, 0x05]), 2);
-    // Masked binary with a 16-bit and a 64-bit length.
-    assert_eq!(bytes_to_judge(&[0x82, 0x80 | 126]), 2 + 2 + 4);
-    assert_eq!(bytes_to_judge(&[0x82, 0x80 | 127]), 2 + 8 + 4);
-    // A masked ping of 8 bytes: header, key and payload.
-    assert_eq!(bytes_to_judge(&[0x89, 0x80 | 8]), 2 + 4 + 8);
-    // A control frame claiming an extended length: the header tells it is illegal.
-    assert_eq!(bytes_to_judge(&[0x88, 126]), 2 + 2);
-}
-
-proptest::proptest! {
-    /// Whatever the bytes, the reader reaches its first event (or a
-    /// violation) within `bytes_to_judge` bytes of a boundary, and never
-    /// needs fewer than it says for a control frame.
-    #[test]
-    fn the_first_judgement_needs_no_more_than_bytes_to_judge(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-        let need = bytes_to_judge(&bytes);
-        proptest::prop_assume!(bytes.len() >= need);
-        let mut reader = FrameReader::new(ReaderConfig {
-            direction: Direction::ClientToServer,
-            enforce_masking: false,
-            allow_rsv1: true,
-            max_frame_size: None,
-            max_message_size: None,
-        });
-        let mut pos = 0;
-        let mut judged = false;
-        for _ in 0..4 {
-            match reader.advance(&bytes[pos..need]) {
-                Err(_) => { judged = true; break; }
-                Ok((n, event)) => {
-                    pos += n;
-                    match event {
-                        Some(Event::FrameStart(h)) if !h.opcode.is_control() => { judged = true; break; }
-                        Some(Event::Control { .. }) => { judged = true; break; }
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-            }
-        }
-        proptest::prop_assert!(judged, "no judgement within {} bytes of {:?}", need, &bytes[..need]);
-    }
+fn judging_frame_covers_headers_and_control_frames_only() {
+    let mut reader = FrameReader::new(config(Direction::ServerToClient));
+    assert!(!reader.judging_frame());
+    // Half a header.
+    assert_eq!(reader.advance(&[0x82]).unwrap(), (1, None));
+    assert!(reader.judging_frame());
+    // The rest of it: a binary frame of 3 bytes, whose payload is not judged.
+    assert!(matches!(
+        reader.advance(&[0x03]).unwrap(),
+        (1, Some(Event::FrameStart(_)))
+    ));
+    assert!(!reader.judging_frame());
+    assert!(matches!(
+        reader.advance(b"abc").unwrap(),
+        (3, Some(Event::FrameEnd { .. }))
+    ));
+    // A ping of 2 bytes, one of them here: judged until its end.
+    assert!(matches!(
+        reader.advance(&[0x89, 0x02]).unwrap(),
+        (2, Some(Event::FrameStart(_)))
+    ));
+    assert!(reader.judging_frame());
+    assert_eq!(reader.advance(b"p").unwrap(), (1, None));
+    assert!(reader.judging_frame());
+    assert!(matches!(
+        reader.advance(b"q").unwrap(),
+        (1, Some(Event::Control { .. }))
+    ));
+    assert!(reader.judging_frame());
+    assert!(matches!(
+        reader.advance(&[]).unwrap(),
+        (0, Some(Event::FrameEnd { .. }))
+    ));
+    assert!(!reader.judging_frame());
 }
