@@ -311,7 +311,7 @@ violations! {
     a_masked_backend_frame_after_a_good_one: BACKEND, [encode(0x81, false, b"ok"), encode(0x81, true, b"masked")].concat() => (1002, 1011);
     rsv1_from_the_backend_without_deflate: BACKEND, [encode(0x81, false, b"ok"), encode(0xc1, false, b"x")].concat() => (1002, 1011);
     a_backend_whose_first_frame_is_bad_is_a_bad_gateway: BACKEND, encode(0x81, true, b"masked") => (1002, 1014);
-    a_backend_that_sends_no_websocket_at_all: BACKEND, b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec() => (1002, 1014);
+    a_backend_that_sends_no_websocket_at_all: BACKEND, *b"HTTP/1.1 200 OK\r\n\r\nhello" => (1002, 1014);
 }
 
 // ---------------------------------------------------------------- 7. keepalive
