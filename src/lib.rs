@@ -18,7 +18,7 @@
 //! ```
 //!
 //! - [`server`] binds the listeners, holds the global connection cap, accepts
-//!   connections and owns shutdown and the periodic work.
+//!   connections, and runs: reloads while it serves, shutdown at the end.
 //! - [`real_ip`] decides who the client is: the TCP peer, or what a trusted
 //!   proxy says (PROXY protocol, `X-Forwarded-For`, `Forwarded`).
 //! - [`tls`] builds the rustls configurations: certificates by SNI toward
@@ -36,13 +36,17 @@
 //! - [`upstream`] connects to backends (with failover before any byte is
 //!   sent), forwards handshakes and HTTP requests.
 //! - [`tunnel`] splices the two upgraded connections byte for byte;
-//!   [`inspect`] reads the frames as they pass.
+//!   [`inspect`] reads the frames as they pass and acts on them (close
+//!   codes, keepalive, limits, drain).
 //! - [`headers`] removes hop-by-hop headers and writes the forwarding headers;
 //!   [`error`] turns every failure into the one HTTP answer the client gets.
 //!
 //! Beside the flow: [`config`] loads and validates the TOML file, [`stats`]
 //! counts what operators read and [`telemetry`] serves it (Prometheus
-//! metrics, health and readiness on the admin listener), [`certgen`] makes development certificates,
+//! metrics, health and readiness on the admin listener); [`lifecycle`]
+//! drains tunnels with a close code, reloads the configuration without
+//! dropping a socket, and speaks systemd's notification and socket
+//! activation protocols; [`certgen`] makes development certificates,
 //! [`demo`] is a small echo backend for the quick start and [`client`] a
 //! command-line WebSocket client.
 
