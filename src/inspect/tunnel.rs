@@ -1,6 +1,6 @@
 //! A tunnel that reads the frames as they pass (`[route.inspect]`).
 //!
-//! Two [`Pump`]s, one per direction. Each reads its source, follows the
+//! Two `Pump`s, one per direction. Each reads its source, follows the
 //! frame boundaries with a [`FrameReader`](super::frame::FrameReader), and
 //! writes the same bytes to its destination, batched per read: nothing is
 //! re-framed or buffered beyond one read. A pump is the only writer to its
@@ -8,7 +8,7 @@
 //! out there only between frames; a frame for the other side is handed to
 //! the other pump as an order.
 //!
-//! What both pumps read and write lives in [`Shared`]: on the data path
+//! What both pumps read and write lives in `Shared`: on the data path
 //! only relaxed atomics (bytes, frames, when each side was last heard), once
 //! per read; a mutex only for what happens a few times per tunnel (pings,
 //! close frames, how it ended).

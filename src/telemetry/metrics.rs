@@ -22,7 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::balance::Pool;
 
-/// The `Content-Type` of [`Metrics::encode`]'s output.
+/// The `Content-Type` of `Metrics::encode`'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Tunnels last from seconds to days.
