@@ -270,6 +270,52 @@ async fn open_tunnels_still_count_against_a_route_cap_after_a_reload() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn a_renewed_certificate_serves_new_tls_handshakes_after_a_reload() {
+    let (old, new) = (TestCerts::generate(), TestCerts::generate());
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site-key.pem"));
+    std::fs::copy(old.server_cert(), &cert).unwrap();
+    std::fs::copy(old.server_key(), &key).unwrap();
+    let toml = "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n"
+        .to_string()
+        + &tls_entry(&cert, &key)
+        + "\n"
+        + &route_and_upstream(backend.addr, "");
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let (server, names) = bind_proxy(&toml).await;
+    let reloader = server.reloader();
+    let proxy = run_proxy(server, names);
+    let addr = proxy.addr("tls");
+    let served = |stream: &tokio_rustls::client::TlsStream<TcpStream>| {
+        stream.get_ref().1.peer_certificates().expect("a certificate")[0].clone()
+    };
+    let before = tls_connect(addr, "localhost", old.client_config()).await;
+    assert_eq!(&served(&before), old.server_der());
+
+    // Renewal: new files at the same paths, then a reload.
+    std::fs::copy(new.server_cert(), &cert).unwrap();
+    std::fs::copy(new.server_key(), &key).unwrap();
+    within("reload", reloader.reload_file(&path)).await.expect("reload");
+    let after = tls_connect(addr, "localhost", new.client_config()).await;
+    assert_eq!(&served(&after), new.server_der());
+    // The connection made before the reload is still served.
+    let (mut ws, _) = ws_handshake(before, &format!("wss://localhost:{}/", addr.port()), &[]).await;
+    send_and_check_on(&mut ws, "on the connection from before").await;
+    within("close", ws.close(None)).await.unwrap();
+    proxy.stop().await;
+}
+
+async fn send_and_check_on<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    within("send", ws.send(Message::text(text))).await.unwrap();
+    assert_eq!(next_message(ws).await, Message::text(text));
+}
+
 async fn send_and_check(ws: &mut WebSocketStream<TcpStream>, text: &str) {
     within("send", ws.send(Message::text(text))).await.unwrap();
     assert_eq!(next_message(ws).await, Message::text(text));

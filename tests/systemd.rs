@@ -423,16 +423,20 @@ async fn sighup_reloads_between_reloading_and_ready_and_a_broken_file_changes_no
     notifications.expect("READY=1", || scratch.log()).await;
     assert_eq!(upgrade_status(listen, "https://b.example").await, 403);
 
-    std::fs::write(
-        &config,
-        origin_config(listen, backend.addr, "\"https://a.example\", \"https://b.example\""),
-    )
-    .unwrap();
+    // The new origin, and a log filter, which only a restart can change.
+    let v2 = origin_config(listen, backend.addr, "\"https://a.example\", \"https://b.example\"")
+        .replace("[global]\n", "[global]\nlog_filter = \"debug\"\n");
+    std::fs::write(&config, v2).unwrap();
     hangup(&wsgate, &notifications, &scratch).await;
     assert_eq!(
         upgrade_status(listen, "https://b.example").await,
         101,
         "the reload took effect"
+    );
+    let log = scratch.log();
+    assert!(
+        log.contains("global.log_filter") && log.contains("restart wsgate to apply it"),
+        "a setting a reload cannot apply is named\n--- log:\n{log}"
     );
 
     std::fs::write(&config, "[global]\nshutdown_timeout = 3\n").unwrap();
