@@ -111,9 +111,10 @@ struct EchoArgs {
     /// Traffic before the measured window, not counted.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Process whose CPU time over the measured window is reported (the proxy).
-    #[arg(long)]
-    proxy_pid: Option<u32>,
+    /// Processes whose CPU time over the measured window is reported, summed
+    /// (the proxy; comma-separated for one with several, e.g. nginx's master and workers).
+    #[arg(long, value_delimiter = ',')]
+    proxy_pid: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -129,9 +130,10 @@ struct HandshakeArgs {
     /// Churn before the measured window, not counted.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Process whose CPU time over the measured window is reported (the proxy).
-    #[arg(long)]
-    proxy_pid: Option<u32>,
+    /// Processes whose CPU time over the measured window is reported, summed
+    /// (the proxy; comma-separated for one with several, e.g. nginx's master and workers).
+    #[arg(long, value_delimiter = ',')]
+    proxy_pid: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -401,6 +403,14 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Whether a wss:// connection's TLS handshake resumed an earlier session.
+fn tls_resumed(ws: &Ws) -> bool {
+    match ws.get_ref() {
+        Stream::Plain(_) => false,
+        Stream::Tls(tls) => tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+    }
+}
+
 /// Sends a close frame and waits (bounded) for the server's close and end of stream.
 async fn close(mut ws: Ws) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
@@ -644,16 +654,21 @@ impl Json {
     }
 }
 
-/// Samples the proxy's CPU time at the window's start and end, when asked to.
-async fn cpu_over(pid: Option<u32>, window: Window) -> Result<Option<f64>, String> {
+/// Samples the proxy's CPU time (all its processes together) at the window's
+/// start and end, when asked to.
+async fn cpu_over(pids: &[u32], window: Window) -> Result<Option<f64>, String> {
     sleep_until(window.start).await;
-    let Some(pid) = pid else {
+    if pids.is_empty() {
         sleep_until(window.end).await;
         return Ok(None);
-    };
-    let before = cpu_seconds(pid)?;
+    }
+    let before = cpu_seconds_sum(pids)?;
     sleep_until(window.end).await;
-    Ok(Some(cpu_seconds(pid)? - before))
+    Ok(Some(cpu_seconds_sum(pids)? - before))
+}
+
+fn cpu_seconds_sum(pids: &[u32]) -> Result<f64, String> {
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
 }
 
 // ---------------------------------------------------------------------------
@@ -662,9 +677,7 @@ async fn cpu_over(pid: Option<u32>, window: Window) -> Result<Option<f64>, Strin
 async fn echo(args: EchoArgs) -> Result<String, String> {
     raise_fd_limit();
     let target = Arc::new(Target::new(&args.target)?);
-    if let Some(pid) = args.proxy_pid {
-        cpu_seconds(pid)?;
-    }
+    cpu_seconds_sum(&args.proxy_pid)?;
     let (sockets, connect_errors) = connect_many(&target, args.connections, 100).await;
     if sockets.is_empty() {
         return Err(format!(
@@ -683,7 +696,7 @@ async fn echo(args: EchoArgs) -> Result<String, String> {
         let payload = payload.clone();
         workers.spawn(echo_worker(ws, target, payload, size, window));
     }
-    let cpu = cpu_over(args.proxy_pid, window).await?;
+    let cpu = cpu_over(&args.proxy_pid, window).await?;
     let mut total = Tally::new();
     while let Some(joined) = workers.join_next().await {
         match joined {
@@ -763,18 +776,19 @@ async fn echo_worker(ws: Ws, target: Arc<Target>, payload: Bytes, size: usize, w
 async fn handshake(args: HandshakeArgs) -> Result<String, String> {
     raise_fd_limit();
     let target = Arc::new(Target::new(&args.target)?);
-    if let Some(pid) = args.proxy_pid {
-        cpu_seconds(pid)?;
-    }
+    cpu_seconds_sum(&args.proxy_pid)?;
     let window = Window::after(args.warmup, args.duration);
     let payload = Bytes::from_static(b"0123456789abcdef");
     // Connection-to-101 latency and full cycle (open, echo, close) latency.
     let cycles = Arc::new(AtomicU64::new(0));
+    // Counted cycles whose TLS handshake resumed an earlier session (wss:// only).
+    let resumed = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for _ in 0..args.connections {
         let target = Arc::clone(&target);
         let payload = payload.clone();
         let cycles = Arc::clone(&cycles);
+        let resumed = Arc::clone(&resumed);
         workers.spawn(async move {
             let mut opened = Tally::new();
             let mut cycle = histogram();
@@ -789,6 +803,7 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
                     }
                 };
                 let connected = Instant::now();
+                let was_resumed = tls_resumed(&ws);
                 match round_trip(&mut ws, &payload).await {
                     Ok(len) if len == payload.len() => {}
                     Ok(len) => opened.error(format!("echo of {len} bytes, expected {}", payload.len())),
@@ -804,12 +819,15 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
                     record(&mut opened.latency, connected - started);
                     record(&mut cycle, done - started);
                     opened.done += 1;
+                    if was_resumed {
+                        resumed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             (opened, cycle)
         });
     }
-    let cpu = cpu_over(args.proxy_pid, window).await?;
+    let cpu = cpu_over(&args.proxy_pid, window).await?;
     let mut total = Tally::new();
     let mut cycle = histogram();
     while let Some(joined) = workers.join_next().await {
@@ -836,6 +854,7 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
         .int("p99_us", total.latency.value_at_quantile(0.99))
         .int("cycle_p50_us", cycle.value_at_quantile(0.5))
         .int("cycle_p99_us", cycle.value_at_quantile(0.99))
+        .int("tls_resumed", resumed.load(Ordering::Relaxed))
         .int("errors", total.errors)
         .opt("proxy_cpu_s", cpu)
         .opt(

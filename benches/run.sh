@@ -31,58 +31,18 @@ LOADGEN_THREADS=${LOADGEN_THREADS:-}
 OUT=${OUT:-docs/benchmarks.md}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-for var in ROUNDS DURATION WARMUP CONNECTIONS; do
-  [[ ${!var} =~ ^[0-9]+$ ]] || { echo "run.sh: $var must be a whole number, not '${!var}'" >&2; exit 2; }
-done
-for tool in cargo python3; do
-  command -v "$tool" >/dev/null || { echo "run.sh: $tool is missing" >&2; exit 1; }
-done
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-bench.XXXXXX")
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "run.sh: $*" >&2; }
+BENCH_NAME=run.sh
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_whole ROUNDS DURATION WARMUP CONNECTIONS
+bench_require cargo python3
+bench_workdir wsgate-bench
 
 # --- Build, and find the two executables cargo reports (no guessing at hashes).
-log "building (release) into $CARGO_TARGET_DIR"
-cargo build --release --bin wsgate --bench loadgen --message-format=json-render-diagnostics >"$work/build.json"
-read -r WSGATE LOADGEN < <(python3 - "$work/build.json" <<'EOF'
-import json, sys
-found = {}
-for line in open(sys.argv[1]):
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        continue
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-        found[msg["target"]["name"]] = msg["executable"]
-print(found["wsgate"], found["loadgen"])
-EOF
-)
-log "wsgate:  $WSGATE"
-log "loadgen: $LOADGEN"
+bench_build
 
 # --- Ports, configurations, processes.
-read -r BACKEND_PORT PLAIN_PORT INSPECT_PORT < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r BACKEND_PORT PLAIN_PORT INSPECT_PORT < <(bench_ports 3)
 
 write_config() { # file port inspect(0|1)
   {
@@ -128,18 +88,6 @@ WSGATE_LOG=warn "$WSGATE" --config "$work/inspect.toml" 2>"$work/inspect.log" &
 INSPECT_PID=$!
 pids+=("$INSPECT_PID")
 
-wait_port() { # port pid name
-  local i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$2" 2>/dev/null || { log "$3 exited early:"; cat "$work/$3.log" >&2; exit 1; }
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  log "$3 is not accepting on port $1 after 10s"
-  exit 1
-}
 wait_port "$BACKEND_PORT" "$BACKEND_PID" backend
 wait_port "$PLAIN_PORT" "$PLAIN_PID" plain
 wait_port "$INSPECT_PORT" "$INSPECT_PID" inspect
@@ -175,21 +123,14 @@ done
 
 # --- The report.
 mkdir -p "$(dirname "$OUT")"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-  commit="$commit (with uncommitted changes)"
-fi
+commit=$(bench_commit)
 command_line="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SIZES=\"$SIZES\""
 [[ -n $LOADGEN_THREADS ]] && command_line+=" LOADGEN_THREADS=$LOADGEN_THREADS"
 command_line+=" benches/run.sh"
 
 export ROUNDS DURATION WARMUP CONNECTIONS SIZES
-NPROC=$(nproc) \
-  CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown) \
-  KERNEL=$(uname -srm) \
-  MEMORY=$(grep -m1 '^MemTotal' /proc/meminfo | awk '{printf "%.1f GiB", $2 / 1048576}') \
-  WSGATE_VERSION=$("$WSGATE" --version) \
-  RUSTC=$(rustc --version 2>/dev/null || echo unknown) \
+bench_machine_env
+WSGATE_VERSION=$("$WSGATE" --version) \
   COMMIT=$commit \
   COMMAND=$command_line \
   DATE=$(date -u '+%Y-%m-%d %H:%M UTC') \

@@ -7,14 +7,14 @@
 //! bytes hyper had already read past the handshake are read first. A TLS
 //! stream's two directions share one session, so it keeps the locked split.
 
-use std::io::{self, Cursor};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Chain, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -30,7 +30,7 @@ pub type Shared = Box<dyn Stream>;
 
 /// The reading half of one side.
 pub enum ReadHalf {
-    Tcp(Chain<Cursor<Bytes>, OwnedReadHalf>),
+    Tcp(Prefixed<OwnedReadHalf>),
     Shared(tokio::io::ReadHalf<Shared>),
 }
 
@@ -53,10 +53,7 @@ pub fn backend(upgraded: Upgraded) -> (ReadHalf, WriteHalf) {
     match upgraded.downcast::<TokioIo<BackendStream>>() {
         Ok(parts) => match parts.io.into_inner() {
             Either::Left(stream) => tcp(stream, parts.read_buf),
-            Either::Right(tls) => shared(Box::new(Prefixed {
-                prefix: parts.read_buf,
-                io: tls,
-            })),
+            Either::Right(tls) => shared(Box::new(Prefixed::new(parts.read_buf, tls))),
         },
         Err(upgraded) => shared(Box::new(TokioIo::new(upgraded))),
     }
@@ -64,10 +61,7 @@ pub fn backend(upgraded: Upgraded) -> (ReadHalf, WriteHalf) {
 
 fn tcp(stream: TcpStream, already_read: Bytes) -> (ReadHalf, WriteHalf) {
     let (read, write) = stream.into_split();
-    (
-        ReadHalf::Tcp(Cursor::new(already_read).chain(read)),
-        WriteHalf::Tcp(write),
-    )
+    (ReadHalf::Tcp(Prefixed::new(already_read, read)), WriteHalf::Tcp(write))
 }
 
 fn shared(stream: Shared) -> (ReadHalf, WriteHalf) {
@@ -109,9 +103,23 @@ impl AsyncWrite for WriteHalf {
 
 /// A stream whose first bytes were already read (by hyper) and are handed
 /// out before the stream's own.
-struct Prefixed<T> {
+pub struct Prefixed<T> {
     prefix: Bytes,
     io: T,
+}
+
+impl<T> Prefixed<T> {
+    /// The prefix is copied out of hyper's read buffer, so that the buffer
+    /// (kilobytes, allocated for the request head) is freed now rather than
+    /// held for the tunnel's life by a few bytes that point into it.
+    fn new(prefix: Bytes, io: T) -> Prefixed<T> {
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&prefix)
+        };
+        Prefixed { prefix, io }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
@@ -120,6 +128,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() {
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

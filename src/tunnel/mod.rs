@@ -1,17 +1,21 @@
 //! The WebSocket tunnel: after both 101s, bytes flow unchanged both ways.
-//! [`halves`] takes the two upgraded connections apart for a pump per direction.
+//!
+//! [`halves`] takes the two upgraded connections apart, one half per
+//! direction; [`copy`] moves one direction's bytes through a buffer
+//! [`pool`] lends only while they move.
 
+pub mod copy;
 pub mod halves;
+pub mod pool;
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::future::poll_fn;
+use std::task::Poll;
 use std::time::Instant;
 
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::info;
+
+use copy::Copy;
 
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::TunnelMetrics;
@@ -21,7 +25,8 @@ use crate::telemetry::TunnelMetrics;
 /// write shutdown (half-close) to the other, so a peer that closes its
 /// sending side still receives what the other side has left to say; an error
 /// on either side ends the tunnel. Bytes either side sent right behind its
-/// handshake are inside `Upgraded` and go first.
+/// handshake were read by hyper and go first. No buffer is held while the
+/// tunnel is idle ([`pool`]).
 ///
 /// Ends with one `tunnel closed` line (its span carries client, listener,
 /// route, upstream, server and subprotocol) and the tunnel's metrics. A
@@ -29,19 +34,34 @@ use crate::telemetry::TunnelMetrics;
 /// stream ended first, and close codes are not known.
 pub async fn splice(client: Upgraded, backend: Upgraded, metrics: TunnelMetrics) {
     let started = Instant::now();
-    let mut client = Counted::new(TokioIo::new(client));
-    let mut backend = Counted::new(TokioIo::new(backend));
-    let result = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    let (client_read, client_write) = halves::client(client);
+    let (backend_read, backend_write) = halves::backend(backend);
+    let mut upstream = Copy::new(client_read, backend_write);
+    let mut downstream = Copy::new(backend_read, client_write);
+    let result = poll_fn(|cx| {
+        if let Poll::Ready(Err(error)) = upstream.poll_copy(cx) {
+            return Poll::Ready(Err(error));
+        }
+        if let Poll::Ready(Err(error)) = downstream.poll_copy(cx) {
+            return Poll::Ready(Err(error));
+        }
+        if upstream.is_done() && downstream.is_done() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
     let duration = started.elapsed();
-    let closed_first = match (client.ended, backend.ended) {
+    let closed_first = match (upstream.ended_at, downstream.ended_at) {
         (Some(c), Some(b)) if b < c => "backend",
         (Some(_), _) => "client",
         (None, Some(_)) => "backend",
         (None, None) => "none",
     };
     let mut bytes = [0; 2];
-    bytes[CLIENT_TO_BACKEND] = client.read;
-    bytes[BACKEND_TO_CLIENT] = backend.read;
+    bytes[CLIENT_TO_BACKEND] = upstream.bytes;
+    bytes[BACKEND_TO_CLIENT] = downstream.bytes;
     let error = result.err();
     info!(
         from_client = bytes[CLIENT_TO_BACKEND],
@@ -53,69 +73,4 @@ pub async fn splice(client: Upgraded, backend: Upgraded, metrics: TunnelMetrics)
         "tunnel closed"
     );
     metrics.finish(duration, bytes, [0; 2], None);
-}
-
-/// One side of a splice, counting what was read from it and noting when its
-/// stream ended (end of stream, or an error either way).
-struct Counted<T> {
-    io: T,
-    read: u64,
-    ended: Option<Instant>,
-}
-
-impl<T> Counted<T> {
-    fn new(io: T) -> Counted<T> {
-        Counted {
-            io,
-            read: 0,
-            ended: None,
-        }
-    }
-
-    fn end(&mut self) {
-        self.ended.get_or_insert_with(Instant::now);
-    }
-
-    fn note<R>(&mut self, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if let Poll::Ready(Err(_)) = polled {
-            self.end();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let n = buf.filled().len() - before;
-            if n == 0 && buf.remaining() > 0 {
-                this.end();
-            }
-            this.read += n as u64;
-        }
-        this.note(polled)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write(cx, data);
-        this.note(polled)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_flush(cx);
-        this.note(polled)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.note(polled)
-    }
 }

@@ -1,0 +1,114 @@
+# shellcheck shell=bash
+# Shell functions shared by benches/run.sh and benches/compare.sh; sourced, not run.
+#
+# The sourcing script sets BENCH_NAME (its name, for messages) and calls, in
+# this order: bench_require TOOL..., bench_workdir PREFIX (sets $work, the temp
+# dir, and the EXIT trap that stops every pid in $pids and removes $work),
+# bench_build (sets $WSGATE and $LOADGEN). Processes it starts go in $pids.
+
+log() { echo "${BENCH_NAME:-bench}: $*" >&2; }
+
+# bench_whole VAR...: each named variable must hold a whole number.
+bench_whole() {
+  local var
+  for var in "$@"; do
+    [[ ${!var} =~ ^[0-9]+$ ]] || { echo "$BENCH_NAME: $var must be a whole number, not '${!var}'" >&2; exit 2; }
+  done
+}
+
+# bench_require TOOL...: each tool must be on PATH.
+bench_require() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$BENCH_NAME: $tool is missing" >&2; exit 1; }
+  done
+}
+
+# bench_workdir PREFIX: a fresh temp dir in $work, removed on exit after every
+# process in $pids has been stopped (TERM, then waited for).
+bench_workdir() {
+  work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  pids=()
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+
+# bench_build: release build of wsgate and the loadgen bench into
+# $CARGO_TARGET_DIR; sets WSGATE and LOADGEN to the executables cargo reports
+# (no guessing at hashes).
+bench_build() {
+  log "building (release) into $CARGO_TARGET_DIR"
+  cargo build --release --bin wsgate --bench loadgen --message-format=json-render-diagnostics >"$work/build.json"
+  read -r WSGATE LOADGEN < <(python3 - "$work/build.json" <<'EOF'
+import json, sys
+found = {}
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        found[msg["target"]["name"]] = msg["executable"]
+print(found["wsgate"], found["loadgen"])
+EOF
+  )
+  log "wsgate:  $WSGATE"
+  log "loadgen: $LOADGEN"
+}
+
+# bench_ports N: N distinct free TCP ports on 127.0.0.1, on one line.
+bench_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+EOF
+}
+
+# wait_port PORT PID NAME: wait (10 s at most) until PORT accepts; fails, with
+# $work/NAME.log, if PID exits first.
+wait_port() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$2" 2>/dev/null || { log "$3 exited early:"; cat "$work/$3.log" >&2; exit 1; }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "$3 is not accepting on port $1 after 10s"
+  exit 1
+}
+
+# bench_commit: the short commit, marked when tracked files have changes.
+bench_commit() {
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    commit="$commit (with uncommitted changes)"
+  fi
+  echo "$commit"
+}
+
+# bench_machine_env: exports NPROC CPU_MODEL KERNEL MEMORY RUSTC for a report.
+bench_machine_env() {
+  NPROC=$(nproc)
+  CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+  KERNEL=$(uname -srm)
+  MEMORY=$(grep -m1 '^MemTotal' /proc/meminfo | awk '{printf "%.1f GiB", $2 / 1048576}')
+  RUSTC=$(rustc --version 2>/dev/null || echo unknown)
+  export NPROC CPU_MODEL KERNEL MEMORY RUSTC
+}

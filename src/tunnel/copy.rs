@@ -1,0 +1,112 @@
+//! One direction of a plain tunnel: bytes from a source to a destination,
+//! through a buffer lent only while they move ([`super::pool`]).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::pool::{self, Lent};
+
+/// The state of one direction.
+pub struct Copy<R, W> {
+    src: R,
+    dst: W,
+    /// What was read and not yet all written: the only time a buffer is held.
+    held: Option<(Lent, usize, usize)>,
+    /// Bytes written since the last flush.
+    unflushed: bool,
+    /// The source ended; the destination's write side is being shut down.
+    source_ended: bool,
+    done: bool,
+    /// Bytes read from the source.
+    pub bytes: u64,
+    /// When the source ended (end of stream or an error).
+    pub ended_at: Option<Instant>,
+}
+
+impl<R, W> Copy<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub fn new(src: R, dst: W) -> Copy<R, W> {
+        Copy {
+            src,
+            dst,
+            held: None,
+            unflushed: false,
+            source_ended: false,
+            done: false,
+            bytes: 0,
+            ended_at: None,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Copies until the source ends and the destination is shut down (a
+    /// half-close passed on), or an error.
+    pub fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        let result = self.poll_inner(cx);
+        if let Poll::Ready(outcome) = &result {
+            self.done = true;
+            self.held = None;
+            if outcome.is_err() {
+                self.ended_at.get_or_insert_with(Instant::now);
+            }
+        }
+        result
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if let Some((buffer, start, end)) = &mut self.held {
+                while start < end {
+                    let n = ready!(Pin::new(&mut self.dst).poll_write(cx, &buffer[*start..*end]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    *start += n;
+                    self.unflushed = true;
+                }
+                // All written: the buffer goes back before the next read.
+                self.held = None;
+            }
+            if self.source_ended {
+                return Pin::new(&mut self.dst).poll_shutdown(cx);
+            }
+            let mut buffer = pool::lend();
+            let mut read = ReadBuf::new(&mut buffer);
+            match Pin::new(&mut self.src).poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    drop(buffer);
+                    // Nothing more to read for now: push out what was written.
+                    if self.unflushed {
+                        ready!(Pin::new(&mut self.dst).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n == 0 {
+                        self.source_ended = true;
+                        self.ended_at.get_or_insert_with(Instant::now);
+                        continue;
+                    }
+                    self.bytes += n as u64;
+                    self.held = Some((buffer, 0, n));
+                }
+            }
+        }
+    }
+}
