@@ -427,7 +427,9 @@ impl Proxy {
                             Some(settings) => {
                                 let (client, backend) =
                                     (tunnel::halves::client(client), tunnel::halves::backend(backend));
-                                inspect::tunnel::run(client, backend, settings, drain, metrics).await
+                                // Boxed: a plain tunnel's task need not be as large
+                                // as an inspected one's (memory per idle tunnel).
+                                Box::pin(inspect::tunnel::run(client, backend, settings, drain, metrics)).await
                             }
                             None => tunnel::splice(client, backend, metrics).await,
                         }

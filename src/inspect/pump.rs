@@ -13,12 +13,15 @@ use tracing::debug;
 use super::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
 use super::tunnel::{Closer, Ending, Shared, Side};
 use crate::lifecycle::drain::{DrainRequest, DrainSignal, GoingAway};
+use crate::tunnel::pool::{self, Lent};
 
-/// One read's worth of bytes per direction, allocated once per tunnel.
-const BUFFER_SIZE: usize = 16 * 1024;
+/// The most a pump holds back between reads: a whole control frame, its
+/// header (2 + 4 bytes) and payload (125), or a data frame's header (14).
+const HELD_MAX: usize = 2 + 4 + 125;
 /// What woke a pump.
 enum Woke {
-    Read(std::io::Result<usize>),
+    /// A read, in a buffer lent for it ([`crate::tunnel::pool`]).
+    Read(std::io::Result<usize>, Lent),
     End,
     Order(Order),
     Drain(DrainRequest),
@@ -26,12 +29,19 @@ enum Woke {
     Tick,
 }
 
-/// One read into `buf`, as a poll.
-fn poll_read<R: AsyncRead + Unpin>(src: &mut R, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
-    let mut buf = ReadBuf::new(buf);
-    match Pin::new(src).poll_read(cx, &mut buf) {
-        Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
-        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+/// One read, as a poll, into a buffer lent for it behind the `held` bytes;
+/// the buffer goes back at once when nothing can be read, so an idle pump
+/// holds none.
+fn poll_lent_read<R: AsyncRead + Unpin>(src: &mut R, cx: &mut Context<'_>, held: &[u8]) -> Poll<Woke> {
+    let mut buffer = pool::lend();
+    buffer[..held.len()].copy_from_slice(held);
+    let mut read = ReadBuf::new(&mut buffer[held.len()..]);
+    match Pin::new(src).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            Poll::Ready(Woke::Read(Ok(n), buffer))
+        }
+        Poll::Ready(Err(error)) => Poll::Ready(Woke::Read(Err(error), buffer)),
         Poll::Pending => Poll::Pending,
     }
 }
@@ -114,9 +124,9 @@ where
     }
 
     pub(super) async fn run(mut self, mut drain: DrainSignal) {
-        let mut buffer = vec![0u8; BUFFER_SIZE];
-        // Bytes at the front of `buffer` kept back from the last read: the
-        // start of a frame not yet complete enough to judge.
+        // Bytes kept back from the last read: the start of a frame not yet
+        // complete enough to judge. They go in front of the next read.
+        let mut held = [0u8; HELD_MAX];
         let mut kept = 0;
         let mut ticks = tokio::time::interval(super::keepalive::tick_period(&self.shared.settings.inspect));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -137,8 +147,8 @@ where
             let woke = poll_fn(|cx| {
                 let busy_turn = turn % 16 != 0;
                 if busy_turn {
-                    if let Poll::Ready(read) = poll_read(&mut self.src, cx, &mut buffer[kept..]) {
-                        return Poll::Ready(Woke::Read(read));
+                    if let Poll::Ready(woke) = poll_lent_read(&mut self.src, cx, &held[..kept]) {
+                        return Poll::Ready(woke);
                     }
                 }
                 if ended.as_mut().poll(cx).is_ready() {
@@ -163,19 +173,21 @@ where
                     return Poll::Ready(Woke::Tick);
                 }
                 if !busy_turn {
-                    if let Poll::Ready(read) = poll_read(&mut self.src, cx, &mut buffer[kept..]) {
-                        return Poll::Ready(Woke::Read(read));
+                    if let Poll::Ready(woke) = poll_lent_read(&mut self.src, cx, &held[..kept]) {
+                        return Poll::Ready(woke);
                     }
                 }
                 Poll::Pending
             })
             .await;
             let flow = match woke {
-                Woke::Read(Ok(0) | Err(_)) => self.source_ended().await,
-                Woke::Read(Ok(n)) => {
+                Woke::Read(Ok(0) | Err(_), _) => self.source_ended().await,
+                Woke::Read(Ok(n), buffer) => {
                     let read = kept + n;
                     let (flow, left) = self.forward(&buffer[..read], kept).await;
-                    buffer.copy_within(read - left..read, 0);
+                    // At most HELD_MAX by `forward`'s rule.
+                    let left = left.min(HELD_MAX);
+                    held[..left].copy_from_slice(&buffer[read - left..read]);
                     kept = left;
                     flow
                 }
