@@ -169,3 +169,27 @@ async fn backend_status_and_body_pass_through_for_http() {
     assert_eq!(&body[..], b"nothing here");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let backend = Backend::echo().await;
+    let proxy = start_proxy(&config(backend.addr, None)).await;
+    let addr = proxy.addr("plain");
+    let mut conn = RawConn::new(tcp_connect(addr).await);
+    let request = format!("GET /one HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", addr.port());
+    conn.send(request.as_bytes()).await;
+    let first = conn.read_response().await;
+    assert_eq!(first.status, 200);
+    assert_ne!(first.header("connection"), Some("close"), "kept alive before shutdown");
+    // shutdown_timeout is 2s: the idle connection must end well before.
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    let rest = within("the idle connection ending", conn.read_to_end()).await;
+    assert!(rest.is_empty(), "nothing more was sent: {rest:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    within("proxy stop", stopping).await.unwrap();
+}
