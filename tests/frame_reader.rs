@@ -197,26 +197,7 @@ fn build(direction: Direction, frames: impl Iterator<Item = Frame>, mut seed: u6
 
 /// The wire format of RFC 6455 §5.2, written independently of the crate's encoder.
 fn encode(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
-    out.push(if fin { 0x80 } else { 0 } | opcode.as_u8());
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        len @ 0..=125 => out.push(mask_bit | len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
+    wsgate::inspect::frame::encode_frame(if fin { 0x80 } else { 0 } | opcode.as_u8(), payload, mask, out);
 }
 
 /// Feeds `input` in chunks of the given sizes (cycled) the way the tunnel does

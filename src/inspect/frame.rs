@@ -611,17 +611,24 @@ fn check_close_body(payload: &ControlPayload) -> Result<(), Violation> {
     Ok(())
 }
 
-/// A frame wsgate sends itself, for its pings and close frames: `mask` Some(..) toward the backend (a client must
-/// mask), None toward the client. Appends to `out` (≤ 14 + 125 bytes).
-///
-/// The frame has FIN set; a payload over 125 bytes, which no control frame may
-/// carry (§5.5), is cut to 125.
-pub fn encode_control(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
-    let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+/// Appends one frame to `out`: `first` is its first byte (FIN, RSV, opcode),
+/// the length in the shortest form (§5.2), and the payload masked with
+/// `mask` when given (a client's frames, §5.3).
+pub fn encode_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    out.push(first);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out.push(0x80 | opcode.as_u8());
-    // ≤ 125 fits the 7-bit length.
-    out.push(mask_bit | payload.len() as u8);
+    match payload.len() {
+        // The match arms bound each length to its form's range.
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
     match mask {
         Some(key) => {
             out.extend_from_slice(&key);
@@ -629,6 +636,16 @@ pub fn encode_control(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>, out
         }
         None => out.extend_from_slice(payload),
     }
+}
+
+/// A frame wsgate sends itself, for its pings and close frames: `mask` Some(..) toward the backend (a client must
+/// mask), None toward the client. Appends to `out` (≤ 14 + 125 bytes).
+///
+/// The frame has FIN set; a payload over 125 bytes, which no control frame may
+/// carry (§5.5), is cut to 125.
+pub fn encode_control(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
+    let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+    encode_frame(0x80 | opcode.as_u8(), payload, mask, out);
 }
 
 /// A close frame's payload: the code then the reason (reason truncated to fit 125 bytes on a UTF-8 boundary).

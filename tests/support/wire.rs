@@ -68,26 +68,9 @@ impl Wire {
 
 /// A frame with first byte `b0`, masked (as a client sends) or not.
 pub fn encode(b0: u8, mask: bool, payload: &[u8]) -> Vec<u8> {
-    let bit = if mask { 0x80 } else { 0 };
-    let mut frame = vec![b0];
-    match payload.len() {
-        n if n < 126 => frame.push(bit | n as u8),
-        n if n <= u16::MAX as usize => {
-            frame.push(bit | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(bit | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if !mask {
-        frame.extend_from_slice(payload);
-        return frame;
-    }
-    let key = [0x5au8, 0x13, 0xc7, 0x88];
-    frame.extend_from_slice(&key);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    let mut frame = Vec::new();
+    let key = mask.then_some([0x5au8, 0x13, 0xc7, 0x88]);
+    wsgate::inspect::frame::encode_frame(b0, payload, key, &mut frame);
     frame
 }
 
