@@ -11,7 +11,7 @@ use super::pump::{Flow, Order, Pump, PING_PREFIX};
 use super::tunnel::{Ending, Side};
 use crate::config::Inspect;
 
-impl<R, W> Pump<'_, R, W>
+impl<R, W> Pump<R, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

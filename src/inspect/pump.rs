@@ -66,7 +66,7 @@ pub(super) enum Flow {
 }
 
 /// Frames from `from` to the other side.
-pub(super) struct Pump<'s, R, W> {
+pub(super) struct Pump<R, W> {
     pub(super) from: Side,
     src: R,
     dst: W,
@@ -74,14 +74,14 @@ pub(super) struct Pump<'s, R, W> {
     inbox: mpsc::Receiver<Order>,
     /// The other pump's inbox: it writes to `from`.
     pub(super) to_source: mpsc::Sender<Order>,
-    pub(super) shared: &'s Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// Scratch space for the frames wsgate writes.
     out: Vec<u8>,
     /// A frame of wsgate's own waiting for the next frame boundary.
     pending: Option<Order>,
 }
 
-impl<'s, R, W> Pump<'s, R, W>
+impl<R, W> Pump<R, W>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -92,7 +92,7 @@ where
         dst: W,
         inbox: mpsc::Receiver<Order>,
         to_source: mpsc::Sender<Order>,
-        shared: &'s Arc<Shared>,
+        shared: &Arc<Shared>,
     ) -> Self {
         let inspect = &shared.settings.inspect;
         let reader = FrameReader::new(ReaderConfig {
@@ -112,7 +112,7 @@ where
             reader,
             inbox,
             to_source,
-            shared,
+            shared: shared.clone(),
             out: Vec::with_capacity(14 + 125),
             pending: None,
         }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{info, Instrument};
 
 use super::frame::Violation;
 use super::pump::Pump;
@@ -234,10 +235,10 @@ pub async fn run<CR, CW, BR, BW>(
     drain: DrainSignal,
     metrics: TunnelMetrics,
 ) where
-    CR: AsyncRead + Unpin + Send,
-    CW: AsyncWrite + Unpin + Send,
-    BR: AsyncRead + Unpin + Send,
-    BW: AsyncWrite + Unpin + Send,
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin + Send + 'static,
+    BR: AsyncRead + Unpin + Send + 'static,
+    BW: AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::new(Shared::new(settings, metrics));
     let (to_backend, backend_inbox) = mpsc::channel(4);
@@ -259,17 +260,21 @@ pub async fn run<CR, CW, BR, BW>(
         &shared,
     );
 
-    let upstream = upstream.run(drain.clone());
-    let downstream = downstream.run(drain);
-    tokio::pin!(upstream, downstream);
+    // A task per direction: a read on one side wakes only its own pump,
+    // not the other one's clocks and signals too. Dropping the handles
+    // (the tunnel's task cancelled) ends both.
+    let span = tracing::Span::current();
+    let mut upstream = AbortOnDropHandle::new(tokio::spawn(upstream.run(drain.clone()).instrument(span.clone())));
+    let mut downstream = AbortOnDropHandle::new(tokio::spawn(downstream.run(drain).instrument(span)));
     tokio::select! {
-        () = &mut upstream => {
+        _ = &mut upstream => {
             let _ = tokio::time::timeout(END_GRACE, &mut downstream).await;
         }
-        () = &mut downstream => {
+        _ = &mut downstream => {
             let _ = tokio::time::timeout(END_GRACE, &mut upstream).await;
         }
     }
+    drop((upstream, downstream));
     log_end(&shared);
 }
 
