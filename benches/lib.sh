@@ -3,7 +3,8 @@
 #
 # The sourcing script sets BENCH_NAME (its name, for messages) and calls, in
 # this order: bench_require TOOL..., bench_workdir PREFIX (sets $work, the temp
-# dir, and the EXIT trap that stops every pid in $pids and removes $work),
+# dir, and the EXIT trap that stops every pid in $pids, and $BENCH_CURRENT
+# when set, and removes $work),
 # bench_build (sets $WSGATE and $LOADGEN). Processes it starts go in $pids.
 
 log() { echo "${BENCH_NAME:-bench}: $*" >&2; }
@@ -35,6 +36,11 @@ bench_workdir() {
 
 bench_cleanup() {
   local pid
+  # A foreground run the script waits on in the background ($BENCH_CURRENT), if any.
+  if [[ -n ${BENCH_CURRENT:-} ]]; then
+    kill "$BENCH_CURRENT" 2>/dev/null || true
+    wait "$BENCH_CURRENT" 2>/dev/null || true
+  fi
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -93,11 +99,12 @@ wait_port() {
   exit 1
 }
 
-# bench_commit: the short commit, marked when tracked files have changes.
+# bench_commit [PATH...]: the short commit, marked when tracked files (under
+# the given paths, by default all) have changes.
 bench_commit() {
   local commit
   commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  if [[ -n $(git status --porcelain --untracked-files=no -- "$@" 2>/dev/null) ]]; then
     commit="$commit (with uncommitted changes)"
   fi
   echo "$commit"

@@ -123,6 +123,7 @@ done
 
 # --- The report.
 mkdir -p "$(dirname "$OUT")"
+# shellcheck disable=SC2119 # no paths: every tracked file
 commit=$(bench_commit)
 command_line="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS SIZES=\"$SIZES\""
 [[ -n $LOADGEN_THREADS ]] && command_line+=" LOADGEN_THREADS=$LOADGEN_THREADS"
