@@ -73,14 +73,39 @@ EOF
   log "loadgen: $LOADGEN"
 }
 
-# bench_ports N: N distinct free TCP ports on 127.0.0.1, on one line.
+# bench_ports N: N distinct free TCP ports on 127.0.0.1, on one line; below
+# the ephemeral range when there is room, so that outgoing connections (ours
+# or other programs') cannot take one before the server binds it.
 bench_ports() {
   python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
+import random, socket, sys
+count = int(sys.argv[1])
+try:
+    ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    ephemeral = 32768
+socks, ports = [], []
+if ephemeral - 10000 >= 100 * count:
+    for _ in range(1000 * count):
+        if len(ports) == count:
+            break
+        port = random.randrange(10000, ephemeral)
+        if port in ports:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+        ports.append(port)
+while len(ports) < count:
+    s = socket.socket()
     s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
+    socks.append(s)
+    ports.append(s.getsockname()[1])
+print(*ports)
 EOF
 }
 
