@@ -193,36 +193,9 @@ for kind in nginx haproxy; do
 done
 
 write_wsgate() { # id inspect(0|1)
-  local id=$1
-  {
-    echo "# wsgate benchmark configuration (written by benches/compare.sh)"
-    echo '[global]'
-    echo 'max_connections = 100000'
-    echo 'shutdown_timeout = "2s"'
-    echo
-    echo '[[listener]]'
-    echo "name = \"$id\""
-    echo "listen = \"127.0.0.1:${PORT[$id]}\""
-    if [[ ${TLS[$id]} == 1 ]]; then
-      echo '[[listener.tls.certificates]]'
-      echo "cert = \"$CERT\""
-      echo "key = \"$KEY\""
-    fi
-    echo
-    echo '[[route]]'
-    echo 'name = "echo"'
-    echo 'path_prefix = "/"'
-    echo 'upstream = "echo"'
-    if [[ $2 == 1 ]]; then
-      echo
-      echo '[route.inspect]'
-      echo 'enabled = true'
-    fi
-    echo
-    echo '[[upstream]]'
-    echo 'name = "echo"'
-    echo "servers = [{ address = \"127.0.0.1:$BACKEND_PORT\" }]"
-  } >"$work/$id.toml"
+  local id=$1 cert="" key=""
+  if [[ ${TLS[$id]} == 1 ]]; then cert=$CERT key=$KEY; fi
+  bench_wsgate_config "$work/$id.toml" "$id" "${PORT[$id]}" "$BACKEND_PORT" "$2" "$cert" "$key"
   "$WSGATE" check --config "$work/$id.toml" >/dev/null 2>&1 || { "$WSGATE" check --config "$work/$id.toml"; exit 1; }
 }
 

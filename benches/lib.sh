@@ -144,3 +144,39 @@ bench_machine_env() {
   RUSTC=$(rustc --version 2>/dev/null || echo unknown)
   export NPROC CPU_MODEL KERNEL MEMORY RUSTC
 }
+
+# A wsgate configuration for the benchmarks: one listener NAME on
+# 127.0.0.1:PORT (TLS when CERT and KEY are given), one route to the echo
+# backend at 127.0.0.1:BACKEND_PORT, inspected when INSPECT is 1.
+bench_wsgate_config() { # file name port backend_port inspect(0|1) [cert key]
+  local file=$1 name=$2 port=$3 backend_port=$4 inspect=$5 cert=${6:-} key=${7:-}
+  {
+    echo '# wsgate benchmark configuration (written by benches/lib.sh)'
+    echo '[global]'
+    echo 'max_connections = 100000'
+    echo 'shutdown_timeout = "2s"'
+    echo
+    echo '[[listener]]'
+    echo "name = \"$name\""
+    echo "listen = \"127.0.0.1:$port\""
+    if [[ -n $cert ]]; then
+      echo '[[listener.tls.certificates]]'
+      echo "cert = \"$cert\""
+      echo "key = \"$key\""
+    fi
+    echo
+    echo '[[route]]'
+    echo 'name = "echo"'
+    echo 'path_prefix = "/"'
+    echo 'upstream = "echo"'
+    if [[ $inspect == 1 ]]; then
+      echo
+      echo '[route.inspect]'
+      echo 'enabled = true'
+    fi
+    echo
+    echo '[[upstream]]'
+    echo 'name = "echo"'
+    echo "servers = [{ address = \"127.0.0.1:$backend_port\" }]"
+  } >"$file"
+}

@@ -44,34 +44,8 @@ bench_build
 # --- Ports, configurations, processes.
 read -r BACKEND_PORT PLAIN_PORT INSPECT_PORT < <(bench_ports 3)
 
-write_config() { # file port inspect(0|1)
-  {
-    echo '# wsgate benchmark configuration (written by benches/run.sh)'
-    echo '[global]'
-    echo 'max_connections = 100000'
-    echo 'shutdown_timeout = "2s"'
-    echo
-    echo '[[listener]]'
-    echo 'name = "bench"'
-    echo "listen = \"127.0.0.1:$2\""
-    echo
-    echo '[[route]]'
-    echo 'name = "echo"'
-    echo 'path_prefix = "/"'
-    echo 'upstream = "echo"'
-    if [[ $3 == 1 ]]; then
-      echo
-      echo '[route.inspect]'
-      echo 'enabled = true'
-    fi
-    echo
-    echo '[[upstream]]'
-    echo 'name = "echo"'
-    echo "servers = [{ address = \"127.0.0.1:$BACKEND_PORT\" }]"
-  } >"$1"
-}
-write_config "$work/plain.toml" "$PLAIN_PORT" 0
-write_config "$work/inspect.toml" "$INSPECT_PORT" 1
+bench_wsgate_config "$work/plain.toml" bench "$PLAIN_PORT" "$BACKEND_PORT" 0
+bench_wsgate_config "$work/inspect.toml" bench "$INSPECT_PORT" "$BACKEND_PORT" 1
 "$WSGATE" check --config "$work/plain.toml" >/dev/null 2>&1 || { "$WSGATE" check --config "$work/plain.toml"; exit 1; }
 "$WSGATE" check --config "$work/inspect.toml" >/dev/null 2>&1 || { "$WSGATE" check --config "$work/inspect.toml"; exit 1; }
 
