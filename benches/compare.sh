@@ -218,7 +218,12 @@ write_nginx() { # id
     echo "    fastcgi_temp_path $dir/tmp/fastcgi;"
     echo "    uwsgi_temp_path $dir/tmp/uwsgi;"
     echo "    scgi_temp_path $dir/tmp/scgi;"
-    [[ ${VARIANT[$id]} == tuned ]] && echo '    proxy_buffer_size 64k;'
+    if [[ ${VARIANT[$id]} == tuned ]]; then
+      echo '    proxy_buffer_size 64k;'
+      # Only so that nginx accepts the 64k above (its busy-buffers rule); an
+      # upgraded connection uses proxy_buffer_size buffers, not these.
+      echo '    proxy_buffers 4 64k;'
+    fi
     echo '    server {'
     if [[ ${TLS[$id]} == 1 ]]; then
       echo "        listen 127.0.0.1:${PORT[$id]} ssl;"
@@ -422,6 +427,7 @@ command_line="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONN
 command_line+=" SIZES=\"$SIZES\" HANDSHAKE_CONNECTIONS=$HANDSHAKE_CONNECTIONS IDLE_N=$IDLE_N IDLE_HOLD=$IDLE_HOLD"
 command_line+=" TUNED=$TUNED WORKLOADS=\"$WORKLOADS\""
 [[ -n $LOADGEN_THREADS ]] && command_line+=" LOADGEN_THREADS=$LOADGEN_THREADS"
+[[ $OUT != docs/comparison.md ]] && command_line+=" OUT=$OUT"
 command_line+=" benches/compare.sh"
 mkdir -p "$(dirname "$OUT")"
 bench_machine_env

@@ -223,6 +223,8 @@ for size in sizes:
     if (conns0, size, "wsgate") not in echo:
         continue
     w = echo[conns0, size, "wsgate"]["msgs"]
+    if w is None:
+        continue
     for kind, name in (("nginx", "nginx"), ("haproxy", "HAProxy")):
         v, t = best(peers(kind, False), lambda t: echo[conns0, size, t]["msgs"], True)
         r = ratio(w, v)
@@ -233,6 +235,8 @@ for size in sizes:
     if (conns0, size, "wsgate") not in echo:
         continue
     w = echo[conns0, size, "wsgate"]["cpu"]
+    if w is None:
+        continue
     v, t = best(peers("nginx", False) + peers("haproxy", False), lambda t: echo[conns0, size, t]["cpu"], False)
     r = ratio(w, v)
     check(f"CPU per 1M msgs at {size} B ≤ 0.7× the better peer",
@@ -240,6 +244,8 @@ for size in sizes:
           f"{fmt(w, 2)} s vs {fmt(v, 2)} s ({meta[t]['label'] if t else '–'}): {fmt(r, 2)}×")
 for tls in (False, True):
     w = hs[wsgate_id(tls)]["cpu_ms"]
+    if w is None:
+        continue
     v, t = best(peers("nginx", tls) + peers("haproxy", tls), lambda t: hs[t]["cpu_ms"], False)
     r = ratio(w, v)
     check(f"CPU per 1,000 handshakes{' (TLS)' if tls else ''} ≤ 0.7× the better peer",
@@ -249,6 +255,8 @@ for size in sizes:
     if (conns0, size, "wsgate") not in echo:
         continue
     w = echo[conns0, size, "wsgate"]["added"]
+    if w is None:
+        continue
     v, t = best(peers("nginx", False), lambda t: echo[conns0, size, t]["added"], False)
     ok = w <= v if w is not None and v is not None else None
     check(f"added p99 over direct at {size} B ≤ nginx's",
@@ -256,11 +264,15 @@ for size in sizes:
 for tls, limit in ((False, 2), (True, 10)):
     i = idle.get(wsgate_id(tls))
     k = i["kib"] if i else None
+    if k is None:
+        continue
     check(f"memory per idle {'TLS' if tls else 'plain'} tunnel ≤ {limit} KiB",
           k <= limit if k is not None else None,
           f"{fmt(k, 2)} KiB: {project(k, 100_000)} per 100,000 tunnels, {project(k, 1_000_000)} per 1,000,000")
 for tls in (False, True):
     w = hs[wsgate_id(tls)]["rate"]
+    if w is None:
+        continue
     v, t = best(peers("nginx", tls), lambda t: hs[t]["rate"], True)
     r = ratio(w, v)
     check(f"handshakes/s{' (TLS)' if tls else ''} ≥ nginx",
@@ -394,7 +406,11 @@ add("- **Closed loop latency.** Each socket has one message in flight, so direct
     "below zero. The ratio columns leave such rows out.")
 add("- **Stock nginx buffers.** nginx's stock `proxy_buffer_size` is one page (4 KiB), so a 16 KiB message takes "
     "several reads and writes per direction; `TUNED=1` (64 KiB) or `TUNED=both` shows nginx and HAProxy with large "
-    "buffers, which costs them memory per idle tunnel instead.")
+    "buffers.")
+add("- **Idle tunnels carry no data.** The idle sockets are opened and held without a message, so buffer pages a "
+    "proxy allocates but has not touched yet are not resident; a tunnel that has carried traffic may hold more "
+    "(nginx keeps its two `proxy_buffer_size` buffers for the tunnel's life, HAProxy and wsgate's plain tunnels "
+    "give theirs back when empty).")
 add("- **Threads.** All three proxies use two-way parallelism (wsgate: 2 tokio workers; nginx: 2 worker processes "
     "plus an idle master, counted in CPU and memory; HAProxy: 2 threads). HAProxy's `maxconn` is below the "
     "50,000 asked for because of the open-file limit; it is still above the idle socket count.")
