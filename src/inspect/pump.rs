@@ -185,7 +185,9 @@ where
                 Woke::Read(Ok(n), buffer) => {
                     let read = kept + n;
                     let (flow, left) = self.forward(&buffer[..read], kept).await;
-                    // At most HELD_MAX by `forward`'s rule.
+                    // At most HELD_MAX by `forward`'s rule; the clamp only
+                    // keeps a broken invariant from panicking in release.
+                    debug_assert!(left <= HELD_MAX, "held {left} bytes");
                     let left = left.min(HELD_MAX);
                     held[..left].copy_from_slice(&buffer[read - left..read]);
                     kept = left;
