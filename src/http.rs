@@ -2,8 +2,11 @@
 //! a WebSocket upgrade goes to a tunnel, anything else is forwarded as HTTP.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -22,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use tracing::{debug, info, warn, Instrument, Span};
 
+use crate::admission::caps::TunnelPermit;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
@@ -414,31 +418,34 @@ impl Proxy {
         let drain = self.drain.signal();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
-        self.tunnels.spawn(
-            async move {
-                // All three are released when the tunnel ends, however it ends.
-                let _held = (permit, slot, backend);
-                match tokio::try_join!(client_upgrade, backend_upgrade) {
-                    Ok((client, backend)) => {
-                        info!("tunnel open");
-                        let (route, upstream, server) = &labels;
-                        let metrics = metrics.tunnel(route, upstream, server, inspect.is_some());
-                        match inspect {
-                            Some(settings) => {
-                                let (client, backend) =
-                                    (tunnel::halves::client(client), tunnel::halves::backend(backend));
-                                // Boxed: a plain tunnel's task need not be as large
-                                // as an inspected one's (memory per idle tunnel).
-                                Box::pin(inspect::tunnel::run(client, backend, settings, drain, metrics)).await
-                            }
-                            None => tunnel::splice(client, backend, metrics).await,
-                        }
-                    }
-                    Err(error) => debug!(%error, "upgrade did not complete"),
-                }
-            }
-            .instrument(span),
-        );
+        // The wait for both upgrades, boxed and freed once it is over: an idle
+        // tunnel's task then holds only what its splice needs (memory per
+        // idle tunnel).
+        let opening = Box::pin(async move {
+            let (client, backend) = tokio::try_join!(client_upgrade, backend_upgrade)?;
+            info!("tunnel open");
+            let (route, upstream, server) = &labels;
+            let metrics = metrics.tunnel(route, upstream, server, inspect.is_some());
+            let (client, backend) = (tunnel::halves::client(client), tunnel::halves::backend(backend));
+            Ok(match inspect {
+                // Boxed too: a plain tunnel's task need not be as large as
+                // an inspected one's.
+                Some(settings) => TunnelState::Inspected(Box::pin(inspect::tunnel::run(
+                    client.split(),
+                    backend.split(),
+                    settings,
+                    drain,
+                    metrics,
+                ))),
+                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics)),
+            })
+        });
+        let task = TunnelTask {
+            // All three are released when the tunnel ends, however it ends.
+            _held: (permit, slot, backend),
+            state: TunnelState::Opening(opening),
+        };
+        self.tunnels.spawn(task.instrument(span));
         Ok(answer)
     }
 
@@ -573,6 +580,56 @@ fn request_host<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
             .trim_end_matches('.')
             .to_ascii_lowercase()
     }))
+}
+
+/// The task of one tunnel, written by hand so that it is no larger than the
+/// splice it runs: the wait for the two upgrades is boxed and freed when it
+/// is over, and an inspected tunnel (whose pumps run in tasks of their own)
+/// is boxed as well. What an idle plain tunnel costs is mostly this.
+struct TunnelTask {
+    _held: (TunnelPermit, Arc<ConnectionSlot>, BackendGuard),
+    state: TunnelState,
+}
+
+type BoxedFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the splice is the state an idle tunnel spends its life in; boxing it would add an allocation per tunnel"
+)]
+enum TunnelState {
+    Opening(BoxedFuture<Result<TunnelState, hyper::Error>>),
+    Plain(tunnel::Splice),
+    Inspected(BoxedFuture<()>),
+    Done,
+}
+
+impl Future for TunnelTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let state = &mut self.get_mut().state;
+        loop {
+            match state {
+                TunnelState::Opening(opening) => match ready!(opening.as_mut().poll(cx)) {
+                    Ok(next) => *state = next,
+                    Err(error) => {
+                        debug!(%error, "upgrade did not complete");
+                        *state = TunnelState::Done;
+                    }
+                },
+                TunnelState::Plain(splice) => {
+                    ready!(Pin::new(splice).poll(cx));
+                    *state = TunnelState::Done;
+                }
+                TunnelState::Inspected(inspected) => {
+                    ready!(inspected.as_mut().poll(cx));
+                    *state = TunnelState::Done;
+                }
+                TunnelState::Done => return Poll::Ready(()),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

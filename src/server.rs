@@ -19,6 +19,7 @@ use crate::admission::refusal_log;
 use crate::config::{self, Config};
 use crate::http::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
 use crate::lifecycle::drain::GoingAway;
+use crate::lifecycle::memory;
 use crate::lifecycle::reload::{Fixed, Reload, Reloader, Running};
 use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::stats::{RefusalReason, Stats};
@@ -190,6 +191,10 @@ impl Server {
             running.start_listener(listener);
         }
         running.start_housekeeping();
+        tokio::spawn(memory::release_after_bursts(
+            running.current.load().stats.clone(),
+            stop.clone(),
+        ));
         // Started after the listeners, so it is never ready before they accept.
         let admin_done = CancellationToken::new();
         let admin =

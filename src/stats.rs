@@ -73,6 +73,8 @@ pub struct Stats {
 #[derive(Default)]
 struct Inner {
     open_connections: AtomicUsize,
+    /// Connections opened and closed since start, together.
+    connection_events: AtomicU64,
     refusals: [AtomicU64; RefusalReason::ALL.len()],
     routes: std::sync::RwLock<HashMap<String, Arc<RouteCaps>>>,
     upstreams: std::sync::RwLock<HashMap<String, Arc<Pool>>>,
@@ -121,6 +123,12 @@ impl Stats {
     /// Client connections open now (a tunnel keeps its connection open).
     pub fn open_connections(&self) -> usize {
         self.inner.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Client connections opened and closed since start, together: changes
+    /// whenever any connection comes or goes.
+    pub fn connection_activity(&self) -> u64 {
+        self.inner.connection_events.load(Ordering::Relaxed)
     }
 
     /// Open tunnels on the route named `route` (0 for an unknown route).
@@ -188,6 +196,7 @@ impl Stats {
     /// is dropped.
     pub(crate) fn connection_opened(&self, listener: &str) -> OpenConnection {
         self.inner.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.inner.connection_events.fetch_add(1, Ordering::Relaxed);
         OpenConnection {
             stats: self.clone(),
             _gauge: self.inner.metrics.connection_opened(listener),
@@ -204,5 +213,6 @@ pub struct OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.stats.inner.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.stats.inner.connection_events.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -6,9 +6,11 @@
 //! proxy is ready, reloading or stopping, and keeps its watchdog fed;
 //! [`listen_fds`] takes the listening sockets systemd passes to a
 //! socket-activated service. [`reload`] switches a running server to a new
-//! configuration without dropping a socket.
+//! configuration without dropping a socket; [`memory`] gives the memory of
+//! a burst of handshakes back once it is over.
 
 pub mod drain;
 pub mod listen_fds;
+pub mod memory;
 pub mod notify;
 pub mod reload;

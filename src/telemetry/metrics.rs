@@ -275,13 +275,17 @@ impl Metrics {
             })
         };
         TunnelMetrics {
-            route: route.to_owned(),
             open,
             duration: inner.tunnel_duration.get_or_create_owned(&by_route),
             bytes: per_direction(&inner.tunnel_bytes),
-            frames: inspected.then(|| per_direction(&inner.tunnel_frames)),
-            ping_rtt: inspected.then(|| inner.ping_rtt.get_or_create_owned(&by_route)),
-            close_codes: inner.close_codes.clone(),
+            inspected: inspected.then(|| {
+                Box::new(InspectedMetrics {
+                    route: route.to_owned(),
+                    frames: per_direction(&inner.tunnel_frames),
+                    ping_rtt: inner.ping_rtt.get_or_create_owned(&by_route),
+                    close_codes: inner.close_codes.clone(),
+                })
+            }),
         }
     }
 
@@ -362,12 +366,18 @@ impl Drop for OpenGauge {
 
 /// One tunnel's metric handles, resolved when it opens.
 pub struct TunnelMetrics {
-    route: String,
     open: Gauge,
     duration: Histogram,
     bytes: [Counter; 2],
-    frames: Option<[Counter; 2]>,
-    ping_rtt: Option<Histogram>,
+    /// Boxed, and only for an inspected tunnel: a plain one is smaller.
+    inspected: Option<Box<InspectedMetrics>>,
+}
+
+/// What only an inspected tunnel knows: frames, pings and close codes.
+struct InspectedMetrics {
+    route: String,
+    frames: [Counter; 2],
+    ping_rtt: Histogram,
     close_codes: Family<CloseLabels, Counter>,
 }
 
@@ -384,8 +394,8 @@ pub enum FirstClose {
 impl TunnelMetrics {
     /// An answered keepalive ping.
     pub fn ping_answered(&self, rtt: Duration) {
-        if let Some(histogram) = &self.ping_rtt {
-            histogram.observe(rtt.as_secs_f64());
+        if let Some(inspected) = &self.inspected {
+            inspected.ping_rtt.observe(rtt.as_secs_f64());
         }
     }
 
@@ -397,19 +407,21 @@ impl TunnelMetrics {
         for (counter, n) in self.bytes.iter().zip(bytes) {
             counter.inc_by(n);
         }
-        if let Some(counters) = &self.frames {
-            for (counter, n) in counters.iter().zip(frames) {
-                counter.inc_by(n);
-            }
+        let Some(inspected) = &self.inspected else {
+            return;
+        };
+        for (counter, n) in inspected.frames.iter().zip(frames) {
+            counter.inc_by(n);
         }
         if let Some(close) = close {
             let (side, code) = match close {
                 FirstClose::Frame { side, code } => (side, close_code_label(code)),
                 FirstClose::Missing { side } => (side, "none"),
             };
-            self.close_codes
+            inspected
+                .close_codes
                 .get_or_create(&CloseLabels {
-                    route: self.route.clone(),
+                    route: inspected.route.clone(),
                     side,
                     code,
                 })

@@ -10,10 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::pool::{self, Lent};
 
-/// The state of one direction.
-pub struct Copy<R, W> {
-    src: R,
-    dst: W,
+/// The state of one direction. The streams are lent by the caller at each
+/// poll: a side is read by one direction and written by the other, and the
+/// splice owns it whole.
+#[derive(Default)]
+pub struct Copy {
     /// What was read and not yet all written: the only time a buffer is held.
     held: Option<(Lent, usize, usize)>,
     /// Bytes written since the last flush.
@@ -27,35 +28,22 @@ pub struct Copy<R, W> {
     pub ended_at: Option<Instant>,
 }
 
-impl<R, W> Copy<R, W>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    pub fn new(src: R, dst: W) -> Copy<R, W> {
-        Copy {
-            src,
-            dst,
-            held: None,
-            unflushed: false,
-            source_ended: false,
-            done: false,
-            bytes: 0,
-            ended_at: None,
-        }
-    }
-
+impl Copy {
     pub fn is_done(&self) -> bool {
         self.done
     }
 
     /// Copies until the source ends and the destination is shut down (a
     /// half-close passed on), or an error.
-    pub fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        let result = self.poll_inner(cx);
+        let result = self.poll_inner(cx, src, dst);
         if let Poll::Ready(outcome) = &result {
             self.done = true;
             self.held = None;
@@ -66,11 +54,15 @@ where
         result
     }
 
-    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_inner<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         loop {
             if let Some((buffer, start, end)) = &mut self.held {
                 while start < end {
-                    let n = ready!(Pin::new(&mut self.dst).poll_write(cx, &buffer[*start..*end]))?;
+                    let n = ready!(Pin::new(&mut *dst).poll_write(cx, &buffer[*start..*end]))?;
                     if n == 0 {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
@@ -81,16 +73,16 @@ where
                 self.held = None;
             }
             if self.source_ended {
-                return Pin::new(&mut self.dst).poll_shutdown(cx);
+                return Pin::new(&mut *dst).poll_shutdown(cx);
             }
             let mut buffer = pool::lend();
             let mut read = ReadBuf::new(&mut buffer);
-            match Pin::new(&mut self.src).poll_read(cx, &mut read) {
+            match Pin::new(&mut *src).poll_read(cx, &mut read) {
                 Poll::Pending => {
                     drop(buffer);
                     // Nothing more to read for now: push out what was written.
                     if self.unflushed {
-                        ready!(Pin::new(&mut self.dst).poll_flush(cx))?;
+                        ready!(Pin::new(&mut *dst).poll_flush(cx))?;
                         self.unflushed = false;
                     }
                     return Poll::Pending;

@@ -1,11 +1,13 @@
-//! The two halves of an upgraded connection, one for each direction's pump.
+//! The two sides of a tunnel, and each side's two halves.
 //!
-//! hyper hands an upgraded connection back as one boxed stream, and
-//! splitting that in two (`tokio::io::split`) puts a lock on every read and
-//! write. A plain TCP connection is taken back out of the box instead
-//! (`Upgraded::downcast`) and split into owned halves that need no lock; the
-//! bytes hyper had already read past the handshake are read first. A TLS
-//! stream's two directions share one session, so it keeps the locked split.
+//! hyper hands an upgraded connection back as one boxed stream. A plain TCP
+//! connection is taken back out of the box (`Upgraded::downcast`); the bytes
+//! hyper had already read past the handshake are read first. A [`Side`] is
+//! then used whole: a plain splice drives both directions from one task, so
+//! it needs neither a split nor a lock, whatever the stream. The inspected
+//! pumps run in tasks of their own and take a side apart ([`Side::split`]):
+//! TCP into owned halves that need no lock, any other stream (TLS, whose two
+//! directions share one session) behind tokio's locked split.
 
 use std::io;
 use std::pin::Pin;
@@ -25,8 +27,81 @@ use crate::upstream::BackendStream;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-/// A stream whose halves share it behind tokio's split.
+/// A stream that is not plain TCP, boxed.
 pub type Shared = Box<dyn Stream>;
+
+/// One side of a tunnel, whole.
+pub enum Side {
+    Tcp(Prefixed<TcpStream>),
+    Other(Shared),
+}
+
+/// The client's side: plain TCP from a plain listener, else (TLS) boxed.
+pub fn client(upgraded: Upgraded) -> Side {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Side::Tcp(Prefixed::new(parts.read_buf, parts.io.into_inner())),
+        Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
+    }
+}
+
+/// The backend's side: plain TCP, or TLS toward a `wss` upstream.
+pub fn backend(upgraded: Upgraded) -> Side {
+    match upgraded.downcast::<TokioIo<BackendStream>>() {
+        Ok(parts) => match parts.io.into_inner() {
+            Either::Left(stream) => Side::Tcp(Prefixed::new(parts.read_buf, stream)),
+            Either::Right(tls) => Side::Other(Box::new(Prefixed::new(parts.read_buf, tls))),
+        },
+        Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
+    }
+}
+
+impl Side {
+    /// The reading and the writing half, for pumps in separate tasks.
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Side::Tcp(Prefixed { prefix, io }) => {
+                let (read, write) = io.into_split();
+                (ReadHalf::Tcp(Prefixed { prefix, io: read }), WriteHalf::Tcp(write))
+            }
+            Side::Other(stream) => {
+                let (read, write) = tokio::io::split(stream);
+                (ReadHalf::Shared(read), WriteHalf::Shared(write))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Side {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Side::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Side::Other(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Side {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Side::Tcp(stream) => Pin::new(stream).poll_write(cx, data),
+            Side::Other(stream) => Pin::new(stream).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Side::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Side::Other(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Side::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Side::Other(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The reading half of one side.
 pub enum ReadHalf {
@@ -38,35 +113,6 @@ pub enum ReadHalf {
 pub enum WriteHalf {
     Tcp(OwnedWriteHalf),
     Shared(tokio::io::WriteHalf<Shared>),
-}
-
-/// The client's side: plain TCP from a plain listener, else (TLS) shared.
-pub fn client(upgraded: Upgraded) -> (ReadHalf, WriteHalf) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => tcp(parts.io.into_inner(), parts.read_buf),
-        Err(upgraded) => shared(Box::new(TokioIo::new(upgraded))),
-    }
-}
-
-/// The backend's side: plain TCP, or TLS toward a `wss` upstream.
-pub fn backend(upgraded: Upgraded) -> (ReadHalf, WriteHalf) {
-    match upgraded.downcast::<TokioIo<BackendStream>>() {
-        Ok(parts) => match parts.io.into_inner() {
-            Either::Left(stream) => tcp(stream, parts.read_buf),
-            Either::Right(tls) => shared(Box::new(Prefixed::new(parts.read_buf, tls))),
-        },
-        Err(upgraded) => shared(Box::new(TokioIo::new(upgraded))),
-    }
-}
-
-fn tcp(stream: TcpStream, already_read: Bytes) -> (ReadHalf, WriteHalf) {
-    let (read, write) = stream.into_split();
-    (ReadHalf::Tcp(Prefixed::new(already_read, read)), WriteHalf::Tcp(write))
-}
-
-fn shared(stream: Shared) -> (ReadHalf, WriteHalf) {
-    let (read, write) = tokio::io::split(stream);
-    (ReadHalf::Shared(read), WriteHalf::Shared(write))
 }
 
 impl AsyncRead for ReadHalf {
