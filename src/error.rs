@@ -24,6 +24,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("{0}")]
     BadRequest(&'static str),
+    #[error("{0}")]
+    NotImplemented(&'static str),
     #[error("invalid WebSocket handshake: {0}")]
     Handshake(#[from] HandshakeError),
     #[error("{0}")]
@@ -52,6 +54,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Handshake(HandshakeError::UnsupportedVersion) => StatusCode::UPGRADE_REQUIRED,
             ProxyError::Handshake(_) => StatusCode::BAD_REQUEST,
             ProxyError::Refused(refusal) => match refusal {

@@ -55,6 +55,26 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// rate-limits or trusts. From a trusted proxy the chains it sent are kept
 /// and its own address is appended, as each proxy in a chain does.
 pub fn set_forwarding(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
+    let spoofs: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            let dashed = name.as_str().replace('_', "-");
+            [
+                &X_FORWARDED_FOR,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &X_REAL_IP,
+                &header::FORWARDED,
+            ]
+            .iter()
+            .any(|known| known.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in spoofs {
+        headers.remove(name);
+    }
     let proto = if forwarded.tls { "https" } else { "http" };
     let client = forwarded.client.to_canonical();
     // An IP address is always a valid header value.

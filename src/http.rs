@@ -243,6 +243,7 @@ impl Proxy {
             .map_or("", |r| r.name.as_str());
         // Every upgrade that reached a route is one handshake outcome.
         let handshake_on = (upgrade && matched.is_some()).then_some(route);
+        let mut close = upgrade;
         let mut response = match result {
             Ok(response) => {
                 if let Some(route) = handshake_on {
@@ -256,6 +257,7 @@ impl Proxy {
                 response
             }
             Err(error) => {
+                close |= matches!(error.status(), StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED);
                 match error.refusal_reason() {
                     Some(reason) => {
                         self.stats.count_request_refusal(reason, route, upgrade);
@@ -275,7 +277,7 @@ impl Proxy {
                 error.into_response()
             }
         };
-        if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if close && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // A refused upgrade ends the connection: whatever the client sent
             // behind it was meant for a tunnel and must not be read as the
             // next request.
@@ -314,6 +316,7 @@ impl Proxy {
         upgrade: bool,
         matched: &mut Option<usize>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        check_transfer_coding(request.headers())?;
         let host = request_host(&request)?;
         let (index, route) = self
             .routes
@@ -521,11 +524,13 @@ fn set_upgrade_headers(headers: &mut http::HeaderMap) {
 /// Hop-by-hop headers out, forwarding headers in, and a Host header for
 /// absolute-form requests that carried the host only in their target.
 fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, ctx: &RequestContext<'_>) {
+    let client_host = headers.get(header::HOST).cloned();
     headers::strip_hop_by_hop(headers);
-    if !headers.contains_key(header::HOST) {
-        if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            headers.insert(header::HOST, value);
-        }
+    if let Some(host) = client_host {
+        headers.insert(header::HOST, host);
+    }
+    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        headers.insert(header::HOST, value);
     }
     let host = headers.get(header::HOST).cloned();
     headers::set_forwarding(
@@ -537,6 +542,24 @@ fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, ctx: &RequestContex
             host: host.as_ref(),
         },
     );
+}
+
+/// RFC 9112 §6.1: wsgate decodes `chunked`, once, and nothing else; any
+/// other coding would reach the backend undeclared once Transfer-Encoding
+/// is stripped as hop-by-hop.
+fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let chunked = codings.iter().filter(|c| c.eq_ignore_ascii_case(b"chunked")).count();
+    match (codings.len(), chunked) {
+        (0, _) | (1, 1) => Ok(()),
+        (_, 2..) => Err(ProxyError::BadRequest("chunked applied more than once")),
+        _ => Err(ProxyError::NotImplemented("a transfer coding other than chunked")),
+    }
 }
 
 /// The host a request is for, lower case and without port, from its Host
@@ -560,6 +583,12 @@ fn request_host<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
         })
         .transpose()?;
     let from_target = request.uri().authority();
+    if from_target.is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ProxyError::BadRequest("user information in the request target"));
+    }
+    if from_header.is_none() && request.version() >= Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
     let authority = match (from_target, &from_header) {
         (Some(target), Some(header)) if !target.host().eq_ignore_ascii_case(header.host()) => {
             return Err(ProxyError::BadRequest(

@@ -294,6 +294,13 @@ pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<
     tasks
 }
 
+/// The first wait after a failed accept; it doubles with each failure in a
+/// row, up to [`ACCEPT_BACKOFF_MAX`], and starts over after an accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Failed accepts are logged at most once per interval, with their count.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 pub(crate) struct Acceptor {
     pub(crate) current: Arc<ArcSwap<Proxy>>,
     pub(crate) settings: Arc<ArcSwap<ListenerSettings>>,
@@ -304,6 +311,11 @@ pub(crate) struct Acceptor {
 
 impl Acceptor {
     pub(crate) async fn run(self, socket: TcpListener) {
+        // Failed accepts (out of descriptors or memory) since the last line
+        // about them, when that line was written, and the next wait.
+        let mut failures: u64 = 0;
+        let mut logged_at: Option<Instant> = None;
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             // Take a place under max_connections *before* accepting: at the
             // cap the listener pauses and new clients wait in the kernel's
@@ -317,14 +329,37 @@ impl Acceptor {
             };
             match accepted {
                 Ok((stream, client)) => {
+                    if logged_at.take().is_some() {
+                        info!(failures, "accepting again");
+                    }
+                    failures = 0;
+                    backoff = ACCEPT_BACKOFF_MIN;
                     let span = tracing::info_span!("conn", %client);
                     self.tasks.spawn(self.serve(stream, client, permit).instrument(span));
                 }
                 Err(error) => {
-                    // Out of descriptors or memory: wait instead of spinning;
-                    // connections ending meanwhile free what we need.
-                    error!(%error, "accept failed; retrying in 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Out of descriptors or memory: the listener stays
+                    // readable and every retry fails at once, so wait,
+                    // longer each time (connections ending meanwhile free
+                    // what we need), and say so once per interval, not
+                    // once per failure.
+                    drop(permit);
+                    failures += 1;
+                    if logged_at.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL) {
+                        error!(
+                            %error,
+                            failures,
+                            retry_ms = backoff.as_millis() as u64,
+                            "accept failed; retrying with back-off"
+                        );
+                        logged_at = Some(Instant::now());
+                        failures = 0;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
         }

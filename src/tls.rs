@@ -92,19 +92,23 @@ struct SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let default = self.certificates.first().cloned();
-        let Some(name) = hello.server_name().and_then(|n| ServerName::try_from(n).ok()) else {
+        let Some(sni) = hello.server_name() else {
             return default;
         };
-        self.certificates
-            .iter()
-            .find(|certified| {
-                certified.end_entity_cert().ok().is_some_and(|der| {
-                    webpki::EndEntityCert::try_from(der)
-                        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
-                })
+        let Ok(name) = ServerName::try_from(sni) else {
+            tracing::debug!(sni, "SNI is not a valid name: the default certificate");
+            return default;
+        };
+        let found = self.certificates.iter().find(|certified| {
+            certified.end_entity_cert().ok().is_some_and(|der| {
+                webpki::EndEntityCert::try_from(der)
+                    .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
             })
-            .cloned()
-            .or(default)
+        });
+        if found.is_none() {
+            tracing::debug!(sni, "no certificate for the SNI name: the default certificate");
+        }
+        found.cloned().or(default)
     }
 }
 

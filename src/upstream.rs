@@ -220,6 +220,9 @@ impl UpstreamPool {
                     }
                     last_error = Some(error);
                 }
+                Ok(Err(error)) if client_body_failed(&error) => {
+                    return Err(ProxyError::BadRequest("malformed request body"));
+                }
                 Ok(Err(error)) => {
                     return Err(ProxyError::Upstream {
                         server: backend.name.to_string(),
@@ -313,6 +316,20 @@ fn connect_error(error: &(dyn std::error::Error + 'static)) -> ConnectError {
         source = cause.source();
     }
     ConnectError::Refused(std::io::Error::other(error_chain(error)))
+}
+
+/// Whether a pooled client's failure was the client's request body breaking
+/// (bad chunked framing, the client leaving): hyper reports a failing body
+/// as a user error.
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// An error and its causes on one line: hyper's top-level messages alone

@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::frame::OpCode;
 use super::pump::{Flow, Order, Pump, PING_PREFIX};
-use super::tunnel::{Ending, Side};
+use super::tunnel::{Ending, Shared, Side};
 use crate::config::Inspect;
 
 impl<R, W> Pump<R, W>
@@ -53,21 +54,7 @@ where
         }
         let silent_for = self.shared.silent_for(to);
         if silent_for >= ping_interval + pong_timeout {
-            // Nothing at all since well before the ping: the peer is gone
-            // (a dead NAT mapping, a pulled cable). Its side is closed
-            // outright; the other side is told: 1001 to a backend whose
-            // client went away, 1011 to a client whose backend hangs.
-            debug!(
-                side = to.as_str(),
-                silent_ms = silent_for.as_millis() as u64,
-                "peer stopped answering"
-            );
-            self.shared.ended(Ending::Unresponsive(to));
-            let (code, reason) = match to {
-                Side::Client => (1001, "client not responding"),
-                Side::Backend => (1011, "backend not responding"),
-            };
-            let _ = self.to_source.try_send(Order::CloseAndEnd { code, reason });
+            give_up(&self.shared, &self.to_source, to);
             return Flow::Stop;
         }
         if silent_for >= ping_interval && pinged.is_none() && self.can_inject() {
@@ -86,6 +73,24 @@ where
         }
         Flow::Go
     }
+}
+
+/// `to` has sent nothing at all since well before the ping: the peer is
+/// gone (a dead NAT mapping, a pulled cable). Its side is closed outright;
+/// the other side is told: 1001 to a backend whose client went away, 1011
+/// to a client whose backend hangs. The caller's pump then stops.
+pub(super) fn give_up(shared: &Shared, to_source: &mpsc::Sender<Order>, to: Side) {
+    debug!(
+        side = to.as_str(),
+        silent_ms = shared.silent_for(to).as_millis() as u64,
+        "peer stopped answering"
+    );
+    shared.ended(Ending::Unresponsive(to));
+    let (code, reason) = match to {
+        Side::Client => (1001, "client not responding"),
+        Side::Backend => (1011, "backend not responding"),
+    };
+    let _ = to_source.try_send(Order::CloseAndEnd { code, reason });
 }
 
 /// Timers are checked a few times per their shortest period.

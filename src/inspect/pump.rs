@@ -314,11 +314,44 @@ where
         (Flow::Go, held)
     }
 
+    /// Writes `bytes` to the destination. A destination that does not read
+    /// holds the write up for as long as it likes, and the clocks in
+    /// `timers` only run between reads: while the write waits, the
+    /// destination's silence is watched here, so a peer that neither reads
+    /// nor sends is given up on at `ping_interval` + `pong_timeout` all the
+    /// same.
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.dst.write_all(bytes).await
+        let to = self.to();
+        let inspect = &self.shared.settings.inspect;
+        if to == Side::Backend && !inspect.ping_backend {
+            return self.dst.write_all(bytes).await;
+        }
+        let limit = inspect.ping_interval + inspect.pong_timeout;
+        let write = self.dst.write_all(bytes);
+        tokio::pin!(write);
+        // Most writes complete at once: the watch is set up only for one
+        // that waits (no timer on the per-frame path).
+        if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            return result;
+        }
+        let period = super::keepalive::tick_period(inspect);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut write => return result,
+                _ = ticks.tick() => {
+                    if self.shared.silent_for(to) >= limit {
+                        super::keepalive::give_up(&self.shared, &self.to_source, to);
+                        return Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                }
+            }
+        }
     }
 
     fn saw_close(&self, code: Option<u16>, reason_len: usize) {
@@ -450,7 +483,7 @@ where
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         frame::encode_control(opcode, payload, mask, &mut out);
-        let result = self.dst.write_all(&out).await;
+        let result = self.write(&out).await;
         self.out = out;
         result
     }

@@ -47,9 +47,11 @@ pub mod outcome {
             | ProxyError::Upstream { .. } => BACKEND_ERROR,
             // Malformed requests: refused before the WebSocket handshake is
             // even looked at.
-            ProxyError::NoRoute | ProxyError::BadRequest(_) | ProxyError::Handshake(_) | ProxyError::Refused(_) => {
-                "bad_handshake"
-            }
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
+            | ProxyError::Handshake(_)
+            | ProxyError::Refused(_) => "bad_handshake",
         }
     }
 

@@ -10,6 +10,10 @@ mod client;
 mod raw;
 mod wire;
 
+pub mod hostile;
+
+pub mod hostile_peers;
+
 // Each test file uses a different part of these.
 #[allow(unused_imports)]
 pub use {backend::*, certs::*, client::*, raw::*, wire::*};

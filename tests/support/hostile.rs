@@ -1,0 +1,317 @@
+//! Hostile HTTP: exact bytes written in one go, everything the proxy sends
+//! back read until it closes the connection, and a backend that reads every
+//! request to the end of its body before it answers and keeps every byte it
+//! received, so a test can tell "nothing arrived", "an aborted request
+//! arrived" and "a complete request arrived" apart.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::{tcp_connect, within, SeenRequest};
+
+/// How long the proxy may take to close a connection it refused.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(5);
+
+/// Everything the proxy sent on one connection, the first response parsed.
+#[derive(Debug)]
+pub struct Reply {
+    /// The first response's status; `None` when nothing parseable came back.
+    pub status: Option<u16>,
+    /// The first response's header lines, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The first response's body, by its framing.
+    pub body: Vec<u8>,
+    /// Bytes after the first response: a second response would be here.
+    pub rest: Vec<u8>,
+    /// Whether the proxy ended the connection (EOF or reset) within [`CLOSE_BOUND`].
+    pub closed: bool,
+    /// Every byte received.
+    pub raw: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+}
+
+/// Connects to `addr`, writes `bytes` in one write, and reads until the proxy
+/// closes the connection or [`CLOSE_BOUND`] passes (then `closed` is false).
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
+    let mut stream = tcp_connect(addr).await;
+    stream.set_nodelay(true).unwrap();
+    within("writing the request", stream.write_all(bytes))
+        .await
+        .expect("writing the request");
+    let (raw, closed) = read_until_closed(&mut stream, CLOSE_BOUND).await;
+    parse_reply(raw, closed)
+}
+
+/// Reads until EOF or a reset (`true`), or until `bound` passes (`false`).
+pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, bound: Duration) -> (Vec<u8>, bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return (raw, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (raw, true),
+            Ok(Ok(n)) => {
+                raw.extend_from_slice(&chunk[..n]);
+                assert!(raw.len() <= 1 << 20, "the proxy sent more than 1 MiB");
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+fn parse_reply(raw: Vec<u8>, closed: bool) -> Reply {
+    let mut reply = Reply {
+        status: None,
+        headers: Vec::new(),
+        body: Vec::new(),
+        rest: Vec::new(),
+        closed,
+        raw,
+    };
+    let Some(end) = find(&reply.raw, b"\r\n\r\n") else {
+        reply.rest = reply.raw.clone();
+        return reply;
+    };
+    let head = String::from_utf8_lossy(&reply.raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    if !status_line.starts_with("HTTP/1.") {
+        reply.rest = reply.raw.clone();
+        return reply;
+    }
+    reply.status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok());
+    reply.headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let after = &reply.raw[end + 4..];
+    let chunked = reply
+        .header("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+    let length = reply.header("content-length").and_then(|l| l.parse::<usize>().ok());
+    let (body, rest) = match (reply.status, chunked, length) {
+        (Some(100..=199 | 204 | 304), _, _) => (Vec::new(), after.to_vec()),
+        (_, true, _) => dechunk(after),
+        (_, false, Some(n)) if n <= after.len() => (after[..n].to_vec(), after[n..].to_vec()),
+        (_, false, Some(_)) => (after.to_vec(), Vec::new()),
+        (_, false, None) => (after.to_vec(), Vec::new()),
+    };
+    reply.body = body;
+    reply.rest = rest;
+    reply
+}
+
+/// A chunked body and the bytes after it (everything, when it is cut short).
+fn dechunk(mut bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = find(bytes, b"\r\n") else {
+            return (body, Vec::new());
+        };
+        let size = std::str::from_utf8(&bytes[..eol])
+            .ok()
+            .and_then(|line| usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else {
+            return (body, Vec::new());
+        };
+        bytes = &bytes[eol + 2..];
+        if size == 0 {
+            // No trailers from wsgate: the last chunk is followed by CRLF.
+            let rest = bytes.strip_prefix(b"\r\n").unwrap_or(bytes);
+            return (body, rest.to_vec());
+        }
+        if bytes.len() < size + 2 {
+            body.extend_from_slice(&bytes[..bytes.len().min(size)]);
+            return (body, Vec::new());
+        }
+        body.extend_from_slice(&bytes[..size]);
+        bytes = &bytes[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------- backend
+
+/// One request as the [`BodyBackend`] received it.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub head: SeenRequest,
+    pub body: Vec<u8>,
+    pub trailers: Option<HeaderMap>,
+    /// Whether the body arrived whole; false while it is being read and
+    /// when the connection ended or broke inside it.
+    pub complete: bool,
+}
+
+#[derive(Default)]
+struct Log {
+    exchanges: Mutex<Vec<Exchange>>,
+    raw: Mutex<Vec<u8>>,
+}
+
+/// A real HTTP/1.1 backend (hyper) that reads each request's body to its
+/// end before answering `200 got N bytes`; a request whose body breaks gets
+/// no answer (its connection is dropped). It records every request, its
+/// body and trailers, and every byte received on any connection.
+pub struct BodyBackend {
+    pub addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    log: Arc<Log>,
+    task: JoinHandle<()>,
+}
+
+impl BodyBackend {
+    pub async fn start() -> BodyBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Log::default());
+        let (counter, state) = (accepts.clone(), log.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, state.clone()));
+            }
+        });
+        BodyBackend {
+            addr,
+            accepts,
+            log,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose head arrived, in order.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.log.exchanges.lock().unwrap().clone()
+    }
+
+    /// Every byte received so far, all connections in arrival order.
+    pub fn raw(&self) -> Vec<u8> {
+        self.log.raw.lock().unwrap().clone()
+    }
+
+    pub fn raw_text(&self) -> String {
+        String::from_utf8_lossy(&self.raw()).into_owned()
+    }
+}
+
+impl Drop for BodyBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(stream: TcpStream, log: Arc<Log>) {
+    let tap = Tap {
+        inner: stream,
+        log: log.clone(),
+    };
+    let service = hyper::service::service_fn(move |request| answer(request, log.clone()));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tap), service)
+        .await;
+}
+
+async fn answer(request: Request<Incoming>, log: Arc<Log>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let index = {
+        let mut exchanges = log.exchanges.lock().unwrap();
+        exchanges.push(Exchange {
+            head: SeenRequest {
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                version: request.version(),
+                headers: request.headers().clone(),
+            },
+            body: Vec::new(),
+            trailers: None,
+            complete: false,
+        });
+        exchanges.len() - 1
+    };
+    let collected = tokio::time::timeout(super::TIMEOUT, request.into_body().collect()).await;
+    let Ok(Ok(collected)) = collected else {
+        return Err(std::io::Error::other("the request body did not arrive whole"));
+    };
+    let trailers = collected.trailers().cloned();
+    let body = collected.to_bytes().to_vec();
+    let length = body.len();
+    {
+        let mut exchanges = log.exchanges.lock().unwrap();
+        let exchange = &mut exchanges[index];
+        exchange.body = body;
+        exchange.trailers = trailers;
+        exchange.complete = true;
+    }
+    Ok(Response::new(Full::new(Bytes::from(format!("got {length} bytes")))))
+}
+
+/// A stream that keeps a copy of every byte read from it.
+struct Tap {
+    inner: TcpStream,
+    log: Arc<Log>,
+}
+
+impl AsyncRead for Tap {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            this.log.raw.lock().unwrap().extend_from_slice(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tap {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
