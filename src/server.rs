@@ -76,8 +76,27 @@ impl ListenerSettings {
 }
 
 /// Binds `listener`'s address; the error names the listener.
+/// Connections the kernel queues for a listener before wsgate accepts them
+/// (capped by `net.core.somaxconn`). A burst of clients (a reconnect storm
+/// after a deploy) beyond the queue has its SYNs dropped and waits a second
+/// or more to retry; tokio's default of 128 is too small for that, nginx
+/// uses 511, HAProxy its `maxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 pub(crate) async fn bind_socket(listener: &config::Listener) -> io::Result<TcpListener> {
-    TcpListener::bind(listener.listen).await.map_err(|e| {
+    let bind = || {
+        let socket = if listener.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and tokio do: a restarted proxy can bind at once while
+        // the old one's connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(listener.listen)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("listener {:?}: cannot bind {}: {e}", listener.name, listener.listen),

@@ -13,7 +13,7 @@ use tracing::debug;
 use super::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
 use super::tunnel::{Closer, Ending, Shared, Side};
 use crate::lifecycle::drain::{DrainRequest, DrainSignal, GoingAway};
-use crate::tunnel::pool::{self, Lent};
+use crate::tunnel::pool::{Lent, Sizing};
 
 /// The most a pump holds back between reads: a whole control frame, its
 /// header (2 + 4 bytes) and payload (125), or a data frame's header (14).
@@ -32,8 +32,8 @@ enum Woke {
 /// One read, as a poll, into a buffer lent for it behind the `held` bytes;
 /// the buffer goes back at once when nothing can be read, so an idle pump
 /// holds none.
-fn poll_lent_read<R: AsyncRead + Unpin>(src: &mut R, cx: &mut Context<'_>, held: &[u8]) -> Poll<Woke> {
-    let mut buffer = pool::lend();
+fn poll_lent_read<R: AsyncRead + Unpin>(src: &mut R, sizing: Sizing, cx: &mut Context<'_>, held: &[u8]) -> Poll<Woke> {
+    let mut buffer = sizing.lend();
     buffer[..held.len()].copy_from_slice(held);
     let mut read = ReadBuf::new(&mut buffer[held.len()..]);
     match Pin::new(src).poll_read(cx, &mut read) {
@@ -79,6 +79,8 @@ pub(super) struct Pump<R, W> {
     out: Vec<u8>,
     /// A frame of wsgate's own waiting for the next frame boundary.
     pending: Option<Order>,
+    /// The size of buffer the next read borrows.
+    sizing: Sizing,
 }
 
 impl<R, W> Pump<R, W>
@@ -115,6 +117,7 @@ where
             shared: shared.clone(),
             out: Vec::with_capacity(14 + 125),
             pending: None,
+            sizing: Sizing::default(),
         }
     }
 
@@ -147,7 +150,7 @@ where
             let woke = poll_fn(|cx| {
                 let busy_turn = turn % 16 != 0;
                 if busy_turn {
-                    if let Poll::Ready(woke) = poll_lent_read(&mut self.src, cx, &held[..kept]) {
+                    if let Poll::Ready(woke) = poll_lent_read(&mut self.src, self.sizing, cx, &held[..kept]) {
                         return Poll::Ready(woke);
                     }
                 }
@@ -173,7 +176,7 @@ where
                     return Poll::Ready(Woke::Tick);
                 }
                 if !busy_turn {
-                    if let Poll::Ready(woke) = poll_lent_read(&mut self.src, cx, &held[..kept]) {
+                    if let Poll::Ready(woke) = poll_lent_read(&mut self.src, self.sizing, cx, &held[..kept]) {
                         return Poll::Ready(woke);
                     }
                 }
@@ -183,6 +186,7 @@ where
             let flow = match woke {
                 Woke::Read(Ok(0) | Err(_), _) => self.source_ended().await,
                 Woke::Read(Ok(n), buffer) => {
+                    self.sizing.saw(n, buffer.len() - kept);
                     let read = kept + n;
                     let (flow, left) = self.forward(&buffer[..read], kept).await;
                     // At most HELD_MAX by `forward`'s rule; the clamp only

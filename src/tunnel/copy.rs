@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::pool::{self, Lent};
+use super::pool::{Lent, Sizing};
 
 /// The state of one direction. The streams are lent by the caller at each
 /// poll: a side is read by one direction and written by the other, and the
@@ -22,6 +22,8 @@ pub struct Copy {
     /// The source ended; the destination's write side is being shut down.
     source_ended: bool,
     done: bool,
+    /// The size of buffer the next read borrows.
+    sizing: Sizing,
     /// Bytes read from the source.
     pub bytes: u64,
     /// When the source ended (end of stream or an error).
@@ -75,7 +77,8 @@ impl Copy {
             if self.source_ended {
                 return Pin::new(&mut *dst).poll_shutdown(cx);
             }
-            let mut buffer = pool::lend();
+            let mut buffer = self.sizing.lend();
+            let room = buffer.len();
             let mut read = ReadBuf::new(&mut buffer);
             match Pin::new(&mut *src).poll_read(cx, &mut read) {
                 Poll::Pending => {
@@ -96,6 +99,7 @@ impl Copy {
                         continue;
                     }
                     self.bytes += n as u64;
+                    self.sizing.saw(n, room);
                     self.held = Some((buffer, 0, n));
                 }
             }

@@ -7,17 +7,63 @@
 //! only a tunnel held up by a slow receiver keeps one meanwhile. Each worker
 //! thread keeps a few spare buffers, so a busy tunnel does not allocate per
 //! read.
+//!
+//! Buffers come in two sizes, and each reader's [`Sizing`] picks: a small
+//! one for small messages, a large one once a read has filled a small one
+//! (large messages, bulk transfers), so that a 16 KiB message with its
+//! frame header, or a 64 KiB one, goes through in one read and one write
+//! instead of several.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-/// Large enough for a 16 KiB message (or TLS record) in one read.
+/// The small size: a 16 KiB TLS record in one read.
 pub const BUFFER_SIZE: usize = 16 * 1024;
-/// Spare buffers a thread keeps; more are freed when given back.
+/// The large size, for a reader whose last read filled a small buffer.
+pub const LARGE_BUFFER_SIZE: usize = 64 * 1024;
+/// Spare buffers a thread keeps of each size (1 MiB and 512 KiB); more are
+/// freed when given back.
 const SPARES_PER_THREAD: usize = 64;
+const LARGE_SPARES_PER_THREAD: usize = 8;
 
 thread_local! {
     static SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static LARGE_SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads that bring less than a small buffer holds before a reader that
+/// went large comes back to small buffers: a large message often arrives as
+/// a large read and a short one (its tail), and the short one must not
+/// undo the choice.
+const LARGE_FOR: u8 = 8;
+
+/// One reader's choice of buffer size, from what its reads have brought.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sizing {
+    /// Reads left on large buffers; small buffers at 0.
+    large_for: u8,
+}
+
+impl Sizing {
+    /// A buffer of the size this reader needs now.
+    pub fn lend(&self) -> Lent {
+        if self.large_for > 0 {
+            lend_large()
+        } else {
+            lend()
+        }
+    }
+
+    /// After a read of `n` bytes into `room`: large buffers once a read
+    /// filled its room, and for as long as reads bring at least what a small
+    /// buffer holds; small ones again after [`LARGE_FOR`] reads that did not.
+    pub fn saw(&mut self, n: usize, room: usize) {
+        if n >= room.min(BUFFER_SIZE) {
+            self.large_for = LARGE_FOR;
+        } else {
+            self.large_for = self.large_for.saturating_sub(1);
+        }
+    }
 }
 
 /// A lent buffer; dropping it gives it back.
@@ -33,6 +79,14 @@ pub fn lend() -> Lent {
     }
 }
 
+/// Lends a buffer of [`LARGE_BUFFER_SIZE`] bytes, a spare if this thread has one.
+pub fn lend_large() -> Lent {
+    let spare = LARGE_SPARES.with(|spares| spares.borrow_mut().pop());
+    Lent {
+        buffer: Some(spare.unwrap_or_else(|| vec![0; LARGE_BUFFER_SIZE].into_boxed_slice())),
+    }
+}
+
 /// How many spare buffers this thread holds (for tests).
 pub fn spares() -> usize {
     SPARES.with(|spares| spares.borrow().len())
@@ -43,9 +97,14 @@ impl Drop for Lent {
         if let Some(buffer) = self.buffer.take() {
             // During thread teardown the pool may be gone: the buffer is
             // simply freed then.
-            let _ = SPARES.try_with(|spares| {
+            let (pool, keep) = if buffer.len() == LARGE_BUFFER_SIZE {
+                (&LARGE_SPARES, LARGE_SPARES_PER_THREAD)
+            } else {
+                (&SPARES, SPARES_PER_THREAD)
+            };
+            let _ = pool.try_with(|spares| {
                 let mut spares = spares.borrow_mut();
-                if spares.len() < SPARES_PER_THREAD {
+                if spares.len() < keep {
                     spares.push(buffer);
                 }
             });
@@ -82,5 +141,40 @@ mod tests {
         assert_eq!(spares(), SPARES_PER_THREAD - 1);
         drop(again);
         assert!(spares() >= before);
+    }
+
+    #[test]
+    fn a_read_that_fills_a_small_buffer_gets_a_large_one_next() {
+        let mut sizing = Sizing::default();
+        assert_eq!(sizing.lend().len(), BUFFER_SIZE);
+        sizing.saw(BUFFER_SIZE, BUFFER_SIZE);
+        assert_eq!(sizing.lend().len(), LARGE_BUFFER_SIZE);
+        // A 16 KiB message and its frame header: still large.
+        sizing.saw(BUFFER_SIZE + 8, LARGE_BUFFER_SIZE);
+        assert_eq!(sizing.lend().len(), LARGE_BUFFER_SIZE);
+        // A message's short tail does not undo the choice...
+        sizing.saw(200, LARGE_BUFFER_SIZE);
+        assert_eq!(sizing.lend().len(), LARGE_BUFFER_SIZE);
+        // ...but a run of small messages does.
+        for _ in 1..LARGE_FOR {
+            sizing.saw(200, LARGE_BUFFER_SIZE);
+        }
+        assert_eq!(sizing.lend().len(), BUFFER_SIZE);
+        // A small buffer filled behind bytes held from the last read.
+        sizing.saw(BUFFER_SIZE - 14, BUFFER_SIZE - 14);
+        assert_eq!(sizing.lend().len(), LARGE_BUFFER_SIZE);
+        for _ in 0..LARGE_FOR {
+            sizing.saw(BUFFER_SIZE - 15, LARGE_BUFFER_SIZE - 1);
+        }
+        assert_eq!(sizing.lend().len(), BUFFER_SIZE);
+    }
+
+    #[test]
+    fn large_buffers_go_back_to_their_own_spares() {
+        let small = spares();
+        let lent: Vec<Lent> = (0..LARGE_SPARES_PER_THREAD + 2).map(|_| lend_large()).collect();
+        drop(lent);
+        assert_eq!(spares(), small, "large buffers are not kept as small spares");
+        assert_eq!(lend_large().len(), LARGE_BUFFER_SIZE);
     }
 }
