@@ -41,20 +41,22 @@ impl RouteTable {
     }
 }
 
-/// 3 for an exact name, 2 for a wildcard, 1 for a route with no hosts.
-fn host_rank(patterns: &[String], host: &str) -> Option<u8> {
+/// 3 for an exact name, 2 for a wildcard, 1 for a route with no hosts;
+/// among wildcards, the longest domain (`*.example.com` over `*.com`), as
+/// nginx chooses.
+fn host_rank(patterns: &[String], host: &str) -> Option<(u8, usize)> {
     if patterns.is_empty() {
-        return Some(1);
+        return Some((1, 0));
     }
     patterns
         .iter()
         .filter_map(|pattern| match pattern.strip_prefix("*.") {
-            None => (pattern == host).then_some(3),
+            None => (pattern == host).then_some((3, 0)),
             Some(domain) => {
                 let matches = host.len() > domain.len() + 1
                     && host.ends_with(domain)
                     && host.as_bytes()[host.len() - domain.len() - 1] == b'.';
-                matches.then_some(2)
+                matches.then_some((2, domain.len()))
             }
         })
         .max()

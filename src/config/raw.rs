@@ -148,7 +148,7 @@ pub struct RawUpstream {
     pub passive_backoff: Option<Spanned<HumanDuration>>,
     pub passive_backoff_max: Option<Spanned<HumanDuration>>,
     pub health_check: Option<RawHealthCheck>,
-    pub tls: Option<RawUpstreamTls>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,11 +19,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// The longest duration a setting may have: 100 years, far beyond any
+/// timeout or interval, and short enough that the runtime's sums
+/// (`ping_interval + pong_timeout`, `now + interval`) cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Parses a duration such as `"10s"`; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
         format!("invalid duration {text:?} ({e}); write a number and a unit, such as \"500ms\", \"10s\" or \"5m\"")
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than 100 years, the longest a setting may have"
+        ));
+    }
+    Ok(duration)
 }
 
 /// A size in bytes: an integer, or text such as `"64KiB"`, `"1MiB"`, `"1MB"`.

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::route::normalize_host_pattern;
 use super::{Checker, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 use crate::config::raw::{Balance, RawHealthCheck, RawUpstream, RawUpstreamTls};
-use crate::config::{ConfigError, HashKey, HealthCheck, ServerAddress, Upstream, UpstreamServer};
+use crate::config::{HashKey, HealthCheck, ServerAddress, Upstream, UpstreamServer};
 
 impl Checker<'_> {
     pub(super) fn upstream(&mut self, i: usize, raw: &RawUpstream) -> Upstream {
@@ -121,7 +121,8 @@ impl Checker<'_> {
 
     /// Loads the CA (or the system's roots) now: a bad file is a config
     /// error, not a failed handshake at the first request.
-    fn upstream_tls(&mut self, i: usize, raw: &RawUpstreamTls) -> Option<crate::tls::UpstreamTls> {
+    fn upstream_tls(&mut self, i: usize, table: &Spanned<RawUpstreamTls>) -> Option<crate::tls::UpstreamTls> {
+        let raw = table.get_ref();
         if raw.enabled == Some(false) {
             return None;
         }
@@ -135,9 +136,7 @@ impl Checker<'_> {
                         self.error(n, format!("upstream[{i}].tls.server_name"), why)
                     }
                     (_, Some(ca)) => self.error(ca, format!("upstream[{i}].tls.ca"), why),
-                    _ => self
-                        .errors
-                        .push(ConfigError::file(self.file, format!("upstream[{i}].tls: {why}"))),
+                    _ => self.error(table, format!("upstream[{i}].tls"), why),
                 }
                 None
             }
