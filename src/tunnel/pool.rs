@@ -21,10 +21,12 @@ use std::ops::{Deref, DerefMut};
 pub const BUFFER_SIZE: usize = 16 * 1024;
 /// The large size, for a reader whose last read filled a small buffer.
 pub const LARGE_BUFFER_SIZE: usize = 64 * 1024;
-/// Spare buffers a thread keeps of each size (1 MiB and 512 KiB); more are
-/// freed when given back.
-const SPARES_PER_THREAD: usize = 64;
-const LARGE_SPARES_PER_THREAD: usize = 8;
+/// Spare buffers a thread keeps of each size (128 KiB of each); more are
+/// freed when given back. A buffer is lent only while a read is written on,
+/// so a thread rarely has more than a few out at once, and what the spares
+/// hold stays resident after the traffic is gone.
+const SPARES_PER_THREAD: usize = 8;
+const LARGE_SPARES_PER_THREAD: usize = 2;
 
 thread_local! {
     static SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
