@@ -19,8 +19,8 @@ use crate::stats::Stats;
 /// free pages are handed back.
 const QUIET: Duration = Duration::from_secs(1);
 
-/// Watches the connection counters until `stop`, trimming once after each
-/// burst of activity.
+/// Watches the connection counters until `stop`, trimming on the first
+/// quiet ticks after each burst of activity.
 pub async fn release_after_bursts(stats: Stats, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(QUIET);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -38,21 +38,31 @@ pub async fn release_after_bursts(stats: Stats, stop: CancellationToken) {
     }
 }
 
+/// Quiet ticks after a burst on which the free pages are handed back: a
+/// tunnel's last tasks (an inspected tunnel's pumps) may end and free their
+/// memory a moment after its connection has closed.
+const TRIMS_AFTER_A_BURST: u8 = 3;
+
 /// Decides, once per tick, from the connection activity seen so far.
 #[derive(Default)]
 struct Quiet {
     last_seen: Option<u64>,
-    trimmed_at: Option<u64>,
+    /// Trims done since the activity last changed.
+    trims: u8,
 }
 
 impl Quiet {
-    /// True when nothing happened since the last tick, something happened
-    /// since the last trim.
+    /// True on the first [`TRIMS_AFTER_A_BURST`] ticks on which nothing
+    /// happened since the tick before.
     fn trim_now(&mut self, activity: u64) -> bool {
         let settled = self.last_seen == Some(activity);
         self.last_seen = Some(activity);
-        if settled && self.trimmed_at != Some(activity) {
-            self.trimmed_at = Some(activity);
+        if !settled {
+            self.trims = 0;
+            return false;
+        }
+        if self.trims < TRIMS_AFTER_A_BURST {
+            self.trims += 1;
             return true;
         }
         false
@@ -72,19 +82,22 @@ fn trim() {}
 
 #[cfg(test)]
 mod tests {
-    use super::Quiet;
+    use super::{Quiet, TRIMS_AFTER_A_BURST};
 
     #[test]
-    fn trims_once_after_activity_settles() {
+    fn trims_a_few_times_after_activity_settles() {
         let mut quiet = Quiet::default();
-        // Start-up: nothing has happened yet, but nothing was trimmed either.
         assert!(!quiet.trim_now(0), "the first tick only takes a reading");
-        assert!(quiet.trim_now(0), "settled since start-up");
-        assert!(!quiet.trim_now(0), "trimmed once, not again while idle");
+        for _ in 0..TRIMS_AFTER_A_BURST {
+            assert!(quiet.trim_now(0), "settled: trimmed");
+        }
+        assert!(!quiet.trim_now(0), "not again while idle");
         // A burst over three ticks: no trim while it lasts.
         assert!(!quiet.trim_now(5));
         assert!(!quiet.trim_now(9));
-        assert!(quiet.trim_now(9), "one quiet tick after the burst");
+        for _ in 0..TRIMS_AFTER_A_BURST {
+            assert!(quiet.trim_now(9), "quiet after the burst");
+        }
         assert!(!quiet.trim_now(9));
     }
 }
