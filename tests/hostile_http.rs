@@ -74,6 +74,16 @@ impl Gate {
 
     /// A well-formed request after the refused ones: it is answered, and it
     /// is the only thing the backend ever received.
+    /// Each request refused with `status` and the connection closed, then
+    /// the canary as all the backend saw; the proxy is stopped.
+    async fn refuses_each<R: AsRef<[u8]>>(self, cases: impl IntoIterator<Item = (&str, R)>, status: u16) {
+        for (what, request) in cases {
+            self.refused(what, request.as_ref(), status).await;
+        }
+        self.canary_is_all_the_backend_saw().await;
+        self.proxy.stop().await;
+    }
+
     async fn canary_is_all_the_backend_saw(&self) {
         let request = format!(
             "GET /canary HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -434,29 +444,29 @@ async fn forwarding_headers_in_a_chunked_trailer_do_not_reach_the_backend() {
 async fn obs_fold_continuation_lines_are_400_and_nothing_reaches_the_backend() {
     let gate = Gate::start().await;
     let h = gate.host();
-    for (what, request) in [
-        (
-            "folded value",
-            format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Folded: a\r\n b\r\n\r\n"),
-        ),
-        (
-            "folded with a tab",
-            format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Folded: a\r\n\tb\r\n\r\n"),
-        ),
-        (
-            "folded Transfer-Encoding",
-            format!("POST / HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
-        ),
-        (
-            "a folded Content-Length",
-            format!("POST / HTTP/1.1\r\nHost: {h}\r\nX-A: b\r\n Content-Length: 5\r\n\r\nhello"),
-        ),
-        ("first line folded", format!("GET / HTTP/1.1\r\n Host: {h}\r\n\r\n")),
-    ] {
-        gate.refused(what, request.as_bytes(), 400).await;
-    }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.refuses_each(
+        [
+            (
+                "folded value",
+                format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Folded: a\r\n b\r\n\r\n"),
+            ),
+            (
+                "folded with a tab",
+                format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Folded: a\r\n\tb\r\n\r\n"),
+            ),
+            (
+                "folded Transfer-Encoding",
+                format!("POST / HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
+            ),
+            (
+                "a folded Content-Length",
+                format!("POST / HTTP/1.1\r\nHost: {h}\r\nX-A: b\r\n Content-Length: 5\r\n\r\nhello"),
+            ),
+            ("first line folded", format!("GET / HTTP/1.1\r\n Host: {h}\r\n\r\n")),
+        ],
+        400,
+    )
+    .await;
 }
 
 /// A bare CR is no line end (RFC 9112 §2.2: "MUST NOT be generated ...
@@ -467,25 +477,25 @@ async fn obs_fold_continuation_lines_are_400_and_nothing_reaches_the_backend() {
 async fn bare_cr_is_400_and_nothing_reaches_the_backend() {
     let gate = Gate::start().await;
     let h = gate.host();
-    for (what, request) in [
-        ("after the request line", format!("GET / HTTP/1.1\rHost: {h}\r\n\r\n")),
-        (
-            "between headers",
-            format!("GET / HTTP/1.1\r\nHost: {h}\rContent-Length: 5\r\n\r\nhello"),
-        ),
-        (
-            "inside a value",
-            format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-A: a\rb\r\n\r\n"),
-        ),
-        (
-            "before the blank line",
-            format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\r\n"),
-        ),
-    ] {
-        gate.refused(what, request.as_bytes(), 400).await;
-    }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.refuses_each(
+        [
+            ("after the request line", format!("GET / HTTP/1.1\rHost: {h}\r\n\r\n")),
+            (
+                "between headers",
+                format!("GET / HTTP/1.1\r\nHost: {h}\rContent-Length: 5\r\n\r\nhello"),
+            ),
+            (
+                "inside a value",
+                format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-A: a\rb\r\n\r\n"),
+            ),
+            (
+                "before the blank line",
+                format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\r\n"),
+            ),
+        ],
+        400,
+    )
+    .await;
 }
 
 /// A bare LF may be read as a line end (RFC 9112 §2.2, as nginx does), and
@@ -521,25 +531,27 @@ async fn bare_lf_line_ends_are_normalised_into_one_well_formed_request() {
 async fn whitespace_before_the_colon_is_400_and_nothing_reaches_the_backend() {
     let gate = Gate::start().await;
     let h = gate.host();
-    for (what, request) in [
-        ("Host", format!("GET / HTTP/1.1\r\nHost : {h}\r\n\r\n")),
-        (
-            "Transfer-Encoding",
-            format!("POST / HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\nhello"),
-        ),
-        (
-            "Content-Length with a tab",
-            format!("POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length\t: 5\r\n\r\nhello"),
-        ),
-        (
-            "X-Forwarded-For",
-            format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Forwarded-For : 6.6.6.6\r\n\r\n"),
-        ),
-    ] {
-        gate.refused(what, request.as_bytes(), 400).await;
-    }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.refuses_each(
+        [
+            ("Host", format!("GET / HTTP/1.1\r\nHost : {h}\r\n\r\n")),
+            (
+                "Transfer-Encoding",
+                format!(
+                    "POST / HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\nhello"
+                ),
+            ),
+            (
+                "Content-Length with a tab",
+                format!("POST / HTTP/1.1\r\nHost: {h}\r\nContent-Length\t: 5\r\n\r\nhello"),
+            ),
+            (
+                "X-Forwarded-For",
+                format!("GET / HTTP/1.1\r\nHost: {h}\r\nX-Forwarded-For : 6.6.6.6\r\n\r\n"),
+            ),
+        ],
+        400,
+    )
+    .await;
 }
 
 /// NUL and other control bytes end strings in C backends and are dropped or
