@@ -390,31 +390,26 @@ impl Proxy {
 
         let client_upgrade = hyper::upgrade::on(&mut request);
         let backend_upgrade = hyper::upgrade::on(backend_response);
-        // A root span with the connection's facts, attached once: every line
-        // the tunnel logs, to its `tunnel closed`, carries them.
-        let subprotocol = answer
-            .headers()
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("");
-        let client = match ctx.via_trusted {
-            // Named by a trusted proxy's forwarding header: no port.
-            Some(_) => ctx.client.to_string(),
-            None => ctx.info.client.to_string(),
+        // The connection's facts, for the tunnel's open and closed lines
+        // (and, at debug, a span around what it logs in between).
+        let identity = tunnel::Identity {
+            client: match ctx.via_trusted {
+                Some(_) => tunnel::identity::Client::Forwarded(ctx.client),
+                None => tunnel::identity::Client::Direct(ctx.info.client),
+            },
+            listener: ctx.info.listener.clone(),
+            route: route.name.clone(),
+            upstream: upstream.config.name.clone(),
+            server,
+            subprotocol: answer
+                .headers()
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|value| value.to_str().ok())
+                .map(Into::into),
+            inspected: route.inspect.is_some(),
         };
-        let span = tracing::info_span!(
-            parent: None,
-            "tunnel",
-            client,
-            listener = &*ctx.info.listener,
-            route = route.name.as_str(),
-            upstream = upstream.config.name.as_str(),
-            server = &*server,
-            subprotocol,
-            inspected = route.inspect.is_some()
-        );
+        let span = identity.debug_span();
         let metrics = self.stats.metrics().clone();
-        let labels = (route.name.clone(), upstream.config.name.clone(), server.clone());
         // RFC 7692: RSV1 marks compressed messages once the backend agreed.
         let deflate = handshake::agreed_extension(answer.headers(), "permessage-deflate");
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
@@ -426,9 +421,8 @@ impl Proxy {
         // idle tunnel).
         let opening = Box::pin(async move {
             let (client, backend) = tokio::try_join!(client_upgrade, backend_upgrade)?;
-            info!("tunnel open");
-            let (route, upstream, server) = &labels;
-            let metrics = metrics.tunnel(route, upstream, server, inspect.is_some());
+            tunnel::identity::tunnel_info!(&identity, "tunnel open");
+            let metrics = metrics.tunnel(&identity);
             let (client, backend) = (tunnel::halves::client(client), tunnel::halves::backend(backend));
             Ok(match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as
@@ -439,8 +433,9 @@ impl Proxy {
                     settings,
                     drain,
                     metrics,
+                    identity,
                 ))),
-                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics)),
+                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics, identity)),
             })
         });
         let task = TunnelTask {

@@ -67,10 +67,37 @@ fn pem_reason(error: rustls_pki_types::pem::Error) -> String {
     }
 }
 
+/// What a TLS listener does with a client whose SNI names a host none of its
+/// certificates is valid for, or that sends no SNI at all (`tls.unknown_sni`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSni {
+    /// Show it the first certificate listed: the handshake goes on, and the
+    /// client decides whether it trusts a certificate for another name.
+    #[default]
+    Default,
+    /// Refuse the handshake: rustls answers the ClientHello with a fatal
+    /// `access_denied` alert (49) and no certificate is shown, so a scanner
+    /// walking names (or addresses: no SNI is refused too) learns nothing
+    /// of the names the listener serves.
+    Refuse,
+}
+
 /// The rustls server configuration for a listener with these certificates;
 /// the first is the default for clients that send no SNI or an unknown name.
 pub fn server_config(certificates: Vec<Arc<CertifiedKey>>) -> Arc<ServerConfig> {
-    let resolver = SniResolver { certificates };
+    server_config_with(certificates, UnknownSni::Default)
+}
+
+/// [`server_config`] with the listener's `unknown_sni` policy: with
+/// [`UnknownSni::Refuse`], a client whose SNI matches no certificate, or
+/// that sends none, is refused during the handshake instead of being shown
+/// the first certificate.
+pub fn server_config_with(certificates: Vec<Arc<CertifiedKey>>, unknown_sni: UnknownSni) -> Arc<ServerConfig> {
+    let resolver = SniResolver {
+        certificates,
+        unknown_sni,
+    };
     // The ring provider ships both protocol versions we ask for, so the only
     // error this builder can return cannot happen here.
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
@@ -83,21 +110,44 @@ pub fn server_config(certificates: Vec<Arc<CertifiedKey>>) -> Arc<ServerConfig> 
 }
 
 /// Picks the first certificate valid for the client's SNI name (wildcards
-/// included, as a browser would judge them), else the first one.
+/// included, as a browser would judge them); when none is, or the client
+/// sent no SNI, the first one, or none (rustls then refuses the handshake
+/// with an `access_denied` alert) when the policy is [`UnknownSni::Refuse`].
 #[derive(Debug)]
 struct SniResolver {
     certificates: Vec<Arc<CertifiedKey>>,
+    unknown_sni: UnknownSni,
+}
+
+impl SniResolver {
+    /// The certificate for a client whose SNI names none (or that sent none).
+    fn fallback(&self) -> Option<Arc<CertifiedKey>> {
+        match self.unknown_sni {
+            UnknownSni::Default => self.certificates.first().cloned(),
+            UnknownSni::Refuse => None,
+        }
+    }
+
+    /// What the debug line says happens next.
+    fn outcome(&self) -> &'static str {
+        match self.unknown_sni {
+            UnknownSni::Default => "the default certificate",
+            UnknownSni::Refuse => "handshake refused",
+        }
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let default = self.certificates.first().cloned();
         let Some(sni) = hello.server_name() else {
-            return default;
+            if self.unknown_sni == UnknownSni::Refuse {
+                tracing::debug!("no SNI: handshake refused");
+            }
+            return self.fallback();
         };
         let Ok(name) = ServerName::try_from(sni) else {
-            tracing::debug!(sni, "SNI is not a valid name: the default certificate");
-            return default;
+            tracing::debug!(sni, "SNI is not a valid name: {}", self.outcome());
+            return self.fallback();
         };
         let found = self.certificates.iter().find(|certified| {
             certified.end_entity_cert().ok().is_some_and(|der| {
@@ -105,10 +155,13 @@ impl ResolvesServerCert for SniResolver {
                     .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
             })
         });
-        if found.is_none() {
-            tracing::debug!(sni, "no certificate for the SNI name: the default certificate");
+        match found {
+            Some(certified) => Some(certified.clone()),
+            None => {
+                tracing::debug!(sni, "no certificate for the SNI name: {}", self.outcome());
+                self.fallback()
+            }
         }
-        found.cloned().or(default)
     }
 }
 

@@ -317,3 +317,37 @@ fn upstream_tls_and_balancing_keys_are_checked() {
         .iter()
         .any(|e| e.key.starts_with("upstream[0].health_check")));
 }
+
+#[test]
+fn listener_unknown_sni_is_default_or_refuse() {
+    let certs = TestCerts::generate();
+    let tls = with_tls(&certs.server_cert(), &certs.server_key());
+    let with = |value: &str| {
+        replace(
+            &tls,
+            "[[listener.tls.certificates]]",
+            &format!("[listener.tls]\nunknown_sni = {value}\n\n[[listener.tls.certificates]]"),
+        )
+    };
+    for value in ["\"default\"", "\"refuse\""] {
+        let text = with(value);
+        let config = Config::from_toml(&text, Path::new(FILE)).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert!(config.listeners[0].tls.is_some());
+    }
+
+    let text = with("\"drop\"");
+    let error = single_error(&text, "listener[0].tls.unknown_sni");
+    assert_eq!(error.line, line_of(&text, "unknown_sni = \"drop\"", 0), "{error:#?}");
+    assert!(error.column > 0, "{error:#?}");
+    for word in ["drop", "default", "refuse"] {
+        assert!(error.message.contains(word), "{word:?} not in {error:#?}");
+    }
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "{FILE}:{}:{}: listener[0].tls.unknown_sni: ",
+            error.line, error.column
+        )),
+        "{shown}"
+    );
+}

@@ -32,6 +32,11 @@ const ALERT: u8 = 21;
 const FATAL: u8 = 2;
 const PROTOCOL_VERSION: u8 = 70;
 const HANDSHAKE_FAILURE: u8 = 40;
+/// What rustls answers when the certificate resolver finds none.
+const ACCESS_DENIED: u8 = 49;
+
+/// The `[listener.tls]` table of the tests of `unknown_sni = "refuse"`.
+const REFUSE_UNKNOWN_SNI: &str = "[listener.tls]\nunknown_sni = \"refuse\"\n\n";
 
 /// The binary with a TLS listener holding two certificates, `localhost`
 /// (listed first: the default) and `other.test`, in front of an echo
@@ -47,11 +52,17 @@ struct Fixture {
 
 impl Fixture {
     async fn start(handshake_timeout: &str) -> Fixture {
+        Fixture::start_with(handshake_timeout, "").await
+    }
+
+    /// As [`Fixture::start`], with `listener_tls` (a `[listener.tls]` table)
+    /// before the certificates.
+    async fn start_with(handshake_timeout: &str, listener_tls: &str) -> Fixture {
         let certs = TestCerts::generate();
         let backend = Backend::echo().await;
         let toml = format!(
             "[global]\nshutdown_timeout = \"2s\"\nlog_format = \"json\"\nhandshake_timeout = \"{handshake_timeout}\"\n\n\
-             [[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n{}{}\n{}",
+             [[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n{listener_tls}{}{}\n{}",
             tls_entry(&certs.server_cert(), &certs.server_key()),
             tls_entry(&certs.other_cert(), &certs.other_key()),
             route_and_upstream(backend.addr, "")
@@ -280,5 +291,150 @@ async fn a_client_that_stops_mid_handshake_is_closed_at_the_handshake_timeout_wi
     );
     fixture.debug_line(client, "TLS handshake timed out").await;
     fixture.others_are_served("after a stalled handshake").await;
+    fixture.stop().await;
+}
+
+/// A TLS handshake as `name` (no SNI at all for an IP address, as rustls
+/// and browsers do, or with `sni` off), trusting any certificate: the
+/// stream, or the error, with the certificate shown if any.
+async fn try_connect_as(
+    addr: SocketAddr,
+    name: &str,
+    sni: bool,
+) -> (
+    std::io::Result<TlsStream<TcpStream>>,
+    Option<rustls::pki_types::CertificateDer<'static>>,
+) {
+    let verifier = RecordingVerifier::new();
+    let mut config = (*verifier.client_config()).clone();
+    config.enable_sni = sni;
+    let tcp = tcp_connect(addr).await;
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let result = within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(server_name, tcp),
+    )
+    .await;
+    (result, verifier.seen())
+}
+
+/// Asserts that the handshake as `name` was refused with a fatal
+/// access_denied alert, before any certificate was shown.
+async fn assert_refused_with_access_denied(addr: SocketAddr, name: &str, sni: bool) {
+    let what = format!("{name} (SNI {})", if sni { "on" } else { "off" });
+    let (result, shown) = try_connect_as(addr, name, sni).await;
+    let error = match result {
+        Ok(_) => panic!("{what}: the handshake succeeded, it must be refused"),
+        Err(error) => error,
+    };
+    let received = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert_eq!(
+        received,
+        Some(&rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied)),
+        "{what}: {error:?}"
+    );
+    assert_eq!(shown, None, "{what}: a certificate was shown before the refusal");
+}
+
+/// The bytes of the refusal itself, for a real ClientHello as `name`:
+/// one plaintext fatal access_denied alert and the end of the connection,
+/// never a ServerHello; returns the client's address.
+async fn refused_with_one_alert(
+    fixture: &Fixture,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> SocketAddr {
+    let hello = rustls_client_hello(config, name);
+    let (answer, client) = refused(fixture.addr, &hello).await;
+    let records = records(&answer).unwrap_or_else(|| panic!("{name}: not TLS records: {answer:?}"));
+    assert_eq!(
+        records,
+        [Record {
+            kind: ALERT,
+            payload: vec![FATAL, ACCESS_DENIED]
+        }],
+        "{name}: not one fatal access_denied alert"
+    );
+    client
+}
+
+/// With `unknown_sni = "refuse"` (nginx's `ssl_reject_handshake`, HAProxy's
+/// `strict-sni`), SNI naming a host the listener holds no certificate for
+/// is refused in the handshake: rustls sends a fatal access_denied alert
+/// (49) in answer to the ClientHello, no certificate is shown, and a debug
+/// line in the connection's span names the SNI. Names the listener does
+/// hold still get their own certificate and are served, and no other
+/// connection notices.
+#[tokio::test]
+async fn with_unknown_sni_refuse_an_unknown_name_gets_an_access_denied_alert_and_known_names_their_own() {
+    let mut fixture = Fixture::start_with(LONG_HANDSHAKE_TIMEOUT, REFUSE_UNKNOWN_SNI).await;
+    assert_refused_with_access_denied(fixture.addr, "nobody.test", true).await;
+    // A subdomain of a known name is no match either: other.test holds no wildcard.
+    assert_refused_with_access_denied(fixture.addr, "sub.other.test", true).await;
+
+    let client = refused_with_one_alert(&fixture, fixture.certs.client_config(), "nobody.test").await;
+    let line = fixture
+        .debug_line(client, "no certificate for the SNI name: handshake refused")
+        .await;
+    assert_eq!(line["sni"], "nobody.test", "{line}");
+    assert!(
+        line["target"].as_str().is_some_and(|t| t.starts_with("wsgate")),
+        "{line}"
+    );
+    fixture.debug_line(client, "TLS handshake failed").await;
+    fixture.others_are_served("after a refused unknown SNI name").await;
+
+    for (name, der) in [
+        ("other.test", fixture.certs.other_der()),
+        ("localhost", fixture.certs.server_der()),
+    ] {
+        let (tls, shown) = connect_with_sni(fixture.addr, name).await;
+        assert_eq!(&shown, der, "{name} gets its own certificate");
+        let url = format!("wss://{name}:{}/known", fixture.addr.port());
+        let (mut ws, _) = ws_handshake(tls, &url, &[]).await;
+        assert_echo(&mut ws, Message::text(format!("served as {name}"))).await;
+        close(ws).await;
+    }
+    fixture.others_are_served("after the known names").await;
+    fixture.stop().await;
+}
+
+/// With `unknown_sni = "refuse"`, a client that sends no SNI at all is
+/// refused too, as nginx and HAProxy do: it is what a scanner connecting
+/// by IP address sends, and rustls (like browsers) sends no SNI for an IP
+/// address. Refused even though the default certificate holds the
+/// address 127.0.0.1, and even with a name the listener holds when SNI is
+/// turned off: without SNI there is no name to match. Same alert, a
+/// debug line, and others are served.
+#[tokio::test]
+async fn with_unknown_sni_refuse_a_client_without_sni_is_refused_too() {
+    let mut fixture = Fixture::start_with(LONG_HANDSHAKE_TIMEOUT, REFUSE_UNKNOWN_SNI).await;
+    assert_refused_with_access_denied(fixture.addr, "127.0.0.1", true).await;
+    assert_refused_with_access_denied(fixture.addr, "localhost", false).await;
+
+    let client = refused_with_one_alert(&fixture, fixture.certs.client_config(), "127.0.0.1").await;
+    fixture.debug_line(client, "no SNI: handshake refused").await;
+    fixture.debug_line(client, "TLS handshake failed").await;
+    fixture.others_are_served("after a client without SNI").await;
+    fixture.stop().await;
+}
+
+/// Without `unknown_sni` (the default, `"default"`), a client that sends
+/// no SNI is shown the first certificate listed and served, as documented.
+#[tokio::test]
+async fn without_unknown_sni_a_client_without_sni_is_shown_the_default_certificate() {
+    let mut fixture = Fixture::start(LONG_HANDSHAKE_TIMEOUT).await;
+    let (result, shown) = try_connect_as(fixture.addr, "127.0.0.1", true).await;
+    let tls = result.unwrap_or_else(|e| panic!("TLS handshake without SNI: {e}"));
+    assert_eq!(
+        shown.as_ref(),
+        Some(fixture.certs.server_der()),
+        "the default is the first listed"
+    );
+    let url = format!("wss://127.0.0.1:{}/no-sni", fixture.addr.port());
+    let (mut ws, _) = ws_handshake(tls, &url, &[]).await;
+    assert_echo(&mut ws, Message::text("served without SNI")).await;
+    close(ws).await;
+    fixture.others_are_served("after a client without SNI").await;
     fixture.stop().await;
 }

@@ -623,8 +623,11 @@ async fn the_binary_logs_json_lines() {
     assert_eq!(request["bytes"], "backend GET /x".len());
     assert_eq!(request["span"]["route"], "all");
 
-    // A tunnel: its closing line carries the connection's fields from its span.
+    // A tunnel: its open and closing lines carry the connection's fields
+    // themselves (no span lives as long as the tunnel at info).
     let (mut ws, _) = ws_connect(addr, "/", &[]).await;
+    let open = json_line(&mut lines, "the tunnel open line", |v| v["message"] == "tunnel open").await;
+    assert_eq!(open["route"], "all", "{open}");
     assert_echo(&mut ws, Message::text("over json")).await;
     send(&mut ws, close_message(1000, "done")).await;
     drain(ws).await;
@@ -632,13 +635,14 @@ async fn the_binary_logs_json_lines() {
         v["message"] == "tunnel closed"
     })
     .await;
-    let span = &closed["span"];
-    assert_eq!(span["name"], "tunnel");
-    assert_eq!(span["listener"], "plain");
-    assert_eq!(span["route"], "all");
-    assert_eq!(span["upstream"], "backends");
-    assert_eq!(span["server"], echo.addr.to_string());
-    assert!(span["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{span}");
+    assert!(closed.get("span").is_none(), "no tunnel span at info: {closed}");
+    assert_eq!(closed["listener"], "plain");
+    assert_eq!(closed["route"], "all");
+    assert_eq!(closed["upstream"], "backends");
+    assert_eq!(closed["server"], echo.addr.to_string());
+    assert_eq!(closed["subprotocol"], "");
+    assert_eq!(closed["inspected"], false);
+    assert!(closed["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{closed}");
     assert!(closed["from_client"].as_u64().unwrap() > 0, "{closed}");
     assert!(closed["from_backend"].as_u64().unwrap() > 0, "{closed}");
     assert_eq!(closed["ended_by"], "peers");

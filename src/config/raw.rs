@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration};
 use crate::admission::rate_limit::LimitSpec;
+use crate::tls::UnknownSni;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +71,9 @@ pub struct RawListener {
 pub struct RawListenerTls {
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    /// `"default"` or `"refuse"`; a bad value is a serde error naming the
+    /// allowed ones, like `balance`.
+    pub unknown_sni: Option<UnknownSni>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{info, Instrument};
+use tracing::Instrument;
 
 use super::frame::Violation;
 use super::pump::Pump;
@@ -29,6 +29,7 @@ use crate::config::Inspect;
 use crate::lifecycle::drain::{DrainSignal, GoingAway};
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
+use crate::tunnel::identity::{tunnel_info, Identity};
 
 /// After one direction ended, how long the other gets to deliver its close.
 const END_GRACE: Duration = Duration::from_secs(1);
@@ -109,6 +110,8 @@ pub(super) struct Shared {
     state: Mutex<State>,
     /// Recorded into at the tunnel's end (and per answered ping).
     pub(super) metrics: TunnelMetrics,
+    /// For the `tunnel closed` line.
+    identity: Identity,
     /// This tunnel's place in a spread drain, from 0 to 1.
     drain_place: f32,
     /// Cancelled when the tunnel must end at once.
@@ -156,7 +159,7 @@ impl Closer {
 }
 
 impl Shared {
-    fn new(settings: Settings, metrics: TunnelMetrics) -> Shared {
+    fn new(settings: Settings, metrics: TunnelMetrics, identity: Identity) -> Shared {
         Shared {
             settings,
             started: Instant::now(),
@@ -166,6 +169,7 @@ impl Shared {
             frames: Default::default(),
             state: Mutex::new(State::default()),
             metrics,
+            identity,
             drain_place: rand::random(),
             end: CancellationToken::new(),
         }
@@ -234,13 +238,14 @@ pub async fn run<CR, CW, BR, BW>(
     settings: Settings,
     drain: DrainSignal,
     metrics: TunnelMetrics,
+    identity: Identity,
 ) where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin + Send + 'static,
     BR: AsyncRead + Unpin + Send + 'static,
     BW: AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = Arc::new(Shared::new(settings, metrics));
+    let shared = Arc::new(Shared::new(settings, metrics, identity));
     let (to_backend, backend_inbox) = mpsc::channel(4);
     let (to_client, client_inbox) = mpsc::channel(4);
     let upstream = Pump::new(
@@ -278,8 +283,7 @@ pub async fn run<CR, CW, BR, BW>(
     log_end(&shared);
 }
 
-/// The tunnel's `tunnel closed` line (its span carries client, listener,
-/// route, upstream, server and subprotocol) and its metrics.
+/// The tunnel's `tunnel closed` line (with its [`Identity`]) and its metrics.
 fn log_end(shared: &Shared) {
     let state = shared.state();
     let first_code = |closer: Closer| match closer {
@@ -296,7 +300,8 @@ fn log_end(shared: &Shared) {
     let frames = [load(&shared.frames, Side::Client), load(&shared.frames, Side::Backend)];
     let sent = |side: Side| state.close_sent[side.index()];
     let duration = shared.started.elapsed();
-    info!(
+    tunnel_info!(
+        &shared.identity,
         from_client = bytes[CLIENT_TO_BACKEND],
         from_backend = bytes[BACKEND_TO_CLIENT],
         frames_from_client = frames[CLIENT_TO_BACKEND],

@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::balance::Pool;
+use crate::tunnel::Identity;
 
 /// The `Content-Type` of `Metrics::encode`'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -255,7 +256,9 @@ impl Metrics {
     /// The handles of one tunnel, resolved once as it opens; it counts as
     /// open until they are dropped. `inspected`: frames and close codes are
     /// known (an inspected route).
-    pub fn tunnel(&self, route: &str, upstream: &str, server: &str, inspected: bool) -> TunnelMetrics {
+    pub fn tunnel(&self, identity: &Identity) -> TunnelMetrics {
+        let (route, upstream, server) = (identity.route.as_str(), identity.upstream.as_str(), &*identity.server);
+        let inspected = identity.inspected;
         let inner = &self.inner;
         let open = inner.open_tunnels.get_or_create_owned(&TunnelLabels {
             route: route.to_owned(),
@@ -470,7 +473,15 @@ mod tests {
     #[test]
     fn a_tunnel_counts_as_open_while_its_handles_live() {
         let metrics = Metrics::new();
-        let tunnel = metrics.tunnel("chat", "backends", "10.0.0.1:80", true);
+        let tunnel = metrics.tunnel(&Identity {
+            client: crate::tunnel::identity::Client::Direct("127.0.0.1:5000".parse().unwrap()),
+            listener: "public".into(),
+            route: "chat".into(),
+            upstream: "backends".into(),
+            server: "10.0.0.1:80".into(),
+            subprotocol: None,
+            inspected: true,
+        });
         let text = metrics.encode(&[]);
         assert!(
             text.contains("wsgate_open_tunnels{route=\"chat\",upstream=\"backends\",server=\"10.0.0.1:80\"} 1"),

@@ -6,6 +6,7 @@
 
 pub mod copy;
 pub mod halves;
+pub mod identity;
 pub mod pool;
 
 use std::future::Future;
@@ -14,10 +15,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tracing::info;
-
 use copy::Copy;
 use halves::Side;
+use identity::tunnel_info;
+pub use identity::Identity;
 
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::TunnelMetrics;
@@ -36,19 +37,21 @@ pub struct Splice {
     /// Backend to client.
     downstream: Copy,
     metrics: TunnelMetrics,
+    identity: Identity,
     started: Instant,
 }
 
 impl Splice {
     /// `client` and `backend` are the two upgraded connections, taken out of
     /// hyper's box by [`halves`].
-    pub fn new(client: Side, backend: Side, metrics: TunnelMetrics) -> Self {
+    pub fn new(client: Side, backend: Side, metrics: TunnelMetrics, identity: Identity) -> Self {
         Splice {
             client,
             backend,
             upstream: Copy::default(),
             downstream: Copy::default(),
             metrics,
+            identity,
             started: Instant::now(),
         }
     }
@@ -64,7 +67,8 @@ impl Splice {
         let mut bytes = [0; 2];
         bytes[CLIENT_TO_BACKEND] = self.upstream.bytes;
         bytes[BACKEND_TO_CLIENT] = self.downstream.bytes;
-        info!(
+        tunnel_info!(
+            &self.identity,
             from_client = bytes[CLIENT_TO_BACKEND],
             from_backend = bytes[BACKEND_TO_CLIENT],
             duration_ms = duration.as_millis() as u64,
@@ -84,8 +88,8 @@ impl Splice {
 /// right behind its handshake were read by hyper and go first. No buffer is
 /// held while the tunnel is idle ([`pool`]).
 ///
-/// Ends with one `tunnel closed` line (its span carries client, listener,
-/// route, upstream, server and subprotocol) and the tunnel's metrics. A
+/// Ends with one `tunnel closed` line (with the tunnel's [`Identity`]) and
+/// the tunnel's metrics. A
 /// splice does not read frames: which side ended first is the side whose
 /// stream ended first, and close codes are not known.
 impl Future for Splice {

@@ -70,7 +70,8 @@ impl Checker<'_> {
                         Err(e) => self.error(&pair.key, format!("{key_prefix}.key"), e.to_string()),
                     }
                 }
-                (keys.len() == tls.get_ref().certificates.len()).then(|| tls::server_config(keys))
+                let unknown_sni = tls.get_ref().unknown_sni.unwrap_or_default();
+                (keys.len() == tls.get_ref().certificates.len()).then(|| tls::server_config_with(keys, unknown_sni))
             }
         };
         Some(Listener {
