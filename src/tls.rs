@@ -78,8 +78,8 @@ pub enum UnknownSni {
     Default,
     /// Refuse the handshake: rustls answers the ClientHello with a fatal
     /// `access_denied` alert (49) and no certificate is shown, so a scanner
-    /// walking names (or addresses: no SNI is refused too) learns nothing
-    /// of the names the listener serves.
+    /// that does not already know a name served here (or that connects by
+    /// address: no SNI is refused too) is shown none of the names.
     Refuse,
 }
 
