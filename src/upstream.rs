@@ -138,9 +138,13 @@ impl UpstreamPool {
     }
 
     fn connect_failed(&self, name: &str, addr: SocketAddr, error: &ConnectError, backend: &crate::balance::Backend) {
-        let backoff = backend.record_connect_failure(self.config.passive_backoff, self.config.passive_backoff_max);
-        warn!(upstream = %self.config.name, server = %name, %addr, %error, backoff_ms = backoff.as_millis() as u64,
-            "connect failed; server set aside");
+        match backend.record_connect_failure(self.config.passive_backoff, self.config.passive_backoff_max) {
+            Some(backoff) => warn!(upstream = %self.config.name, server = %name, %addr, %error,
+                backoff_ms = backoff.as_millis() as u64, "connect failed; server set aside"),
+            // One of the connects in flight when it failed: already said.
+            None => debug!(upstream = %self.config.name, server = %name, %addr, %error,
+                "connect failed; server already set aside"),
+        }
     }
 
     /// Sends a WebSocket handshake on a new connection of its own (a tunnel

@@ -86,7 +86,7 @@ fn config(backends: &[EchoBackend], generation: u64) -> String {
          [[route]]\nname = \"soak\"\nupstream = \"echoes\"\nallowed_origins = [\"{ORIGIN}\"]\n\n\
          [route.rate_limit]\nper_client = {RATE}\n\n\
          [route.inspect]\nenabled = true\n\n\
-         [[upstream]]\nname = \"echoes\"\nservers = [{}]\nconnect_timeout = \"{}s\"\npassive_backoff_max = \"10s\"\n\n\
+         [[upstream]]\nname = \"echoes\"\nservers = [{}]\nconnect_timeout = \"{}s\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n",
         servers.join(", "),
         2 + generation
@@ -321,8 +321,8 @@ async fn probe_until_on(proxy: std::net::SocketAddr, backend: String, until: Ins
         if Instant::now() >= until {
             return None;
         }
-        // Passive backoff sets the restarted server aside for up to
-        // `passive_backoff_max` after the failed connects of the kill.
+        // Passive back-off sets the restarted server aside after the kill's
+        // failed connects: 1 s, doubling per failed connect tried after it.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     None

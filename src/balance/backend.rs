@@ -148,16 +148,28 @@ impl Backend {
 
     /// Passive health: a failed connect (refused, timed out) keeps new
     /// tunnels away for `base`, doubling with each failure in a row up to
-    /// `max`, without waiting for the next active check. Returns the back-off.
-    pub fn record_connect_failure(&self, base: Duration, max: Duration) -> Duration {
+    /// `max`, without waiting for the next active check. Returns the new
+    /// back-off, or `None` when the server was already set aside.
+    pub fn record_connect_failure(&self, base: Duration, max: Duration) -> Option<Duration> {
+        self.connect_failed_at(now_nanos(), base, max)
+    }
+
+    /// "In a row" counts connects tried after the last back-off ran out: the
+    /// many connects in flight when a server dies all fail together, and
+    /// they are one failure, not a doubling each (which would set the server
+    /// aside for `max` after a single outage).
+    fn connect_failed_at(&self, now: u64, base: Duration, max: Duration) -> Option<Duration> {
         self.note_result(false);
         let mut health = self.lock();
+        if self.down_until.load(Ordering::Relaxed) > now {
+            return None;
+        }
         let doublings = health.connect_failures.min(16);
         health.connect_failures = health.connect_failures.saturating_add(1);
         let backoff = base.saturating_mul(1 << doublings).min(max);
-        let until = now_nanos().saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
+        let until = now.saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
         self.down_until.store(until.max(1), Ordering::Relaxed);
-        backoff
+        Some(backoff)
     }
 
     /// A successful connect ends any passive back-off.
@@ -230,15 +242,36 @@ mod tests {
     #[test]
     fn failed_connects_back_off_exponentially_up_to_the_cap() {
         let b = backend();
+        let ms = |n: u64| n * 1_000_000;
         let base = Duration::from_millis(100);
         let max = Duration::from_millis(350);
-        assert_eq!(b.record_connect_failure(base, max), base);
-        assert!(!b.is_available());
-        assert_eq!(b.record_connect_failure(base, max), base * 2);
-        assert_eq!(b.record_connect_failure(base, max), max);
+        assert_eq!(b.connect_failed_at(ms(1_000), base, max), Some(base));
+        assert!(b.down_until.load(Ordering::Relaxed) > ms(1_000));
+        // Each next failure is of a connect tried once the back-off ran out.
+        assert_eq!(b.connect_failed_at(ms(1_100), base, max), Some(base * 2));
+        assert_eq!(b.connect_failed_at(ms(1_300), base, max), Some(max));
+        assert_eq!(b.connect_failed_at(ms(1_650), base, max), Some(max));
         b.record_connect_success();
         assert!(b.is_available());
-        assert_eq!(b.record_connect_failure(base, max), base);
+        assert_eq!(b.record_connect_failure(base, max), Some(base));
+        assert!(!b.is_available());
+    }
+
+    #[test]
+    fn failures_while_set_aside_do_not_lengthen_the_back_off() {
+        let b = backend();
+        let ms = |n: u64| n * 1_000_000;
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        assert_eq!(b.connect_failed_at(ms(1_000), base, max), Some(base));
+        // Fifty connects that were in flight when the server died.
+        let until = b.down_until.load(Ordering::Relaxed);
+        for i in 0..50 {
+            assert_eq!(b.connect_failed_at(ms(1_000 + i), base, max), None, "failure {i}");
+        }
+        assert_eq!(b.down_until.load(Ordering::Relaxed), until, "not moved");
+        // The next connect, once the 100 ms are over, is the second in a row.
+        assert_eq!(b.connect_failed_at(ms(1_100), base, max), Some(base * 2));
     }
 
     #[test]
