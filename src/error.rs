@@ -26,6 +26,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("{0}")]
     NotImplemented(&'static str),
+    #[error("the request line is longer than a request head may be")]
+    UriTooLong,
     #[error("invalid WebSocket handshake: {0}")]
     Handshake(#[from] HandshakeError),
     #[error("{0}")]
@@ -55,6 +57,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Handshake(HandshakeError::UnsupportedVersion) => StatusCode::UPGRADE_REQUIRED,
             ProxyError::Handshake(_) => StatusCode::BAD_REQUEST,
             ProxyError::Refused(refusal) => match refusal {
@@ -112,6 +115,23 @@ impl ProxyError {
             _ => {}
         }
         response
+    }
+}
+
+impl ProxyError {
+    /// A client error's answer as bytes on the wire, for the refusals made
+    /// below hyper ([`crate::framing`]): the same status and body as
+    /// [`ProxyError::into_response`], and the connection closes after it.
+    pub fn into_wire(self) -> Vec<u8> {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let body = format!("{reason}: {self}\n");
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            body.len()
+        )
+        .into_bytes()
     }
 }
 

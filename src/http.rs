@@ -33,6 +33,7 @@ use crate::balance::{hash_key, BackendGuard};
 use crate::config::Balance;
 use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
+use crate::framing::FramingGuard;
 use crate::handshake;
 use crate::headers::{self, Forwarded};
 use crate::inspect::{self, tunnel::Settings};
@@ -112,7 +113,16 @@ pub async fn serve_connection<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_header_size(first.global.max_request_header_size)
-        .serve_connection(TokioIo::new(io), service)
+        // A client's end of stream while its request is answered does not
+        // cut the answer short: a client may half-close after its request,
+        // and the framing guard ends the stream behind the last request it
+        // lets through, to answer a refused one after the others (as nginx
+        // answers pipelined requests one by one).
+        .half_close(true)
+        .serve_connection(
+            TokioIo::new(FramingGuard::new(io, first.global.max_request_header_size)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {

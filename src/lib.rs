@@ -57,6 +57,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod handshake;
 pub mod headers;
 pub mod health;

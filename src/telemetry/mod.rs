@@ -50,6 +50,7 @@ pub mod outcome {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)
+            | ProxyError::UriTooLong
             | ProxyError::Handshake(_)
             | ProxyError::Refused(_) => "bad_handshake",
         }

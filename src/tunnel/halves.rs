@@ -19,8 +19,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream as ServerTlsStream;
 use tokio_util::either::Either;
 
+use crate::framing::FramingGuard;
 use crate::upstream::BackendStream;
 
 /// Any upgraded stream that is not plain TCP.
@@ -36,12 +38,35 @@ pub enum Side {
     Other(Shared),
 }
 
-/// The client's side: plain TCP from a plain listener, else (TLS) boxed.
+/// The client's side: plain TCP from a plain listener, else (TLS) boxed;
+/// either way out of hyper's box and the [`FramingGuard`] it read through.
 pub fn client(upgraded: Upgraded) -> Side {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Side::Tcp(Prefixed::new(parts.read_buf, parts.io.into_inner())),
+    let upgraded = match upgraded.downcast::<TokioIo<FramingGuard<TcpStream>>>() {
+        Ok(parts) => {
+            let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
+            return Side::Tcp(Prefixed::new(prefix, io));
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<FramingGuard<ServerTlsStream<TcpStream>>>>() {
+        Ok(parts) => {
+            let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
+            Side::Other(Box::new(Prefixed::new(prefix, io)))
+        }
         Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
     }
+}
+
+/// The stream out of its guard, and what was read past the handshake:
+/// hyper's leftover first, then any the guard had not handed it.
+fn unguarded<IO>(read_buf: Bytes, guard: FramingGuard<IO>) -> (IO, Bytes) {
+    let (io, rest) = guard.into_parts();
+    let prefix = match (read_buf.is_empty(), rest.is_empty()) {
+        (_, true) => read_buf,
+        (true, false) => rest,
+        (false, false) => [read_buf, rest].concat().into(),
+    };
+    (io, prefix)
 }
 
 /// The backend's side: plain TCP, or TLS toward a `wss` upstream.

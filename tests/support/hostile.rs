@@ -67,6 +67,24 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
     parse_reply(raw, closed)
 }
 
+/// [`send_raw`], written `piece` bytes per write, each flushed on its own
+/// (`set_nodelay`), so the proxy reads the request across many reads.
+pub async fn send_in_pieces(addr: SocketAddr, bytes: &[u8], piece: usize) -> Reply {
+    let mut stream = tcp_connect(addr).await;
+    stream.set_nodelay(true).unwrap();
+    within("writing the request in pieces", async {
+        for part in bytes.chunks(piece) {
+            if stream.write_all(part).await.is_err() {
+                break; // refused before the end: the answer tells
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (raw, closed) = read_until_closed(&mut stream, CLOSE_BOUND).await;
+    parse_reply(raw, closed)
+}
+
 /// Reads until EOF or a reset (`true`), or until `bound` passes (`false`).
 pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, bound: Duration) -> (Vec<u8>, bool) {
     let deadline = tokio::time::Instant::now() + bound;
@@ -93,7 +111,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     find(haystack, needle).is_some()
 }
 
-fn parse_reply(raw: Vec<u8>, closed: bool) -> Reply {
+/// The first response in `raw` (and what follows it).
+pub fn parse_reply(raw: Vec<u8>, closed: bool) -> Reply {
     let mut reply = Reply {
         status: None,
         headers: Vec::new(),
