@@ -15,7 +15,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,6 +29,7 @@ use crate::admission::caps::TunnelPermit;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
+use crate::backend_handshake::Answered;
 use crate::balance::{hash_key, BackendGuard};
 use crate::config::Balance;
 use crate::config::{Config, Global, Route};
@@ -44,7 +45,7 @@ use crate::stats::{OpenConnection, RefusalReason, Stats};
 use crate::telemetry::access::{LoggedBody, RequestLine};
 use crate::telemetry::outcome;
 use crate::tunnel;
-use crate::upstream::{Answer, UpstreamPool};
+use crate::upstream::{Handshake, UpstreamPool};
 
 /// The body of every response wsgate sends: the backend's, streamed, or a
 /// short one of its own.
@@ -370,22 +371,25 @@ impl Proxy {
             }
         }
         let offered = backend_request.headers().clone();
-        let Answer {
-            response: mut backend_response,
+        let Handshake {
+            answered,
+            stream: backend_stream,
             backend,
             attempts,
         } = upstream.send_handshake(hash_key.as_deref(), backend_request).await?;
         let server = backend.backend().name.clone();
         record_server(&upstream.config.name, &backend, attempts);
-        if backend_response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            debug!(
-                status = backend_response.status().as_u16(),
-                "backend refused the upgrade"
-            );
-            headers::strip_hop_by_hop(backend_response.headers_mut());
-            return Ok(backend_response.map(BodyExt::boxed));
-        }
-        handshake::check_upstream_answer(&key, &offered, backend_response.headers()).map_err(|reason| {
+        let (mut backend_headers, backend_rest) = match answered {
+            Answered::Switched { headers, rest } => (headers, rest),
+            Answered::Refused(mut refusal) => {
+                debug!(status = refusal.status().as_u16(), "backend refused the upgrade");
+                headers::strip_hop_by_hop(refusal.headers_mut());
+                // Read whole: the length is the body's own now.
+                refusal.headers_mut().remove(header::CONTENT_LENGTH);
+                return Ok(refusal.map(|body| Full::new(body).map_err(|never| match never {}).boxed()));
+            }
+        };
+        handshake::check_upstream_answer(&key, &offered, &backend_headers).map_err(|reason| {
             ProxyError::UpstreamHandshake {
                 server: server.to_string(),
                 reason,
@@ -394,12 +398,11 @@ impl Proxy {
 
         let mut answer = Response::new(Empty::new().map_err(|never| match never {}).boxed());
         *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *answer.headers_mut() = std::mem::take(backend_response.headers_mut());
+        *answer.headers_mut() = std::mem::take(&mut backend_headers);
         headers::strip_hop_by_hop(answer.headers_mut());
         set_upgrade_headers(answer.headers_mut());
 
         let client_upgrade = hyper::upgrade::on(&mut request);
-        let backend_upgrade = hyper::upgrade::on(backend_response);
         // The connection's facts, for the tunnel's open and closed lines
         // (and, at debug, a span around what it logs in between).
         let identity = tunnel::Identity {
@@ -426,14 +429,15 @@ impl Proxy {
         let drain = self.drain.signal();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
-        // The wait for both upgrades, boxed and freed once it is over: an idle
-        // tunnel's task then holds only what its splice needs (memory per
-        // idle tunnel).
+        // The wait for the client's upgrade (its 101 written), boxed and
+        // freed once it is over: an idle tunnel's task then holds only what
+        // its splice needs (memory per idle tunnel).
         let opening = Box::pin(async move {
-            let (client, backend) = tokio::try_join!(client_upgrade, backend_upgrade)?;
+            let client = client_upgrade.await?;
             tunnel::identity::tunnel_info!(&identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
-            let (client, backend) = (tunnel::halves::client(client), tunnel::halves::backend(backend));
+            let client = tunnel::halves::client(client);
+            let backend = tunnel::halves::backend(backend_stream, backend_rest);
             Ok(match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as
                 // an inspected one's.
@@ -507,13 +511,13 @@ fn record_server(upstream: &str, backend: &BackendGuard, attempts: u32) {
 /// The handshake as the backend gets it: origin-form target, end-to-end
 /// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
 /// hop-by-hop headers replaced by the two an upgrade needs.
-fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>) -> Request<Empty<Bytes>> {
+fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>) -> Request<()> {
     let target = request
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut forwarded = Request::new(Empty::new());
+    let mut forwarded = Request::new(());
     *forwarded.uri_mut() = Uri::from(target);
     *forwarded.headers_mut() = request.headers().clone();
     prepare_headers(forwarded.headers_mut(), request.uri(), ctx);

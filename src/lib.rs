@@ -51,6 +51,7 @@
 //! command-line WebSocket client.
 
 pub mod admission;
+pub mod backend_handshake;
 pub mod balance;
 pub mod certgen;
 pub mod client;

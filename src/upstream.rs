@@ -9,20 +9,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
+use crate::backend_handshake::{self, Answered};
 use crate::balance::{BackendGuard, Pool};
 use crate::config::Upstream;
 use crate::error::ProxyError;
@@ -38,6 +38,17 @@ pub struct UpstreamPool {
 
 /// A connection to a server: plain TCP, or TLS over it.
 pub type BackendStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// A backend's answer to a forwarded WebSocket handshake, with the server
+/// that gave it and the connection it came on.
+pub struct Handshake {
+    pub answered: Answered,
+    pub stream: BackendStream,
+    /// Counts the tunnel on its server.
+    pub backend: BackendGuard,
+    /// Servers tried, this one included.
+    pub attempts: u32,
+}
 
 /// A backend's answer to a forwarded request, with the server that gave it.
 pub struct Answer {
@@ -148,35 +159,30 @@ impl UpstreamPool {
     }
 
     /// Sends a WebSocket handshake on a new connection of its own (a tunnel
-    /// never shares its backend connection) and returns the backend's
-    /// answer; its upgrade is reached through `hyper::upgrade::on`.
-    pub async fn send_handshake(
-        &self,
-        key: Option<&[u8]>,
-        request: Request<Empty<Bytes>>,
-    ) -> Result<Answer, ProxyError> {
-        let (stream, backend, attempts) = self.connect(key).await?;
-        let server = backend.backend().name.to_string();
-        let upstream_error = |e: hyper::Error| ProxyError::Upstream {
-            server: server.clone(),
-            reason: e.to_string(),
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(upstream_error)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(%error, "backend connection ended with an error");
-            }
-        });
+    /// never shares its backend connection) and reads the backend's answer
+    /// ([`backend_handshake`]); on a 101 the connection is the tunnel's.
+    pub async fn send_handshake(&self, key: Option<&[u8]>, request: Request<()>) -> Result<Handshake, ProxyError> {
+        let (mut stream, backend, attempts) = self.connect(key).await?;
         let timeout = self.config.response_timeout;
-        let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
-            Ok(result) => result.map_err(upstream_error)?,
-            Err(_) => return Err(ProxyError::ResponseTimeout { server, timeout }),
+        let exchange = backend_handshake::exchange(&mut stream, &request);
+        let answered = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(error)) => {
+                return Err(ProxyError::Upstream {
+                    server: backend.backend().name.to_string(),
+                    reason: error.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(ProxyError::ResponseTimeout {
+                    server: backend.backend().name.to_string(),
+                    timeout,
+                })
+            }
         };
-        Ok(Answer {
-            response,
+        Ok(Handshake {
+            answered,
+            stream,
             backend,
             attempts,
         })

@@ -69,14 +69,12 @@ fn unguarded<IO>(read_buf: Bytes, guard: FramingGuard<IO>) -> (IO, Bytes) {
     (io, prefix)
 }
 
-/// The backend's side: plain TCP, or TLS toward a `wss` upstream.
-pub fn backend(upgraded: Upgraded) -> Side {
-    match upgraded.downcast::<TokioIo<BackendStream>>() {
-        Ok(parts) => match parts.io.into_inner() {
-            Either::Left(stream) => Side::Tcp(Prefixed::new(parts.read_buf, stream)),
-            Either::Right(tls) => Side::Other(Box::new(Prefixed::new(parts.read_buf, tls))),
-        },
-        Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
+/// The backend's side: plain TCP, or TLS toward a `wss` upstream; `rest`
+/// is what the backend sent right behind its 101.
+pub fn backend(stream: BackendStream, rest: Bytes) -> Side {
+    match stream {
+        Either::Left(stream) => Side::Tcp(Prefixed::new(rest, stream)),
+        Either::Right(tls) => Side::Other(Box::new(Prefixed::new(rest, tls))),
     }
 }
 
