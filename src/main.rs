@@ -63,6 +63,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, None | Some(Command::Demo { .. })) {
+        // Before any thread starts: the proxy gives memory back after a burst.
+        wsgate::lifecycle::memory::without_thread_caches();
+    }
     // The proxy logs its traffic as its configuration says, once loaded
     // (see `run`); the one-shot tools only their problems.
     if !matches!(cli.command, None | Some(Command::Demo { .. })) {

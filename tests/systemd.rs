@@ -147,6 +147,56 @@ async fn within_or_log<F: std::future::Future>(limit: Duration, what: &str, scra
 /// "$0" "$@"'` when `prefix` is given: variables holding the child's own pid
 /// (`$$`, kept by `exec`) can only be set that way. Logs go to a file in
 /// `scratch`; nothing of the protocols is inherited.
+/// The proxy runs with glibc's per-thread malloc caches off (they keep a
+/// burst's freed chunks, and the pages around them, resident; see
+/// `src/lifecycle/memory.rs`): it restarts its own image with the tunable
+/// set, under the same process ID, so READY=1 comes from the PID systemd
+/// started. A value the environment already sets is left as it is. (With
+/// other tunables beside it, glibc rewrites its copy of the variable in
+/// place, so /proc shows only the first: the unit tests in
+/// `src/lifecycle/memory.rs` cover that case.)
+#[tokio::test]
+async fn the_proxy_runs_without_malloc_thread_caches_under_its_own_pid() {
+    let environ = |pid: libc::pid_t| {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        raw.split(|&b| b == 0)
+            .filter_map(|v| {
+                std::str::from_utf8(v)
+                    .ok()?
+                    .strip_prefix("GLIBC_TUNABLES=")
+                    .map(str::to_owned)
+            })
+            .collect::<Vec<_>>()
+    };
+    let backend = Backend::echo().await;
+    for (given, expected) in [
+        (None, "glibc.malloc.tcache_count=0"),
+        (Some("glibc.malloc.tcache_count=3"), "glibc.malloc.tcache_count=3"),
+    ] {
+        let scratch = Scratch::new();
+        let listen = free_addr();
+        let config = scratch.config(listen, backend.addr);
+        let notifications = scratch.notify_socket();
+        let mut command = wsgate(&scratch, &config, None);
+        command.env("NOTIFY_SOCKET", &notifications.path);
+        match given {
+            Some(value) => command.env("GLIBC_TUNABLES", value),
+            None => command.env_remove("GLIBC_TUNABLES"),
+        };
+        let wsgate = spawn(command);
+        let lines = notifications.expect("READY=1", || scratch.log()).await;
+        assert!(
+            lines.iter().any(|l| l == &format!("MAINPID={}", wsgate.pid()))
+                || !lines.iter().any(|l| l.starts_with("MAINPID=")),
+            "{lines:?}"
+        );
+        assert_eq!(environ(wsgate.pid()), [expected], "given {given:?}");
+        echo_through(listen).await;
+        wsgate.signal(libc::SIGTERM);
+        wsgate.exits_successfully(&scratch).await;
+    }
+}
+
 fn wsgate(scratch: &Scratch, config: &Path, prefix: Option<&str>) -> Command {
     let binary = env!("CARGO_BIN_EXE_wsgate");
     let mut command = match prefix {
