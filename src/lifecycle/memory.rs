@@ -131,6 +131,7 @@ pub fn without_thread_caches() {}
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
+    crate::tunnel::pool::release_spares();
     // SAFETY: malloc_trim only releases free memory; any thread may call it.
     unsafe {
         libc::malloc_trim(0);
@@ -138,7 +139,9 @@ fn trim() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
+fn trim() {
+    crate::tunnel::pool::release_spares();
+}
 
 #[cfg(test)]
 mod tests {

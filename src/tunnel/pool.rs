@@ -14,8 +14,8 @@
 //! frame header, or a 64 KiB one, goes through in one read and one write
 //! instead of several.
 
-use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// The small size: a 16 KiB TLS record in one read.
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -23,14 +23,47 @@ pub const BUFFER_SIZE: usize = 16 * 1024;
 pub const LARGE_BUFFER_SIZE: usize = 64 * 1024;
 /// Spare buffers a thread keeps of each size (128 KiB of each); more are
 /// freed when given back. A buffer is lent only while a read is written on,
-/// so a thread rarely has more than a few out at once, and what the spares
-/// hold stays resident after the traffic is gone.
+/// so a thread rarely has more than a few out at once. What the spares hold
+/// would stay resident after the traffic is gone: [`release_spares`] frees
+/// them once the proxy is quiet.
 const SPARES_PER_THREAD: usize = 8;
 const LARGE_SPARES_PER_THREAD: usize = 2;
 
+/// One thread's spares. Behind a lock only its own thread takes, but for
+/// [`release_spares`] from another thread once in a while: never contended
+/// in practice, an atomic operation per lend.
+#[derive(Default)]
+struct Spares {
+    small: Vec<Box<[u8]>>,
+    large: Vec<Box<[u8]>>,
+}
+
+/// Every thread's spares, for [`release_spares`].
+static ALL_SPARES: Mutex<Vec<Weak<Mutex<Spares>>>> = Mutex::new(Vec::new());
+
 thread_local! {
-    static SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-    static LARGE_SPARES: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static SPARES: Arc<Mutex<Spares>> = {
+        let spares = Arc::new(Mutex::new(Spares::default()));
+        locked(&ALL_SPARES).push(Arc::downgrade(&spares));
+        spares
+    };
+}
+
+/// Bookkeeping only: a panic elsewhere cannot leave it half-written.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Frees every thread's spare buffers (after a burst, before the memory is
+/// handed back to the system); threads that have ended are forgotten.
+pub fn release_spares() {
+    locked(&ALL_SPARES).retain(|spares| match spares.upgrade() {
+        Some(spares) => {
+            *locked(&spares) = Spares::default();
+            true
+        }
+        None => false,
+    });
 }
 
 /// Reads that bring less than a small buffer holds before a reader that
@@ -75,7 +108,7 @@ pub struct Lent {
 
 /// Lends a buffer of [`BUFFER_SIZE`] bytes, a spare if this thread has one.
 pub fn lend() -> Lent {
-    let spare = SPARES.with(|spares| spares.borrow_mut().pop());
+    let spare = SPARES.with(|spares| locked(spares).small.pop());
     Lent {
         buffer: Some(spare.unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice())),
     }
@@ -83,15 +116,15 @@ pub fn lend() -> Lent {
 
 /// Lends a buffer of [`LARGE_BUFFER_SIZE`] bytes, a spare if this thread has one.
 pub fn lend_large() -> Lent {
-    let spare = LARGE_SPARES.with(|spares| spares.borrow_mut().pop());
+    let spare = SPARES.with(|spares| locked(spares).large.pop());
     Lent {
         buffer: Some(spare.unwrap_or_else(|| vec![0; LARGE_BUFFER_SIZE].into_boxed_slice())),
     }
 }
 
-/// How many spare buffers this thread holds (for tests).
+/// How many small spare buffers this thread holds (for tests).
 pub fn spares() -> usize {
-    SPARES.with(|spares| spares.borrow().len())
+    SPARES.with(|spares| locked(spares).small.len())
 }
 
 impl Drop for Lent {
@@ -99,15 +132,14 @@ impl Drop for Lent {
         if let Some(buffer) = self.buffer.take() {
             // During thread teardown the pool may be gone: the buffer is
             // simply freed then.
-            let (pool, keep) = if buffer.len() == LARGE_BUFFER_SIZE {
-                (&LARGE_SPARES, LARGE_SPARES_PER_THREAD)
-            } else {
-                (&SPARES, SPARES_PER_THREAD)
-            };
-            let _ = pool.try_with(|spares| {
-                let mut spares = spares.borrow_mut();
-                if spares.len() < keep {
-                    spares.push(buffer);
+            let _ = SPARES.try_with(|spares| {
+                let mut spares = locked(spares);
+                let (kept, keep) = match buffer.len() {
+                    LARGE_BUFFER_SIZE => (&mut spares.large, LARGE_SPARES_PER_THREAD),
+                    _ => (&mut spares.small, SPARES_PER_THREAD),
+                };
+                if kept.len() < keep {
+                    kept.push(buffer);
                 }
             });
         }
@@ -131,8 +163,12 @@ impl DerefMut for Lent {
 mod tests {
     use super::*;
 
+    /// The tests that count spares, one at a time: releasing them is global.
+    static COUNTING: Mutex<()> = Mutex::new(());
+
     #[test]
     fn buffers_come_back_and_the_spares_are_bounded() {
+        let _one_at_a_time = locked(&COUNTING);
         let before = spares();
         let lent: Vec<Lent> = (0..SPARES_PER_THREAD + 10).map(|_| lend()).collect();
         assert!(lent.iter().all(|b| b.len() == BUFFER_SIZE));
@@ -173,10 +209,34 @@ mod tests {
 
     #[test]
     fn large_buffers_go_back_to_their_own_spares() {
+        let _one_at_a_time = locked(&COUNTING);
         let small = spares();
         let lent: Vec<Lent> = (0..LARGE_SPARES_PER_THREAD + 2).map(|_| lend_large()).collect();
         drop(lent);
         assert_eq!(spares(), small, "large buffers are not kept as small spares");
         assert_eq!(lend_large().len(), LARGE_BUFFER_SIZE);
+    }
+
+    #[test]
+    fn every_threads_spares_are_released_from_any_thread() {
+        let _one_at_a_time = locked(&COUNTING);
+        let (filled, wait) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (filled_tx, filled_rx) = filled;
+        let (release_tx, release_rx) = wait;
+        let (counted_tx, counted_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            drop((0..3).map(|_| lend()).collect::<Vec<_>>());
+            filled_tx.send(spares()).unwrap();
+            release_rx.recv().unwrap();
+            counted_tx.send(spares()).unwrap();
+        });
+        assert_eq!(filled_rx.recv().unwrap(), 3);
+        drop((0..2).map(|_| lend()).collect::<Vec<_>>());
+        assert!(spares() >= 2);
+        release_spares();
+        assert_eq!(spares(), 0, "this thread's");
+        release_tx.send(()).unwrap();
+        assert_eq!(counted_rx.recv().unwrap(), 0, "the other thread's");
+        worker.join().unwrap();
     }
 }
