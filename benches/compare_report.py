@@ -287,6 +287,9 @@ for size in sizes:
           r >= 0.9 if r is not None else None,
           f"{fmt(i['msgs'])} vs {fmt(p['msgs'])}: {fmt(r, 2)}× (CPU per message {fmt(c, 2)}×)")
 add("")
+add("For a target marked ✗, the row says how far it is; what was tried and measured for it is in "
+    "[`performance.md`](performance.md#targets-not-met).")
+add("")
 
 # ---- Ratios
 add("## Ratios")
