@@ -173,7 +173,7 @@ impl Proxy {
     pub async fn new(config: &Config, tunnels: TaskTracker, stats: Stats, previous: Option<&Proxy>) -> Proxy {
         let previous_gate = |name: &str| {
             let previous = previous?;
-            let index = previous.routes.iter().position(|r| r.name == name)?;
+            let index = previous.routes.iter().position(|r| &*r.name == name)?;
             previous.gates.get(index)
         };
         let gates: Vec<RouteGate> = config
@@ -251,7 +251,7 @@ impl Proxy {
         let result = self.dispatch(request, &ctx, upgrade, &mut matched).await;
         let route = matched
             .and_then(|index| self.routes.get(index))
-            .map_or("", |r| r.name.as_str());
+            .map_or("", |r| &*r.name);
         // Every upgrade that reached a route is one handshake outcome.
         let handshake_on = (upgrade && matched.is_some()).then_some(route);
         let mut close = upgrade;
@@ -333,7 +333,7 @@ impl Proxy {
             .routes
             .find(host.as_deref().unwrap_or(""), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
-        Span::current().record("route", route.name.as_str());
+        Span::current().record("route", &*route.name);
         *matched = Some(index);
         let gate = &self.gates[index];
         if upgrade {
@@ -449,7 +449,7 @@ impl Proxy {
                     metrics,
                     identity,
                 ))),
-                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics, identity)),
+                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics, Box::new(identity))),
             })
         });
         let task = TunnelTask {

@@ -88,7 +88,7 @@ mod tests {
     }
 
     fn find<'a>(table: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
-        table.find(host, path).map(|(_, r)| r.name.as_str())
+        table.find(host, path).map(|(_, r)| &*r.name)
     }
 
     #[test]

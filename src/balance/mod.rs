@@ -40,7 +40,7 @@ impl Pool {
     pub async fn new(config: &Upstream, previous: Option<&Pool>) -> Pool {
         let known = previous.map(Pool::backends).unwrap_or_default();
         let pool = Pool {
-            name: config.name.as_str().into(),
+            name: config.name.clone(),
             servers: config.servers.clone(),
             backends: ArcSwap::new(known),
             picker: Picker::new(config.balance, config.hash_load_factor),

@@ -94,7 +94,8 @@ pub struct Listener {
 /// A rule that sends requests for some hosts and path prefix to an upstream.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: String,
+    /// Shared: every tunnel's log lines name it.
+    pub name: Arc<str>,
     /// Host names, lower case, without port; `*.example.com` matches every
     /// subdomain. Empty means any host.
     pub hosts: Vec<String>,
@@ -167,7 +168,8 @@ impl Default for Admission {
 /// A pool of backend servers.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub name: String,
+    /// Shared: every tunnel's log lines name it.
+    pub name: Arc<str>,
     pub servers: Vec<UpstreamServer>,
     /// How new tunnels are spread (default least connections).
     pub balance: Balance,

@@ -257,7 +257,7 @@ impl Metrics {
     /// open until they are dropped. `inspected`: frames and close codes are
     /// known (an inspected route).
     pub fn tunnel(&self, identity: &Identity) -> TunnelMetrics {
-        let (route, upstream, server) = (identity.route.as_str(), identity.upstream.as_str(), &*identity.server);
+        let (route, upstream, server) = (&*identity.route, &*identity.upstream, &*identity.server);
         let inspected = identity.inspected;
         let inner = &self.inner;
         let open = inner.open_tunnels.get_or_create_owned(&TunnelLabels {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 pub struct Identity {
     pub client: Client,
     pub listener: Arc<str>,
-    pub route: String,
-    pub upstream: String,
+    pub route: Arc<str>,
+    pub upstream: Arc<str>,
     pub server: Arc<str>,
     /// The subprotocol the backend chose, if any; copied out of the
     /// handshake so that no read buffer of hyper's is held by the tunnel.
@@ -52,8 +52,8 @@ impl Identity {
             "tunnel",
             client = %self.client,
             listener = &*self.listener,
-            route = self.route.as_str(),
-            upstream = self.upstream.as_str(),
+            route = &*self.route,
+            upstream = &*self.upstream,
             server = &*self.server,
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
             inspected = self.inspected
@@ -69,8 +69,8 @@ macro_rules! tunnel_info {
         ::tracing::info!(
             client = %identity.client,
             listener = &*identity.listener,
-            route = identity.route.as_str(),
-            upstream = identity.upstream.as_str(),
+            route = &*identity.route,
+            upstream = &*identity.upstream,
             server = &*identity.server,
             subprotocol = identity.subprotocol.as_deref().unwrap_or(""),
             inspected = identity.inspected,

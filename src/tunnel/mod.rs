@@ -37,14 +37,16 @@ pub struct Splice {
     /// Backend to client.
     downstream: Copy,
     metrics: TunnelMetrics,
-    identity: Identity,
+    /// Boxed: a task rounded up to tokio's 128-byte cells would otherwise
+    /// grow by a whole cell (memory per idle tunnel).
+    identity: Box<Identity>,
     started: Instant,
 }
 
 impl Splice {
     /// `client` and `backend` are the two upgraded connections, taken out of
     /// hyper's box by [`halves`].
-    pub fn new(client: Side, backend: Side, metrics: TunnelMetrics, identity: Identity) -> Self {
+    pub fn new(client: Side, backend: Side, metrics: TunnelMetrics, identity: Box<Identity>) -> Self {
         Splice {
             client,
             backend,

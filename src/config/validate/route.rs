@@ -47,7 +47,7 @@ impl Checker<'_> {
         let admission = self.admission(i, raw);
         let inspect = raw.inspect.as_ref().and_then(|inspect| self.inspect(i, inspect));
         Some(Route {
-            name: raw.name.get_ref().clone(),
+            name: raw.name.get_ref().as_str().into(),
             hosts,
             path_prefix: path_prefix?,
             upstream: upstream?,
@@ -141,7 +141,7 @@ impl Checker<'_> {
                 let same_hosts = route.hosts.is_empty() && earlier.hosts.is_empty()
                     || route.hosts.iter().any(|h| earlier.hosts.contains(h));
                 if same_hosts && route.path_prefix == earlier.path_prefix {
-                    if let Some(raw_route) = raw.iter().find(|r| r.name.get_ref() == &route.name) {
+                    if let Some(raw_route) = raw.iter().find(|r| **r.name.get_ref() == *route.name) {
                         let message = format!(
                             "route {:?} can never match: route {:?} has the same hosts and path_prefix {:?}",
                             route.name, earlier.name, route.path_prefix

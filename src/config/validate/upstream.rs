@@ -91,7 +91,7 @@ impl Checker<'_> {
             Duration::from_secs(30),
         );
         Upstream {
-            name: raw.name.get_ref().clone(),
+            name: raw.name.get_ref().as_str().into(),
             servers,
             balance,
             hash_key,
