@@ -17,16 +17,7 @@ use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Variables of the protocols under test: none is inherited from the
-/// environment `cargo test` runs in.
-const PROTOCOL_VARIABLES: [&str; 6] = [
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-];
+use support::hostile_peers::PROTOCOL_VARIABLES;
 
 /// A scratch directory with the config, the notify socket and the child's log.
 struct Scratch {

@@ -46,6 +46,17 @@ pub fn raise_nofile_limit() -> u64 {
 
 // ---------------------------------------------------------------- the binary
 
+/// Variables of the systemd protocols wsgate speaks: none is inherited
+/// from the environment `cargo test` runs in.
+pub const PROTOCOL_VARIABLES: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
 /// The real `wsgate` binary, running a configuration written to a scratch
 /// directory, logging JSON (at `WSGATE_LOG`) to a file there. Killed when
 /// dropped, so a failed test leaves nothing running.
@@ -78,16 +89,13 @@ impl WsgateChild {
             .arg("--config")
             .arg(&config)
             .env("WSGATE_LOG", log_filter)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
+        for variable in PROTOCOL_VARIABLES {
+            command.env_remove(variable);
+        }
         if let Some(nofile) = nofile {
             // SAFETY: between fork and exec only setrlimit(2) is called,
             // which is async-signal-safe, on a value copied into the closure.
@@ -164,6 +172,10 @@ impl WsgateChild {
         self.admin.expect("no [admin] listener")
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("wsgate.toml")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("wsgate.log")
     }
@@ -171,6 +183,19 @@ impl WsgateChild {
     /// The log so far, as written.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.pid, signal) }, 0, "kill");
     }
 
     /// Every complete JSON line of the log so far.
@@ -243,16 +268,18 @@ impl WsgateChild {
 
     /// SIGTERM, then the exit, which must be a success.
     pub async fn stop(mut self) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid, libc::SIGTERM) }, 0, "kill");
-        let status = match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+        self.signal(libc::SIGTERM);
+        let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
             Ok(status) => status.expect("wait"),
-            Err(_) => panic!("wsgate still running 15s after SIGTERM\n--- log:\n{}", self.log()),
+            Err(_) => panic!(
+                "wsgate still running 20s after SIGTERM\n--- log:\n{}",
+                self.log_tail(200)
+            ),
         };
         assert!(
             status.success(),
             "wsgate exited with {status}\n--- log:\n{}",
-            self.log()
+            self.log_tail(200)
         );
     }
 }

@@ -8,14 +8,12 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
@@ -25,6 +23,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::hostile_peers::WsgateChild;
+pub use crate::support::hostile_peers::{metric, raise_nofile_limit};
 use crate::support::{within, within_for, RawConn, TIMEOUT};
 
 /// The response header naming the backend that answered a handshake
@@ -32,27 +32,6 @@ use crate::support::{within, within_for, RawConn, TIMEOUT};
 pub const BACKEND_HEADER: &str = "x-soak-backend";
 
 // ---------------------------------------------------------------- descriptors
-
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (a child
-/// inherits it); returns the soft limit now in force.
-pub fn raise_nofile_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "setrlimit");
-        }
-    }
-    // rlim_t is u64 here, not on every target.
-    #[allow(clippy::unnecessary_cast)]
-    let soft = limit.rlim_cur as u64;
-    soft
-}
 
 /// A loopback address of its own for each client: rate limits and logs
 /// count clients by address, and 127.0.0.0/8 is all loopback.
@@ -74,13 +53,10 @@ pub async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result
 
 // ---------------------------------------------------------------- the binary
 
-/// The real `wsgate` binary on a configuration in a scratch directory,
-/// logging JSON to a file there. Killed when dropped, so a failed test
-/// leaves nothing running.
+/// The real `wsgate` binary ([`WsgateChild`]) with what the soak reads of
+/// it: its memory, descriptors and metrics. Killed when dropped.
 pub struct WsgateProcess {
-    child: Child,
-    pid: libc::pid_t,
-    dir: tempfile::TempDir,
+    child: WsgateChild,
     pub listener: SocketAddr,
     pub admin: SocketAddr,
 }
@@ -90,107 +66,28 @@ impl WsgateProcess {
     /// and starts `wsgate --config` on it; returns once listener `plain`
     /// and the admin listener have logged their addresses.
     pub async fn start(toml: &str) -> WsgateProcess {
-        assert!(toml.contains("log_format = \"json\""), "the child must log JSON");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("wsgate.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let log = std::fs::File::create(dir.path().join("wsgate.log")).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wsgate"));
         // The default access log, unless the soak is run with WSGATE_LOG set.
         let filter = std::env::var("WSGATE_LOG").unwrap_or_else(|_| "info".to_owned());
-        command.arg("--config").arg(&config).env("WSGATE_LOG", filter);
-        for variable in [
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "WATCHDOG_PID",
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-        ] {
-            command.env_remove(variable);
-        }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        let child = command.spawn().expect("start wsgate");
-        let pid = child.id().expect("a running child") as libc::pid_t;
-        let mut wsgate = WsgateProcess {
-            child,
-            pid,
-            dir,
-            listener: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let lines = wsgate.log_lines();
-            let address = |line: &serde_json::Value| line["address"].as_str()?.parse::<SocketAddr>().ok();
-            let listener = lines
-                .iter()
-                .find(|l| l["message"] == "listening" && l["listener"] == "plain")
-                .and_then(address);
-            let admin = lines
-                .iter()
-                .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("admin listener")))
-                .and_then(address);
-            if let (Some(listener), Some(admin)) = (listener, admin) {
-                wsgate.listener = listener;
-                wsgate.admin = admin;
-                return wsgate;
-            }
-            if let Ok(Some(status)) = wsgate.child.try_wait() {
-                panic!(
-                    "wsgate exited with {status} before listening\n--- log:\n{}",
-                    wsgate.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wsgate not listening within {TIMEOUT:?}\n--- log:\n{}",
-                wsgate.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let child = WsgateChild::start(toml, &["plain"], &filter, None).await;
+        let (listener, admin) = (child.addr("plain"), child.admin_addr());
+        WsgateProcess { child, listener, admin }
     }
 
     pub fn pid(&self) -> libc::pid_t {
-        self.pid
+        self.child.pid()
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("wsgate.toml")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("wsgate.log")
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.child.config_path()
     }
 
     /// The last `n` lines of the log, for failure messages.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.child.log_tail(n)
     }
 
-    /// Every complete JSON line of the log so far.
-    pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        self.log()
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
-
-    /// Sends `signal` to the child.
     pub fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid, signal) }, 0, "kill");
+        self.child.signal(signal);
     }
 
     /// The child's resident memory (VmRSS), in bytes.
@@ -200,7 +97,7 @@ impl WsgateProcess {
 
     /// A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`), in KiB.
     pub fn status_kib(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -209,7 +106,7 @@ impl WsgateProcess {
 
     /// How many descriptors the child holds open.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("/proc/PID/fd")
             .count()
     }
@@ -218,7 +115,7 @@ impl WsgateProcess {
     /// a path), counted: what differs when a count does not come back.
     pub fn fd_kinds(&self) -> BTreeMap<String, usize> {
         let mut kinds = BTreeMap::new();
-        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.pid)).expect("/proc/PID/fd") {
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("/proc/PID/fd") {
             let Ok(entry) = entry else { continue };
             let Ok(target) = std::fs::read_link(entry.path()) else {
                 continue;
@@ -237,7 +134,7 @@ impl WsgateProcess {
     /// name (`[heap]`, `[stack]`, a file, or empty for anonymous memory)
     /// and RSS, both in KiB. What grew when the memory does not come back.
     pub fn mappings(&self) -> BTreeMap<u64, (u64, String, u64)> {
-        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid)).unwrap_or_default();
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid())).unwrap_or_default();
         let mut mappings = BTreeMap::new();
         let mut current: Option<(u64, u64, String)> = None;
         for line in smaps.lines() {
@@ -261,7 +158,7 @@ impl WsgateProcess {
 
     /// The child's soft open-file limit, from /proc/PID/limits.
     pub fn nofile_limit(&self) -> u64 {
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid)).expect("/proc/PID/limits");
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).expect("/proc/PID/limits");
         limits
             .lines()
             .find_map(|l| l.strip_prefix("Max open files"))
@@ -283,35 +180,9 @@ impl WsgateProcess {
     }
 
     /// SIGTERM, then the exit, which must be a success.
-    pub async fn stop(mut self) {
-        self.signal(libc::SIGTERM);
-        let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(status) => status.expect("wait"),
-            Err(_) => panic!(
-                "wsgate still running 20s after SIGTERM\n--- log:\n{}",
-                self.log_tail(50)
-            ),
-        };
-        assert!(
-            status.success(),
-            "wsgate exited with {status}\n--- log:\n{}",
-            self.log_tail(50)
-        );
+    pub async fn stop(self) {
+        self.child.stop().await;
     }
-}
-
-/// The value of the sample `name{labels}` (labels exactly as written, e.g.
-/// `listener="plain"`) in a `/metrics` text; 0 when absent.
-pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    let series = if labels.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str())?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The sum of every sample of `name`, whatever its labels.
