@@ -13,9 +13,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::admission::Refusal;
-use crate::handshake::{HandshakeError, UpstreamHandshakeError, WEBSOCKET_VERSION};
-use crate::http::ProxyBody;
-use crate::stats::RefusalReason;
+use crate::proxy::ProxyBody;
+use crate::telemetry::stats::RefusalReason;
+use crate::ws::handshake::{HandshakeError, UpstreamHandshakeError, WEBSOCKET_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -120,7 +120,7 @@ impl ProxyError {
 
 impl ProxyError {
     /// A client error's answer as bytes on the wire, for the refusals made
-    /// below hyper ([`crate::framing`]): the same status and body as
+    /// below hyper ([`crate::proxy::framing`]): the same status and body as
     /// [`ProxyError::into_response`], and the connection closes after it.
     pub fn into_wire(self) -> Vec<u8> {
         let status = self.status();

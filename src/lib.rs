@@ -51,25 +51,14 @@
 //! command-line WebSocket client.
 
 pub mod admission;
-pub mod backend_handshake;
-pub mod balance;
-pub mod certgen;
-pub mod client;
 pub mod config;
-pub mod demo;
 pub mod error;
-pub mod framing;
-pub mod handshake;
-pub mod headers;
-pub mod health;
-pub mod http;
-pub mod inspect;
 pub mod lifecycle;
-pub mod real_ip;
-pub mod route;
+pub mod proxy;
 pub mod server;
-pub mod stats;
 pub mod telemetry;
 pub mod tls;
+pub mod tools;
 pub mod tunnel;
 pub mod upstream;
+pub mod ws;

@@ -9,11 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{self, Config, LogFormat};
-use wsgate::lifecycle::drain::GoingAway;
 use wsgate::lifecycle::notify;
-use wsgate::lifecycle::reload::Reloader;
+use wsgate::server::reload::Reloader;
 use wsgate::server::Server;
-use wsgate::{certgen, client, demo};
+use wsgate::tools::{certgen, client, demo};
+use wsgate::tunnel::drain::GoingAway;
 
 /// A TLS-terminating reverse proxy for WebSocket backends.
 #[derive(Parser)]

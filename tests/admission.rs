@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsgate::stats::{RefusalReason, Stats};
+use wsgate::telemetry::stats::{RefusalReason, Stats};
 
 use support::*;
 

@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsgate::stats::{ServerStatus, Stats};
+use wsgate::telemetry::stats::{ServerStatus, Stats};
 
 use support::*;
 

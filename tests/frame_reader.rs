@@ -1,4 +1,4 @@
-//! Property tests of the frame reader (`wsgate::inspect::frame`).
+//! Property tests of the frame reader (`wsgate::ws::frame`).
 //!
 //! 1. Valid frame streams, cut into chunks anywhere: the reader sees the same
 //!    events at the same offsets as when it is fed the stream whole; each
@@ -9,7 +9,7 @@
 //!    `fuzz/` explores the same ground with coverage guidance.)
 
 use proptest::prelude::*;
-use wsgate::inspect::frame::{close_payload, Direction, Event, FrameHeader, FrameReader, OpCode, ReaderConfig};
+use wsgate::ws::frame::{close_payload, Direction, Event, FrameHeader, FrameReader, OpCode, ReaderConfig};
 
 /// One frame of a generated stream.
 #[derive(Debug, Clone)]
@@ -197,7 +197,7 @@ fn build(direction: Direction, frames: impl Iterator<Item = Frame>, mut seed: u6
 
 /// The wire format of RFC 6455 §5.2, written independently of the crate's encoder.
 fn encode(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
-    wsgate::inspect::frame::encode_frame(if fin { 0x80 } else { 0 } | opcode.as_u8(), payload, mask, out);
+    wsgate::ws::frame::encode_frame(if fin { 0x80 } else { 0 } | opcode.as_u8(), payload, mask, out);
 }
 
 /// Feeds `input` in chunks of the given sizes (cycled) the way the tunnel does
@@ -208,7 +208,7 @@ fn run(
     config: ReaderConfig,
     input: &[u8],
     chunk_sizes: &[usize],
-) -> Result<(Vec<(usize, Event)>, usize), wsgate::inspect::frame::Violation> {
+) -> Result<(Vec<(usize, Event)>, usize), wsgate::ws::frame::Violation> {
     let mut reader = FrameReader::new(config);
     let mut events = Vec::new();
     let mut consumed = 0;

@@ -140,7 +140,7 @@ fn the_longest_wildcard_wins_whatever_the_order() {
     };
     for text in [routes("chat", "catch-all"), routes("catch-all", "chat")] {
         let config = Config::from_toml(&text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
-        let table = wsgate::route::RouteTable::new(config.routes);
+        let table = wsgate::proxy::route::RouteTable::new(config.routes);
         let (_, route) = table.find("a.example.com", "/").expect("a route");
         assert_eq!(&*route.name, "chat", "a.example.com, routes in this order:\n{text}");
     }

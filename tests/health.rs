@@ -1,6 +1,6 @@
 //! Active health checks against real sockets on 127.0.0.1: one check of each
-//! kind (`wsgate::health::check_once`), and the checker loop
-//! (`wsgate::health::run`) taking servers down and bringing them back.
+//! kind (`wsgate::upstream::health::check_once`), and the checker loop
+//! (`wsgate::upstream::health::run`) taking servers down and bringing them back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsgate::balance::Backend;
 use wsgate::config::{HealthCheck, HealthCheckKind};
-use wsgate::health::{check_once, run, CheckFailure};
+use wsgate::upstream::balance::Backend;
+use wsgate::upstream::health::{check_once, run, CheckFailure};
 
 /// The bound on every wait that is not itself under test.
 const WAIT: Duration = Duration::from_secs(10);

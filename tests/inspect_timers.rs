@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::lifecycle::drain::GoingAway;
+use wsgate::tunnel::drain::GoingAway;
 
 const KEEPALIVE: &str = "ping_interval = \"300ms\"\npong_timeout = \"300ms\"\n";
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wsgate::config::{Config, ConfigError};
-use wsgate::stats::{RefusalReason, Stats};
+use wsgate::telemetry::stats::{RefusalReason, Stats};
 
 use support::*;
 

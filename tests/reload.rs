@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use wsgate::config::Config;
-use wsgate::lifecycle::reload::{ReloadError, Reloader};
+use wsgate::server::reload::{ReloadError, Reloader};
 
 const ORIGIN_A: &str = "https://a.example";
 const ORIGIN_B: &str = "https://b.example";

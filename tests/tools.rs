@@ -17,8 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::client::{self, ClientError, ClientOptions};
-use wsgate::{certgen, demo};
+use wsgate::tools::client::{self, ClientError, ClientOptions};
+use wsgate::tools::{certgen, demo};
 
 const LIMIT: Duration = Duration::from_secs(10);
 

@@ -24,7 +24,7 @@ async fn tls_backend(certs: &TestCerts) -> (SocketAddr, tokio::task::JoinHandle<
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(tcp).await {
-                    wsgate::demo::serve_connection(tls).await;
+                    wsgate::tools::demo::serve_connection(tls).await;
                 }
             });
         }

@@ -29,10 +29,10 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use wsgate::admission::rate_limit::ClientKey;
 use wsgate::admission::RouteGate;
-use wsgate::balance::strategy::Picker;
-use wsgate::balance::Backend;
+use wsgate::upstream::balance::strategy::Picker;
+use wsgate::upstream::balance::Backend;
 use wsgate::config::{Config, ConfigError};
-use wsgate::route::RouteTable;
+use wsgate::proxy::route::RouteTable;
 
 const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.toml");
 

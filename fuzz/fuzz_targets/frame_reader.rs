@@ -1,4 +1,4 @@
-//! Fuzzes `wsgate::inspect::frame` with bytes from a hostile peer.
+//! Fuzzes `wsgate::ws::frame` with bytes from a hostile peer.
 //!
 //! Every input is used twice:
 //!
@@ -24,7 +24,7 @@
 
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use wsgate::inspect::frame::{
+use wsgate::ws::frame::{
     close_payload, encode_control, encode_frame, Direction, Event, FrameHeader, FrameReader, OpCode, ReaderConfig,
     Violation,
 };

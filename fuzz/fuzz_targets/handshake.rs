@@ -1,4 +1,4 @@
-//! Fuzzes `wsgate::handshake`: the client's opening handshake (RFC 6455
+//! Fuzzes `wsgate::ws::handshake`: the client's opening handshake (RFC 6455
 //! §4.2.1) and the backend's answer (§4.1).
 //!
 //! The input is a client's request head, parsed by hyper's HTTP/1.1 server
@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wsgate::handshake::{
+use wsgate::ws::handshake::{
     agreed_extension, check_upstream_answer, extension_names, has_token, validate, wants_websocket, HandshakeError,
     UpstreamHandshakeError,
 };

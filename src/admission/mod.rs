@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 
 use crate::config::{Admission, MissingOrigin};
-use crate::stats::RefusalReason;
+use crate::telemetry::stats::RefusalReason;
 use caps::{CapExceeded, RouteCaps, TunnelPermit};
 use origin::OriginAllowlist;
 use rate_limit::{ClientKey, KeyedLimiter, TotalLimiter};

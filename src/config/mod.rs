@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 /// `[admin]`: where the operator's endpoints are served (see
-/// [`crate::telemetry::admin`]).
+/// [`crate::server::admin`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub listen: SocketAddr,
@@ -84,7 +84,7 @@ pub struct Listener {
     /// This listener's `handshake_timeout` (its own, or the global one).
     pub handshake_timeout: Duration,
     /// Peers whose word on the client address is believed (default none).
-    pub trusted_proxies: crate::real_ip::TrustedProxies,
+    pub trusted_proxies: crate::proxy::real_ip::TrustedProxies,
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
     /// TLS termination, when the listener has certificates.
@@ -99,7 +99,7 @@ pub struct Route {
     /// Host names, lower case, without port; `*.example.com` matches every
     /// subdomain. Empty means any host.
     pub hosts: Vec<String>,
-    /// The path prefix, matched on segment boundaries (see [`crate::route`]).
+    /// The path prefix, matched on segment boundaries (see [`crate::proxy::route`]).
     pub path_prefix: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
@@ -109,7 +109,7 @@ pub struct Route {
     pub inspect: Option<Inspect>,
 }
 
-/// `[route.inspect]`: wsgate reads the frames as they pass (see [`crate::inspect`]).
+/// `[route.inspect]`: wsgate reads the frames as they pass (see [`crate::tunnel::inspect`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspect {
     /// wsgate pings a client it heard nothing from for this long (default 30s).

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// How long connections must have neither opened nor closed before the
 /// free pages are handed back.

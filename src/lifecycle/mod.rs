@@ -9,8 +9,6 @@
 //! configuration without dropping a socket; [`memory`] gives the memory of
 //! a burst of handshakes back once it is over.
 
-pub mod drain;
 pub mod listen_fds;
 pub mod memory;
 pub mod notify;
-pub mod reload;

@@ -2,7 +2,7 @@
 //! when the response body has been sent (or abandoned), so it carries the
 //! bytes and the whole duration, not only the time to the response head.
 //! Tunnels log their own `tunnel closed` line (see [`crate::tunnel`] and
-//! [`crate::inspect::tunnel`]).
+//! [`crate::tunnel::inspect::tunnel`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,7 +13,7 @@ use http::Method;
 use hyper::body::{Body, Frame, SizeHint};
 use tracing::{info, Span};
 
-use crate::http::ProxyBody;
+use crate::proxy::ProxyBody;
 
 /// What a request's line says besides what its span carries (route,
 /// upstream, server, attempts; listener and client from the connection's).

@@ -20,8 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::balance::Pool;
 use crate::tunnel::Identity;
+use crate::upstream::balance::Pool;
 
 /// The `Content-Type` of `Metrics::encode`'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -100,7 +100,7 @@ fn rtt_histogram() -> Histogram {
 }
 
 /// A cheap, cloneable handle on the proxy's metrics; one per server, kept
-/// across reloads (it lives in [`Stats`](crate::stats::Stats)).
+/// across reloads (it lives in [`Stats`](crate::telemetry::stats::Stats)).
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,

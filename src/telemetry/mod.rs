@@ -3,13 +3,13 @@
 //! ([`admin`]), and the access log of plain HTTP requests ([`access`]).
 
 pub mod access;
-pub mod admin;
 pub mod metrics;
+pub mod stats;
 
 pub use metrics::{FirstClose, Metrics, TunnelMetrics};
 
 /// The `outcome` label of `wsgate_handshakes_total`: `ok`, a refusal reason
-/// ([`RefusalReason::as_str`](crate::stats::RefusalReason::as_str)), or what
+/// ([`RefusalReason::as_str`](crate::telemetry::stats::RefusalReason::as_str)), or what
 /// went wrong toward the backend.
 pub mod outcome {
     use crate::error::ProxyError;

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream as ServerTlsStream;
 use tokio_util::either::Either;
 
-use crate::framing::FramingGuard;
+use crate::proxy::framing::FramingGuard;
 use crate::upstream::BackendStream;
 
 /// Any upgraded stream that is not plain TCP.

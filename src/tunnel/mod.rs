@@ -5,8 +5,10 @@
 //! [`pool`] lends only while they move.
 
 pub mod copy;
+pub mod drain;
 pub mod halves;
 pub mod identity;
+pub mod inspect;
 pub mod pool;
 
 use std::future::Future;

@@ -28,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wsgate::config::Config;
-use wsgate::lifecycle::drain::GoingAway;
 use wsgate::server::Server;
+use wsgate::tunnel::drain::GoingAway;
 
 /// The bound on every single wait in these tests.
 pub const TIMEOUT: Duration = Duration::from_secs(10);

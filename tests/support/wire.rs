@@ -70,7 +70,7 @@ impl Wire {
 pub fn encode(b0: u8, mask: bool, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     let key = mask.then_some([0x5au8, 0x13, 0xc7, 0x88]);
-    wsgate::inspect::frame::encode_frame(b0, payload, key, &mut frame);
+    wsgate::ws::frame::encode_frame(b0, payload, key, &mut frame);
     frame
 }
 

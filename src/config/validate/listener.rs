@@ -19,12 +19,12 @@ impl Checker<'_> {
         );
         let mut ranges = Vec::new();
         for (j, range) in raw.trusted_proxies.iter().flatten().enumerate() {
-            match crate::real_ip::parse_range(range.get_ref()) {
+            match crate::proxy::real_ip::parse_range(range.get_ref()) {
                 Ok(net) => ranges.push(net),
                 Err(why) => self.error(range, format!("listener[{i}].trusted_proxies[{j}]"), why),
             }
         }
-        let trusted_proxies = crate::real_ip::TrustedProxies::new(ranges);
+        let trusted_proxies = crate::proxy::real_ip::TrustedProxies::new(ranges);
         let proxy_protocol = raw.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
         if let Some(flag) = raw.proxy_protocol.as_ref().filter(|p| *p.get_ref()) {
             if raw.trusted_proxies.as_ref().is_none_or(|t| t.is_empty()) {

@@ -7,10 +7,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::frame::OpCode;
 use super::pump::{Flow, Order, Pump, PING_PREFIX};
 use super::tunnel::{Ending, Shared, Side};
 use crate::config::Inspect;
+use crate::ws::frame::OpCode;
 
 impl<R, W> Pump<R, W>
 where

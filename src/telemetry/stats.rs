@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::admission::caps::RouteCaps;
-use crate::balance::Pool;
 use crate::telemetry::metrics::OpenGauge;
 use crate::telemetry::Metrics;
+use crate::upstream::balance::Pool;
 
 /// Why a client was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -29,9 +29,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::metrics;
-use crate::balance::Pool;
-use crate::http::Proxy;
+use crate::proxy::Proxy;
+use crate::telemetry::metrics;
+use crate::upstream::balance::Pool;
 
 /// Time a scraper has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,7 +5,6 @@
 //! they see (violations, close handshakes, limits); `keepalive` holds their
 //! clocks (pings, pong, idle and close timeouts).
 
-pub mod frame;
 mod keepalive;
 mod pump;
 pub mod tunnel;

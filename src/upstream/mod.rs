@@ -5,6 +5,10 @@
 //! `retries`) only before any byte of the request reached a backend: after
 //! that, a retry could deliver a request twice.
 
+pub mod balance;
+pub mod handshake;
+pub mod health;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +26,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
-use crate::backend_handshake::{self, Answered};
-use crate::balance::{BackendGuard, Pool};
 use crate::config::Upstream;
 use crate::error::ProxyError;
-use crate::http::ProxyBody;
+use crate::proxy::ProxyBody;
+use crate::upstream::balance::{BackendGuard, Pool};
+use handshake::Answered;
 
 /// An upstream as the proxy uses it: its pool of servers and a keep-alive
 /// connection pool for plain HTTP.
@@ -136,7 +140,7 @@ impl UpstreamPool {
 
     /// TCP, then TLS when the upstream asks for it; a TLS failure counts as a
     /// failed connect: nothing was sent, and the server is no use as it is.
-    async fn connect_to(&self, backend: &crate::balance::Backend) -> Result<BackendStream, ConnectError> {
+    async fn connect_to(&self, backend: &crate::upstream::balance::Backend) -> Result<BackendStream, ConnectError> {
         let stream = connect(backend.addr, self.config.connect_timeout).await?;
         let Some(tls) = &self.config.tls else {
             return Ok(Either::Left(stream));
@@ -148,7 +152,13 @@ impl UpstreamPool {
         }
     }
 
-    fn connect_failed(&self, name: &str, addr: SocketAddr, error: &ConnectError, backend: &crate::balance::Backend) {
+    fn connect_failed(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        error: &ConnectError,
+        backend: &crate::upstream::balance::Backend,
+    ) {
         match backend.record_connect_failure(self.config.passive_backoff, self.config.passive_backoff_max) {
             Some(backoff) => warn!(upstream = %self.config.name, server = %name, %addr, %error,
                 backoff_ms = backoff.as_millis() as u64, "connect failed; server set aside"),
@@ -160,11 +170,11 @@ impl UpstreamPool {
 
     /// Sends a WebSocket handshake on a new connection of its own (a tunnel
     /// never shares its backend connection) and reads the backend's answer
-    /// ([`backend_handshake`]); on a 101 the connection is the tunnel's.
+    /// ([`handshake`]); on a 101 the connection is the tunnel's.
     pub async fn send_handshake(&self, key: Option<&[u8]>, request: Request<()>) -> Result<Handshake, ProxyError> {
         let (mut stream, backend, attempts) = self.connect(key).await?;
         let timeout = self.config.response_timeout;
-        let exchange = backend_handshake::exchange(&mut stream, &request);
+        let exchange = handshake::exchange(&mut stream, &request);
         let answered = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(answered)) => answered,
             Ok(Err(error)) => {

@@ -303,7 +303,7 @@ fn candidate_hash(key_state: u64, candidate: &Backend) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::BackendGuard;
+    use crate::upstream::balance::BackendGuard;
 
     /// Servers `s0:8080`, `s1:8080`, … at 10.0.0.1:8080, 10.0.0.2:8080, …
     fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::{Config, ConfigErrors, LogFormat};
-use crate::http::Proxy;
+use crate::proxy::Proxy;
 use crate::server::{bind_socket, housekeeping, Acceptor, BoundListener, ListenerSettings};
 
 /// Why a reload was not applied; the server runs on as it was.

@@ -37,9 +37,9 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::balance::{Backend, HealthChange};
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::tls::UpstreamTls;
+use crate::upstream::balance::{Backend, HealthChange};
 use crate::upstream::BackendStream;
 use tokio_util::either::Either;
 

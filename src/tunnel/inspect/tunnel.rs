@@ -1,7 +1,7 @@
 //! A tunnel that reads the frames as they pass (`[route.inspect]`).
 //!
 //! Two `Pump`s, one per direction. Each reads its source, follows the
-//! frame boundaries with a [`FrameReader`](super::frame::FrameReader), and
+//! frame boundaries with a [`FrameReader`](crate::ws::frame::FrameReader), and
 //! writes the same bytes to its destination, batched per read: nothing is
 //! re-framed or buffered beyond one read. A pump is the only writer to its
 //! destination, so the frames wsgate sends itself (pings, close frames) go
@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::frame::Violation;
 use super::pump::Pump;
 use crate::config::Inspect;
-use crate::lifecycle::drain::{DrainSignal, GoingAway};
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
+use crate::tunnel::drain::{DrainSignal, GoingAway};
 use crate::tunnel::identity::{tunnel_info, Identity};
+use crate::ws::frame::Violation;
 
 /// After one direction ended, how long the other gets to deliver its close.
 const END_GRACE: Duration = Duration::from_secs(1);

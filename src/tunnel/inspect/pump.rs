@@ -10,10 +10,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
 use super::tunnel::{Closer, Ending, Shared, Side};
-use crate::lifecycle::drain::{DrainRequest, DrainSignal, GoingAway};
+use crate::tunnel::drain::{DrainRequest, DrainSignal, GoingAway};
 use crate::tunnel::pool::{Lent, Sizing};
+use crate::ws::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
 
 /// The most a pump holds back between reads: a whole control frame, its
 /// header (2 + 4 bytes) and payload (125), or a data frame's header (14).

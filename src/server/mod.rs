@@ -1,6 +1,9 @@
 //! Listeners, the accept loop, the global connection cap, and the server's
 //! run: reloads while it serves, graceful shutdown at its end.
 
+pub mod admin;
+pub mod reload;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,13 +20,13 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::refusal_log;
 use crate::config::{self, Config};
-use crate::http::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
-use crate::lifecycle::drain::GoingAway;
 use crate::lifecycle::memory;
-use crate::lifecycle::reload::{Fixed, Reload, Reloader, Running};
-use crate::real_ip::{self, ProxyHeaderError, TrustedProxies};
-use crate::stats::{RefusalReason, Stats};
-use crate::telemetry::admin::AdminListener;
+use crate::proxy::real_ip::{self, ProxyHeaderError, TrustedProxies};
+use crate::proxy::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
+use crate::server::admin::AdminListener;
+use crate::server::reload::{Fixed, Reload, Reloader, Running};
+use crate::telemetry::stats::{RefusalReason, Stats};
+use crate::tunnel::drain::GoingAway;
 
 /// A proxy whose listeners are bound and ready to accept.
 pub struct Server {
@@ -277,7 +280,7 @@ pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<
                 let pool = pool.clone();
                 move || pool.backends()
             };
-            tasks.push(tokio::spawn(crate::health::run(
+            tasks.push(tokio::spawn(crate::upstream::health::run(
                 pool.name.clone(),
                 check,
                 upstream.config.tls.clone(),

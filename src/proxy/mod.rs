@@ -1,6 +1,11 @@
 //! Serving one client connection with hyper, and dispatching each request:
 //! a WebSocket upgrade goes to a tunnel, anything else is forwarded as HTTP.
 
+pub mod framing;
+pub mod headers;
+pub mod real_ip;
+pub mod route;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,23 +34,23 @@ use crate::admission::caps::TunnelPermit;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
-use crate::backend_handshake::Answered;
-use crate::balance::{hash_key, BackendGuard};
 use crate::config::Balance;
 use crate::config::{Config, Global, Route};
 use crate::error::ProxyError;
-use crate::framing::FramingGuard;
-use crate::handshake;
-use crate::headers::{self, Forwarded};
-use crate::inspect::{self, tunnel::Settings};
-use crate::lifecycle::drain::Drain;
-use crate::real_ip::{self, TrustedProxies};
-use crate::route::RouteTable;
-use crate::stats::{OpenConnection, RefusalReason, Stats};
+use crate::proxy::framing::FramingGuard;
+use crate::proxy::route::RouteTable;
 use crate::telemetry::access::{LoggedBody, RequestLine};
 use crate::telemetry::outcome;
+use crate::telemetry::stats::{OpenConnection, RefusalReason, Stats};
 use crate::tunnel;
+use crate::tunnel::drain::Drain;
+use crate::tunnel::inspect::{self, tunnel::Settings};
+use crate::upstream::balance::{hash_key, BackendGuard};
+use crate::upstream::handshake::Answered;
 use crate::upstream::{Handshake, UpstreamPool};
+use crate::ws::handshake;
+use headers::Forwarded;
+use real_ip::TrustedProxies;
 
 /// The body of every response wsgate sends: the backend's, streamed, or a
 /// short one of its own.
