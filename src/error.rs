@@ -2,19 +2,20 @@
 //!
 //! Errors are grouped by side: the client's (4xx, logged at debug since the
 //! internet sends junk all day), the backend's (5xx, logged at warn since an
-//! operator must act) and ours. [`ProxyError::into_response`] is the only place
-//! that turns one into HTTP.
+//! operator must act) and ours. This file is the one place that says what a
+//! failure means: its status and body ([`ProxyError::into_response`]), its
+//! log level ([`ProxyError::log`]), its handshake metric label
+//! ([`ProxyError::outcome`]) and whether the client's connection ends after
+//! it ([`ProxyError::closes_connection`]).
 
 use std::io;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use crate::admission::Refusal;
-use crate::proxy::ProxyBody;
-use crate::telemetry::stats::RefusalReason;
+use crate::body::{text_response, ProxyBody};
+use crate::refusal::RefusalReason;
 use crate::ws::handshake::{HandshakeError, UpstreamHandshakeError, WEBSOCKET_VERSION};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,49 @@ impl ProxyError {
         self.status().is_client_error()
     }
 
+    /// Whether the client's connection ends after this answer, even when it
+    /// asked to keep it: after a malformed request (400) or a transfer coding
+    /// wsgate cannot decode (501) the bytes that follow cannot be trusted to
+    /// be the next request. (A refused upgrade closes too, for its own reason:
+    /// see the HTTP stage.)
+    pub fn closes_connection(&self) -> bool {
+        matches!(self.status(), StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED)
+    }
+
+    /// Logs a failure that is not a refusal (refusals are counted and logged,
+    /// sampled, by the refusal log): quietly when the client is at fault,
+    /// loudly when the backend is.
+    pub fn log(&self, method: &http::Method, path: &str) {
+        if self.is_client_error() {
+            tracing::debug!(error = %self, %method, %path, "refused");
+        } else {
+            tracing::warn!(error = %self, %method, %path, "upstream failed");
+        }
+    }
+
+    /// The `outcome` label of `wsgate_handshakes_total` for a handshake that
+    /// failed with this error.
+    pub fn outcome(&self) -> &'static str {
+        if let Some(reason) = self.refusal_reason() {
+            return reason.as_str();
+        }
+        match self {
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => outcome::BACKEND_TIMEOUT,
+            ProxyError::NoServer
+            | ProxyError::Connect { .. }
+            | ProxyError::UpstreamHandshake { .. }
+            | ProxyError::Upstream { .. } => outcome::BACKEND_ERROR,
+            // Malformed requests: refused before the WebSocket handshake is
+            // even looked at.
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
+            | ProxyError::UriTooLong
+            | ProxyError::Handshake(_)
+            | ProxyError::Refused(_) => RefusalReason::BadHandshake.as_str(),
+        }
+    }
+
     /// The client's answer: the status and a one-line plain-text body. The
     /// backend's details stay in the log; they are no business of the client.
     pub fn into_response(self) -> Response<ProxyBody> {
@@ -135,13 +179,43 @@ impl ProxyError {
     }
 }
 
-/// A short plain-text response.
-pub fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+/// The `outcome` label of `wsgate_handshakes_total`: `ok`, a refusal reason
+/// ([`RefusalReason::as_str`]), or what went wrong toward the backend
+/// ([`ProxyError::outcome`]).
+pub mod outcome {
+    use http::StatusCode;
+
+    /// Both 101s sent: the tunnel opens.
+    pub const OK: &str = "ok";
+    /// No server to connect to, a failed connect, or a broken answer
+    /// (including a 101 with a wrong `Sec-WebSocket-Accept`).
+    pub const BACKEND_ERROR: &str = "backend_error";
+    /// The connect or the backend's answer took too long.
+    pub const BACKEND_TIMEOUT: &str = "backend_timeout";
+
+    /// A handshake the backend answered: [`OK`] for a 101, else
+    /// `backend_rejected_4xx` and so on, by status class.
+    pub fn of_answer(status: StatusCode) -> &'static str {
+        match status.as_u16() / 100 {
+            1 if status == StatusCode::SWITCHING_PROTOCOLS => OK,
+            1 => "backend_rejected_1xx",
+            2 => "backend_rejected_2xx",
+            3 => "backend_rejected_3xx",
+            4 => "backend_rejected_4xx",
+            _ => "backend_rejected_5xx",
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn statuses_go_by_class() {
+            assert_eq!(of_answer(StatusCode::FORBIDDEN), "backend_rejected_4xx");
+            assert_eq!(of_answer(StatusCode::SERVICE_UNAVAILABLE), "backend_rejected_5xx");
+            assert_eq!(of_answer(StatusCode::FOUND), "backend_rejected_3xx");
+            assert_eq!(of_answer(StatusCode::SWITCHING_PROTOCOLS), OK);
+        }
+    }
 }

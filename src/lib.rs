@@ -51,10 +51,12 @@
 //! command-line WebSocket client.
 
 pub mod admission;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
 pub mod proxy;
+pub mod refusal;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -15,7 +15,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsgate::telemetry::stats::{RefusalReason, Stats};
+use wsgate::refusal::RefusalReason;
+use wsgate::telemetry::stats::Stats;
 
 use support::*;
 

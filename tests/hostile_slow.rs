@@ -17,7 +17,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::telemetry::stats::RefusalReason;
+use wsgate::refusal::RefusalReason;
 
 /// How many slow clients attack at once.
 const SLOW_CLIENTS: usize = 20;

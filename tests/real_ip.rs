@@ -11,7 +11,8 @@ use std::path::Path;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wsgate::config::{Config, ConfigError};
-use wsgate::telemetry::stats::{RefusalReason, Stats};
+use wsgate::refusal::RefusalReason;
+use wsgate::telemetry::stats::Stats;
 
 use support::*;
 

@@ -304,7 +304,7 @@ fn check_built_answers(key: &HeaderValue, request: &HeaderMap) {
             agreeing.insert(SEC_WEBSOCKET_EXTENSIONS, value);
         }
     }
-    let protocol = wsgate::admission::offered_subprotocols(request).next();
+    let protocol = wsgate::ws::handshake::offered_subprotocols(request).next();
     if let Some(value) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
         agreeing.insert(SEC_WEBSOCKET_PROTOCOL, value);
     }
@@ -339,7 +339,7 @@ fn check_built_answers(key: &HeaderValue, request: &HeaderMap) {
             Err(UpstreamHandshakeError::UnofferedExtension)
         );
     }
-    if !wsgate::admission::offered_subprotocols(request).any(|p| p == unoffered) {
+    if !wsgate::ws::handshake::offered_subprotocols(request).any(|p| p == unoffered) {
         let mut subprotocol = answer;
         subprotocol.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(unoffered));
         assert_eq!(

@@ -14,10 +14,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{HeaderMap, HeaderValue, ORIGIN};
 
 use crate::config::{Admission, MissingOrigin};
-use crate::telemetry::stats::RefusalReason;
+use crate::refusal::RefusalReason;
+use crate::ws::handshake::offered_subprotocols;
 use caps::{CapExceeded, RouteCaps, TunnelPermit};
 use origin::OriginAllowlist;
 use rate_limit::{ClientKey, KeyedLimiter, TotalLimiter};
@@ -190,17 +191,6 @@ impl RouteGate {
         }
         Ok(())
     }
-}
-
-/// The protocols a `Sec-WebSocket-Protocol` header (or several) offers.
-pub fn offered_subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|protocol| !protocol.is_empty())
 }
 
 /// One burst of this size, refilled one per `every`.

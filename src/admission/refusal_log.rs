@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::rate_limit::{ClientKey, KeyedLimiter};
-use crate::telemetry::stats::RefusalReason;
+use crate::refusal::RefusalReason;
 
 /// How often the suppressed refusals are summarised.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);

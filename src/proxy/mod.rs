@@ -15,12 +15,10 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,20 +26,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use tracing::{debug, info, warn, Instrument, Span};
+use tracing::{debug, info, Instrument, Span};
 
 use crate::admission::caps::TunnelPermit;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::{RouteGate, SubprotocolOffer};
+use crate::body::{self, ProxyBody};
 use crate::config::Balance;
 use crate::config::{Config, Global, Route};
-use crate::error::ProxyError;
+use crate::error::{outcome, ProxyError};
 use crate::proxy::framing::FramingGuard;
 use crate::proxy::route::RouteTable;
+use crate::refusal::RefusalReason;
 use crate::telemetry::access::{LoggedBody, RequestLine};
-use crate::telemetry::outcome;
-use crate::telemetry::stats::{OpenConnection, RefusalReason, Stats};
+use crate::telemetry::stats::{OpenConnection, Stats};
 use crate::tunnel;
 use crate::tunnel::drain::Drain;
 use crate::tunnel::inspect::{self, tunnel::Settings};
@@ -51,10 +50,6 @@ use crate::upstream::{Handshake, UpstreamPool};
 use crate::ws::handshake;
 use headers::Forwarded;
 use real_ip::TrustedProxies;
-
-/// The body of every response wsgate sends: the backend's, streamed, or a
-/// short one of its own.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Where a connection came from.
 #[derive(Clone)]
@@ -263,17 +258,13 @@ impl Proxy {
         let mut response = match result {
             Ok(response) => {
                 if let Some(route) = handshake_on {
-                    let status = response.status();
-                    let outcome = match status {
-                        StatusCode::SWITCHING_PROTOCOLS => outcome::OK,
-                        _ => outcome::backend_rejected(status.as_u16()),
-                    };
+                    let outcome = outcome::of_answer(response.status());
                     self.stats.metrics().handshake(route, outcome);
                 }
                 response
             }
             Err(error) => {
-                close |= matches!(error.status(), StatusCode::BAD_REQUEST | StatusCode::NOT_IMPLEMENTED);
+                close |= error.closes_connection();
                 match error.refusal_reason() {
                     Some(reason) => {
                         self.stats.count_request_refusal(reason, route, upgrade);
@@ -281,13 +272,9 @@ impl Proxy {
                     }
                     None => {
                         if let Some(route) = handshake_on {
-                            self.stats.metrics().handshake(route, outcome::of_error(&error));
+                            self.stats.metrics().handshake(route, error.outcome());
                         }
-                        if error.is_client_error() {
-                            debug!(%error, %method, %path, "refused");
-                        } else {
-                            warn!(%error, %method, %path, "upstream failed");
-                        }
+                        error.log(&method, &path);
                     }
                 }
                 error.into_response()
@@ -391,7 +378,7 @@ impl Proxy {
                 headers::strip_hop_by_hop(refusal.headers_mut());
                 // Read whole: the length is the body's own now.
                 refusal.headers_mut().remove(header::CONTENT_LENGTH);
-                return Ok(refusal.map(|body| Full::new(body).map_err(|never| match never {}).boxed()));
+                return Ok(refusal.map(body::full));
             }
         };
         handshake::check_upstream_answer(&key, &offered, &backend_headers).map_err(|reason| {
@@ -401,7 +388,7 @@ impl Proxy {
             }
         })?;
 
-        let mut answer = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        let mut answer = Response::new(body::empty());
         *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *answer.headers_mut() = std::mem::take(&mut backend_headers);
         headers::strip_hop_by_hop(answer.headers_mut());

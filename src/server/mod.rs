@@ -1,32 +1,38 @@
-//! Listeners, the accept loop, the global connection cap, and the server's
-//! run: reloads while it serves, graceful shutdown at its end.
+//! The server: binds the listeners, runs them (reloads while it serves,
+//! graceful shutdown at its end), and serves the admin listener beside them.
+//!
+//! [`listener`] binds a socket and accepts on it; [`running`] holds what a
+//! running server is made of; [`reload`] switches it to a new configuration;
+//! [`housekeeping`] is each configuration's periodic work; [`admin`] serves
+//! metrics, health and readiness.
 
 pub mod admin;
+mod housekeeping;
+mod listener;
 pub mod reload;
+mod running;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{info, warn};
 
-use crate::admission::refusal_log;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::lifecycle::memory;
-use crate::proxy::real_ip::{self, ProxyHeaderError, TrustedProxies};
-use crate::proxy::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
-use crate::server::admin::AdminListener;
-use crate::server::reload::{Fixed, Reload, Reloader, Running};
-use crate::telemetry::stats::{RefusalReason, Stats};
+use crate::proxy::Proxy;
+use crate::telemetry::stats::Stats;
 use crate::tunnel::drain::GoingAway;
+use admin::AdminListener;
+use listener::{bind_socket, BoundListener, ListenerSettings};
+use reload::{Fixed, Reload, Reloader};
+use running::Running;
 
 /// A proxy whose listeners are bound and ready to accept.
 pub struct Server {
@@ -44,67 +50,6 @@ pub struct Server {
     admin: Option<AdminListener>,
     /// What a reload cannot change.
     fixed: Fixed,
-}
-
-/// A listener's socket and what its connections are served with.
-pub(crate) struct BoundListener {
-    pub(crate) name: String,
-    /// The address as configured (port 0 in tests): a reload compares it.
-    pub(crate) listen: SocketAddr,
-    pub(crate) socket: TcpListener,
-    pub(crate) settings: ListenerSettings,
-}
-
-/// A listener's settings; a reload replaces them for new connections.
-#[derive(Clone)]
-pub(crate) struct ListenerSettings {
-    /// The listener's name, for its connections' counters.
-    name: Arc<str>,
-    tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
-    trusted_proxies: Arc<TrustedProxies>,
-    proxy_protocol: bool,
-}
-
-impl ListenerSettings {
-    pub(crate) fn new(listener: &config::Listener) -> ListenerSettings {
-        ListenerSettings {
-            name: listener.name.as_str().into(),
-            tls: listener.tls.clone().map(TlsAcceptor::from),
-            handshake_timeout: listener.handshake_timeout,
-            trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
-            proxy_protocol: listener.proxy_protocol,
-        }
-    }
-}
-
-/// Binds `listener`'s address; the error names the listener.
-/// Connections the kernel queues for a listener before wsgate accepts them
-/// (capped by `net.core.somaxconn`). A burst of clients (a reconnect storm
-/// after a deploy) beyond the queue has its SYNs dropped and waits a second
-/// or more to retry; tokio's default of 128 is too small for that, nginx
-/// uses 511, HAProxy its `maxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
-
-pub(crate) async fn bind_socket(listener: &config::Listener) -> io::Result<TcpListener> {
-    let bind = || {
-        let socket = if listener.listen.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        // As std and tokio do: a restarted proxy can bind at once while
-        // the old one's connections linger in TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        socket.bind(listener.listen)?;
-        socket.listen(LISTEN_BACKLOG)
-    };
-    bind().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("listener {:?}: cannot bind {}: {e}", listener.name, listener.listen),
-        )
-    })
 }
 
 impl Server {
@@ -207,7 +152,6 @@ impl Server {
             stop: stop.clone(),
             housekeeping: None,
             generation: 1,
-            fixed,
         };
         for listener in listeners {
             running.start_listener(listener);
@@ -225,7 +169,7 @@ impl Server {
         let why = loop {
             tokio::select! {
                 why = &mut shutdown => break why,
-                Some(reload) = reloads.recv() => running.answer(reload).await,
+                Some(reload) = reloads.recv() => running.answer(reload, &fixed).await,
             }
         };
         info!(close_code = why.code, "shutting down: no new connections");
@@ -251,221 +195,5 @@ impl Server {
             let _ = admin.await;
         }
         info!("stopped");
-    }
-}
-
-/// Periodic work: forgetting idle rate-limiter keys (the memory bound),
-/// active health checks, resolving upstream host names again, and
-/// summarising refusals that were not logged one by one.
-pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for limiter in proxy.keyed_limiters() {
-        let limiter = limiter.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(limiter.eviction_interval());
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => { limiter.evict_idle(); }
-                    () = stop.cancelled() => return,
-                }
-            }
-        }));
-    }
-    for upstream in proxy.upstreams() {
-        let pool = upstream.pool.clone();
-        if let Some(check) = upstream.config.health_check.clone() {
-            let backends = {
-                let pool = pool.clone();
-                move || pool.backends()
-            };
-            tasks.push(tokio::spawn(crate::upstream::health::run(
-                pool.name.clone(),
-                check,
-                upstream.config.tls.clone(),
-                backends,
-                stop.clone(),
-            )));
-        }
-        if pool.has_host_names() {
-            let every = upstream.config.resolve_interval;
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tokio::select! {
-                        _ = ticks.tick() => pool.resolve().await,
-                        () = stop.cancelled() => return,
-                    }
-                }
-            }));
-        }
-    }
-    let proxy = proxy.clone();
-    let stop = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(refusal_log::SUMMARY_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => proxy.refusal_log.summarise(),
-                () = stop.cancelled() => return,
-            }
-        }
-    }));
-    tasks
-}
-
-/// The first wait after a failed accept; it doubles with each failure in a
-/// row, up to [`ACCEPT_BACKOFF_MAX`], and starts over after an accept.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Failed accepts are logged at most once per interval, with their count.
-const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-pub(crate) struct Acceptor {
-    pub(crate) current: Arc<ArcSwap<Proxy>>,
-    pub(crate) settings: Arc<ArcSwap<ListenerSettings>>,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) stop: CancellationToken,
-    pub(crate) tasks: TaskTracker,
-}
-
-impl Acceptor {
-    pub(crate) async fn run(self, socket: TcpListener) {
-        // Failed accepts (out of descriptors or memory) since the last line
-        // about them, when that line was written, and the next wait.
-        let mut failures: u64 = 0;
-        let mut logged_at: Option<Instant> = None;
-        let mut backoff = ACCEPT_BACKOFF_MIN;
-        loop {
-            // Take a place under max_connections *before* accepting: at the
-            // cap the listener pauses and new clients wait in the kernel's
-            // backlog, rather than being accepted only to be dropped.
-            let Some(permit) = self.connection_permit().await else {
-                return;
-            };
-            let accepted = tokio::select! {
-                accepted = socket.accept() => accepted,
-                () = self.stop.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, client)) => {
-                    if logged_at.take().is_some() {
-                        info!(failures, "accepting again");
-                    }
-                    failures = 0;
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    let span = tracing::info_span!("conn", %client);
-                    self.tasks.spawn(self.serve(stream, client, permit).instrument(span));
-                }
-                Err(error) => {
-                    // Out of descriptors or memory: the listener stays
-                    // readable and every retry fails at once, so wait,
-                    // longer each time (connections ending meanwhile free
-                    // what we need), and say so once per interval, not
-                    // once per failure.
-                    drop(permit);
-                    failures += 1;
-                    if logged_at.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_INTERVAL) {
-                        error!(
-                            %error,
-                            failures,
-                            retry_ms = backoff.as_millis() as u64,
-                            "accept failed; retrying with back-off"
-                        );
-                        logged_at = Some(Instant::now());
-                        failures = 0;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = self.stop.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-            }
-        }
-    }
-
-    /// A place under `max_connections`, waiting (and saying so once) when
-    /// all are taken; `None` once shutdown began.
-    async fn connection_permit(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        self.current.load().stats.count_refusal(RefusalReason::GlobalCap);
-        warn!("max_connections reached: not accepting until a connection ends");
-        tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
-            () = self.stop.cancelled() => None,
-        }
-    }
-
-    fn serve(
-        &self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let current = self.current.clone();
-        let proxy = current.load_full();
-        let settings = self.settings.load_full();
-        let tls = settings.tls.clone();
-        let trusted = settings.trusted_proxies.clone();
-        let proxy_protocol = settings.proxy_protocol;
-        let handshake_timeout = settings.handshake_timeout;
-        let stop = self.stop.clone();
-        let accepted_at = Instant::now();
-        async move {
-            let slot = Arc::new(ConnectionSlot {
-                _permit: Some(permit),
-                _open: proxy.stats.connection_opened(&settings.name),
-            });
-            let _ = stream.set_nodelay(true);
-            let peer_trusted = trusted.contains(peer.ip());
-            let mut client = peer;
-            if proxy_protocol {
-                match real_ip::read_proxy_header(&mut stream, handshake_timeout).await {
-                    // An untrusted peer's header is read (it frames the stream) but not believed.
-                    Ok(Some(address)) if peer_trusted => client = address,
-                    Ok(_) => {}
-                    Err(error) => {
-                        let reason = match error {
-                            ProxyHeaderError::Timeout => RefusalReason::HandshakeTimeout,
-                            _ => RefusalReason::BadHandshake,
-                        };
-                        proxy.stats.count_refusal(reason);
-                        debug!(%error, "connection closed");
-                        return;
-                    }
-                }
-            }
-            let info = |tls| ConnectionInfo {
-                listener: settings.name.clone(),
-                peer,
-                client,
-                // Without PROXY protocol, a trusted peer names its clients in headers.
-                forwarded_by: (peer_trusted && !proxy_protocol).then(|| trusted.clone()),
-                tls,
-                slot,
-            };
-            // One deadline from accept to complete headers, PROXY header and TLS included.
-            let left = || {
-                handshake_timeout
-                    .saturating_sub(accepted_at.elapsed())
-                    .max(Duration::from_millis(1))
-            };
-            match tls {
-                None => serve_connection(current, stream, info(false), left(), stop).await,
-                Some(acceptor) => match tokio::time::timeout(left(), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
-                    Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
-                    Err(_) => {
-                        proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
-                        debug!("TLS handshake timed out");
-                    }
-                },
-            }
-        }
     }
 }

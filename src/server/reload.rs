@@ -16,16 +16,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn, Instrument};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
 
+use super::listener::{bind_socket, BoundListener, ListenerSettings};
+use super::running::{Running, RunningListener};
 use crate::config::{Config, ConfigErrors, LogFormat};
 use crate::proxy::Proxy;
-use crate::server::{bind_socket, housekeeping, Acceptor, BoundListener, ListenerSettings};
 
 /// Why a reload was not applied; the server runs on as it was.
 #[derive(Debug, thiserror::Error)]
@@ -94,21 +91,6 @@ impl Reloader {
     }
 }
 
-/// A server's moving parts while it runs.
-pub(crate) struct Running {
-    pub(crate) current: Arc<ArcSwap<Proxy>>,
-    pub(crate) listeners: Vec<RunningListener>,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) max_connections: usize,
-    pub(crate) tasks: TaskTracker,
-    /// Cancelled at shutdown: every acceptor and periodic task ends.
-    pub(crate) stop: CancellationToken,
-    /// The periodic work of the current generation.
-    pub(crate) housekeeping: Option<(CancellationToken, Vec<JoinHandle<()>>)>,
-    pub(crate) generation: u64,
-    pub(crate) fixed: Fixed,
-}
-
 /// Settings read once at start: the log subscriber and the admin listener
 /// are set up before serving and are not rebuilt by a reload. A reload
 /// that changes them says so instead of ignoring it silently.
@@ -144,16 +126,6 @@ impl Fixed {
     }
 }
 
-pub(crate) struct RunningListener {
-    name: String,
-    listen: SocketAddr,
-    local_addr: SocketAddr,
-    settings: Arc<ArcSwap<ListenerSettings>>,
-    /// Stops this listener alone (it was removed from the configuration).
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
 /// What a reload does with each listener of the new configuration.
 enum Plan {
     /// The listener at this index keeps its socket, under this name.
@@ -161,45 +133,15 @@ enum Plan {
     Bind(BoundListener),
 }
 
+/// Reloading: the steps that decide, on the running parts of
+/// [`super::running`].
 impl Running {
-    pub(crate) fn start_listener(&mut self, listener: BoundListener) {
-        let local_addr = listener.socket.local_addr().unwrap_or(listener.listen);
-        info!(listener = %listener.name, address = %local_addr, "listening");
-        let settings = Arc::new(ArcSwap::from_pointee(listener.settings));
-        let stop = self.stop.child_token();
-        let acceptor = Acceptor {
-            current: self.current.clone(),
-            settings: settings.clone(),
-            permits: self.permits.clone(),
-            stop: stop.clone(),
-            tasks: self.tasks.clone(),
-        };
-        let span = tracing::info_span!("listener", name = %listener.name);
-        let task = tokio::spawn(acceptor.run(listener.socket).instrument(span));
-        self.listeners.push(RunningListener {
-            name: listener.name,
-            listen: listener.listen,
-            local_addr,
-            settings,
-            stop,
-            task,
-        });
-    }
-
-    pub(crate) fn start_housekeeping(&mut self) {
-        let stop = self.stop.child_token();
-        let tasks = housekeeping(&self.current.load_full(), &stop);
-        if let Some((previous, _)) = self.housekeeping.replace((stop, tasks)) {
-            previous.cancel();
-        }
-    }
-
     /// Carries out one reload request and logs how it went.
-    pub(crate) async fn answer(&mut self, request: Reload) {
+    pub(crate) async fn answer(&mut self, request: Reload, fixed: &Fixed) {
         let result = match request.source {
-            Source::Loaded(config) => self.reload(*config).await,
+            Source::Loaded(config) => self.reload(*config, fixed).await,
             Source::File(path) => match load(path).await {
-                Ok(config) => self.reload(config).await,
+                Ok(config) => self.reload(config, fixed).await,
                 Err(errors) => Err(ReloadError::Config(errors)),
             },
         };
@@ -230,11 +172,11 @@ impl Running {
     }
 
     /// Applies `config`; on an error nothing has changed.
-    async fn reload(&mut self, config: Config) -> Result<Reloaded, ReloadError> {
+    async fn reload(&mut self, config: Config, fixed: &Fixed) -> Result<Reloaded, ReloadError> {
         for warning in config.warnings() {
             warn!("{warning}");
         }
-        for key in self.fixed.not_applied(&config) {
+        for key in fixed.not_applied(&config) {
             warn!(
                 key,
                 "reload: this setting cannot change while running; restart wsgate to apply it"
@@ -309,45 +251,6 @@ impl Running {
             }
         }
         Ok(plan)
-    }
-
-    /// A new `max_connections`: more places at once; fewer as soon as
-    /// connections end (open ones are never cut for it).
-    fn resize_connection_cap(&mut self, max_connections: usize) {
-        let wanted = max_connections.min(Semaphore::MAX_PERMITS);
-        if wanted > self.max_connections {
-            self.permits.add_permits(wanted - self.max_connections);
-        } else if wanted < self.max_connections {
-            let fewer = self.max_connections - wanted;
-            let rest = fewer - self.permits.forget_permits(fewer);
-            if rest > 0 {
-                let (permits, stop) = (self.permits.clone(), self.stop.clone());
-                let rest = u32::try_from(rest).unwrap_or(u32::MAX);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        taken = permits.acquire_many_owned(rest) => {
-                            if let Ok(taken) = taken {
-                                taken.forget();
-                            }
-                        }
-                        () = stop.cancelled() => {}
-                    }
-                });
-            }
-        }
-        self.max_connections = wanted;
-    }
-
-    /// Waits for every acceptor and periodic task to end (after `stop`).
-    pub(crate) async fn join(self) {
-        for listener in self.listeners {
-            let _ = listener.task.await;
-        }
-        if let Some((_, tasks)) = self.housekeeping {
-            for task in tasks {
-                let _ = task.await;
-            }
-        }
     }
 }
 

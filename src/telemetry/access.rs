@@ -13,7 +13,7 @@ use http::Method;
 use hyper::body::{Body, Frame, SizeHint};
 use tracing::{info, Span};
 
-use crate::proxy::ProxyBody;
+use crate::body::ProxyBody;
 
 /// What a request's line says besides what its span carries (route,
 /// upstream, server, attempts; listener and client from the connection's).

@@ -242,7 +242,7 @@ impl Metrics {
     }
 
     /// One opening handshake on `route` (empty when refused before a route
-    /// was chosen) and how it went; see [`outcome`](super::outcome).
+    /// was chosen) and how it went; see [`outcome`](crate::error::outcome).
     pub fn handshake(&self, route: &str, outcome: &'static str) {
         self.inner
             .handshakes

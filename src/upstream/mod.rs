@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,9 +26,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
+use crate::body::{self, ProxyBody};
 use crate::config::Upstream;
 use crate::error::ProxyError;
-use crate::proxy::ProxyBody;
 use crate::upstream::balance::{BackendGuard, Pool};
 use handshake::Answered;
 
@@ -217,7 +217,7 @@ impl UpstreamPool {
             *attempt.uri_mut() = backend_uri(backend.addr, &parts.uri, self.config.tls.is_some())?;
             let attempt_body = match body.take() {
                 Some(body) => body,
-                None => Empty::new().map_err(|never| match never {}).boxed(),
+                None => body::empty(),
             };
             let timeout = self.config.response_timeout;
             let sent = tokio::time::timeout(timeout, self.http.request(attempt.map(|()| attempt_body))).await;

@@ -5,6 +5,7 @@
 //! handshake costs the backend nothing.
 
 use base64::Engine;
+use http::header::SEC_WEBSOCKET_PROTOCOL;
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -118,7 +119,7 @@ pub fn check_upstream_answer(
         (Some(protocol), None)
             if protocol
                 .to_str()
-                .is_ok_and(|p| crate::admission::offered_subprotocols(request).any(|offered| offered == p.trim())) => {}
+                .is_ok_and(|p| offered_subprotocols(request).any(|offered| offered == p.trim())) => {}
         _ => return Err(UpstreamHandshakeError::UnofferedSubprotocol),
     }
     let offered: Vec<&str> = extension_names(request).collect();
@@ -159,6 +160,17 @@ pub fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &st
             .split(|b| *b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
+}
+
+/// The protocols a `Sec-WebSocket-Protocol` header (or several) offers.
+pub fn offered_subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
 }
 
 #[cfg(test)]
