@@ -43,7 +43,7 @@ use crate::telemetry::access::{LoggedBody, RequestLine};
 use crate::telemetry::stats::{OpenConnection, Stats};
 use crate::tunnel;
 use crate::tunnel::drain::Drain;
-use crate::tunnel::inspect::{self, tunnel::Settings};
+use crate::tunnel::inspect::{self, Settings};
 use crate::upstream::balance::{hash_key, BackendGuard};
 use crate::upstream::handshake::Answered;
 use crate::upstream::{Handshake, UpstreamPool};

@@ -1,10 +1,13 @@
 //! Frame-aware tunnels: reading RFC 6455 frames as they pass.
 //!
-//! [`frame`] follows frame boundaries in one direction without buffering
-//! messages; [`tunnel`] runs two pumps, one per direction, that act on what
-//! they see (violations, close handshakes, limits); `keepalive` holds their
-//! clocks (pings, pong, idle and close timeouts).
+//! [`tunnel`] runs two pumps, one per direction, each following frame
+//! boundaries with the frame reader ([`crate::ws::frame`]) and acting on
+//! what it sees (violations, close handshakes, limits); the pump's
+//! `keepalive` holds its clocks (pings, pong, idle and close timeouts);
+//! `shared` is what both pumps read and write.
 
-mod keepalive;
 mod pump;
+mod shared;
 pub mod tunnel;
+
+pub use shared::Settings;

@@ -1,4 +1,7 @@
 //! One direction of an inspected tunnel: frames from one side to the other.
+//! Its clocks (pings, timeouts) are in [`keepalive`].
+
+mod keepalive;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -10,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::tunnel::{Closer, Ending, Shared, Side};
+use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainRequest, DrainSignal, GoingAway};
 use crate::tunnel::pool::{Lent, Sizing};
 use crate::ws::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
@@ -131,7 +134,7 @@ where
         // complete enough to judge. They go in front of the next read.
         let mut held = [0u8; HELD_MAX];
         let mut kept = 0;
-        let mut ticks = tokio::time::interval(super::keepalive::tick_period(&self.shared.settings.inspect));
+        let mut ticks = tokio::time::interval(keepalive::tick_period(&self.shared.settings.inspect));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
         // This tunnel's turn in a spread drain, and why it drains.
@@ -341,7 +344,7 @@ where
         if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
             return result;
         }
-        let period = super::keepalive::tick_period(inspect);
+        let period = keepalive::tick_period(inspect);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -350,7 +353,7 @@ where
                 result = &mut write => return result,
                 _ = ticks.tick() => {
                     if self.shared.silent_for(to) >= limit {
-                        super::keepalive::give_up(&self.shared, &self.to_source, to);
+                        keepalive::give_up(&self.shared, &self.to_source, to);
                         return Err(std::io::ErrorKind::TimedOut.into());
                     }
                 }

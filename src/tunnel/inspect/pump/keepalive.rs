@@ -7,8 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::pump::{Flow, Order, Pump, PING_PREFIX};
-use super::tunnel::{Ending, Shared, Side};
+use super::super::shared::{Ending, Shared, Side};
+use super::{Flow, Order, Pump, PING_PREFIX};
 use crate::config::Inspect;
 use crate::ws::frame::OpCode;
 
@@ -79,7 +79,7 @@ where
 /// gone (a dead NAT mapping, a pulled cable). Its side is closed outright;
 /// the other side is told: 1001 to a backend whose client went away, 1011
 /// to a client whose backend hangs. The caller's pump then stops.
-pub(super) fn give_up(shared: &Shared, to_source: &mpsc::Sender<Order>, to: Side) {
+pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to_source: &mpsc::Sender<Order>, to: Side) {
     debug!(
         side = to.as_str(),
         silent_ms = shared.silent_for(to).as_millis() as u64,
@@ -94,7 +94,7 @@ pub(super) fn give_up(shared: &Shared, to_source: &mpsc::Sender<Order>, to: Side
 }
 
 /// Timers are checked a few times per their shortest period.
-pub(super) fn tick_period(inspect: &Inspect) -> Duration {
+pub(in crate::tunnel::inspect) fn tick_period(inspect: &Inspect) -> Duration {
     let shortest = [
         Some(inspect.ping_interval),
         Some(inspect.pong_timeout),

@@ -1,0 +1,267 @@
+//! What the two pumps of an inspected tunnel share: which side is which,
+//! why the tunnel ended, and the counters and clocks both read and write
+//! (on the data path only relaxed atomics, once per read; a mutex only for
+//! what happens a few times per tunnel: pings, close frames, how it ended).
+//! Below both the pumps and the tunnel that runs them, so neither imports
+//! the other for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Inspect;
+use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
+use crate::telemetry::{FirstClose, TunnelMetrics};
+use crate::tunnel::drain::GoingAway;
+use crate::tunnel::identity::{tunnel_info, Identity};
+use crate::ws::frame::Violation;
+
+/// A side of the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(super) fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
+    }
+}
+
+/// How an inspected tunnel is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub inspect: Inspect,
+    /// `permessage-deflate` was agreed in the handshake: RSV1 is legal.
+    pub deflate: bool,
+}
+
+/// Why wsgate ended a tunnel itself, for the log line at its end.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ending {
+    Violation(Side, Violation),
+    Lost(Side),
+    Unresponsive(Side),
+    IdleTimeout,
+    CloseTimeout,
+    Drained(GoingAway),
+}
+
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Violation(Side::Client, _) => "client_violation",
+            Ending::Violation(Side::Backend, _) => "backend_violation",
+            Ending::Lost(Side::Client) => "client_lost",
+            Ending::Lost(Side::Backend) => "backend_lost",
+            Ending::Unresponsive(Side::Client) => "client_unresponsive",
+            Ending::Unresponsive(Side::Backend) => "backend_unresponsive",
+            Ending::IdleTimeout => "idle_timeout",
+            Ending::CloseTimeout => "close_timeout",
+            Ending::Drained(_) => "drained",
+        }
+    }
+}
+
+/// What both pumps read and write.
+pub(super) struct Shared {
+    pub(super) settings: Settings,
+    started: Instant,
+    /// Per side: when its last bytes arrived, in milliseconds since
+    /// `started` (anything a peer sends proves it is alive).
+    heard: [AtomicU64; 2],
+    /// When a data frame last passed either way, for `idle_timeout`.
+    data: AtomicU64,
+    bytes: [AtomicU64; 2],
+    frames: [AtomicU64; 2],
+    state: Mutex<State>,
+    /// Recorded into at the tunnel's end (and per answered ping).
+    pub(super) metrics: TunnelMetrics,
+    /// For the `tunnel closed` line.
+    identity: Identity,
+    /// This tunnel's place in a spread drain, from 0 to 1.
+    drain_place: f32,
+    /// Cancelled when the tunnel must end at once.
+    pub(super) end: CancellationToken,
+}
+
+/// What changes a few times per tunnel.
+#[derive(Default)]
+pub(super) struct State {
+    /// The ping wsgate sent to each side and not yet seen answered.
+    pub(super) ping: [Option<(u32, Instant)>; 2],
+    pub(super) next_ping: u32,
+    /// When each side sent its close frame (a peer's, not wsgate's).
+    pub(super) closed: [Option<Instant>; 2],
+    /// When the first close frame went, a peer's or wsgate's: the close
+    /// timeout runs from here.
+    pub(super) close_started: Option<Instant>,
+    /// Per side: its first close frame's code and reason length.
+    pub(super) close_sent: [Option<(Option<u16>, usize)>; 2],
+    /// The first close frame wsgate sent of its own: code and reason length.
+    pub(super) wsgate_close: Option<(u16, usize)>,
+    /// Who sent the tunnel's first close frame, a peer or wsgate.
+    pub(super) first_close: Option<Closer>,
+    /// The side whose connection ended first (read end of stream or failed).
+    pub(super) ended_first: Option<Side>,
+    pub(super) ending: Option<Ending>,
+    pub(super) last_rtt: Option<Duration>,
+    pub(super) pongs: u32,
+}
+
+/// Who sent a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closer {
+    Peer(Side),
+    Wsgate,
+}
+
+impl Closer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Closer::Peer(side) => side.as_str(),
+            Closer::Wsgate => "wsgate",
+        }
+    }
+}
+
+impl Shared {
+    pub(super) fn new(settings: Settings, metrics: TunnelMetrics, identity: Identity) -> Shared {
+        Shared {
+            settings,
+            started: Instant::now(),
+            heard: Default::default(),
+            data: AtomicU64::new(0),
+            bytes: Default::default(),
+            frames: Default::default(),
+            state: Mutex::new(State::default()),
+            metrics,
+            identity,
+            drain_place: rand::random(),
+            end: CancellationToken::new(),
+        }
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        // Plain bookkeeping: a panic elsewhere cannot leave it half-written.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records why wsgate ended the tunnel; the first reason stands.
+    pub(super) fn ended(&self, why: Ending) {
+        self.state().ending.get_or_insert(why);
+    }
+
+    /// How long this tunnel waits before its close frames when drain asks
+    /// for ends spread over `spread`: its place in the window, leaving room
+    /// for the close handshake to finish inside it.
+    pub(super) fn drain_delay(&self, spread: Duration) -> Duration {
+        let room = spread.saturating_sub(self.settings.inspect.close_timeout);
+        room.mul_f32(self.drain_place)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Frame starts read from `side` so far (before the read in hand).
+    pub(super) fn frames_from(&self, side: Side) -> u64 {
+        self.frames[side.index()].load(Ordering::Relaxed)
+    }
+
+    /// One read from `from`: `bytes` long, with `frames` frame starts in it,
+    /// some of them data when `data`.
+    pub(super) fn read_from(&self, from: Side, bytes: usize, frames: u64, data: bool) {
+        let now = self.now_ms();
+        let side = from.index();
+        self.heard[side].store(now, Ordering::Relaxed);
+        if data {
+            self.data.store(now, Ordering::Relaxed);
+        }
+        self.bytes[side].fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames[side].fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// How long `side` has been silent.
+    pub(super) fn silent_for(&self, side: Side) -> Duration {
+        let heard = self.heard[side.index()].load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(heard))
+    }
+
+    /// How long no data frame has passed either way.
+    pub(super) fn idle_for(&self) -> Duration {
+        let data = self.data.load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(data))
+    }
+}
+
+/// The tunnel's `tunnel closed` line (with its [`Identity`]) and its metrics.
+pub(super) fn log_end(shared: &Shared) {
+    let state = shared.state();
+    let first_code = |closer: Closer| match closer {
+        Closer::Peer(side) => state.close_sent[side.index()].unwrap_or_default(),
+        Closer::Wsgate => state.wsgate_close.map_or((None, 0), |(code, len)| (Some(code), len)),
+    };
+    let (code, reason_len) = state.first_close.map_or((None, 0), first_code);
+    let violation = match state.ending {
+        Some(Ending::Violation(_, violation)) => Some(violation),
+        _ => None,
+    };
+    let load = |counters: &[AtomicU64; 2], side: Side| counters[side.index()].load(Ordering::Relaxed);
+    let bytes = [load(&shared.bytes, Side::Client), load(&shared.bytes, Side::Backend)];
+    let frames = [load(&shared.frames, Side::Client), load(&shared.frames, Side::Backend)];
+    let sent = |side: Side| state.close_sent[side.index()];
+    let duration = shared.started.elapsed();
+    tunnel_info!(
+        &shared.identity,
+        from_client = bytes[CLIENT_TO_BACKEND],
+        from_backend = bytes[BACKEND_TO_CLIENT],
+        frames_from_client = frames[CLIENT_TO_BACKEND],
+        frames_from_backend = frames[BACKEND_TO_CLIENT],
+        duration_ms = duration.as_millis() as u64,
+        closed_first = state.first_close.map_or("none", Closer::as_str),
+        close_code = code,
+        close_reason_len = reason_len,
+        client_close_code = sent(Side::Client).and_then(|(code, _)| code),
+        client_close_reason_len = sent(Side::Client).map(|(_, len)| len),
+        backend_close_code = sent(Side::Backend).and_then(|(code, _)| code),
+        backend_close_reason_len = sent(Side::Backend).map(|(_, len)| len),
+        wsgate_close_code = state.wsgate_close.map(|(code, _)| code),
+        ended_by = state.ending.map_or("peers", Ending::as_str),
+        violation = violation.map(tracing::field::display),
+        drain_code = match state.ending {
+            Some(Ending::Drained(why)) => Some(why.code),
+            _ => None,
+        },
+        pongs = state.pongs,
+        last_ping_rtt_ms = state.last_rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+        "tunnel closed"
+    );
+    let close = match state.first_close {
+        Some(closer) => FirstClose::Frame {
+            side: closer.as_str(),
+            code: first_code(closer).0,
+        },
+        None => FirstClose::Missing {
+            side: state.ended_first.map_or("wsgate", Side::as_str),
+        },
+    };
+    shared.metrics.finish(duration, bytes, frames, Some(close));
+}
