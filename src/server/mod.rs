@@ -175,7 +175,6 @@ impl Server {
         info!(close_code = why.code, "shutting down: no new connections");
         stop.cancel();
         let proxy = running.current.load_full();
-        proxy.shutdown.cancel();
         // Spread over the first half of the window: the close handshakes
         // and the plain tunnels' own ends get the rest.
         proxy.drain.start(why, proxy.shutdown_timeout() / 2);

@@ -1,8 +1,9 @@
 //! The two sides of a tunnel, and each side's two halves.
 //!
 //! hyper hands an upgraded connection back as one boxed stream. A plain TCP
-//! connection is taken back out of the box (`Upgraded::downcast`); the bytes
-//! hyper had already read past the handshake are read first. A [`Side`] is
+//! connection is taken back out of the box (`Upgraded::downcast`, beside
+//! the code that put it in: `crate::proxy::connection`); the bytes hyper had
+//! already read past the handshake are read first. A [`Side`] is
 //! then used whole: a plain splice drives both directions from one task, so
 //! it needs neither a split nor a lock, whatever the stream. The inspected
 //! pumps run in tasks of their own and take a side apart ([`Side::split`]):
@@ -14,15 +15,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream as ServerTlsStream;
 use tokio_util::either::Either;
 
-use crate::proxy::framing::FramingGuard;
 use crate::upstream::BackendStream;
 
 /// Any upgraded stream that is not plain TCP.
@@ -36,37 +33,6 @@ pub type Shared = Box<dyn Stream>;
 pub enum Side {
     Tcp(Prefixed<TcpStream>),
     Other(Shared),
-}
-
-/// The client's side: plain TCP from a plain listener, else (TLS) boxed;
-/// either way out of hyper's box and the [`FramingGuard`] it read through.
-pub fn client(upgraded: Upgraded) -> Side {
-    let upgraded = match upgraded.downcast::<TokioIo<FramingGuard<TcpStream>>>() {
-        Ok(parts) => {
-            let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
-            return Side::Tcp(Prefixed::new(prefix, io));
-        }
-        Err(upgraded) => upgraded,
-    };
-    match upgraded.downcast::<TokioIo<FramingGuard<ServerTlsStream<TcpStream>>>>() {
-        Ok(parts) => {
-            let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
-            Side::Other(Box::new(Prefixed::new(prefix, io)))
-        }
-        Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
-    }
-}
-
-/// The stream out of its guard, and what was read past the handshake:
-/// hyper's leftover first, then any the guard had not handed it.
-fn unguarded<IO>(read_buf: Bytes, guard: FramingGuard<IO>) -> (IO, Bytes) {
-    let (io, rest) = guard.into_parts();
-    let prefix = match (read_buf.is_empty(), rest.is_empty()) {
-        (_, true) => read_buf,
-        (true, false) => rest,
-        (false, false) => [read_buf, rest].concat().into(),
-    };
-    (io, prefix)
 }
 
 /// The backend's side: plain TCP, or TLS toward a `wss` upstream; `rest`
@@ -181,7 +147,7 @@ impl<T> Prefixed<T> {
     /// The prefix is copied out of hyper's read buffer, so that the buffer
     /// (kilobytes, allocated for the request head) is freed now rather than
     /// held for the tunnel's life by a few bytes that point into it.
-    fn new(prefix: Bytes, io: T) -> Prefixed<T> {
+    pub fn new(prefix: Bytes, io: T) -> Prefixed<T> {
         let prefix = if prefix.is_empty() {
             Bytes::new()
         } else {

@@ -9,6 +9,7 @@ mod backend;
 pub mod hash_key;
 pub mod strategy;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tracing::warn;
 
 pub use backend::{Backend, BackendGuard, HealthChange};
 
-use crate::config::{Upstream, UpstreamServer};
+use crate::config::{Balance, HashKey, Upstream, UpstreamServer};
 use strategy::Picker;
 
 /// An upstream's servers and the way it picks among them.
@@ -28,6 +29,9 @@ pub struct Pool {
     /// Swapped whole when names are resolved again; picks never wait.
     backends: ArcSwap<Vec<Arc<Backend>>>,
     picker: Picker,
+    /// What `balance = "hash"` hashes; `None` for the other strategies,
+    /// which need no key.
+    hash_key: Option<HashKey>,
 }
 
 impl Pool {
@@ -44,9 +48,21 @@ impl Pool {
             servers: config.servers.clone(),
             backends: ArcSwap::new(known),
             picker: Picker::new(config.balance, config.hash_load_factor),
+            hash_key: (config.balance == Balance::Hash).then(|| config.hash_key.clone()),
         };
         pool.resolve().await;
         pool
+    }
+
+    /// The key a request is balanced by ([`Pool::pick`]'s `key`), when the
+    /// upstream balances by one: see [`hash_key::extract`].
+    pub fn key_of<'r>(
+        &self,
+        client: IpAddr,
+        headers: &'r http::HeaderMap,
+        uri: &'r http::Uri,
+    ) -> Option<Cow<'r, [u8]>> {
+        hash_key::extract(self.hash_key.as_ref()?, client, headers, uri)
     }
 
     /// The servers now, for health checks and statistics.

@@ -1,0 +1,222 @@
+//! A WebSocket request becomes a tunnel: validated, admitted, its
+//! handshake forwarded and the backend's 101 checked, and only then the
+//! client's 101 sent and the tunnel's task started. Until then, every
+//! failure is still an HTTP answer (and a retry on another server is safe).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use tracing::{debug, Instrument};
+
+use super::connection::{self, ConnectionSlot};
+use super::dispatch::prepare_headers;
+use super::headers;
+use super::{record_server, Proxy, RequestContext};
+use crate::admission::caps::TunnelPermit;
+use crate::admission::{RouteGate, SubprotocolOffer};
+use crate::body::{self, ProxyBody};
+use crate::config::Route;
+use crate::error::ProxyError;
+use crate::tunnel::inspect::{self, Settings};
+use crate::tunnel::{self, halves};
+use crate::upstream::balance::BackendGuard;
+use crate::upstream::handshake::Answered;
+use crate::upstream::Handshake;
+use crate::ws::handshake;
+
+impl Proxy {
+    /// The WebSocket path: validate, forward the handshake, check the 101,
+    /// and only then answer the client and start the tunnel. Until the
+    /// client's 101 is sent, every failure is still an HTTP answer.
+    pub(super) async fn open_tunnel(
+        &self,
+        mut request: Request<Incoming>,
+        ctx: &RequestContext<'_>,
+        route: &Route,
+        gate: &RouteGate,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let key = handshake::validate(&request)?;
+        let admitted = gate.admit_websocket(request.headers(), ctx.key)?;
+        let upstream = &self.upstreams[route.upstream];
+        let hash_key = upstream.pool.key_of(ctx.client, request.headers(), request.uri());
+        let mut backend_request = handshake_request(&request, ctx);
+        match admitted.subprotocols {
+            SubprotocolOffer::Unchanged => {}
+            SubprotocolOffer::Replace(offer) => {
+                backend_request
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, offer);
+            }
+            SubprotocolOffer::Remove => {
+                backend_request.headers_mut().remove(header::SEC_WEBSOCKET_PROTOCOL);
+            }
+        }
+        let offered = backend_request.headers().clone();
+        let Handshake {
+            answered,
+            stream: backend_stream,
+            backend,
+            attempts,
+        } = upstream.send_handshake(hash_key.as_deref(), backend_request).await?;
+        let server = backend.backend().name.clone();
+        record_server(&upstream.config.name, &backend, attempts);
+        let (mut backend_headers, backend_rest) = match answered {
+            Answered::Switched { headers, rest } => (headers, rest),
+            Answered::Refused(mut refusal) => {
+                debug!(status = refusal.status().as_u16(), "backend refused the upgrade");
+                headers::strip_hop_by_hop(refusal.headers_mut());
+                // Read whole: the length is the body's own now.
+                refusal.headers_mut().remove(header::CONTENT_LENGTH);
+                return Ok(refusal.map(body::full));
+            }
+        };
+        handshake::check_upstream_answer(&key, &offered, &backend_headers).map_err(|reason| {
+            ProxyError::UpstreamHandshake {
+                server: server.to_string(),
+                reason,
+            }
+        })?;
+
+        let mut answer = Response::new(body::empty());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *answer.headers_mut() = std::mem::take(&mut backend_headers);
+        headers::strip_hop_by_hop(answer.headers_mut());
+        set_upgrade_headers(answer.headers_mut());
+
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        // The connection's facts, for the tunnel's open and closed lines
+        // (and, at debug, a span around what it logs in between).
+        let identity = tunnel::Identity {
+            client: match ctx.via_trusted {
+                Some(_) => tunnel::identity::Client::Forwarded(ctx.client),
+                None => tunnel::identity::Client::Direct(ctx.info.client),
+            },
+            listener: ctx.info.listener.clone(),
+            route: route.name.clone(),
+            upstream: upstream.config.name.clone(),
+            server,
+            subprotocol: answer
+                .headers()
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|value| value.to_str().ok())
+                .map(Into::into),
+            inspected: route.inspect.is_some(),
+        };
+        let span = identity.debug_span();
+        let metrics = self.stats.metrics().clone();
+        // RFC 7692: RSV1 marks compressed messages once the backend agreed.
+        let deflate = handshake::agreed_extension(answer.headers(), "permessage-deflate");
+        let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
+        let drain = self.drain.signal();
+        let permit = admitted.permit;
+        let slot = ctx.info.slot.clone();
+        // The wait for the client's upgrade (its 101 written), boxed and
+        // freed once it is over: an idle tunnel's task then holds only what
+        // its splice needs (memory per idle tunnel).
+        let opening = Box::pin(async move {
+            let client = client_upgrade.await?;
+            tunnel::identity::tunnel_info!(&identity, "tunnel open");
+            let metrics = metrics.tunnel(&identity);
+            let client = connection::unwrap(client);
+            let backend = halves::backend(backend_stream, backend_rest);
+            Ok(match inspect {
+                // Boxed too: a plain tunnel's task need not be as large as
+                // an inspected one's.
+                Some(settings) => TunnelState::Inspected(Box::pin(inspect::tunnel::run(
+                    client.split(),
+                    backend.split(),
+                    settings,
+                    drain,
+                    metrics,
+                    identity,
+                ))),
+                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics, Box::new(identity))),
+            })
+        });
+        let task = TunnelTask {
+            // All three are released when the tunnel ends, however it ends.
+            _held: (permit, slot, backend),
+            state: TunnelState::Opening(opening),
+        };
+        self.tunnels.spawn(task.instrument(span));
+        Ok(answer)
+    }
+}
+
+/// The handshake as the backend gets it: origin-form target, end-to-end
+/// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
+/// hop-by-hop headers replaced by the two an upgrade needs.
+fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>) -> Request<()> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut forwarded = Request::new(());
+    *forwarded.uri_mut() = Uri::from(target);
+    *forwarded.headers_mut() = request.headers().clone();
+    prepare_headers(forwarded.headers_mut(), request.uri(), ctx);
+    set_upgrade_headers(forwarded.headers_mut());
+    forwarded
+}
+
+fn set_upgrade_headers(headers: &mut http::HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// The task of one tunnel, written by hand so that it is no larger than the
+/// splice it runs: the wait for the two upgrades is boxed and freed when it
+/// is over, and an inspected tunnel (whose pumps run in tasks of their own)
+/// is boxed as well. What an idle plain tunnel costs is mostly this.
+struct TunnelTask {
+    _held: (TunnelPermit, Arc<ConnectionSlot>, BackendGuard),
+    state: TunnelState,
+}
+
+type BoxedFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the splice is the state an idle tunnel spends its life in; boxing it would add an allocation per tunnel"
+)]
+enum TunnelState {
+    Opening(BoxedFuture<Result<TunnelState, hyper::Error>>),
+    Plain(tunnel::Splice),
+    Inspected(BoxedFuture<()>),
+    Done,
+}
+
+impl Future for TunnelTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let state = &mut self.get_mut().state;
+        loop {
+            match state {
+                TunnelState::Opening(opening) => match ready!(opening.as_mut().poll(cx)) {
+                    Ok(next) => *state = next,
+                    Err(error) => {
+                        debug!(%error, "upgrade did not complete");
+                        *state = TunnelState::Done;
+                    }
+                },
+                TunnelState::Plain(splice) => {
+                    ready!(Pin::new(splice).poll(cx));
+                    *state = TunnelState::Done;
+                }
+                TunnelState::Inspected(inspected) => {
+                    ready!(inspected.as_mut().poll(cx));
+                    *state = TunnelState::Done;
+                }
+                TunnelState::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
