@@ -28,7 +28,6 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -40,8 +39,7 @@ use tracing::{debug, info, warn};
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::tls::UpstreamTls;
 use crate::upstream::balance::{Backend, HealthChange};
-use crate::upstream::BackendStream;
-use tokio_util::either::Either;
+use crate::upstream::connect::{connect_to, BackendStream, ConnectError};
 
 /// The `User-Agent` of `http` and `websocket` checks, so backends can tell
 /// probes from clients in their logs.
@@ -82,6 +80,16 @@ pub enum CheckFailure {
     /// The check's request cannot be built from the server name and path.
     #[error("invalid check request: {0}")]
     InvalidRequest(String),
+}
+
+impl From<ConnectError> for CheckFailure {
+    fn from(error: ConnectError) -> Self {
+        match error {
+            ConnectError::Refused(error) => CheckFailure::Connect(error),
+            ConnectError::Timeout(_) => CheckFailure::Timeout,
+            ConnectError::Tls(reason) => CheckFailure::Tls(reason),
+        }
+    }
 }
 
 /// Runs an upstream's active health checks until `stop` is cancelled: every
@@ -174,7 +182,7 @@ async fn check_and_record(upstream: &str, check: &HealthCheck, tls: Option<&Upst
 pub async fn check_once(check: &HealthCheck, tls: Option<&UpstreamTls>, backend: &Backend) -> Result<(), CheckFailure> {
     let deadline = Instant::now() + check.timeout;
     match check.kind {
-        HealthCheckKind::Tcp => connect(backend, deadline).await.map(drop),
+        HealthCheckKind::Tcp => connect_maybe_tls(backend, None, deadline).await.map(drop),
         HealthCheckKind::Http => {
             check_http(
                 check,
@@ -196,21 +204,16 @@ pub async fn check_once(check: &HealthCheck, tls: Option<&UpstreamTls>, backend:
     }
 }
 
-/// A fresh connection to the backend, with TLS when the upstream uses it.
+/// A fresh connection to the backend, with TLS when the upstream uses it
+/// (the proxy's one connect, [`connect_to`]), within the check's deadline.
 async fn connect_maybe_tls(
     backend: &Backend,
     tls: Option<&UpstreamTls>,
     deadline: Instant,
 ) -> Result<BackendStream, CheckFailure> {
-    let stream = connect(backend, deadline).await?;
-    let Some(tls) = tls else {
-        return Ok(Either::Left(stream));
-    };
+    let left = deadline.saturating_duration_since(Instant::now());
     before(deadline, async {
-        tls.connect(stream, &backend.name)
-            .await
-            .map(Either::Right)
-            .map_err(|e| CheckFailure::Tls(e.to_string()))
+        connect_to(backend, tls, left).await.map_err(CheckFailure::from)
     })
     .await
 }
@@ -218,16 +221,6 @@ async fn connect_maybe_tls(
 /// `fut` bounded by `deadline`, running out of time being [`CheckFailure::Timeout`].
 async fn before<T>(deadline: Instant, fut: impl Future<Output = Result<T, CheckFailure>>) -> Result<T, CheckFailure> {
     timeout_at(deadline, fut).await.unwrap_or(Err(CheckFailure::Timeout))
-}
-
-/// A fresh TCP connection to the backend's address.
-async fn connect(backend: &Backend, deadline: Instant) -> Result<TcpStream, CheckFailure> {
-    before(deadline, async {
-        let stream = TcpStream::connect(backend.addr).await.map_err(CheckFailure::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    })
-    .await
 }
 
 /// `GET path` with `Connection: close` on a connection of its own; 2xx passes.

@@ -6,6 +6,7 @@
 //! that, a retry could deliver a request twice.
 
 pub mod balance;
+pub mod connect;
 pub mod handshake;
 pub mod health;
 
@@ -21,15 +22,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_util::either::Either;
 use tracing::{debug, warn};
 
 use crate::body::{self, ProxyBody};
 use crate::config::Upstream;
 use crate::error::ProxyError;
-use crate::upstream::balance::{BackendGuard, Pool};
+use balance::{Backend, BackendGuard, Pool};
+pub use connect::BackendStream;
+use connect::{connect_to, ConnectError};
 use handshake::Answered;
 
 /// An upstream as the proxy uses it: its pool of servers and a keep-alive
@@ -39,9 +39,6 @@ pub struct UpstreamPool {
     pub pool: Arc<Pool>,
     http: Client<HttpsConnector<HttpConnector>, ProxyBody>,
 }
-
-/// A connection to a server: plain TCP, or TLS over it.
-pub type BackendStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// A backend's answer to a forwarded WebSocket handshake, with the server
 /// that gave it and the connection it came on.
@@ -109,56 +106,10 @@ impl UpstreamPool {
         UpstreamPool { pool, config, http }
     }
 
-    /// Picks a server and connects, trying others when a connect fails.
-    async fn connect(&self, key: Option<&[u8]>) -> Result<(BackendStream, BackendGuard, u32), ProxyError> {
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut last_error = None;
-        loop {
-            // Nothing left to try: the last failure is the client's answer
-            // (502/504); with nothing tried at all, every server is down (503).
-            let Some(guard) = self.pool.pick(key, &tried) else {
-                return Err(last_error.unwrap_or(ProxyError::NoServer));
-            };
-            let backend = guard.backend().clone();
-            match self.connect_to(&backend).await {
-                Ok(stream) => {
-                    backend.record_connect_success();
-                    return Ok((stream, guard, tried.len() as u32 + 1));
-                }
-                Err(error) => {
-                    self.connect_failed(&backend.name, backend.addr, &error, &backend);
-                    tried.push(backend.addr);
-                    let error = error.on(&backend.name);
-                    if tried.len() > self.config.retries as usize {
-                        return Err(error);
-                    }
-                    last_error = Some(error);
-                }
-            }
-        }
-    }
-
-    /// TCP, then TLS when the upstream asks for it; a TLS failure counts as a
-    /// failed connect: nothing was sent, and the server is no use as it is.
-    async fn connect_to(&self, backend: &crate::upstream::balance::Backend) -> Result<BackendStream, ConnectError> {
-        let stream = connect(backend.addr, self.config.connect_timeout).await?;
-        let Some(tls) = &self.config.tls else {
-            return Ok(Either::Left(stream));
-        };
-        match tokio::time::timeout(self.config.connect_timeout, tls.connect(stream, &backend.name)).await {
-            Ok(Ok(stream)) => Ok(Either::Right(stream)),
-            Ok(Err(error)) => Err(ConnectError::Tls(error.to_string())),
-            Err(_) => Err(ConnectError::Timeout(self.config.connect_timeout)),
-        }
-    }
-
-    fn connect_failed(
-        &self,
-        name: &str,
-        addr: SocketAddr,
-        error: &ConnectError,
-        backend: &crate::upstream::balance::Backend,
-    ) {
+    /// A failed connect to `backend` sets it aside for a while (passive
+    /// health), said once per outage.
+    fn connect_failed(&self, backend: &Backend, error: &ConnectError) {
+        let (name, addr) = (&backend.name, backend.addr);
         match backend.record_connect_failure(self.config.passive_backoff, self.config.passive_backoff_max) {
             Some(backoff) => warn!(upstream = %self.config.name, server = %name, %addr, %error,
                 backoff_ms = backoff.as_millis() as u64, "connect failed; server set aside"),
@@ -172,7 +123,19 @@ impl UpstreamPool {
     /// never shares its backend connection) and reads the backend's answer
     /// ([`handshake`]); on a 101 the connection is the tunnel's.
     pub async fn send_handshake(&self, key: Option<&[u8]>, request: Request<()>) -> Result<Handshake, ProxyError> {
-        let (mut stream, backend, attempts) = self.connect(key).await?;
+        let mut failover = Failover::new(self, key);
+        let (mut stream, backend) = loop {
+            let guard = failover.next()?;
+            let backend = guard.backend().clone();
+            match connect_to(&backend, self.config.tls.as_ref(), self.config.connect_timeout).await {
+                Ok(stream) => {
+                    backend.record_connect_success();
+                    break (stream, guard);
+                }
+                Err(error) => failover.failed(&backend, error, true)?,
+            }
+        };
+        let attempts = failover.attempts();
         let timeout = self.config.response_timeout;
         let exchange = handshake::exchange(&mut stream, &request);
         let answered = match tokio::time::timeout(timeout, exchange).await {
@@ -206,12 +169,9 @@ impl UpstreamPool {
         let (parts, body) = request.into_parts();
         let replayable = body.is_end_stream();
         let mut body = Some(body.boxed());
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut last_error = None;
+        let mut failover = Failover::new(self, key);
         loop {
-            let Some(guard) = self.pool.pick(key, &tried) else {
-                return Err(last_error.unwrap_or(ProxyError::NoServer));
-            };
+            let guard = failover.next()?;
             let backend = guard.backend().clone();
             let mut attempt = Request::from_parts(parts.clone(), ());
             *attempt.uri_mut() = backend_uri(backend.addr, &parts.uri, self.config.tls.is_some())?;
@@ -227,18 +187,11 @@ impl UpstreamPool {
                     return Ok(Answer {
                         response,
                         backend: guard,
-                        attempts: tried.len() as u32 + 1,
+                        attempts: failover.attempts(),
                     });
                 }
                 Ok(Err(error)) if error.is_connect() => {
-                    let error = connect_error(&error);
-                    self.connect_failed(&backend.name, backend.addr, &error, &backend);
-                    tried.push(backend.addr);
-                    let error = error.on(&backend.name);
-                    if !replayable || tried.len() > self.config.retries as usize {
-                        return Err(error);
-                    }
-                    last_error = Some(error);
+                    failover.failed(&backend, connect_error(&error), replayable)?;
                 }
                 Ok(Err(error)) if client_body_failed(&error) => {
                     return Err(ProxyError::BadRequest("malformed request body"));
@@ -260,6 +213,57 @@ impl UpstreamPool {
     }
 }
 
+/// The failover of one request: the servers tried so far, and what the
+/// client gets once none is left. The one retry loop of both the WebSocket
+/// handshake and plain HTTP.
+struct Failover<'a> {
+    upstream: &'a UpstreamPool,
+    key: Option<&'a [u8]>,
+    tried: Vec<SocketAddr>,
+    last_error: Option<ProxyError>,
+}
+
+impl<'a> Failover<'a> {
+    fn new(upstream: &'a UpstreamPool, key: Option<&'a [u8]>) -> Self {
+        Failover {
+            upstream,
+            key,
+            tried: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    /// The next server to try. With none left, the last failure is the
+    /// client's answer (502/504); with nothing tried at all, every server
+    /// is down (503).
+    fn next(&mut self) -> Result<BackendGuard, ProxyError> {
+        self.upstream
+            .pool
+            .pick(self.key, &self.tried)
+            .ok_or_else(|| self.last_error.take().unwrap_or(ProxyError::NoServer))
+    }
+
+    /// A connect to `backend` failed, before any byte of the request was
+    /// sent: recorded against the server, then `Ok` to try another one, or
+    /// the client's answer when `retry` is false or the upstream's
+    /// `retries` are spent.
+    fn failed(&mut self, backend: &Backend, error: ConnectError, retry: bool) -> Result<(), ProxyError> {
+        self.upstream.connect_failed(backend, &error);
+        self.tried.push(backend.addr);
+        let error = error.on(&backend.name);
+        if !retry || self.tried.len() > self.upstream.config.retries as usize {
+            return Err(error);
+        }
+        self.last_error = Some(error);
+        Ok(())
+    }
+
+    /// Servers tried, the one that answered included.
+    fn attempts(&self) -> u32 {
+        self.tried.len() as u32 + 1
+    }
+}
+
 /// The request's target, aimed at one server.
 fn backend_uri(addr: SocketAddr, uri: &Uri, tls: bool) -> Result<Uri, ProxyError> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -269,49 +273,6 @@ fn backend_uri(addr: SocketAddr, uri: &Uri, tls: bool) -> Result<Uri, ProxyError
         .path_and_query(path)
         .build()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
-}
-
-/// Why a connection to a server could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("{0}")]
-    Refused(std::io::Error),
-    #[error("no connection within {0:?}")]
-    Timeout(Duration),
-    #[error("TLS handshake failed: {0}")]
-    Tls(String),
-}
-
-impl ConnectError {
-    fn on(self, server: &str) -> ProxyError {
-        match self {
-            ConnectError::Refused(source) => ProxyError::Connect {
-                server: server.to_string(),
-                source,
-            },
-            ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout {
-                server: server.to_string(),
-                timeout,
-            },
-            ConnectError::Tls(reason) => ProxyError::Connect {
-                server: server.to_string(),
-                source: std::io::Error::other(format!("TLS handshake failed: {reason}")),
-            },
-        }
-    }
-}
-
-/// Opens a TCP connection to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            // Frames are small and latency matters more than packet count.
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(error)) => Err(ConnectError::Refused(error)),
-        Err(_) => Err(ConnectError::Timeout(timeout)),
-    }
 }
 
 /// A TLS configuration for a connector that never makes TLS connections.

@@ -1,0 +1,78 @@
+//! Opening a connection to a backend server: TCP, then TLS when the
+//! upstream asks for it. The one connect of the proxy: tunnels and health
+//! checks alike go through [`connect_to`].
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+use super::balance::Backend;
+use crate::error::ProxyError;
+use crate::tls::UpstreamTls;
+
+/// A connection to a server: plain TCP, or TLS over it.
+pub type BackendStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// TCP, then TLS when `tls` is given, each step within `timeout`; a TLS
+/// failure counts as a failed connect: nothing was sent, and the server is
+/// no use as it is.
+pub async fn connect_to(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<BackendStream, ConnectError> {
+    let stream = connect(backend.addr, timeout).await?;
+    let Some(tls) = tls else {
+        return Ok(Either::Left(stream));
+    };
+    match tokio::time::timeout(timeout, tls.connect(stream, &backend.name)).await {
+        Ok(Ok(stream)) => Ok(Either::Right(stream)),
+        Ok(Err(error)) => Err(ConnectError::Tls(error.to_string())),
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
+}
+
+/// Why a connection to a server could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Refused(std::io::Error),
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+}
+
+impl ConnectError {
+    pub(super) fn on(self, server: &str) -> ProxyError {
+        match self {
+            ConnectError::Refused(source) => ProxyError::Connect {
+                server: server.to_string(),
+                source,
+            },
+            ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout {
+                server: server.to_string(),
+                timeout,
+            },
+            ConnectError::Tls(reason) => ProxyError::Connect {
+                server: server.to_string(),
+                source: std::io::Error::other(format!("TLS handshake failed: {reason}")),
+            },
+        }
+    }
+}
+
+/// Opens a TCP connection to `addr` within `timeout`.
+pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            // Frames are small and latency matters more than packet count.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(error)) => Err(ConnectError::Refused(error)),
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
+}
