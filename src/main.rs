@@ -13,7 +13,7 @@ use wsgate::lifecycle::notify;
 use wsgate::server::reload::Reloader;
 use wsgate::server::Server;
 use wsgate::tools::{certgen, client, demo};
-use wsgate::tunnel::drain::GoingAway;
+use wsgate::tunnel::drain::DrainClose;
 
 /// A TLS-terminating reverse proxy for WebSocket backends.
 #[derive(Parser)]
@@ -214,7 +214,7 @@ fn reload_on_hangup(path: &Path, reloader: Reloader) {
 /// The handlers are installed when this is called, not when the future is
 /// first polled: called before telling systemd we are ready, a SIGTERM sent
 /// right after readiness drains instead of killing the process.
-fn shutdown_signal() -> impl Future<Output = GoingAway> + Send + 'static {
+fn shutdown_signal() -> impl Future<Output = DrainClose> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
     let signals = (
         signal(SignalKind::interrupt()),
@@ -224,12 +224,12 @@ fn shutdown_signal() -> impl Future<Output = GoingAway> + Send + 'static {
     async move {
         let (Ok(mut interrupt), Ok(mut terminate), Ok(mut restart)) = signals else {
             let _ = tokio::signal::ctrl_c().await;
-            return GoingAway::SHUTDOWN;
+            return DrainClose::SHUTDOWN;
         };
         tokio::select! {
-            _ = interrupt.recv() => GoingAway::SHUTDOWN,
-            _ = terminate.recv() => GoingAway::SHUTDOWN,
-            _ = restart.recv() => GoingAway::RESTART,
+            _ = interrupt.recv() => DrainClose::SHUTDOWN,
+            _ = terminate.recv() => DrainClose::SHUTDOWN,
+            _ = restart.recv() => DrainClose::RESTART,
         }
     }
 }

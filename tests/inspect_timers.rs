@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::tunnel::drain::GoingAway;
+use wsgate::tunnel::drain::DrainClose;
 
 const KEEPALIVE: &str = "ping_interval = \"300ms\"\npong_timeout = \"300ms\"\n";
 
@@ -121,7 +121,7 @@ async fn a_restart_drain_sends_1012_both_ways() {
     let proxy = inspect_proxy(&[backend.addr], "").await;
     let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
     assert_echo(&mut ws, Message::text("before restart")).await;
-    let stopping = tokio::spawn(proxy.stop_with(GoingAway::RESTART));
+    let stopping = tokio::spawn(proxy.stop_with(DrainClose::RESTART));
     assert_eq!(next_message(&mut ws).await, close_message(1012, "service restart"));
     assert_eq!(backend.wait_close().await, (1012, "service restart".to_string()));
     within("proxy stop", stopping).await.expect("proxy stop");

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::lifecycle::memory;
 use crate::proxy::Proxy;
 use crate::telemetry::stats::Stats;
-use crate::tunnel::drain::GoingAway;
+use crate::tunnel::drain::DrainClose;
 use admin::AdminListener;
 use listener::{bind_socket, BoundListener, ListenerSettings};
 use reload::{Fixed, Reload, Reloader};
@@ -128,7 +128,7 @@ impl Server {
     /// finish, asks every tunnel to end with the close code `shutdown` gave,
     /// and waits up to `shutdown_timeout` for connections and tunnels to end
     /// before returning.
-    pub async fn run(self, shutdown: impl Future<Output = GoingAway> + Send + 'static) {
+    pub async fn run(self, shutdown: impl Future<Output = DrainClose> + Send + 'static) {
         let Server {
             current,
             listeners,

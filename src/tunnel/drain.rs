@@ -3,7 +3,7 @@
 //!
 //! One [`Drain`] per proxy; every tunnel holds a [`DrainSignal`]. An
 //! inspected tunnel answers [`Drain::start`] by sending a close frame with
-//! the [`GoingAway`] code to both sides between frames and waiting for their
+//! the [`DrainClose`] code to both sides between frames and waiting for their
 //! answers (up to its close timeout); a plain tunnel cannot speak WebSocket
 //! and is simply closed when the shutdown deadline passes.
 //!
@@ -15,22 +15,25 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// Why tunnels are asked to end: the close frame both sides get.
+use crate::ws::close;
+
+/// Why tunnels are asked to end, as the close frame both sides of an
+/// inspected tunnel get: a shutdown (1001) or a restart (1012).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GoingAway {
+pub struct DrainClose {
     pub code: u16,
     pub reason: &'static str,
 }
 
-impl GoingAway {
+impl DrainClose {
     /// 1001 "going away" (RFC 6455 §7.4.1): the server is shutting down.
-    pub const SHUTDOWN: GoingAway = GoingAway {
-        code: 1001,
+    pub const SHUTDOWN: DrainClose = DrainClose {
+        code: close::GOING_AWAY,
         reason: "going away",
     };
     /// 1012 "service restart" (IANA close code registry): back soon, reconnect.
-    pub const RESTART: GoingAway = GoingAway {
-        code: 1012,
+    pub const RESTART: DrainClose = DrainClose {
+        code: close::SERVICE_RESTART,
         reason: "service restart",
     };
 }
@@ -38,7 +41,7 @@ impl GoingAway {
 /// A request to end: why, and the window the tunnels spread their ends over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainRequest {
-    pub why: GoingAway,
+    pub why: DrainClose,
     pub spread: Duration,
 }
 
@@ -60,7 +63,7 @@ impl Drain {
     /// Asks every tunnel, open now or opened later, to end with `why`. The
     /// first request wins: a restart announced to clients is not turned
     /// into a shutdown halfway through.
-    pub fn start(&self, why: GoingAway, spread: Duration) {
+    pub fn start(&self, why: DrainClose, spread: Duration) {
         self.sender.send_if_modified(|current| {
             if current.is_some() {
                 return false;
@@ -112,11 +115,11 @@ mod tests {
         let mut early = drain.signal();
         assert_eq!(drain.requested(), None);
         let restart = DrainRequest {
-            why: GoingAway::RESTART,
+            why: DrainClose::RESTART,
             spread: Duration::from_secs(3),
         };
         drain.start(restart.why, restart.spread);
-        drain.start(GoingAway::SHUTDOWN, Duration::ZERO);
+        drain.start(DrainClose::SHUTDOWN, Duration::ZERO);
         assert_eq!(early.requested().await, restart);
         let mut late = drain.signal();
         assert_eq!(late.requested().await, restart);

@@ -23,6 +23,8 @@
 
 use std::fmt;
 
+use super::close;
+
 /// Largest control frame payload: "All control frames MUST have a payload length
 /// of 125 bytes or less and MUST NOT be fragmented" (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -257,33 +259,10 @@ impl Violation {
     /// 1002 protocol error, 1009 too big (size limits), 1007 invalid UTF-8 in a close reason (§7.4.1).
     pub fn close_code(self) -> u16 {
         match self {
-            Violation::FrameTooLarge(_) | Violation::MessageTooLarge(_) => 1009,
-            Violation::InvalidCloseReason => 1007,
-            _ => 1002,
+            Violation::FrameTooLarge(_) | Violation::MessageTooLarge(_) => close::MESSAGE_TOO_BIG,
+            Violation::InvalidCloseReason => close::INVALID_PAYLOAD,
+            _ => close::PROTOCOL_ERROR,
         }
-    }
-}
-
-/// Whether an endpoint may put `code` in a close frame (RFC 6455 §7.4 and the
-/// IANA "WebSocket Close Code Number Registry", §11.7).
-fn close_code_allowed(code: u16) -> bool {
-    match code {
-        // 0-999: "not used" (§7.4.2).
-        0..=999 => false,
-        // Normal closure, going away, protocol error, unsupported data (§7.4.1).
-        1000..=1003 => true,
-        // 1004 is reserved; 1005 (no status) and 1006 (abnormal closure) "MUST
-        // NOT be set as a status code in a Close control frame by an endpoint".
-        1004..=1006 => false,
-        // 1007-1011 from §7.4.1; 1012 service restart, 1013 try again later,
-        // 1014 bad gateway from the IANA registry.
-        1007..=1014 => true,
-        // 1015 (TLS handshake) is never sent either; the rest up to 2999 is
-        // "reserved for definition by this protocol" (§7.4.2).
-        1015..=2999 => false,
-        // 3000-3999 registered for libraries and frameworks, 4000-4999 private use.
-        3000..=4999 => true,
-        _ => false,
     }
 }
 
@@ -601,7 +580,7 @@ impl FrameReader {
 /// non-UTF-8 data fails the connection with 1007 (§8.1, §7.4.1).
 fn check_close_body(payload: &ControlPayload) -> Result<(), Violation> {
     if let Some(code) = payload.close_code() {
-        if !close_code_allowed(code) {
+        if !close::is_allowed(code) {
             return Err(Violation::InvalidCloseCode(code));
         }
         if std::str::from_utf8(payload.close_reason()).is_err() {

@@ -1,5 +1,7 @@
 //! RFC 6455 itself, apart from any proxying: the opening handshake's rules
-//! ([`handshake`]) and the frame reader ([`frame`]).
+//! ([`handshake`]), the frame reader ([`frame`]) and the close
+//! codes ([`close`]).
 
+pub mod close;
 pub mod frame;
 pub mod handshake;

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wsgate::config::Config;
 use wsgate::server::Server;
-use wsgate::tunnel::drain::GoingAway;
+use wsgate::tunnel::drain::DrainClose;
 
 /// The bound on every single wait in these tests.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +97,7 @@ pub async fn refused_addr() -> SocketAddr {
 /// A running proxy; `stop()` shuts it down and surfaces a panic of its task.
 pub struct ProxyHandle {
     addrs: Vec<(String, SocketAddr)>,
-    shutdown: Option<oneshot::Sender<GoingAway>>,
+    shutdown: Option<oneshot::Sender<DrainClose>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -137,8 +137,8 @@ pub fn run_proxy(server: Server, names: Vec<String>) -> ProxyHandle {
             (name, addr)
         })
         .collect();
-    let (tx, rx) = oneshot::channel::<GoingAway>();
-    let task = tokio::spawn(server.run(async move { rx.await.unwrap_or(GoingAway::SHUTDOWN) }));
+    let (tx, rx) = oneshot::channel::<DrainClose>();
+    let task = tokio::spawn(server.run(async move { rx.await.unwrap_or(DrainClose::SHUTDOWN) }));
     ProxyHandle {
         addrs,
         shutdown: Some(tx),
@@ -157,11 +157,11 @@ impl ProxyHandle {
 
     /// Signals shutdown and waits for `run` to return; a panic inside it fails the test.
     pub async fn stop(self) {
-        self.stop_with(GoingAway::SHUTDOWN).await;
+        self.stop_with(DrainClose::SHUTDOWN).await;
     }
 
     /// Shuts down telling tunnels `why` (1001 going away, 1012 restart).
-    pub async fn stop_with(mut self, why: GoingAway) {
+    pub async fn stop_with(mut self, why: DrainClose) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(why);
         }
@@ -178,7 +178,7 @@ impl ProxyHandle {
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(GoingAway::SHUTDOWN);
+            let _ = tx.send(DrainClose::SHUTDOWN);
         }
         if let Some(task) = self.task.take() {
             if task.is_finished() && !std::thread::panicking() {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Inspect;
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
-use crate::tunnel::drain::GoingAway;
+use crate::tunnel::drain::DrainClose;
 use crate::tunnel::identity::{tunnel_info, Identity};
 use crate::ws::frame::Violation;
 
@@ -61,7 +61,7 @@ pub(super) enum Ending {
     Unresponsive(Side),
     IdleTimeout,
     CloseTimeout,
-    Drained(GoingAway),
+    Drained(DrainClose),
 }
 
 impl Ending {

@@ -10,6 +10,7 @@ use tracing::debug;
 use super::super::shared::{Ending, Shared, Side};
 use super::{Flow, Order, Pump, PING_PREFIX};
 use crate::config::Inspect;
+use crate::ws::close;
 use crate::ws::frame::OpCode;
 
 impl<R, W> Pump<R, W>
@@ -44,10 +45,10 @@ where
         if idle_timeout.is_some_and(|idle| self.shared.idle_for() >= idle) {
             self.shared.ended(Ending::IdleTimeout);
             let _ = self.to_source.try_send(Order::Close {
-                code: 1001,
+                code: close::GOING_AWAY,
                 reason: "idle timeout",
             });
-            return self.close_at_boundary(1001, "idle timeout").await;
+            return self.close_at_boundary(close::GOING_AWAY, "idle timeout").await;
         }
         if !keepalive {
             return Flow::Go;
@@ -87,8 +88,8 @@ pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to_source: &mpsc::Sen
     );
     shared.ended(Ending::Unresponsive(to));
     let (code, reason) = match to {
-        Side::Client => (1001, "client not responding"),
-        Side::Backend => (1011, "backend not responding"),
+        Side::Client => (close::GOING_AWAY, "client not responding"),
+        Side::Backend => (close::INTERNAL_ERROR, "backend not responding"),
     };
     let _ = to_source.try_send(Order::CloseAndEnd { code, reason });
 }

@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::shared::{Closer, Ending, Shared, Side};
-use crate::tunnel::drain::{DrainRequest, DrainSignal, GoingAway};
+use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
 use crate::tunnel::pool::{Lent, Sizing};
+use crate::ws::close;
 use crate::ws::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
 
 /// The most a pump holds back between reads: a whole control frame, its
@@ -28,7 +29,7 @@ enum Woke {
     End,
     Order(Order),
     Drain(DrainRequest),
-    DrainTurn(GoingAway),
+    DrainTurn(DrainClose),
     Tick,
 }
 
@@ -138,7 +139,7 @@ where
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
         // This tunnel's turn in a spread drain, and why it drains.
-        let mut drain_turn: Option<(Pin<Box<tokio::time::Sleep>>, GoingAway)> = None;
+        let mut drain_turn: Option<(Pin<Box<tokio::time::Sleep>>, DrainClose)> = None;
         let end = self.shared.end.clone();
         let ended = end.cancelled();
         let requested = drain.requested();
@@ -399,8 +400,8 @@ where
         self.shared.ended(Ending::Violation(self.from, violation));
         let offender = violation.close_code();
         let reason = match offender {
-            1009 => "message too big",
-            1007 => "invalid close reason",
+            close::MESSAGE_TOO_BIG => "message too big",
+            close::INVALID_PAYLOAD => "invalid close reason",
             _ => "protocol violation",
         };
         let _ = self.to_source.try_send(Order::CloseAndEnd { code: offender, reason });
@@ -409,10 +410,10 @@ where
         // fault), 1014 "bad gateway" if the backend never sent one valid
         // frame; 1009 either way for a size limit.
         let (code, reason) = match (self.from, offender) {
-            (_, 1009) => (1009, "peer sent a message too big"),
-            (Side::Client, _) => (1002, "client protocol violation"),
-            (Side::Backend, _) if !spoke => (1014, "backend is not speaking WebSocket"),
-            (Side::Backend, _) => (1011, "backend protocol violation"),
+            (_, close::MESSAGE_TOO_BIG) => (close::MESSAGE_TOO_BIG, "peer sent a message too big"),
+            (Side::Client, _) => (close::PROTOCOL_ERROR, "client protocol violation"),
+            (Side::Backend, _) if !spoke => (close::BAD_GATEWAY, "backend is not speaking WebSocket"),
+            (Side::Backend, _) => (close::INTERNAL_ERROR, "backend protocol violation"),
         };
         let _ = self.send_close(code, reason).await;
         Flow::Stop
@@ -430,8 +431,8 @@ where
         };
         if !closed && self.can_inject() {
             let (code, reason) = match self.from {
-                Side::Backend => (1011, "backend connection lost"),
-                Side::Client => (1001, "client went away"),
+                Side::Backend => (close::INTERNAL_ERROR, "backend connection lost"),
+                Side::Client => (close::GOING_AWAY, "client went away"),
             };
             self.shared.ended(Ending::Lost(self.from));
             let _ = self.send_close(code, reason).await;
