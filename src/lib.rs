@@ -2,53 +2,58 @@
 //!
 //! # Layout
 //!
-//! A connection flows through the modules in this order:
+//! One folder per stage, in the order a connection meets them:
 //!
 //! ```text
-//! client ─TCP─▶ server ──▶ real_ip ──▶ tls ──▶ http ──▶ route ──▶ handshake ──▶ admission
-//!               (accept,    (PROXY     (rustls, (hyper,   (Host +   (RFC 6455     (Origin, subprotocols,
-//!                global     header)     SNI)     HTTP/1.1) path)     §4.2.1)       rate limits, caps)
-//!                cap)                                                                  │
-//!        ┌─────────────────────────────────────────────────────────────────────────────┘
+//! client ─TCP─▶ server ─────────▶ proxy ──────────────────────────▶ admission
+//!               listener: accept,   connection: hyper HTTP/1.1       Origin, subprotocols,
+//!                global cap, PROXY   over the framing guard          rate limits, caps
+//!                header, tls         dispatch: route, real_ip,             │
+//!                                     headers; upgrade ◀──────────────────┘
+//!                                          │
+//!        ┌─────────────────────────────────┘
 //!        ▼
-//!     balance ──▶ upstream ──▶ backend ──▶ tunnel
-//!     (strategy,  (connect,                (splice bytes both ways
-//!      health)     failover, TLS,           until both sides end)
-//!                  forward, check 101)
+//!     upstream ───────────────────────▶ tunnel
+//!     balance: pick a server            splice: bytes both ways (pool lends buffers)
+//!     connect: TCP, TLS; failover       inspect: frames read as they pass
+//!     handshake: forward, read the 101  drain: end with a close code
+//!     health: active checks
 //! ```
 //!
-//! - [`server`] binds the listeners, holds the global connection cap, accepts
-//!   connections, and runs: reloads while it serves, shutdown at the end.
-//! - [`real_ip`] decides who the client is: the TCP peer, or what a trusted
-//!   proxy says (PROXY protocol, `X-Forwarded-For`, `Forwarded`).
-//! - [`tls`] builds the rustls configurations: certificates by SNI toward
-//!   clients, verified connections toward backends.
-//! - [`http`] serves each connection with hyper and dispatches every request:
-//!   a WebSocket upgrade or an ordinary HTTP request.
-//! - [`route`] maps Host and path to a route and its upstream.
-//! - [`handshake`] validates a client's opening handshake (RFC 6455 §4.2.1) and
-//!   checks the backend's answer (§4.1).
-//! - [`admission`] refuses, before any backend is contacted, what a route does
-//!   not admit: foreign origins, unknown subprotocols, clients over their rate
-//!   or share of tunnels.
-//! - [`balance`] keeps each upstream's servers and picks one per connection;
-//!   [`health`] checks them actively.
-//! - [`upstream`] connects to backends (with failover before any byte is
-//!   sent), forwards handshakes and HTTP requests.
-//! - [`tunnel`] splices the two upgraded connections byte for byte;
-//!   [`inspect`] reads the frames as they pass and acts on them (close
-//!   codes, keepalive, limits, drain).
-//! - [`headers`] removes hop-by-hop headers and writes the forwarding headers;
-//!   [`error`] turns every failure into the one HTTP answer the client gets.
+//! - [`server`] binds the listeners and accepts connections under the global
+//!   cap ([`tls`] builds the rustls configurations); it runs until shutdown,
+//!   reloading the configuration on request, with housekeeping and the admin
+//!   listener beside it.
+//! - [`proxy`] serves a client connection with hyper: the framing guard
+//!   refuses smuggling shapes below it, each request is routed and either
+//!   forwarded as HTTP or, as an upgrade, turned into a tunnel. The code
+//!   that wraps the client's stream and the code that unwraps it for the
+//!   tunnel sit together in `proxy::connection`.
+//! - [`admission`] refuses, before any backend is contacted, what a route
+//!   does not admit: foreign origins, unknown subprotocols, clients over
+//!   their rate or share of tunnels.
+//! - [`upstream`] keeps each upstream's servers and picks one per request
+//!   (the strategy owns the key it balances by), connects with failover
+//!   before any byte is sent, forwards the handshake and checks the answer;
+//!   health checks use the same connect.
+//! - [`tunnel`] splices the two upgraded connections; [`tunnel::inspect`]
+//!   reads the frames as they pass and acts on them (close codes,
+//!   keepalive, limits, drain).
+//! - [`ws`] is RFC 6455 itself: the handshake's rules, the frame reader,
+//!   the close codes.
 //!
-//! Beside the flow: [`config`] loads and validates the TOML file, [`stats`]
-//! counts what operators read and [`telemetry`] serves it (Prometheus
-//! metrics, health and readiness on the admin listener); [`lifecycle`]
-//! drains tunnels with a close code, reloads the configuration without
-//! dropping a socket, and speaks systemd's notification and socket
-//! activation protocols; [`certgen`] makes development certificates,
-//! [`demo`] is a small echo backend for the quick start and [`client`] a
-//! command-line WebSocket client.
+//! Beside the flow: [`config`] loads and validates the TOML file;
+//! [`telemetry`] counts what operators read (metrics, stats, the access
+//! log); [`lifecycle`] speaks systemd's notification and socket activation
+//! protocols and gives memory back after a burst; [`tools`] holds the
+//! development tools (certificates, a client, a demo backend).
+//!
+//! Vocabulary that several stages share lives below all of them, so that no
+//! stage imports another for it: [`body`] (the response body type),
+//! [`refusal`] (why a client was turned away) and [`error`] (every failure,
+//! and the one place that says what it means: status, body, log level,
+//! metric label, whether the connection closes). No file imports a file
+//! that imports it back; `tests/module_graph.rs` keeps it so.
 
 pub mod admission;
 pub mod body;

@@ -1,13 +1,12 @@
-//! The proxy's life beside the data flow: asking open tunnels to end, and
-//! working with the service manager.
+//! The proxy's life beside the data flow: working with the service manager
+//! and the memory allocator.
 //!
-//! [`drain`] carries a request to end gracefully, with the close code both
-//! sides of an inspected tunnel are sent. [`notify`] tells systemd when the
-//! proxy is ready, reloading or stopping, and keeps its watchdog fed;
-//! [`listen_fds`] takes the listening sockets systemd passes to a
-//! socket-activated service. [`reload`] switches a running server to a new
-//! configuration without dropping a socket; [`memory`] gives the memory of
-//! a burst of handshakes back once it is over.
+//! [`notify`] tells systemd when the proxy is ready, reloading or stopping,
+//! and keeps its watchdog fed; [`listen_fds`] takes the listening sockets
+//! systemd passes to a socket-activated service; [`memory`] gives the
+//! memory of a burst of handshakes back once it is over. (Drain lives with
+//! the tunnels it ends, `crate::tunnel::drain`; reload with the server it
+//! reloads, `crate::server::reload`.)
 
 pub mod listen_fds;
 pub mod memory;

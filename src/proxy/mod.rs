@@ -2,10 +2,10 @@
 //! request on it dispatched. A WebSocket upgrade becomes a tunnel, anything
 //! else is forwarded as HTTP.
 //!
-//! [`connection`] wraps the client's stream (under the [`framing`] guard)
-//! and serves it, and unwraps it again for the tunnel; [`dispatch`] answers
+//! `connection` wraps the client's stream (under the [`framing`] guard)
+//! and serves it, and unwraps it again for the tunnel; `dispatch` answers
 //! one request (routing by [`route`], the client's address by [`real_ip`],
-//! forwarding headers by [`headers`]); [`upgrade`] opens the tunnel for a
+//! forwarding headers by [`headers`]); `upgrade` opens the tunnel for a
 //! WebSocket request. [`Proxy`] is what they all serve with: one
 //! configuration generation.
 

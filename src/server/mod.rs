@@ -1,9 +1,9 @@
 //! The server: binds the listeners, runs them (reloads while it serves,
 //! graceful shutdown at its end), and serves the admin listener beside them.
 //!
-//! [`listener`] binds a socket and accepts on it; [`running`] holds what a
+//! `listener` binds a socket and accepts on it; `running` holds what a
 //! running server is made of; [`reload`] switches it to a new configuration;
-//! [`housekeeping`] is each configuration's periodic work; [`admin`] serves
+//! `housekeeping` is each configuration's periodic work; [`admin`] serves
 //! metrics, health and readiness.
 
 pub mod admin;

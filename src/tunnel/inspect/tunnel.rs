@@ -8,7 +8,7 @@
 //! out there only between frames; a frame for the other side is handed to
 //! the other pump as an order.
 //!
-//! What both pumps read and write lives in [`Shared`](super::shared).
+//! What both pumps read and write lives in `shared`.
 
 use std::sync::Arc;
 use std::time::Duration;
