@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# A/B of two wsgate binaries on the same workloads, rounds alternating A and
+# B so that drifts on a shared machine hit both alike: plain echo at each
+# size (CPU s per 1M messages) and the handshake cycle (CPU s per 1k
+# handshakes), both measured by the load generator from the proxy's
+# utime+stime. For a change that should cost nothing (a refactor) or an
+# optimisation, before and after.
+#
+#   benches/ab.sh BEFORE_WSGATE AFTER_WSGATE
+#   ROUNDS=5 DURATION=5 benches/ab.sh old/wsgate target/release/wsgate
+#
+# Settings (environment): ROUNDS=3, DURATION=5, WARMUP=1, CONNECTIONS=100,
+# SIZES="128 16384", HANDSHAKE_CONNECTIONS=50, LOADGEN (default: built here,
+# release). Prints one JSON line per run and a median table at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $# == 2 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+A=$(realpath "$1")
+B=$(realpath "$2")
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+CONNECTIONS=${CONNECTIONS:-100}
+SIZES=${SIZES:-"128 16384"}
+HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-50}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+BENCH_NAME=ab.sh
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_whole ROUNDS DURATION WARMUP CONNECTIONS HANDSHAKE_CONNECTIONS
+bench_require python3
+bench_workdir wsgate-ab
+if [[ -z ${LOADGEN:-} ]]; then
+  bench_build
+fi
+
+read -r BACKEND_PORT A_PORT B_PORT < <(bench_ports 3)
+bench_wsgate_config "$work/a.toml" bench "$A_PORT" "$BACKEND_PORT" 0
+bench_wsgate_config "$work/b.toml" bench "$B_PORT" "$BACKEND_PORT" 0
+"$LOADGEN" backend --listen "127.0.0.1:$BACKEND_PORT" 2>"$work/backend.log" &
+pids+=($!)
+WSGATE_LOG=warn "$A" --config "$work/a.toml" 2>"$work/a.log" &
+A_PID=$!
+pids+=("$A_PID")
+WSGATE_LOG=warn "$B" --config "$work/b.toml" 2>"$work/b.log" &
+B_PID=$!
+pids+=("$B_PID")
+wait_port "$BACKEND_PORT" "${pids[0]}" backend
+wait_port "$A_PORT" "$A_PID" a
+wait_port "$B_PORT" "$B_PID" b
+
+results="$work/results.jsonl"
+run_timeout=$((DURATION + WARMUP + 60))
+for ((round = 1; round <= ROUNDS; round++)); do
+  for side in a b; do
+    if [[ $side == a ]]; then port=$A_PORT pid=$A_PID; else port=$B_PORT pid=$B_PID; fi
+    for size in $SIZES; do
+      log "round $round/$ROUNDS $side echo $size"
+      line=$(timeout "$run_timeout" "$LOADGEN" echo --url "ws://127.0.0.1:$port/echo" --connections "$CONNECTIONS" \
+        --size "$size" --duration "$DURATION" --warmup "$WARMUP" --proxy-pid "$pid") || line='{"failed":true}'
+      printf '{"side":"%s","workload":"echo %s","run":%s}\n' "$side" "$size" "$line" | tee -a "$results"
+    done
+    log "round $round/$ROUNDS $side handshake"
+    line=$(timeout "$run_timeout" "$LOADGEN" handshake --url "ws://127.0.0.1:$port/echo" \
+      --connections "$HANDSHAKE_CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --proxy-pid "$pid") || line='{"failed":true}'
+    printf '{"side":"%s","workload":"handshake","run":%s}\n' "$side" "$line" | tee -a "$results"
+  done
+done
+
+python3 - "$results" "$A" "$B" <<'EOF'
+import json, statistics, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+print(f"\nA = {sys.argv[2]}\nB = {sys.argv[3]}\n")
+print("| workload | A rate/s | B rate/s | A CPU s | B CPU s | B/A CPU |")
+print("|---|---:|---:|---:|---:|---:|")
+for workload in dict.fromkeys(r["workload"] for r in records):
+    def med(side, key):
+        values = [r["run"].get(key) for r in records
+                  if r["side"] == side and r["workload"] == workload and not r["run"].get("failed")]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+    rate = "handshakes_per_s" if workload == "handshake" else "msgs_per_s"
+    cpu = "proxy_cpu_s_per_1k_handshakes" if workload == "handshake" else "proxy_cpu_s_per_1m_msgs"
+    a_rate, b_rate, a_cpu, b_cpu = med("a", rate), med("b", rate), med("a", cpu), med("b", cpu)
+    ratio = f"{b_cpu / a_cpu:.2f}" if a_cpu and b_cpu else "–"
+    fmt = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
+    print(f"| {workload} | {fmt(a_rate)} | {fmt(b_rate)} | {fmt(a_cpu, 3)} | {fmt(b_cpu, 3)} | {ratio} |")
+EOF
