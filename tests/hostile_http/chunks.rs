@@ -3,6 +3,32 @@
 
 use super::*;
 
+/// A chunked POST of `chunks` with a smuggled request behind them: the
+/// connection is closed with one answer at most, which is returned.
+async fn broken_chunks(gate: &Gate, what: &str, chunks: &str) -> Reply {
+    let h = gate.host();
+    let body = format!("{chunks}{}", smuggled(&h));
+    let request = post(&h, "Transfer-Encoding: chunked\r\n", &body);
+    let reply = send_raw(gate.addr(), request.as_bytes()).await;
+    assert!(reply.closed, "{what}: connection kept open: {:?}", reply.text());
+    assert!(reply.rest.is_empty(), "{what}: a second answer: {:?}", reply.text());
+    reply
+}
+
+/// No request reached the backend whole, and no byte of the smuggled one.
+fn no_request_completed_and_nothing_smuggled(gate: &Gate) {
+    let exchanges = gate.backend.exchanges();
+    assert!(
+        exchanges.iter().all(|e| !e.complete),
+        "a broken chunked body reached the backend whole: {exchanges:#?}"
+    );
+    assert!(
+        !contains(&gate.backend.raw(), b"smuggled"),
+        "{}",
+        gate.backend.raw_text()
+    );
+}
+
 /// Chunk-size lines are where chunked parsers disagree most (bad hex, a
 /// `0x` prefix, sizes that overflow 64 bits, a bare LF, extensions with a
 /// bare LF, data longer than its size): the client gets 400, the
@@ -12,7 +38,6 @@ use super::*;
 #[tokio::test]
 async fn malformed_chunks_are_400_and_no_complete_request_reaches_the_backend() {
     let gate = Gate::start().await;
-    let h = gate.host();
     let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(20 * 1024));
     let cases: Vec<(&str, String)> = vec![
         ("bad hex", "5g\r\nhello\r\n0\r\n\r\n".into()),
@@ -27,23 +52,10 @@ async fn malformed_chunks_are_400_and_no_complete_request_reaches_the_backend() 
         ("extension over the limit", long_extension),
     ];
     for (what, chunks) in &cases {
-        let body = format!("{chunks}{}", smuggled(&h));
-        let request = post(&h, "Transfer-Encoding: chunked\r\n", &body);
-        let reply = send_raw(gate.addr(), request.as_bytes()).await;
+        let reply = broken_chunks(&gate, what, chunks).await;
         assert_eq!(reply.status, Some(400), "{what}: {:?}", reply.text());
-        assert!(reply.closed, "{what}: connection kept open: {:?}", reply.text());
-        assert!(reply.rest.is_empty(), "{what}: a second answer: {:?}", reply.text());
     }
-    let exchanges = gate.backend.exchanges();
-    assert!(
-        exchanges.iter().all(|e| !e.complete),
-        "a broken chunked body reached the backend whole: {exchanges:#?}"
-    );
-    assert!(
-        !contains(&gate.backend.raw(), b"smuggled"),
-        "{}",
-        gate.backend.raw_text()
-    );
+    no_request_completed_and_nothing_smuggled(&gate);
     gate.proxy.stop().await;
 }
 
@@ -53,7 +65,6 @@ async fn malformed_chunks_are_400_and_no_complete_request_reaches_the_backend() 
 #[tokio::test]
 async fn malformed_chunks_never_complete_a_request_at_the_backend() {
     let gate = Gate::start().await;
-    let h = gate.host();
     for (what, chunks) in [
         ("bad hex", "5g\r\nhello\r\n0\r\n\r\n"),
         ("overflow", "10000000000000005\r\nhello\r\n0\r\n\r\n"),
@@ -62,23 +73,10 @@ async fn malformed_chunks_never_complete_a_request_at_the_backend() {
         ("data longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
         ("bad second chunk", "5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n"),
     ] {
-        let body = format!("{chunks}{}", smuggled(&h));
-        let request = post(&h, "Transfer-Encoding: chunked\r\n", &body);
-        let reply = send_raw(gate.addr(), request.as_bytes()).await;
-        assert!(reply.closed, "{what}: connection kept open: {:?}", reply.text());
-        assert!(reply.rest.is_empty(), "{what}: a second answer: {:?}", reply.text());
+        let reply = broken_chunks(&gate, what, chunks).await;
         assert_ne!(reply.status, Some(200), "{what}: {:?}", reply.text());
     }
-    let exchanges = gate.backend.exchanges();
-    assert!(
-        exchanges.iter().all(|e| !e.complete),
-        "a broken chunked body reached the backend whole: {exchanges:#?}"
-    );
-    assert!(
-        !contains(&gate.backend.raw(), b"smuggled"),
-        "{}",
-        gate.backend.raw_text()
-    );
+    no_request_completed_and_nothing_smuggled(&gate);
     gate.proxy.stop().await;
 }
 

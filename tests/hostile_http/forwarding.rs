@@ -41,27 +41,32 @@ async fn forwarded_head(backend: &Backend, addr: SocketAddr, request: &str, ws: 
     requests.last().unwrap().clone()
 }
 
+/// Exactly one line of each X-Forwarded-* header and X-Real-IP, wsgate's
+/// own for a client at 127.0.0.1 on listener `plain` reached as `host`.
+fn assert_wsgates_own(seen: &SeenRequest, host: &str, what: &str) {
+    assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"], "{what}");
+    assert_eq!(seen.all("x-real-ip"), ["127.0.0.1"], "{what}");
+    assert_eq!(seen.all("x-forwarded-proto"), ["http"], "{what}");
+    assert_eq!(seen.all("x-forwarded-host"), [host], "{what}");
+}
+
 /// A client that is not a trusted proxy cannot choose what a backend logs,
 /// rate-limits or trusts: every forwarding header it sent is replaced by
 /// exactly one line of wsgate's own, never appended to, on plain requests
 /// and upgrades alike.
 #[tokio::test]
 async fn forwarding_headers_from_an_untrusted_client_are_replaced_not_appended() {
-    let backend = Backend::echo().await;
-    let toml = config(backend.addr, None).replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
-    );
-    let proxy = start_proxy(&toml).await;
-    let addr = proxy.addr("plain");
-    let h = format!("localhost:{}", addr.port());
+    let (backend, proxy, addr, h) = echo_behind(|backend| {
+        config(backend, None).replace(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        )
+    })
+    .await;
     for ws in [false, true] {
         let seen = forwarded_head(&backend, addr, &with_headers(ws, &h, &SPOOFED), ws).await;
         let what = format!("ws={ws}: {seen:#?}");
-        assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"], "{what}");
-        assert_eq!(seen.all("x-real-ip"), ["127.0.0.1"], "{what}");
-        assert_eq!(seen.all("x-forwarded-proto"), ["http"], "{what}");
-        assert_eq!(seen.all("x-forwarded-host"), [h.as_str()], "{what}");
+        assert_wsgates_own(&seen, &h, &what);
         assert_eq!(
             seen.all("forwarded"),
             [format!("for=127.0.0.1;proto=http;host=\"{h}\"")],
@@ -76,10 +81,7 @@ async fn forwarding_headers_from_an_untrusted_client_are_replaced_not_appended()
 /// values.
 #[tokio::test]
 async fn forwarding_headers_named_in_connection_still_arrive_with_wsgates_values() {
-    let backend = Backend::echo().await;
-    let proxy = start_proxy(&config(backend.addr, None)).await;
-    let addr = proxy.addr("plain");
-    let h = format!("localhost:{}", addr.port());
+    let (backend, proxy, addr, h) = echo_behind(|backend| config(backend, None)).await;
     let names = "X-Forwarded-For, X-Real-IP, Forwarded, X-Forwarded-Proto, X-Forwarded-Host";
     for ws in [false, true] {
         let mut request = with_headers(ws, &h, &SPOOFED);
@@ -90,10 +92,7 @@ async fn forwarding_headers_named_in_connection_still_arrive_with_wsgates_values
         };
         let seen = forwarded_head(&backend, addr, &request, ws).await;
         let what = format!("ws={ws}: {seen:#?}");
-        assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"], "{what}");
-        assert_eq!(seen.all("x-real-ip"), ["127.0.0.1"], "{what}");
-        assert_eq!(seen.all("x-forwarded-proto"), ["http"], "{what}");
-        assert_eq!(seen.all("x-forwarded-host"), [h.as_str()], "{what}");
+        assert_wsgates_own(&seen, &h, &what);
         assert_eq!(seen.all("forwarded").len(), 1, "{what}");
     }
     proxy.stop().await;
@@ -107,10 +106,7 @@ async fn forwarding_headers_named_in_connection_still_arrive_with_wsgates_values
 /// must not reach the backend in any spelling but wsgate's own.
 #[tokio::test]
 async fn underscore_spellings_of_forwarding_headers_do_not_reach_the_backend() {
-    let backend = Backend::echo().await;
-    let proxy = start_proxy(&config(backend.addr, None)).await;
-    let addr = proxy.addr("plain");
-    let h = format!("localhost:{}", addr.port());
+    let (backend, proxy, addr, h) = echo_behind(|backend| config(backend, None)).await;
     let spoof = [
         ("X_Forwarded_For", "6.6.6.6"),
         ("X-Forwarded_For", "6.6.6.6"),

@@ -60,8 +60,7 @@ async fn content_length_with_transfer_encoding_is_400_and_nothing_reaches_the_ba
     let reply = send_in_pieces(gate.addr(), request.as_bytes(), 1).await;
     assert_eq!(reply.status, Some(400), "byte by byte: {:?}", reply.text());
     assert!(reply.closed && reply.rest.is_empty(), "{:?}", reply.text());
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// Keep-alive requests framed by Content-Length and by chunked encoding,
@@ -96,13 +95,12 @@ async fn keep_alive_requests_are_followed_by_their_framing_and_a_later_cl_te_is_
     let reply = parse_reply(raw, closed.is_some());
     assert_eq!(reply.status, Some(400), "{:?}", reply.text());
     assert!(reply.closed, "{:?}", reply.text());
-    let paths: Vec<String> = gate
-        .backend
-        .exchanges()
-        .iter()
-        .map(|e| e.head.uri.to_string())
-        .collect();
-    assert_eq!(paths, ["/upload", "/upload", "/third"], "{}", gate.backend.raw_text());
+    assert_eq!(
+        gate.paths(),
+        ["/upload", "/upload", "/third"],
+        "{}",
+        gate.backend.raw_text()
+    );
     let bodies: Vec<Vec<u8>> = gate.backend.exchanges().iter().map(|e| e.body.clone()).collect();
     assert_eq!(bodies[0], trap.as_bytes());
     assert_eq!(bodies[1], trap.as_bytes());
@@ -123,13 +121,7 @@ async fn a_cl_te_request_pipelined_behind_a_good_one_is_400_after_its_answer() {
     let second = parse_reply(reply.rest.clone(), reply.closed);
     assert_eq!(second.status, Some(400), "{:?}", reply.text());
     assert!(second.rest.is_empty() && reply.closed, "{:?}", reply.text());
-    let paths: Vec<String> = gate
-        .backend
-        .exchanges()
-        .iter()
-        .map(|e| e.head.uri.to_string())
-        .collect();
-    assert_eq!(paths, ["/first"], "{}", gate.backend.raw_text());
+    assert_eq!(gate.paths(), ["/first"], "{}", gate.backend.raw_text());
     gate.proxy.stop().await;
 }
 
@@ -150,8 +142,7 @@ async fn differing_content_lengths_are_400_and_nothing_reaches_the_backend() {
     ] {
         gate.refused(what, post(&h, headers, &body).as_bytes(), 400).await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// Content-Length values that parsers read differently: a sign, hex,
@@ -182,8 +173,7 @@ async fn malformed_content_length_values_are_400_and_nothing_reaches_the_backend
         )
         .await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// The one repetition RFC 9110 §8.6 tolerates, two identical lines, is
@@ -236,8 +226,7 @@ async fn transfer_encoding_not_ending_in_chunked_is_400_and_nothing_reaches_the_
     }
     let http10 = format!("POST /upload HTTP/1.0\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
     gate.refused("HTTP/1.0 with chunked", http10.as_bytes(), 400).await;
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// `gzip, chunked` ends in chunked, but wsgate only removes the chunking:
@@ -267,6 +256,5 @@ async fn transfer_codings_other_than_one_chunked_are_refused_not_stripped() {
     ] {
         gate.refused(what, post(&h, headers, body).as_bytes(), status).await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }

@@ -157,8 +157,7 @@ async fn nul_and_control_bytes_in_the_head_are_400_and_nothing_reaches_the_backe
     for (what, request) in &cases {
         gate.refused(what, request, 400).await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// A request line longer than the whole head may be is 414 URI Too Long,
@@ -202,6 +201,5 @@ async fn a_head_over_the_limit_is_431_and_nothing_reaches_the_backend() {
         .collect();
     let many = format!("GET / HTTP/1.1\r\nHost: {h}\r\n{many}\r\n");
     gate.refused("many fields", many.as_bytes(), 431).await;
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }

@@ -29,8 +29,7 @@ async fn ambiguous_host_fields_are_400_and_the_connection_closes() {
     );
     gate.refused("absolute-form target disagreeing", disagreeing.as_bytes(), 400)
         .await;
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// The same ambiguous Host fields on a WebSocket upgrade: 400, closed,
@@ -47,8 +46,7 @@ async fn ambiguous_host_fields_on_an_upgrade_are_400_and_the_connection_closes()
         let request = valid_upgrade(&host, "/", &[]) + &smuggled(&h);
         gate.refused(what, request.as_bytes(), 400).await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// Two routes by host, a backend each.
@@ -85,9 +83,7 @@ async fn an_absolute_form_target_that_disagrees_with_host_is_400_and_reaches_no_
         ("upgrade", upgrade),
         ("upgrade, Host with a port", port),
     ] {
-        let reply = send_raw(addr, request.as_bytes()).await;
-        assert_eq!(reply.status, Some(400), "{what}: {:?}", reply.text());
-        assert!(reply.closed, "{what}: connection kept open: {:?}", reply.text());
+        refused_and_closed(addr, what, request.as_bytes(), 400).await;
     }
     assert_eq!((a.accepts(), b.accepts()), (0, 0), "a backend was contacted");
     proxy.stop().await;
@@ -143,9 +139,7 @@ async fn an_absolute_form_target_with_user_information_or_without_host_is_400() 
         ),
         ("no Host", "GET http://a.example/ HTTP/1.1\r\n\r\n"),
     ] {
-        let reply = send_raw(addr, request.as_bytes()).await;
-        assert_eq!(reply.status, Some(400), "{what}: {:?}", reply.text());
-        assert!(reply.closed, "{what}: connection kept open: {:?}", reply.text());
+        refused_and_closed(addr, what, request.as_bytes(), 400).await;
     }
     assert_eq!((a.accepts(), b.accepts()), (0, 0), "a backend was contacted");
     proxy.stop().await;
@@ -157,10 +151,7 @@ async fn an_absolute_form_target_with_user_information_or_without_host_is_400() 
 /// survive a Connection header naming them.
 #[tokio::test]
 async fn a_host_named_in_connection_still_reaches_the_backend() {
-    let backend = Backend::echo().await;
-    let proxy = start_proxy(&config(backend.addr, None)).await;
-    let addr = proxy.addr("plain");
-    let h = format!("localhost:{}", addr.port());
+    let (backend, proxy, addr, h) = echo_behind(|backend| config(backend, None)).await;
     let plain = format!("GET /plain HTTP/1.1\r\nHost: {h}\r\nConnection: close, Host\r\n\r\n");
     let reply = send_raw(addr, plain.as_bytes()).await;
     assert_eq!(reply.status, Some(200), "{:?}", reply.text());

@@ -90,8 +90,22 @@ impl Gate {
         for (what, request) in cases {
             self.refused(what, request.as_ref(), status).await;
         }
+        self.canary_then_stop().await;
+    }
+
+    /// [`Gate::canary_is_all_the_backend_saw`], then the proxy is stopped.
+    async fn canary_then_stop(self) {
         self.canary_is_all_the_backend_saw().await;
         self.proxy.stop().await;
+    }
+
+    /// The paths of the requests the backend received, in order.
+    fn paths(&self) -> Vec<String> {
+        self.backend
+            .exchanges()
+            .iter()
+            .map(|e| e.head.uri.to_string())
+            .collect()
     }
 
     async fn canary_is_all_the_backend_saw(&self) {
@@ -101,10 +115,8 @@ impl Gate {
         );
         let reply = send_raw(self.addr(), request.as_bytes()).await;
         assert_eq!(reply.status, Some(200), "canary: {:?}", reply.text());
-        let exchanges = self.backend.exchanges();
-        let paths: Vec<String> = exchanges.iter().map(|e| e.head.uri.to_string()).collect();
         assert_eq!(
-            paths,
+            self.paths(),
             ["/canary"],
             "the backend saw more than the canary:\n{}",
             self.backend.raw_text()
@@ -121,4 +133,23 @@ fn post(host: &str, headers: &str, body: &str) -> String {
 /// A request the backend must never see: its path is the marker.
 fn smuggled(host: &str) -> String {
     format!("GET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
+/// An echo [`Backend`] behind a proxy started on `toml(its address)`; with
+/// the proxy's listener `plain` and that listener's `localhost:PORT`.
+async fn echo_behind(toml: impl FnOnce(SocketAddr) -> String) -> (Backend, ProxyHandle, SocketAddr, String) {
+    let backend = Backend::echo().await;
+    let proxy = start_proxy(&toml(backend.addr)).await;
+    let addr = proxy.addr("plain");
+    let host = format!("localhost:{}", addr.port());
+    (backend, proxy, addr, host)
+}
+
+/// `request` on a connection of its own to `addr` must get `status`, and
+/// the connection must be closed behind it.
+async fn refused_and_closed(addr: SocketAddr, what: &str, request: &[u8], status: u16) -> Reply {
+    let reply = send_raw(addr, request).await;
+    assert_eq!(reply.status, Some(status), "{what}: {:?}", reply.text());
+    assert!(reply.closed, "{what}: connection kept open: {:?}", reply.text());
+    reply
 }

@@ -19,8 +19,7 @@ async fn an_http_1_0_upgrade_is_400_and_the_connection_closes() {
         let request = request + &format!("GET /smuggled HTTP/1.0\r\nHost: {h}\r\n\r\n");
         gate.refused(what, request.as_bytes(), 400).await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// An upgrade request with a body: the proxy frames the body away, a
@@ -52,8 +51,7 @@ async fn an_upgrade_request_with_a_body_is_400_and_the_body_is_never_read_as_a_r
         let request = upgrade_request("GET /ws HTTP/1.1", &h, &headers) + &body;
         gate.refused(what, request.as_bytes(), 400).await;
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// Bytes pipelined behind an upgrade that wsgate refuses were meant for a
@@ -75,8 +73,7 @@ async fn requests_pipelined_behind_a_refused_upgrade_are_never_served() {
         let connection = reply.header("connection").unwrap_or("").to_ascii_lowercase();
         assert!(connection.contains("close"), "{what}: {:?}", reply.text());
     }
-    gate.canary_is_all_the_backend_saw().await;
-    gate.proxy.stop().await;
+    gate.canary_then_stop().await;
 }
 
 /// The same when the backend refuses the upgrade (403): the client gets the
@@ -153,10 +150,7 @@ async fn bytes_behind_an_accepted_handshake_go_through_the_tunnel_verbatim() {
 /// plain request with neither Upgrade nor the fields Connection names.
 #[tokio::test]
 async fn other_upgrades_reach_the_backend_as_plain_requests() {
-    let backend = Backend::echo().await;
-    let proxy = start_proxy(&config(backend.addr, None)).await;
-    let addr = proxy.addr("plain");
-    let h = format!("localhost:{}", addr.port());
+    let (backend, proxy, addr, h) = echo_behind(|backend| config(backend, None)).await;
     let request = format!(
         "GET /h2c HTTP/1.1\r\nHost: {h}\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\
          Connection: Upgrade, HTTP2-Settings, close\r\n\r\n"
