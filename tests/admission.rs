@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -66,7 +66,7 @@ impl Setup {
 
     /// Sends `request` from client address `from` and reads the response.
     async fn send(&self, from: &str, request: &str) -> RawResponse {
-        let mut conn = RawConn::new(connect_from(from, self.addr()).await);
+        let mut conn = RawConn::new(connect_from_ip(from, self.addr()).await);
         conn.send(request.as_bytes()).await;
         conn.read_response().await
     }
@@ -117,17 +117,16 @@ fn assert_retry_after(response: &RawResponse, max: u64) {
     assert!((1..=max).contains(&secs), "Retry-After {secs} not in 1..={max}");
 }
 
-/// A TCP connection to `addr` from local address `ip` (any of 127.0.0.0/8 is loopback on Linux).
-async fn connect_from(ip: &str, addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
-    within("TCP connect", socket.connect(addr)).await.expect("TCP connect")
+/// A TCP connection to `addr` from local address `ip`.
+async fn connect_from_ip(ip: &str, addr: SocketAddr) -> TcpStream {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    connect_from(ip, addr).await.expect("TCP connect")
 }
 
 /// A WebSocket tunnel from `from` through the proxy at `addr`.
 async fn tunnel_from(from: &str, addr: SocketAddr) -> Ws {
     let url = format!("ws://localhost:{}/", addr.port());
-    ws_handshake(connect_from(from, addr).await, &url, &[]).await.0
+    ws_handshake(connect_from_ip(from, addr).await, &url, &[]).await.0
 }
 
 /// Close handshake, then reads the TCP stream to its end.
@@ -138,11 +137,6 @@ async fn close_tunnel(mut ws: Ws) {
         let _ = tokio::io::copy(&mut ws.into_inner(), &mut tokio::io::sink()).await;
     })
     .await
-}
-
-async fn echo_once(ws: &mut Ws, text: &str) {
-    within("send", ws.send(Message::text(text))).await.expect("send");
-    assert_eq!(next_message(ws).await, Message::text(text));
 }
 
 const LOCAL: &str = "127.0.0.1";
@@ -329,7 +323,7 @@ async fn route_cap_answers_503_until_a_tunnel_closes() {
     close_tunnel(first).await;
     wait_until("one tunnel left on chat", 1, || s.stats.open_websockets("chat")).await;
     let mut third = tunnel_from("127.0.0.3", s.addr()).await;
-    echo_once(&mut third, "admitted").await;
+    assert_echo(&mut third, Message::text("admitted")).await;
     assert_eq!(s.backend.accepts(), 3);
     s.proxy.stop().await;
 }
@@ -344,7 +338,7 @@ async fn per_client_cap_answers_429_until_the_clients_tunnel_closes() {
     close_tunnel(first).await;
     wait_until("tunnels on chat", 1, || s.stats.open_websockets("chat")).await;
     let mut again = tunnel_from(LOCAL, s.addr()).await;
-    echo_once(&mut again, "admitted").await;
+    assert_echo(&mut again, Message::text("admitted")).await;
     assert_eq!(s.backend.accepts(), 3);
     s.proxy.stop().await;
 }
@@ -352,7 +346,7 @@ async fn per_client_cap_answers_429_until_the_clients_tunnel_closes() {
 /// One tunnel: echo a message, then a close handshake (`clean`) or a dropped TCP stream.
 async fn one_tunnel(addr: SocketAddr, clean: bool) {
     let (mut ws, _) = ws_connect(addr, "/", &[]).await;
-    echo_once(&mut ws, "hello").await;
+    assert_echo(&mut ws, Message::text("hello")).await;
     if clean {
         close_tunnel(ws).await;
     }
@@ -437,7 +431,7 @@ async fn a_slow_request_head_is_cut_off_at_the_listener_handshake_timeout() {
     };
     let normal = async {
         let (mut ws, _) = ws_connect(s.addr(), "/", &[]).await;
-        echo_once(&mut ws, "not slow").await;
+        assert_echo(&mut ws, Message::text("not slow")).await;
         close_tunnel(ws).await;
     };
     let (elapsed, ()) = within_for(Duration::from_secs(5), "slow client cut off", async {

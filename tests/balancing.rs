@@ -12,7 +12,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -131,16 +131,6 @@ impl Proxy {
     }
 }
 
-/// Polls `done` every millisecond for at most `limit`: open counts and
-/// health have no event to wait on.
-async fn poll_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// WebSocket upgrades a backend got from clients, health checks left out.
 fn upgrades(backend: &Backend) -> usize {
     let requests = backend.requests();
@@ -163,13 +153,6 @@ async fn kill(backend: Backend) -> SocketAddr {
     })
     .await;
     addr
-}
-
-async fn echoes(ws: &mut Ws, text: &str) {
-    within("sending a message", ws.send(Message::text(text)))
-        .await
-        .expect("send");
-    assert_eq!(next_message(ws).await, Message::text(text));
 }
 
 /// Each count within 1 of what is expected.
@@ -380,12 +363,12 @@ async fn a_tunnel_outlives_its_server_going_down() {
     let proxy = proxy(&toml(&servers, WS_CHECK)).await;
     let mut ws = proxy.connect(&[]).await;
     let on = proxy.open().iter().position(|&n| n == 1).expect("one open tunnel");
-    echoes(&mut ws, "before").await;
+    assert_echo(&mut ws, Message::text("before")).await;
 
     // The listener goes; the backend's open connections stay.
     kill(backends[on].take().unwrap()).await;
     proxy.wait_health(Duration::from_secs(5), on, false).await;
-    echoes(&mut ws, "after its server was marked down").await;
+    assert_echo(&mut ws, Message::text("after its server was marked down")).await;
     assert_eq!(proxy.open()[on], 1, "the tunnel is still counted on its server");
 
     let others = proxy.hold(5).await;

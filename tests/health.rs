@@ -2,8 +2,9 @@
 //! kind (`wsgate::upstream::health::check_once`), and the checker loop
 //! (`wsgate::upstream::health::run`) taking servers down and bringing them back.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +20,7 @@ use wsgate::config::{HealthCheck, HealthCheckKind};
 use wsgate::upstream::balance::Backend;
 use wsgate::upstream::health::{check_once, run, CheckFailure};
 
-/// The bound on every wait that is not itself under test.
-const WAIT: Duration = Duration::from_secs(10);
+use support::{header, poll_until, refused_addr, within, Behavior};
 
 /// The name checks put in `Host` (and the WebSocket URL); connections go to
 /// the backend's address, which differs on purpose.
@@ -44,70 +44,6 @@ fn backend(addr: SocketAddr) -> Arc<Backend> {
 async fn check(kind: HealthCheckKind, addr: SocketAddr) -> Result<(), CheckFailure> {
     let check = health_check(kind, Duration::from_secs(5));
     within("check_once", check_once(&check, None, &backend(addr))).await
-}
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match timeout(WAIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
-    }
-}
-
-/// Polls `condition` every 20ms for up to 5s: health state has no event to wait on.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "not within 5s: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// An address on 127.0.0.1 that refuses connections (bound, then released).
-async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr
-}
-
-/// Accepts connections and counts them, holding each open until the peer
-/// closes it.
-struct Acceptor {
-    addr: SocketAddr,
-    accepts: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Acceptor {
-    async fn start() -> Acceptor {
-        Acceptor::on(TcpListener::bind("127.0.0.1:0").await.unwrap())
-    }
-
-    fn on(listener: TcpListener) -> Acceptor {
-        let addr = listener.local_addr().unwrap();
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let counter = accepts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                });
-            }
-        });
-        Acceptor { addr, accepts, task }
-    }
-
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Acceptor {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// What a [`RawServer`] does after reading a request head.
@@ -194,21 +130,16 @@ async fn serve_raw(
     let _ = closed.send(());
 }
 
-/// The value of `name` in a raw request head.
-fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.split("\r\n").skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
 // ---- tcp ----
 
 #[tokio::test]
 async fn tcp_passes_when_the_port_accepts() {
-    let acceptor = Acceptor::start().await;
+    let acceptor = support::Backend::start(Behavior::Silent).await;
     check(HealthCheckKind::Tcp, acceptor.addr).await.unwrap();
-    wait_until("the check's connection accepted", || acceptor.accepts() == 1).await;
+    poll_until(Duration::from_secs(5), "the check's connection accepted", || {
+        acceptor.accepts() == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -435,7 +366,7 @@ async fn stop_promptly(stop: CancellationToken, task: JoinHandle<()>) {
 
 #[tokio::test]
 async fn run_takes_a_dead_server_down_and_brings_it_back_after_rise_successes() {
-    let live = Acceptor::start().await;
+    let live = support::Backend::start(Behavior::Silent).await;
     let (closed_socket, closed_addr) = bound_closed_port();
     within("sanity: the closed port refuses", async {
         assert!(TcpStream::connect(closed_addr).await.is_err());
@@ -447,7 +378,7 @@ async fn run_takes_a_dead_server_down_and_brings_it_back_after_rise_successes() 
     let check = health_check(HealthCheckKind::Tcp, Duration::from_millis(200));
     let (stop, task) = spawn_run(check, move || list.clone());
 
-    wait_until("the closed server marked down", || {
+    poll_until(Duration::from_secs(5), "the closed server marked down", || {
         assert!(live_backend.is_healthy(), "the live server must stay up");
         !dead_backend.is_healthy()
     })
@@ -455,13 +386,18 @@ async fn run_takes_a_dead_server_down_and_brings_it_back_after_rise_successes() 
     assert!(!dead_backend.is_available());
     assert!(live.accepts() >= 2, "both rounds checked the live server too");
 
-    let revived = Acceptor::on(closed_socket.listen(128).unwrap());
-    wait_until("the revived server marked up", || dead_backend.is_healthy()).await;
+    let revived = support::Backend::on(closed_socket.listen(128).unwrap(), Behavior::Silent);
+    poll_until(Duration::from_secs(5), "the revived server marked up", || {
+        dead_backend.is_healthy()
+    })
+    .await;
     assert!(dead_backend.is_available());
     assert!(live_backend.is_healthy());
-    wait_until("rise = 2 successful checks reached the revived server", || {
-        revived.accepts() >= 2
-    })
+    poll_until(
+        Duration::from_secs(5),
+        "rise = 2 successful checks reached the revived server",
+        || revived.accepts() >= 2,
+    )
     .await;
 
     stop_promptly(stop, task).await;
@@ -475,11 +411,19 @@ async fn run_checks_the_backends_of_each_round() {
     let check = health_check(HealthCheckKind::Tcp, Duration::from_millis(200));
     let (stop, task) = spawn_run(check, move || current.lock().unwrap().clone());
 
-    let added = Acceptor::start().await;
+    let added = support::Backend::start(Behavior::Silent).await;
     let dead = backend(refused_addr().await);
     *backends.lock().unwrap() = Arc::new(vec![backend(added.addr), dead.clone()]);
-    wait_until("a server added later is checked", || added.accepts() >= 1).await;
-    wait_until("a dead server added later is marked down", || !dead.is_healthy()).await;
+    poll_until(Duration::from_secs(5), "a server added later is checked", || {
+        added.accepts() >= 1
+    })
+    .await;
+    poll_until(
+        Duration::from_secs(5),
+        "a dead server added later is marked down",
+        || !dead.is_healthy(),
+    )
+    .await;
 
     stop_promptly(stop, task).await;
 }

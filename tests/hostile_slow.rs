@@ -324,16 +324,6 @@ async fn an_inspected_tunnel_whose_client_never_reads_is_ended_by_the_pong_timeo
 /// queue of 128.
 const ACCEPT_AHEAD: usize = 100;
 
-/// The admin listener's `/metrics` text.
-async fn scrape(admin: SocketAddr) -> String {
-    raw_exchange(
-        admin,
-        "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .body_text()
-}
-
 /// 10,000 TCP connections that never send a byte: a cheap attack (no
 /// request, no TLS, just a SYN each) that pins a descriptor and a task per
 /// connection in the proxy. Each must be closed at `handshake_timeout`,
@@ -366,7 +356,7 @@ async fn ten_thousand_silent_connections_are_closed_at_the_handshake_timeout_whi
     let (addr, admin) = (wsgate.addr("plain"), wsgate.admin_addr());
     let rss_before = wsgate.rss();
 
-    let open = |text: &str| metric(text, "wsgate_open_connections", "listener=\"plain\"") as usize;
+    let open = |m: &Exposition| m.value_or_zero("wsgate_open_connections", &[("listener", "plain")]) as usize;
     let closed = Arc::new(AtomicUsize::new(0));
     // Accepted so far: the proxy's descriptors beyond its own, and the
     // connections it has closed already.
@@ -473,21 +463,22 @@ async fn ten_thousand_silent_connections_are_closed_at_the_handshake_timeout_whi
         per_connection < 64 << 10,
         "{per_connection} bytes of proxy memory per silent connection"
     );
-    let text = scrape(admin).await;
+    let m = scrape(admin).await;
+    let handshakes = "wsgate_handshakes_total";
     assert_eq!(
-        metric(
-            &text,
-            "wsgate_handshakes_total",
-            "route=\"\",outcome=\"handshake_timeout\""
-        ) as usize,
+        m.value_or_zero(handshakes, &[("route", ""), ("outcome", "handshake_timeout")]) as usize,
         n,
-        "{text}"
+        "{}",
+        m.names(handshakes)
     );
-    let deadline = Instant::now() + TIMEOUT;
-    while open(&scrape(admin).await) != 0 {
-        assert!(Instant::now() < deadline, "connections still open in the proxy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scrape_until(
+        admin,
+        TIMEOUT,
+        "connections still open in the proxy",
+        |m| open(m) == 0,
+        String::new,
+    )
+    .await;
     wsgate.stop().await;
 }
 

@@ -112,6 +112,7 @@ async fn refused(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, SocketAddr) {
     stream.write_all(bytes).await.unwrap();
     let sent = Instant::now();
     let (answer, closed_at) = read_until_closed(&mut stream, REFUSED_WITHIN).await;
+    let closed_at = closed_at.unwrap_or_else(|| panic!("{client}: not closed within {REFUSED_WITHIN:?}"));
     eprintln!(
         "{client}: {} bytes back, closed {:?} after the send",
         answer.len(),
@@ -283,7 +284,9 @@ async fn a_client_that_stops_mid_handshake_is_closed_at_the_handshake_timeout_wi
         connected.elapsed() < timeout,
         "served only after the stall's deadline: not during it"
     );
-    let (_, closed_at) = read_until_closed(&mut stalled, timeout + Duration::from_secs(3)).await;
+    let limit = timeout + Duration::from_secs(3);
+    let (_, closed_at) = read_until_closed(&mut stalled, limit).await;
+    let closed_at = closed_at.unwrap_or_else(|| panic!("the stalled handshake not closed within {limit:?}"));
     let lifetime = closed_at.duration_since(connected);
     assert!(
         lifetime >= timeout - Duration::from_millis(100) && lifetime <= timeout + Duration::from_secs(2),

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,121 +17,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------- exposition
-
-/// One sample line of the text exposition: `name{labels} value`.
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A parsed `/metrics` answer.
-#[derive(Debug)]
-struct Exposition {
-    samples: Vec<Sample>,
-}
-
-impl Exposition {
-    /// Parses the Prometheus text format: `#` lines are comments (HELP and
-    /// TYPE), every other non-empty line is one sample.
-    fn parse(text: &str) -> Exposition {
-        let samples = text
-            .lines()
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| parse_sample(line).unwrap_or_else(|why| panic!("bad sample line {line:?}: {why}")))
-            .collect();
-        Exposition { samples }
-    }
-
-    /// The samples named `name` whose labels include `labels`.
-    fn matching<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |sample| {
-            sample.name == name
-                && labels
-                    .iter()
-                    .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
-        })
-    }
-
-    /// The value of the one sample named `name` with exactly `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<&Sample> = self
-            .matching(name, labels)
-            .filter(|sample| sample.labels.len() == labels.len())
-            .collect();
-        assert!(found.len() <= 1, "{name}{labels:?} appears {} times", found.len());
-        found.first().map(|sample| sample.value)
-    }
-
-    /// Like [`Exposition::value`], failing the test when there is no such sample.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.value(name, labels)
-            .unwrap_or_else(|| panic!("no sample {name}{labels:?} in:\n{}", self.names(name)))
-    }
-
-    /// The sum over the samples named `name` whose labels include `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|sample| sample.value).sum()
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.matching(name, &[]).count()
-    }
-
-    /// Every sample of `name`, for failure messages.
-    fn names(&self, name: &str) -> String {
-        self.matching(name, &[])
-            .map(|sample| format!("  {}{:?} {}\n", sample.name, sample.labels, sample.value))
-            .collect()
-    }
-}
-
-fn parse_sample(line: &str) -> Result<Sample, String> {
-    let (series, value) = line.rsplit_once(' ').ok_or("no value")?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        value => value.parse::<f64>().map_err(|e| format!("value {value:?}: {e}"))?,
-    };
-    let Some((name, rest)) = series.split_once('{') else {
-        return Ok(Sample {
-            name: series.to_owned(),
-            labels: BTreeMap::new(),
-            value,
-        });
-    };
-    let body = rest.strip_suffix('}').ok_or("labels not closed")?;
-    let mut labels = BTreeMap::new();
-    let mut chars = body.chars().peekable();
-    while chars.peek().is_some() {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if chars.next() != Some('"') {
-            return Err(format!("label {key:?} without a quoted value"));
-        }
-        let mut label = String::new();
-        loop {
-            match chars.next().ok_or("value not closed")? {
-                '"' => break,
-                '\\' => match chars.next().ok_or("escape at the end")? {
-                    'n' => label.push('\n'),
-                    other => label.push(other),
-                },
-                c => label.push(c),
-            }
-        }
-        labels.insert(key, label);
-        match chars.next() {
-            Some(',') | None => {}
-            Some(c) => return Err(format!("unexpected {c:?} after a label")),
-        }
-    }
-    Ok(Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
-}
 
 #[test]
 fn the_parser_reads_labels_and_values() {
@@ -161,29 +45,6 @@ async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, Str
         .unwrap();
     let (parts, body) = http_request(tcp_connect(admin).await, request).await;
     (parts.status.as_u16(), String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn scrape(admin: SocketAddr) -> Exposition {
-    let (status, text) = admin_get(admin, "/metrics").await;
-    assert_eq!(status, 200, "{text}");
-    Exposition::parse(&text)
-}
-
-/// Scrapes until `ready` holds (tunnels record their metrics as they end,
-/// a moment after the clients saw them close), for at most [`TIMEOUT`].
-async fn scrape_until(admin: SocketAddr, what: &str, ready: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let exposition = scrape(admin).await;
-        if ready(&exposition) {
-            return exposition;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within {TIMEOUT:?}: {exposition:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Binds the proxy for `toml`, runs it; returns it with its admin address.
@@ -282,11 +143,17 @@ async fn a_scripted_session_shows_in_the_metrics() {
     send(&mut ws, close_message(1000, "done")).await;
     drain(ws).await;
 
-    let m = scrape_until(admin, "every tunnel recorded, none open", |m| {
-        m.sum("wsgate_tunnel_duration_seconds_count", &[]) == 5.0
-            && m.sum("wsgate_open_tunnels", &[]) == 0.0
-            && m.sum("wsgate_open_connections", &[]) == 0.0
-    })
+    let m = scrape_until(
+        admin,
+        TIMEOUT,
+        "every tunnel recorded, none open",
+        |m| {
+            m.sum("wsgate_tunnel_duration_seconds_count", &[]) == 5.0
+                && m.sum("wsgate_open_tunnels", &[]) == 0.0
+                && m.sum("wsgate_open_connections", &[]) == 0.0
+        },
+        String::new,
+    )
     .await;
 
     // Handshakes by route and outcome, and nothing else.
@@ -471,9 +338,13 @@ async fn wsgate_s_own_close_frames_count_as_its_side() {
     client.write_all(&encode(0x81, false, b"hi")).await.unwrap();
     assert_eq!(expect_close(&mut client, "client").await.0, 1002);
     drop(client);
-    let m = scrape_until(admin, "the tunnel recorded", |m| {
-        m.sum("wsgate_tunnel_duration_seconds_count", &[]) == 1.0
-    })
+    let m = scrape_until(
+        admin,
+        TIMEOUT,
+        "the tunnel recorded",
+        |m| m.sum("wsgate_tunnel_duration_seconds_count", &[]) == 1.0,
+        String::new,
+    )
     .await;
     assert_eq!(
         m.get(
@@ -539,9 +410,13 @@ async fn not_ready_while_the_only_server_is_down() {
 
     // The server comes back: ready again, failures reset.
     let _backend = Backend::echo_at(addr).await;
-    let m = scrape_until(admin, "the server up again", |m| {
-        m.value("wsgate_server_healthy", &labels) == Some(1.0)
-    })
+    let m = scrape_until(
+        admin,
+        TIMEOUT,
+        "the server up again",
+        |m| m.value("wsgate_server_healthy", &labels) == Some(1.0),
+        String::new,
+    )
     .await;
     assert_eq!(m.get("wsgate_server_consecutive_failures", &labels), 0.0);
     assert_eq!(admin_get(admin, "/readyz").await.0, 200);

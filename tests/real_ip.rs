@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use wsgate::config::{Config, ConfigError};
 use wsgate::refusal::RefusalReason;
 use wsgate::telemetry::stats::Stats;
@@ -119,8 +119,11 @@ impl Setup {
     async fn closed_unanswered(&self, bytes: &[u8]) {
         let mut stream = tcp_connect(self.addr()).await;
         let _ = within("write", stream.write_all(bytes)).await;
-        let mut got = Vec::new();
-        let _ = within("proxy closing the connection", stream.read_to_end(&mut got)).await;
+        let (got, closed) = read_until_closed(&mut stream, TIMEOUT).await;
+        assert!(
+            closed.is_some(),
+            "the proxy did not close the connection within {TIMEOUT:?}"
+        );
         assert!(got.is_empty(), "answered: {:?}", String::from_utf8_lossy(&got));
     }
 }

@@ -48,14 +48,6 @@ async fn start(toml: &str) -> (ProxyHandle, Reloader) {
     (run_proxy(server, names), reloader)
 }
 
-/// The status an upgrade from `origin` gets.
-async fn upgrade_status(addr: SocketAddr, origin: &str) -> u16 {
-    let host = format!("localhost:{}", addr.port());
-    raw_exchange(addr, &valid_upgrade(&host, "/", &[("Origin", origin)]))
-        .await
-        .status
-}
-
 /// Numbered messages, each echo checked, until `stop` says so (at most 2,000).
 async fn traffic(mut ws: WebSocketStream<TcpStream>, id: usize, mut stop: watch::Receiver<bool>) -> usize {
     let mut sent = 0;
@@ -143,7 +135,7 @@ async fn listeners_are_added_and_removed_and_open_tunnels_outlive_theirs() {
         .map(|(_, addr)| *addr)
         .expect("the new listener is listed");
     let (mut fresh, _) = ws_connect(extra, "/", &[("Origin", ORIGIN_A)]).await;
-    send_and_check(&mut fresh, "through the new listener").await;
+    assert_echo(&mut fresh, Message::text("through the new listener")).await;
 
     // Only `extra` is left: `plain` stops accepting, its tunnel goes on.
     let mut only_extra = String::from("[global]\nshutdown_timeout = \"2s\"\n\n");
@@ -170,8 +162,8 @@ async fn listeners_are_added_and_removed_and_open_tunnels_outlive_theirs() {
         }
     })
     .await;
-    send_and_check(&mut old, "the old tunnel still flows").await;
-    send_and_check(&mut fresh, "and the new one").await;
+    assert_echo(&mut old, Message::text("the old tunnel still flows")).await;
+    assert_echo(&mut fresh, Message::text("and the new one")).await;
     proxy.stop().await;
 }
 
@@ -181,7 +173,7 @@ async fn a_server_removed_from_an_upstream_drains() {
     let (proxy, reloader) = start(&config_with(&[ORIGIN_A], &[a.addr], &[])).await;
     let addr = proxy.addr("plain");
     let (mut on_a, _) = ws_connect(addr, "/", &[("Origin", ORIGIN_A)]).await;
-    send_and_check(&mut on_a, "on a").await;
+    assert_echo(&mut on_a, Message::text("on a")).await;
     assert_eq!(a.accepts(), 1);
 
     within(
@@ -191,9 +183,9 @@ async fn a_server_removed_from_an_upstream_drains() {
     .await
     .expect("reload");
     let (mut on_b, _) = ws_connect(addr, "/", &[("Origin", ORIGIN_A)]).await;
-    send_and_check(&mut on_b, "on b").await;
+    assert_echo(&mut on_b, Message::text("on b")).await;
     assert_eq!((a.accepts(), b.accepts()), (1, 1), "the new tunnel went to b");
-    send_and_check(&mut on_a, "a's tunnel outlives its removal").await;
+    assert_echo(&mut on_a, Message::text("a's tunnel outlives its removal")).await;
     proxy.stop().await;
 }
 
@@ -265,8 +257,8 @@ async fn open_tunnels_still_count_against_a_route_cap_after_a_reload() {
         503,
         "1 held + 1 new fill the new cap of 2"
     );
-    send_and_check(&mut held, "held").await;
-    send_and_check(&mut second, "second").await;
+    assert_echo(&mut held, Message::text("held")).await;
+    assert_echo(&mut second, Message::text("second")).await;
     proxy.stop().await;
 }
 
@@ -303,20 +295,7 @@ async fn a_renewed_certificate_serves_new_tls_handshakes_after_a_reload() {
     assert_eq!(&served(&after), new.server_der());
     // The connection made before the reload is still served.
     let (mut ws, _) = ws_handshake(before, &format!("wss://localhost:{}/", addr.port()), &[]).await;
-    send_and_check_on(&mut ws, "on the connection from before").await;
+    assert_echo(&mut ws, Message::text("on the connection from before")).await;
     within("close", ws.close(None)).await.unwrap();
     proxy.stop().await;
-}
-
-async fn send_and_check_on<S>(ws: &mut WebSocketStream<S>, text: &str)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    within("send", ws.send(Message::text(text))).await.unwrap();
-    assert_eq!(next_message(ws).await, Message::text(text));
-}
-
-async fn send_and_check(ws: &mut WebSocketStream<TcpStream>, text: &str) {
-    within("send", ws.send(Message::text(text))).await.unwrap();
-    assert_eq!(next_message(ws).await, Message::text(text));
 }

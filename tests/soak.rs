@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use soak_peers::*;
-use support::within_for;
+use support::{scrape_until, within_for, Exposition};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -97,29 +97,22 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// Polls `/metrics` until `done` holds (at most `limit`); returns the text.
-async fn metrics_until(wsgate: &WsgateProcess, limit: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let text = wsgate.metrics().await;
-        if done(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?}\n--- metrics:\n{}\n--- log:\n{}",
-            text.lines()
-                .filter(|l| l.starts_with("wsgate_"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            wsgate.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Polls `/metrics` until `done` holds (at most `limit`); a failure quotes
+/// the end of wsgate's log.
+async fn metrics_until(
+    wsgate: &WsgateProcess,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Exposition) -> bool,
+) -> Exposition {
+    scrape_until(wsgate.admin, limit, what, done, || {
+        format!("--- log:\n{}", wsgate.log_tail(30))
+    })
+    .await
 }
 
-fn open_connections(text: &str) -> f64 {
-    metric(text, "wsgate_open_connections", "listener=\"plain\"")
+fn open_connections(m: &Exposition) -> f64 {
+    m.value_or_zero("wsgate_open_connections", &[("listener", "plain")])
 }
 
 /// RSS once it holds still: the readings of the last 4 s within 64 KiB of
@@ -285,24 +278,21 @@ async fn reload(wsgate: &WsgateProcess, backends: &[EchoBackend], generation: u6
     std::fs::write(wsgate.config_path(), config(backends, generation)).expect("rewrite the config");
     let sent = Instant::now();
     wsgate.signal(libc::SIGHUP);
-    let text = metrics_until(wsgate, Duration::from_secs(15), "the reload applied", |text| {
-        metric(text, "wsgate_config_generation", "") >= generation as f64
+    let m = metrics_until(wsgate, Duration::from_secs(15), "the reload applied", |m| {
+        m.value_or_zero("wsgate_config_generation", &[]) >= generation as f64
     })
     .await;
-    let ok = metric(&text, "wsgate_reloads_total", "result=\"ok\"");
-    let failed = metric(&text, "wsgate_reloads_total", "result=\"failed\"");
+    let ok = m.value_or_zero("wsgate_reloads_total", &[("result", "ok")]);
+    let failed = m.value_or_zero("wsgate_reloads_total", &[("result", "failed")]);
     println!(
         "soak: reload to generation {generation} applied in {:?} (reloads ok {ok}, failed {failed})",
         sent.elapsed()
     );
-    if metric(&text, "wsgate_config_generation", "") != generation as f64
-        || ok != (generation - 1) as f64
-        || failed != 0.0
-    {
+    let applied = m.value_or_zero("wsgate_config_generation", &[]);
+    if applied != generation as f64 || ok != (generation - 1) as f64 || failed != 0.0 {
         failures.push(format!(
-            "after reload {}: generation {}, reloads ok {ok}, failed {failed}",
-            generation - 1,
-            metric(&text, "wsgate_config_generation", "")
+            "after reload {}: generation {applied}, reloads ok {ok}, failed {failed}",
+            generation - 1
         ));
     }
 }
@@ -381,7 +371,7 @@ async fn soak_2000_sockets_through_kills_reloads_and_refusals() {
         &wsgate,
         Duration::from_secs(30),
         "no connection open after the warm-up",
-        |text| open_connections(text) == 0.0,
+        |m| open_connections(m) == 0.0,
     )
     .await;
     let (rss_before, rss_settled) = settled_rss(&wsgate, Duration::from_secs(30)).await;
@@ -432,7 +422,8 @@ async fn soak_2000_sockets_through_kills_reloads_and_refusals() {
                     () = setup.stop.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
-                let (Some(rss), Some(fds)) = (proc_rss(pid), proc_fds(pid)) else {
+                let (Some(rss), Some(fds)) = (proc_status_kib(pid, "VmRSS").map(|kib| kib * 1024), proc_fd_count(pid))
+                else {
                     return;
                 };
                 {
@@ -701,30 +692,24 @@ async fn soak_2000_sockets_through_kills_reloads_and_refusals() {
     }
 
     // ------------------------------------------------------------ wsgate after the load
-    let text = metrics_until(
+    let m = metrics_until(
         &wsgate,
         Duration::from_secs(30),
         "no connection or tunnel open at the end",
-        |text| open_connections(text) == 0.0 && metric_sum(text, "wsgate_open_tunnels") == 0.0,
+        |m| open_connections(m) == 0.0 && m.sum("wsgate_open_tunnels", &[]) == 0.0,
     )
     .await;
-    let wsgate_1011 = metric(
-        &text,
+    let wsgate_1011 = m.value_or_zero(
         "wsgate_close_codes_total",
-        "route=\"soak\",side=\"wsgate\",code=\"1011\"",
+        &[("route", "soak"), ("side", "wsgate"), ("code", "1011")],
     );
     if wsgate_1011 != on_killed as f64 {
         failures.push(format!(
             "wsgate counted {wsgate_1011} tunnels it closed with 1011, {on_killed} were on the killed backend"
         ));
     }
-    let handshakes = |outcome: &str| {
-        metric(
-            &text,
-            "wsgate_handshakes_total",
-            &format!("route=\"soak\",outcome=\"{outcome}\""),
-        ) as u64
-    };
+    let handshakes =
+        |outcome: &str| m.value_or_zero("wsgate_handshakes_total", &[("route", "soak"), ("outcome", outcome)]) as u64;
     // The warm-up's refusals count too: one bad Origin, two over the limit.
     if handshakes("origin") != count(&refusals.bad_origin, 403) + 1 {
         failures.push(format!(
@@ -860,21 +845,4 @@ fn memory_growth(before: &BTreeMap<u64, (u64, String, u64)>, after: &BTreeMap<u6
         text += &format!("\n    +{growth} at {start:#x} ({size} KiB) {name}");
     }
     text
-}
-
-fn proc_rss(pid: libc::pid_t) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-fn proc_fds(pid: libc::pid_t) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{assert_echo, close, route_and_upstream, within, ws_connect, Backend, TIMEOUT};
+use support::{assert_echo, close, route_and_upstream, upgrade_status, within, ws_connect, Backend, TIMEOUT};
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
@@ -420,13 +420,6 @@ fn origin_config(listen: SocketAddr, backend: SocketAddr, origins: &str) -> Stri
          [[route]]\nname = \"all\"\nupstream = \"backends\"\nallowed_origins = [{origins}]\n\n\
          [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{backend}\" }}]\n"
     )
-}
-
-async fn upgrade_status(addr: SocketAddr, origin: &str) -> u16 {
-    let host = format!("localhost:{}", addr.port());
-    support::raw_exchange(addr, &support::valid_upgrade(&host, "/", &[("Origin", origin)]))
-        .await
-        .status
 }
 
 /// Sends SIGHUP and waits for RELOADING=1 (with MONOTONIC_USEC in the same

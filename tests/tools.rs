@@ -1,6 +1,8 @@
 //! Tests for the quick-start tools: the demo backend, the command-line client
 //! and development certificates, over real sockets on 127.0.0.1.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -19,6 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::tools::client::{self, ClientError, ClientOptions};
 use wsgate::tools::{certgen, demo};
+
+use support::{read_head_bytes, tcp_connect, within, RawConn};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -62,15 +66,9 @@ async fn start_tls_demo(dir: &Path) -> (SocketAddr, JoinHandle<()>) {
 
 /// Sends one raw HTTP/1.1 request and returns everything the server wrote until it closed.
 async fn raw_request(addr: SocketAddr, request: &str) -> String {
-    timeout(LIMIT, async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("write request");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.expect("read response");
-        String::from_utf8_lossy(&response).into_owned()
-    })
-    .await
-    .expect("response in time")
+    let mut conn = RawConn::new(tcp_connect(addr).await);
+    conn.send(request.as_bytes()).await;
+    String::from_utf8_lossy(&conn.read_to_end().await).into_owned()
 }
 
 async fn run_client(url: String, ca: Option<&Path>, input: &str) -> Result<String, ClientError> {
@@ -151,20 +149,13 @@ async fn demo_picks_no_subprotocol() {
     let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
-    let head = timeout(LIMIT, async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut byte).await.expect("read");
-            assert_eq!(n, 1, "connection closed before the end of the response head");
-            head.push(byte[0]);
-        }
-        String::from_utf8_lossy(&head).to_ascii_lowercase()
-    })
-    .await
-    .expect("response in time");
+    let mut stream = tcp_connect(addr).await;
+    within("write", stream.write_all(request.as_bytes()))
+        .await
+        .expect("write");
+    let head = within("the response head", read_head_bytes(&mut stream))
+        .await
+        .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     // The RFC 6455 example key and its accept value.
     assert!(

@@ -3,68 +3,40 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-
-/// A raw backend for one tunnel: it answers the handshake with a correct 101,
-/// reads the tunnel until the client's side ends (EOF), then sends
-/// `received N bytes` and closes. Returns its address and the task.
-async fn half_close_backend() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "handshake cut short");
-            head.push(byte[0]);
-            assert!(head.len() < 16 * 1024, "handshake too long");
-        }
-        let text = String::from_utf8(head).unwrap();
-        let key = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("sec-websocket-key: ")
-                    .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
-            })
-            .expect("the handshake carries the key");
-        let answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            derive_accept_key(key.trim().as_bytes())
-        );
-        stream.write_all(answer.as_bytes()).await.unwrap();
-        let mut tunnel = Vec::new();
-        stream.read_to_end(&mut tunnel).await.unwrap();
-        stream
-            .write_all(format!("received {} bytes", tunnel.len()).as_bytes())
-            .await
-            .unwrap();
-        stream.shutdown().await.unwrap();
-        tunnel
-    });
-    (addr, task)
-}
 
 #[tokio::test]
 async fn a_half_close_passes_through_and_the_other_direction_keeps_flowing() {
-    let (backend, backend_task) = half_close_backend().await;
-    let proxy = start_proxy(&config(backend, None)).await;
+    // A backend past its handshake, read to the client's end of stream,
+    // then answering `received N bytes` and closing.
+    let mut backend = RawBackend::start(false, None).await;
+    let proxy = start_proxy(&config(backend.addr, None)).await;
     let mut conn = RawConn::new(tcp_connect(proxy.addr("plain")).await);
     conn.send(valid_upgrade("localhost", "/", &[]).as_bytes()).await;
     assert_eq!(conn.read_head().await.status, 101);
+    let mut tunnel = backend.next_conn().await;
 
     conn.send(b"tunnel bytes").await;
     within("client half-close", conn.stream.shutdown()).await.unwrap();
+    let mut received = Vec::new();
+    within(
+        "the backend reading the tunnel to its end",
+        tunnel.read_to_end(&mut received),
+    )
+    .await
+    .unwrap();
+    assert_eq!(received, b"tunnel bytes");
+    let answer = format!("received {} bytes", received.len());
+    within("the backend answering", tunnel.write_all(answer.as_bytes()))
+        .await
+        .unwrap();
+    within("the backend closing", tunnel.shutdown()).await.unwrap();
     // The backend answers only after it saw the client's end of stream, so
     // this reply proves both: the FIN was passed on, and the backend-to-client
     // direction stayed open after it.
     assert_eq!(conn.read_to_end().await, b"received 12 bytes");
-    assert_eq!(within("backend task", backend_task).await.unwrap(), b"tunnel bytes");
+    drop(tunnel);
     proxy.stop().await;
 }
 

@@ -20,27 +20,10 @@ async fn echo_proxy(certs: Option<&TestCerts>) -> (Backend, ProxyHandle) {
     (backend, proxy)
 }
 
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: Message) {
-    within("WebSocket send", ws.send(message))
-        .await
-        .expect("WebSocket send");
-}
-
-async fn assert_echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
-    send(ws, Message::text("hello through wsgate")).await;
-    assert_eq!(next_message(ws).await, Message::text("hello through wsgate"));
-    let binary = vec![0u8, 1, 2, 127, 128, 254, 255];
-    send(ws, Message::binary(binary.clone())).await;
-    assert_eq!(next_message(ws).await, Message::binary(binary));
-}
-
-/// Closes normally and reads until the stream ends.
-async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
-    within("WebSocket close", async {
-        let _ = ws.close(None).await;
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await
+/// A text and a binary message, each echoed.
+async fn text_and_binary_echoes<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
+    assert_echo(ws, Message::text("hello through wsgate")).await;
+    assert_echo(ws, Message::binary(vec![0u8, 1, 2, 127, 128, 254, 255])).await;
 }
 
 /// Runs a scenario over ws and over wss (a real TLS handshake with a test
@@ -74,7 +57,7 @@ macro_rules! over_ws_and_wss {
 
 over_ws_and_wss!(text_and_binary_echo, Backend::echo());
 async fn text_and_binary_echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>, backend: &Backend) {
-    assert_echo(&mut ws).await;
+    text_and_binary_echoes(&mut ws).await;
     close(ws).await;
     assert_eq!(backend.accepts(), 1);
     assert_eq!(backend.only_request().uri.path(), "/chat");
@@ -204,7 +187,7 @@ async fn the_backends_subprotocol_choice_reaches_the_client() {
         backend.only_request().all("sec-websocket-protocol").join(", "),
         "chat.v2, chat.v1"
     );
-    assert_echo(&mut ws).await;
+    text_and_binary_echoes(&mut ws).await;
     close(ws).await;
     proxy.stop().await;
 }
@@ -329,7 +312,7 @@ async fn sni_picks_the_certificate() {
         assert!(presented == *expected, "SNI {sni} got the wrong certificate");
     }
     let (mut ws, _) = wss_connect(addr, "other.test", "/", &certs).await;
-    assert_echo(&mut ws).await;
+    text_and_binary_echoes(&mut ws).await;
     close(ws).await;
     proxy.stop().await;
 }

@@ -91,7 +91,16 @@ impl Backend {
     }
 
     pub async fn start(behavior: Behavior) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), behavior)
+    }
+
+    /// An echo backend on `addr` exactly (a server coming back on its old port).
+    pub async fn echo_at(addr: SocketAddr) -> Backend {
+        Backend::on(bind_again(addr).await, Behavior::Echo)
+    }
+
+    /// A backend serving `listener` with `behavior`.
+    pub fn on(listener: TcpListener, behavior: Behavior) -> Backend {
         let addr = listener.local_addr().unwrap();
         let accepts = Arc::new(AtomicUsize::new(0));
         let records = Arc::new(Records::default());
@@ -101,38 +110,6 @@ impl Backend {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let (behavior, state) = (behavior.clone(), state.clone());
                 tokio::spawn(serve_backend_connection(stream, behavior, state));
-            }
-        });
-        Backend {
-            addr,
-            accepts,
-            records,
-            task,
-        }
-    }
-
-    /// An echo backend on `addr` exactly (a server coming back on its old port).
-    pub async fn echo_at(addr: SocketAddr) -> Backend {
-        let listener = within("binding the backend's old address", async {
-            loop {
-                match TcpListener::bind(addr).await {
-                    Ok(listener) => return listener,
-                    // The dropped listener may not have been closed yet.
-                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await
-                    }
-                    Err(e) => panic!("bind {addr}: {e}"),
-                }
-            }
-        })
-        .await;
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let records = Arc::new(Records::default());
-        let (counter, state) = (accepts.clone(), records.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_backend_connection(stream, Behavior::Echo, state.clone()));
             }
         });
         Backend {
@@ -183,6 +160,23 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A listener on `addr` again, once the socket that had it is gone (a
+/// dropped listener may not have been closed yet).
+pub async fn bind_again(addr: SocketAddr) -> TcpListener {
+    within("binding the old address again", async {
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        }
+    })
+    .await
 }
 
 /// Large enough for the 16 MiB message test, on both ends.

@@ -1,6 +1,6 @@
 //! Clients: TCP, TLS, WebSocket (tungstenite) and HTTP (hyper).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,18 +10,34 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{within, ws_config, TestCerts};
+use super::{within, ws_config, TestCerts, TIMEOUT};
 
 pub async fn tcp_connect(addr: SocketAddr) -> TcpStream {
     within("TCP connect", TcpStream::connect(addr))
         .await
         .expect("TCP connect")
+}
+
+/// A TCP connection (`TCP_NODELAY`) to `addr` from local address `source`,
+/// any port (all of 127.0.0.0/8 is loopback on Linux), within [`TIMEOUT`].
+pub async fn connect_from(source: impl Into<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let source: IpAddr = source.into();
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = tokio::time::timeout(TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A TLS connection to `addr` with SNI `sni`, verified against `config`'s roots.

@@ -16,11 +16,11 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{tcp_connect, within, SeenRequest};
+use super::{header_value, parse_response, read_until_closed, tcp_connect, within, SeenRequest};
 
 /// How long the proxy may take to close a connection it refused.
 pub const CLOSE_BOUND: Duration = Duration::from_secs(5);
@@ -44,10 +44,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
@@ -64,7 +61,7 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
         .await
         .expect("writing the request");
     let (raw, closed) = read_until_closed(&mut stream, CLOSE_BOUND).await;
-    parse_reply(raw, closed)
+    parse_reply(raw, closed.is_some())
 }
 
 /// [`send_raw`], written `piece` bytes per write, each flushed on its own
@@ -82,103 +79,28 @@ pub async fn send_in_pieces(addr: SocketAddr, bytes: &[u8], piece: usize) -> Rep
     })
     .await;
     let (raw, closed) = read_until_closed(&mut stream, CLOSE_BOUND).await;
-    parse_reply(raw, closed)
-}
-
-/// Reads until EOF or a reset (`true`), or until `bound` passes (`false`).
-pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, bound: Duration) -> (Vec<u8>, bool) {
-    let deadline = tokio::time::Instant::now() + bound;
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return (raw, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (raw, true),
-            Ok(Ok(n)) => {
-                raw.extend_from_slice(&chunk[..n]);
-                assert!(raw.len() <= 1 << 20, "the proxy sent more than 1 MiB");
-            }
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    parse_reply(raw, closed.is_some())
 }
 
 /// Whether `needle` occurs anywhere in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The first response in `raw` (and what follows it).
+/// The first response in `raw` (and what follows it); no status when `raw`
+/// does not start with a whole response.
 pub fn parse_reply(raw: Vec<u8>, closed: bool) -> Reply {
-    let mut reply = Reply {
-        status: None,
-        headers: Vec::new(),
-        body: Vec::new(),
-        rest: Vec::new(),
+    let (status, headers, body, rest) = match parse_response(&raw) {
+        Ok((response, rest)) => (Some(response.status), response.headers, response.body, rest),
+        Err(_) => (None, Vec::new(), Vec::new(), raw.clone()),
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        rest,
         closed,
         raw,
-    };
-    let Some(end) = find(&reply.raw, b"\r\n\r\n") else {
-        reply.rest = reply.raw.clone();
-        return reply;
-    };
-    let head = String::from_utf8_lossy(&reply.raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    if !status_line.starts_with("HTTP/1.") {
-        reply.rest = reply.raw.clone();
-        return reply;
-    }
-    reply.status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok());
-    reply.headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let after = &reply.raw[end + 4..];
-    let chunked = reply
-        .header("transfer-encoding")
-        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-    let length = reply.header("content-length").and_then(|l| l.parse::<usize>().ok());
-    let (body, rest) = match (reply.status, chunked, length) {
-        (Some(100..=199 | 204 | 304), _, _) => (Vec::new(), after.to_vec()),
-        (_, true, _) => dechunk(after),
-        (_, false, Some(n)) if n <= after.len() => (after[..n].to_vec(), after[n..].to_vec()),
-        (_, false, Some(_)) => (after.to_vec(), Vec::new()),
-        (_, false, None) => (after.to_vec(), Vec::new()),
-    };
-    reply.body = body;
-    reply.rest = rest;
-    reply
-}
-
-/// A chunked body and the bytes after it (everything, when it is cut short).
-fn dechunk(mut bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(bytes, b"\r\n") else {
-            return (body, Vec::new());
-        };
-        let size = std::str::from_utf8(&bytes[..eol])
-            .ok()
-            .and_then(|line| usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size else {
-            return (body, Vec::new());
-        };
-        bytes = &bytes[eol + 2..];
-        if size == 0 {
-            // No trailers from wsgate: the last chunk is followed by CRLF.
-            let rest = bytes.strip_prefix(b"\r\n").unwrap_or(bytes);
-            return (body, rest.to_vec());
-        }
-        if bytes.len() < size + 2 {
-            body.extend_from_slice(&bytes[..bytes.len().min(size)]);
-            return (body, Vec::new());
-        }
-        body.extend_from_slice(&bytes[..size]);
-        bytes = &bytes[size + 2..];
     }
 }
 

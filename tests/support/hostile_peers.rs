@@ -15,7 +15,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -242,20 +242,12 @@ impl WsgateChild {
 
     /// The child's resident memory, in bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("/proc/PID/status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kib * 1024
+        proc_status_kib(self.pid, "VmRSS").expect("VmRSS in /proc/PID/status") * 1024
     }
 
     /// How many descriptors the child holds open.
     pub fn open_fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .expect("/proc/PID/fd")
-            .count()
+        proc_fd_count(self.pid).expect("/proc/PID/fd")
     }
 
     /// The numbers of the descriptors the child holds open.
@@ -284,6 +276,21 @@ impl WsgateChild {
     }
 }
 
+/// A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`), in
+/// KiB; `None` once the process is gone.
+pub fn proc_status_kib(pid: libc::pid_t, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// How many descriptors process `pid` holds open; `None` once it is gone.
+pub fn proc_fd_count(pid: libc::pid_t) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// Whether `line` is at `level` and was logged in the span of the
 /// connection from `client` (the `conn` span the accept loop opens).
 pub fn logged_for(line: &Value, level: &str, client: SocketAddr) -> bool {
@@ -292,20 +299,6 @@ pub fn logged_for(line: &Value, level: &str, client: SocketAddr) -> bool {
         && line["spans"]
             .as_array()
             .is_some_and(|spans| spans.iter().any(|span| span["client"] == client.as_str()))
-}
-
-/// The value of the Prometheus sample `name{labels}` (labels exactly as
-/// written, e.g. `listener="plain"`) in a `/metrics` text; 0 when absent.
-pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    let series = if labels.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str())?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------- slow peers
@@ -382,24 +375,6 @@ impl Trickler {
             sent: self.sent.load(Ordering::SeqCst) as usize,
         }
     }
-}
-
-/// Reads until the peer ends the stream or resets it, at most `limit`;
-/// returns what was read and when it ended.
-pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> (Vec<u8>, Instant) {
-    super::within_for(limit, "the proxy closing the connection", async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            assert!(got.len() < 1 << 20, "more than 1 MiB from the proxy");
-        }
-        (got, Instant::now())
-    })
-    .await
 }
 
 // ---------------------------------------------------------------- TLS by hand

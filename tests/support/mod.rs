@@ -7,6 +7,7 @@
 mod backend;
 mod certs;
 mod client;
+mod metrics;
 mod raw;
 mod wire;
 
@@ -16,7 +17,7 @@ pub mod hostile_peers;
 
 // Each test file uses a different part of these.
 #[allow(unused_imports)]
-pub use {backend::*, certs::*, client::*, raw::*, wire::*};
+pub use {backend::*, certs::*, client::*, metrics::*, raw::*, wire::*};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -192,17 +193,45 @@ impl Drop for ProxyHandle {
     }
 }
 
-/// Polls `get` every 10 ms until it returns `want`, for at most [`TIMEOUT`]:
-/// for counters that settle after a connection ends, where there is no
-/// event to wait on.
+/// Polls `get` until it returns `want`, for at most [`TIMEOUT`]: for
+/// counters that settle after a connection ends, where there is no event
+/// to wait on.
 pub async fn wait_until<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut get: impl FnMut() -> T) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
+    poll(TIMEOUT, || {
         let now = get();
         if now == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{what}: {now:?} != {want:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "{what}: {now:?} != {want:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    })
+    .await
+}
+
+/// Polls `done` until it holds, for at most `limit`: for state with no
+/// event to wait on (open counts, health).
+pub async fn poll_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    poll(limit, || {
+        if done() {
+            Ok(())
+        } else {
+            Err(format!("not within {limit:?}: {what}"))
+        }
+    })
+    .await
+}
+
+/// Calls `check` until it is `Ok`, 1 ms apart at first and at most 16 ms
+/// later on; fails the test with its last `Err` once `limit` has passed.
+async fn poll(limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(16));
     }
 }

@@ -6,14 +6,14 @@
 //! refused. Every wait is bounded; everything stays on loopback.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
@@ -24,8 +24,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::hostile_peers::WsgateChild;
-pub use crate::support::hostile_peers::{metric, raise_nofile_limit};
-use crate::support::{within, within_for, RawConn, TIMEOUT};
+pub use crate::support::hostile_peers::{proc_fd_count, proc_status_kib, raise_nofile_limit};
+use crate::support::{bind_again, connect_from, valid_upgrade, within, within_for, RawConn, TIMEOUT};
 
 /// The response header naming the backend that answered a handshake
 /// (wsgate passes the backend's 101 headers through).
@@ -38,17 +38,6 @@ pub const BACKEND_HEADER: &str = "x-soak-backend";
 pub fn loopback(block: u8, n: usize) -> Ipv4Addr {
     assert!(n < 250 * 256, "too many addresses in block {block}: {n}");
     Ipv4Addr::new(127, block, (n / 250) as u8, (n % 250) as u8 + 1)
-}
-
-/// A TCP connection to `addr` from `source` (any port), within [`TIMEOUT`].
-pub async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
-    let stream = tokio::time::timeout(TIMEOUT, socket.connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 // ---------------------------------------------------------------- the binary
@@ -92,23 +81,17 @@ impl WsgateProcess {
 
     /// The child's resident memory (VmRSS), in bytes.
     pub fn rss(&self) -> u64 {
-        self.status_kib("VmRSS").expect("VmRSS") * 1024
+        self.child.rss()
     }
 
     /// A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`), in KiB.
     pub fn status_kib(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        proc_status_kib(self.pid(), field)
     }
 
     /// How many descriptors the child holds open.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .expect("/proc/PID/fd")
-            .count()
+        self.child.open_fd_count()
     }
 
     /// The kind of each open descriptor (`socket`, `anon_inode:[eventpoll]`,
@@ -166,34 +149,10 @@ impl WsgateProcess {
             .expect("Max open files")
     }
 
-    /// The admin listener's `/metrics` text.
-    pub async fn metrics(&self) -> String {
-        let stream = within("connect to the admin listener", TcpStream::connect(self.admin))
-            .await
-            .expect("connect to the admin listener");
-        let mut conn = RawConn::new(stream);
-        conn.send(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .await;
-        let response = conn.read_response().await;
-        assert_eq!(response.status, 200, "/metrics: {}", response.body_text());
-        response.body_text()
-    }
-
     /// SIGTERM, then the exit, which must be a success.
     pub async fn stop(self) {
         self.child.stop().await;
     }
-}
-
-/// The sum of every sample of `name`, whatever its labels.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 // ---------------------------------------------------------------- backends
@@ -286,19 +245,7 @@ impl EchoBackend {
 
     /// Listens on the same address again.
     pub async fn restart(&self) {
-        let listener = within("binding the backend's old address again", async {
-            loop {
-                match TcpListener::bind(self.addr).await {
-                    Ok(listener) => return listener,
-                    // The old socket may not be fully gone yet.
-                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
-                    Err(e) => panic!("bind {}: {e}", self.addr),
-                }
-            }
-        })
-        .await;
+        let listener = bind_again(self.addr).await;
         self.serve(listener);
     }
 
@@ -733,11 +680,8 @@ pub async fn handshake_status(proxy: SocketAddr, source: Ipv4Addr, origin: &str)
         .await
         .unwrap_or_else(|e| panic!("connect from {source}: {e}"));
     let mut conn = RawConn::new(stream);
-    let request = format!(
-        "GET /soak HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n",
-        proxy.port()
-    );
+    let host = format!("localhost:{}", proxy.port());
+    let request = valid_upgrade(&host, "/soak", &[("Origin", origin)]);
     conn.send(request.as_bytes()).await;
     let head = within_for(TIMEOUT, "a refused handshake's answer", conn.read_head()).await;
     Refusal {

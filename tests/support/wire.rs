@@ -148,8 +148,10 @@ pub async fn read_head_bytes<S: AsyncRead + Unpin>(s: &mut S) -> String {
     String::from_utf8(head).expect("UTF-8 head")
 }
 
+/// The value of header `name` in a raw HTTP head (its first line, the
+/// request or status line, is not a header).
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
+    head.lines().skip(1).find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
