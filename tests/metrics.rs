@@ -6,14 +6,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
+use support::hostile_peers::WsgateChild;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------- exposition
@@ -438,53 +438,18 @@ async fn an_admin_address_in_use_fails_the_bind() {
 
 // ---------------------------------------------------------------- JSON logs
 
-/// Reads the child's stderr lines until one parses as JSON and satisfies `want`.
-async fn json_line<R: tokio::io::AsyncBufRead + Unpin>(
-    lines: &mut tokio::io::Lines<R>,
-    what: &str,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    within(what, async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .expect("reading stderr")
-                .unwrap_or_else(|| panic!("stderr ended before {what}"));
-            let value: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-            if want(&value) {
-                return value;
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn the_binary_logs_json_lines() {
     let echo = Backend::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wsgate.toml");
     let toml = format!(
-        "[global]\nlog_format = \"json\"\nlog_filter = \"info\"\n\n\
+        "[global]\nlog_format = \"json\"\n\n\
          [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n{}",
         route_and_upstream(echo.addr, "")
     );
-    std::fs::write(&path, toml).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .arg("--config")
-        .arg(&path)
-        .env_remove("WSGATE_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start wsgate");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let wsgate = WsgateChild::start(&toml, &["plain"], "info", None).await;
+    let line = |what: &'static str, message: &'static str| wsgate.wait_for_log(what, move |v| v["message"] == message);
 
-    let listening = json_line(&mut lines, "the listening line", |v| v["message"] == "listening").await;
+    let listening = line("the listening line", "listening").await;
     assert_eq!(listening["level"], "INFO");
     assert_eq!(listening["listener"], "plain");
     let addr: SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
@@ -493,7 +458,7 @@ async fn the_binary_logs_json_lines() {
     let host = format!("localhost:{}", addr.port());
     let answer = raw_exchange(addr, &format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n")).await;
     assert_eq!(answer.body_text(), "backend GET /x");
-    let request = json_line(&mut lines, "the request line", |v| v["message"] == "request").await;
+    let request = line("the request line", "request").await;
     assert_eq!(request["status"], 200);
     assert_eq!(request["bytes"], "backend GET /x".len());
     assert_eq!(request["span"]["route"], "all");
@@ -501,15 +466,12 @@ async fn the_binary_logs_json_lines() {
     // A tunnel: its open and closing lines carry the connection's fields
     // themselves (no span lives as long as the tunnel at info).
     let (mut ws, _) = ws_connect(addr, "/", &[]).await;
-    let open = json_line(&mut lines, "the tunnel open line", |v| v["message"] == "tunnel open").await;
+    let open = line("the tunnel open line", "tunnel open").await;
     assert_eq!(open["route"], "all", "{open}");
     assert_echo(&mut ws, Message::text("over json")).await;
     send(&mut ws, close_message(1000, "done")).await;
     drain(ws).await;
-    let closed = json_line(&mut lines, "the tunnel closed line", |v| {
-        v["message"] == "tunnel closed"
-    })
-    .await;
+    let closed = line("the tunnel closed line", "tunnel closed").await;
     assert!(closed.get("span").is_none(), "no tunnel span at info: {closed}");
     assert_eq!(closed["listener"], "plain");
     assert_eq!(closed["route"], "all");
@@ -522,8 +484,14 @@ async fn the_binary_logs_json_lines() {
     assert!(closed["from_backend"].as_u64().unwrap() > 0, "{closed}");
     assert_eq!(closed["ended_by"], "peers");
 
-    child.start_kill().unwrap();
-    let _ = within("wsgate exiting", child.wait()).await;
+    let log = wsgate.log();
+    wsgate.stop().await;
+    for line in log.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -8,60 +8,37 @@ mod support;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::{assert_echo, close, route_and_upstream, upgrade_status, within, ws_connect, Backend, TIMEOUT};
 use tokio::net::UnixDatagram;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::hostile_peers::PROTOCOL_VARIABLES;
+use support::hostile_peers::{WsgateChild, WsgateLaunch};
 
-/// A scratch directory with the config, the notify socket and the child's log.
-struct Scratch {
-    dir: tempfile::TempDir,
+/// A config with listener `plain` at `listen` and an upstream at `backend`.
+fn config(listen: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"{listen}\"\n\n{}",
+        route_and_upstream(backend, "")
+    )
 }
 
-impl Scratch {
-    fn new() -> Scratch {
-        Scratch {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes a config with listener `plain` at `listen` and an upstream at `backend`.
-    fn config(&self, listen: SocketAddr, backend: SocketAddr) -> PathBuf {
-        let toml = format!(
-            "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"{listen}\"\n\n{}",
-            route_and_upstream(backend, "")
-        );
-        let path = self.path("wsgate.toml");
-        std::fs::write(&path, toml).expect("write config");
-        path
-    }
-
-    /// A datagram socket standing in for systemd's notification socket.
-    fn notify_socket(&self) -> Notifications {
-        let path = self.path("notify.sock");
-        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
-        Notifications { socket, path }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("wsgate.log")).unwrap_or_default()
-    }
+/// `wsgate` on `toml` (see [`WsgateLaunch::new`] for `shell_prefix`), not
+/// yet started, with a datagram socket standing in for systemd's
+/// notification socket in `NOTIFY_SOCKET`.
+fn launch(toml: &str, shell_prefix: Option<&str>) -> (WsgateLaunch, Notifications) {
+    let mut launch = WsgateLaunch::new(toml, "info", shell_prefix);
+    let path = launch.path("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    launch.command().env("NOTIFY_SOCKET", &path);
+    (launch, Notifications { socket })
 }
 
 /// What wsgate sent on `NOTIFY_SOCKET`, one datagram at a time.
 struct Notifications {
     socket: UnixDatagram,
-    path: PathBuf,
 }
 
 impl Notifications {
@@ -94,50 +71,13 @@ impl Notifications {
     }
 }
 
-/// The running `wsgate`; killed when dropped (a test that failed midway).
-struct Wsgate {
-    child: Child,
-}
-
-impl Wsgate {
-    fn pid(&self) -> libc::pid_t {
-        self.child.id().expect("child still running") as libc::pid_t
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) with a pid we own and have not reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
-    }
-
-    /// Waits for the child to exit; its status must be success.
-    async fn exits_successfully(mut self, scratch: &Scratch) {
-        let status = within_or_log(
-            Duration::from_secs(15),
-            "wsgate exiting after SIGTERM",
-            scratch,
-            self.child.wait(),
-        )
-        .await
-        .expect("wait");
-        assert!(
-            status.success(),
-            "wsgate exited with {status}\n--- log:\n{}",
-            scratch.log()
-        );
-    }
-}
-
-async fn within_or_log<F: std::future::Future>(limit: Duration, what: &str, scratch: &Scratch, fut: F) -> F::Output {
+async fn within_or_log<F: std::future::Future>(limit: Duration, what: &str, wsgate: &WsgateChild, fut: F) -> F::Output {
     match tokio::time::timeout(limit, fut).await {
         Ok(out) => out,
-        Err(_) => panic!("timed out after {limit:?}: {what}\n--- wsgate log:\n{}", scratch.log()),
+        Err(_) => panic!("timed out after {limit:?}: {what}\n--- wsgate log:\n{}", wsgate.log()),
     }
 }
 
-/// A command running `wsgate --config <config>`, through `sh -c '<prefix> exec
-/// "$0" "$@"'` when `prefix` is given: variables holding the child's own pid
-/// (`$$`, kept by `exec`) can only be set that way. Logs go to a file in
-/// `scratch`; nothing of the protocols is inherited.
 /// The proxy runs with glibc's per-thread malloc caches off (they keep a
 /// burst's freed chunks, and the pages around them, resident; see
 /// `src/lifecycle/memory.rs`): it restarts its own image with the tunable
@@ -164,18 +104,14 @@ async fn the_proxy_runs_without_malloc_thread_caches_under_its_own_pid() {
         (None, "glibc.malloc.tcache_count=0"),
         (Some("glibc.malloc.tcache_count=3"), "glibc.malloc.tcache_count=3"),
     ] {
-        let scratch = Scratch::new();
         let listen = free_addr();
-        let config = scratch.config(listen, backend.addr);
-        let notifications = scratch.notify_socket();
-        let mut command = wsgate(&scratch, &config, None);
-        command.env("NOTIFY_SOCKET", &notifications.path);
+        let (mut launch, notifications) = launch(&config(listen, backend.addr), None);
         match given {
-            Some(value) => command.env("GLIBC_TUNABLES", value),
-            None => command.env_remove("GLIBC_TUNABLES"),
+            Some(value) => launch.command().env("GLIBC_TUNABLES", value),
+            None => launch.command().env_remove("GLIBC_TUNABLES"),
         };
-        let wsgate = spawn(command);
-        let lines = notifications.expect("READY=1", || scratch.log()).await;
+        let wsgate = launch.spawn();
+        let lines = notifications.expect("READY=1", || wsgate.log()).await;
         assert!(
             lines.iter().any(|l| l == &format!("MAINPID={}", wsgate.pid()))
                 || !lines.iter().any(|l| l.starts_with("MAINPID=")),
@@ -184,40 +120,7 @@ async fn the_proxy_runs_without_malloc_thread_caches_under_its_own_pid() {
         assert_eq!(environ(wsgate.pid()), [expected], "given {given:?}");
         echo_through(listen).await;
         wsgate.signal(libc::SIGTERM);
-        wsgate.exits_successfully(&scratch).await;
-    }
-}
-
-fn wsgate(scratch: &Scratch, config: &Path, prefix: Option<&str>) -> Command {
-    let binary = env!("CARGO_BIN_EXE_wsgate");
-    let mut command = match prefix {
-        Some(prefix) => {
-            let mut command = Command::new("sh");
-            command
-                .arg("-c")
-                .arg(format!("{prefix} exec \"$0\" \"$@\""))
-                .arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    };
-    command.arg("--config").arg(config);
-    for variable in PROTOCOL_VARIABLES {
-        command.env_remove(variable);
-    }
-    let log = std::fs::File::create(scratch.path("wsgate.log")).expect("log file");
-    command
-        .env("WSGATE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true);
-    command
-}
-
-fn spawn(mut command: Command) -> Wsgate {
-    Wsgate {
-        child: command.spawn().expect("start wsgate"),
+        wsgate.exits_successfully().await;
     }
 }
 
@@ -268,21 +171,17 @@ async fn echo_through(addr: SocketAddr) {
 
 #[tokio::test]
 async fn ready_once_bound_and_stopping_on_sigterm() {
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
     let listen = free_addr();
-    let config = scratch.config(listen, backend.addr);
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(&scratch, &config, None);
-    command.env("NOTIFY_SOCKET", &notifications.path);
-    let wsgate = spawn(command);
+    let (launch, notifications) = launch(&config(listen, backend.addr), None);
+    let wsgate = launch.spawn();
 
-    notifications.expect("READY=1", || scratch.log()).await;
+    notifications.expect("READY=1", || wsgate.log()).await;
     // Ready means bound: the listener takes a connection and serves it.
     let response = within_or_log(
         TIMEOUT,
         "a request right after READY=1",
-        &scratch,
+        &wsgate,
         support::raw_exchange(
             listen,
             "GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -293,27 +192,23 @@ async fn ready_once_bound_and_stopping_on_sigterm() {
     assert_eq!(response.body_text(), "backend GET /ready");
 
     wsgate.signal(libc::SIGTERM);
-    let before = notifications.expect("STOPPING=1", || scratch.log()).await;
+    let before = notifications.expect("STOPPING=1", || wsgate.log()).await;
     assert!(
         !before.iter().any(|l| l.starts_with("WATCHDOG")),
         "no watchdog was asked for: {before:?}"
     );
-    wsgate.exits_successfully(&scratch).await;
+    wsgate.exits_successfully().await;
 }
 
 #[tokio::test]
 async fn watchdog_is_fed_every_half_interval() {
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
-    let config = scratch.config("127.0.0.1:0".parse().unwrap(), backend.addr);
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(&scratch, &config, Some("WATCHDOG_PID=$$"));
-    command
-        .env("NOTIFY_SOCKET", &notifications.path)
-        .env("WATCHDOG_USEC", "200000");
-    let wsgate = spawn(command);
+    let toml = config("127.0.0.1:0".parse().unwrap(), backend.addr);
+    let (mut launch, notifications) = launch(&toml, Some("WATCHDOG_PID=$$"));
+    launch.command().env("WATCHDOG_USEC", "200000");
+    let wsgate = launch.spawn();
 
-    notifications.expect("READY=1", || scratch.log()).await;
+    notifications.expect("READY=1", || wsgate.log()).await;
     let started = std::time::Instant::now();
     let mut pings = 0;
     while pings < 2 {
@@ -328,89 +223,73 @@ async fn watchdog_is_fed_every_half_interval() {
     );
 
     wsgate.signal(libc::SIGTERM);
-    notifications.expect("STOPPING=1", || scratch.log()).await;
-    wsgate.exits_successfully(&scratch).await;
+    notifications.expect("STOPPING=1", || wsgate.log()).await;
+    wsgate.exits_successfully().await;
 }
 
 #[tokio::test]
 async fn watchdog_for_another_process_is_left_alone() {
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
-    let config = scratch.config("127.0.0.1:0".parse().unwrap(), backend.addr);
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(&scratch, &config, None);
+    let toml = config("127.0.0.1:0".parse().unwrap(), backend.addr);
+    let (mut launch, notifications) = launch(&toml, None);
     // pid 1 is never the child.
-    command
-        .env("NOTIFY_SOCKET", &notifications.path)
-        .env("WATCHDOG_USEC", "100000")
-        .env("WATCHDOG_PID", "1");
-    let wsgate = spawn(command);
+    launch.command().env("WATCHDOG_USEC", "100000").env("WATCHDOG_PID", "1");
+    let wsgate = launch.spawn();
 
-    notifications.expect("READY=1", || scratch.log()).await;
+    notifications.expect("READY=1", || wsgate.log()).await;
     // Five would-be intervals pass; then SIGTERM, and nothing but STOPPING=1 arrives.
     tokio::time::sleep(Duration::from_millis(500)).await;
     wsgate.signal(libc::SIGTERM);
-    let before = notifications.expect("STOPPING=1", || scratch.log()).await;
+    let before = notifications.expect("STOPPING=1", || wsgate.log()).await;
     assert!(before.is_empty(), "unexpected notifications: {before:?}");
-    wsgate.exits_successfully(&scratch).await;
+    wsgate.exits_successfully().await;
 }
 
 #[tokio::test]
 async fn a_passed_socket_named_after_the_listener_is_used_whatever_its_address() {
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
     let passed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the passed socket");
     let addr = passed.local_addr().unwrap();
     // Bound instead, this address would fail or serve nothing the test reaches.
-    let config = scratch.config("127.0.0.1:1".parse().unwrap(), backend.addr);
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(
-        &scratch,
-        &config,
-        Some("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=plain"),
-    );
-    command.env("NOTIFY_SOCKET", &notifications.path);
-    pass_as_fd3(&mut command, &passed);
-    let wsgate = spawn(command);
+    let toml = config("127.0.0.1:1".parse().unwrap(), backend.addr);
+    let (mut launch, notifications) = launch(&toml, Some("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=plain"));
+    pass_as_fd3(launch.command(), &passed);
+    let wsgate = launch.spawn();
     // Only wsgate holds the socket now: if it did not use it, connecting fails.
     drop(passed);
 
-    notifications.expect("READY=1", || scratch.log()).await;
+    notifications.expect("READY=1", || wsgate.log()).await;
     let flags = fd_flags(wsgate.pid(), 3);
     assert_ne!(
         flags & libc::O_CLOEXEC as u32,
         0,
         "fd 3 must be close-on-exec: {flags:o}"
     );
-    within_or_log(TIMEOUT, "echo through the passed socket", &scratch, echo_through(addr)).await;
-    assert!(scratch.log().contains("using the socket passed by the service manager"));
+    within_or_log(TIMEOUT, "echo through the passed socket", &wsgate, echo_through(addr)).await;
+    assert!(wsgate.log().contains("using the socket passed by the service manager"));
 
     wsgate.signal(libc::SIGTERM);
-    notifications.expect("STOPPING=1", || scratch.log()).await;
-    wsgate.exits_successfully(&scratch).await;
+    notifications.expect("STOPPING=1", || wsgate.log()).await;
+    wsgate.exits_successfully().await;
 }
 
 #[tokio::test]
 async fn an_unnamed_passed_socket_is_used_by_the_listener_at_its_address() {
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
     let passed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the passed socket");
     let addr = passed.local_addr().unwrap();
     // Binding this address again would fail: it is in use by the passed socket.
-    let config = scratch.config(addr, backend.addr);
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(&scratch, &config, Some("LISTEN_PID=$$ LISTEN_FDS=1"));
-    command.env("NOTIFY_SOCKET", &notifications.path);
-    pass_as_fd3(&mut command, &passed);
-    let wsgate = spawn(command);
+    let (mut launch, notifications) = launch(&config(addr, backend.addr), Some("LISTEN_PID=$$ LISTEN_FDS=1"));
+    pass_as_fd3(launch.command(), &passed);
+    let wsgate = launch.spawn();
     drop(passed);
 
-    notifications.expect("READY=1", || scratch.log()).await;
-    within_or_log(TIMEOUT, "echo through the passed socket", &scratch, echo_through(addr)).await;
+    notifications.expect("READY=1", || wsgate.log()).await;
+    within_or_log(TIMEOUT, "echo through the passed socket", &wsgate, echo_through(addr)).await;
 
     wsgate.signal(libc::SIGTERM);
-    notifications.expect("STOPPING=1", || scratch.log()).await;
-    wsgate.exits_successfully(&scratch).await;
+    notifications.expect("STOPPING=1", || wsgate.log()).await;
+    wsgate.exits_successfully().await;
 }
 
 /// A config whose one route admits the WebSocket origins `origins`.
@@ -424,7 +303,7 @@ fn origin_config(listen: SocketAddr, backend: SocketAddr, origins: &str) -> Stri
 
 /// Sends SIGHUP and waits for RELOADING=1 (with MONOTONIC_USEC in the same
 /// message, as systemd requires) and then READY=1.
-async fn hangup(wsgate: &Wsgate, notifications: &Notifications, scratch: &Scratch) {
+async fn hangup(wsgate: &WsgateChild, notifications: &Notifications) {
     wsgate.signal(libc::SIGHUP);
     let mut reloading = Vec::new();
     for _ in 0..10 {
@@ -440,42 +319,38 @@ async fn hangup(wsgate: &Wsgate, notifications: &Notifications, scratch: &Scratc
             .is_some_and(|v| v.parse::<u64>().is_ok_and(|v| v > 0))),
         "RELOADING=1 without MONOTONIC_USEC: {reloading:?}"
     );
-    notifications.expect("READY=1", || scratch.log()).await;
+    notifications.expect("READY=1", || wsgate.log()).await;
 }
 
 #[tokio::test]
 async fn sighup_reloads_between_reloading_and_ready_and_a_broken_file_changes_nothing() {
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
     let listen = free_addr();
-    let config = scratch.path("wsgate.toml");
-    std::fs::write(&config, origin_config(listen, backend.addr, "\"https://a.example\"")).unwrap();
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(&scratch, &config, None);
-    command.env("NOTIFY_SOCKET", &notifications.path);
-    let wsgate = spawn(command);
-    notifications.expect("READY=1", || scratch.log()).await;
+    let (launch, notifications) = launch(&origin_config(listen, backend.addr, "\"https://a.example\""), None);
+    let wsgate = launch.spawn();
+    let config = wsgate.config_path();
+    notifications.expect("READY=1", || wsgate.log()).await;
     assert_eq!(upgrade_status(listen, "https://b.example").await, 403);
 
     // The new origin, and a log filter, which only a restart can change.
     let v2 = origin_config(listen, backend.addr, "\"https://a.example\", \"https://b.example\"")
         .replace("[global]\n", "[global]\nlog_filter = \"debug\"\n");
     std::fs::write(&config, v2).unwrap();
-    hangup(&wsgate, &notifications, &scratch).await;
+    hangup(&wsgate, &notifications).await;
     assert_eq!(
         upgrade_status(listen, "https://b.example").await,
         101,
         "the reload took effect"
     );
-    let log = scratch.log();
+    let log = wsgate.log();
     assert!(
         log.contains("global.log_filter") && log.contains("restart wsgate to apply it"),
         "a setting a reload cannot apply is named\n--- log:\n{log}"
     );
 
     std::fs::write(&config, "[global]\nshutdown_timeout = 3\n").unwrap();
-    hangup(&wsgate, &notifications, &scratch).await;
-    let log = scratch.log();
+    hangup(&wsgate, &notifications).await;
+    let log = wsgate.log();
     assert!(log.contains("reload failed"), "--- log:\n{log}");
     assert!(
         log.contains("wsgate.toml:2:") && log.contains("shutdown_timeout"),
@@ -488,24 +363,19 @@ async fn sighup_reloads_between_reloading_and_ready_and_a_broken_file_changes_no
     );
 
     wsgate.signal(libc::SIGTERM);
-    wsgate.exits_successfully(&scratch).await;
+    wsgate.exits_successfully().await;
 }
 
 #[tokio::test]
 async fn sigterm_tells_every_inspected_client_1001_before_its_connection_ends_and_exits_in_time() {
     use futures_util::StreamExt;
-    let scratch = Scratch::new();
     let backend = Backend::echo().await;
     let listen = free_addr();
-    let config = scratch.path("wsgate.toml");
     let toml = origin_config(listen, backend.addr, "\"https://a.example\"")
         .replace("allowed_origins", "inspect = { enabled = true }\nallowed_origins");
-    std::fs::write(&config, toml).unwrap();
-    let notifications = scratch.notify_socket();
-    let mut command = wsgate(&scratch, &config, None);
-    command.env("NOTIFY_SOCKET", &notifications.path);
-    let wsgate = spawn(command);
-    notifications.expect("READY=1", || scratch.log()).await;
+    let (launch, notifications) = launch(&toml, None);
+    let wsgate = launch.spawn();
+    notifications.expect("READY=1", || wsgate.log()).await;
 
     let mut clients = Vec::new();
     for i in 0..20 {
@@ -525,7 +395,7 @@ async fn sigterm_tells_every_inspected_client_1001_before_its_connection_ends_an
         let frame = close.unwrap_or_else(|| panic!("client {i}: the connection ended without a close frame"));
         assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1001, "going away"));
     }
-    wsgate.exits_successfully(&scratch).await;
+    wsgate.exits_successfully().await;
     // shutdown_timeout is 2s; exit comes well before it once every tunnel closed.
     assert!(
         signalled.elapsed() < Duration::from_secs(3),

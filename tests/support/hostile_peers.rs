@@ -69,22 +69,39 @@ pub struct WsgateChild {
     admin: Option<SocketAddr>,
 }
 
-impl WsgateChild {
-    /// Starts `wsgate --config` on `toml` (which must set `log_format =
-    /// "json"`) with `WSGATE_LOG=log_filter`, and waits until every listener
-    /// in `listeners` (and the admin listener, when configured) has logged
-    /// its address. With `nofile`, the child's `RLIMIT_NOFILE` (soft and
-    /// hard) is set to it before the exec.
-    pub async fn start(toml: &str, listeners: &[&str], log_filter: &str, nofile: Option<u64>) -> WsgateChild {
-        assert!(
-            toml.contains("log_format = \"json\""),
-            "the child must log JSON:\n{toml}"
-        );
+/// A `wsgate --config` command not yet started, with its scratch directory
+/// (the config, the log, whatever else a test puts there). Tests that need
+/// more than [`WsgateChild::start`] (variables of the service manager,
+/// passed sockets, a shell around the exec) change the command first.
+pub struct WsgateLaunch {
+    command: Command,
+    dir: tempfile::TempDir,
+}
+
+impl WsgateLaunch {
+    /// Writes `toml` to a scratch directory and prepares `wsgate --config`
+    /// on it, logging at `WSGATE_LOG=log_filter` to a file there, with none
+    /// of the service manager's variables inherited. With `shell_prefix`,
+    /// the binary is exec'd by `sh -c '<prefix> exec "$0" "$@"'`: variables
+    /// holding the child's own pid (`$$`, kept by `exec`) can only be set
+    /// that way.
+    pub fn new(toml: &str, log_filter: &str, shell_prefix: Option<&str>) -> WsgateLaunch {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("wsgate.toml");
         std::fs::write(&config, toml).expect("write config");
         let log = std::fs::File::create(dir.path().join("wsgate.log")).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        let binary = env!("CARGO_BIN_EXE_wsgate");
+        let mut command = match shell_prefix {
+            Some(prefix) => {
+                let mut command = Command::new("sh");
+                command
+                    .arg("-c")
+                    .arg(format!("{prefix} exec \"$0\" \"$@\""))
+                    .arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("--config")
             .arg(&config)
@@ -96,35 +113,78 @@ impl WsgateChild {
         for variable in PROTOCOL_VARIABLES {
             command.env_remove(variable);
         }
-        if let Some(nofile) = nofile {
-            // SAFETY: between fork and exec only setrlimit(2) is called,
-            // which is async-signal-safe, on a value copied into the closure.
-            unsafe {
-                command.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: nofile as libc::rlim_t,
-                        rlim_max: nofile as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        WsgateLaunch { command, dir }
+    }
+
+    /// A file in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The command, to add variables or descriptors before it starts.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.command
+    }
+
+    /// Sets the child's `RLIMIT_NOFILE` (soft and hard) to `nofile` before the exec.
+    pub fn limit_files(&mut self, nofile: u64) {
+        // SAFETY: between fork and exec only setrlimit(2) is called,
+        // which is async-signal-safe, on a value copied into the closure.
+        unsafe {
+            self.command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: nofile as libc::rlim_t,
+                    rlim_max: nofile as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        let child = command.spawn().expect("start wsgate");
+    }
+
+    /// Starts the child, without waiting for anything.
+    pub fn spawn(mut self) -> WsgateChild {
+        let child = self.command.spawn().expect("start wsgate");
         let pid = child.id().expect("a running child") as libc::pid_t;
-        let mut wsgate = WsgateChild {
+        WsgateChild {
             child,
             pid,
-            dir,
+            dir: self.dir,
             addrs: Vec::new(),
             admin: None,
-        };
-        let with_admin = toml.contains("[admin]");
+        }
+    }
+}
+
+impl WsgateChild {
+    /// Starts `wsgate --config` on `toml` (which must set `log_format =
+    /// "json"`) with `WSGATE_LOG=log_filter`, and waits until every listener
+    /// in `listeners` (and the admin listener, when configured) has logged
+    /// its address. With `nofile`, the child's `RLIMIT_NOFILE` (soft and
+    /// hard) is set to it before the exec.
+    pub async fn start(toml: &str, listeners: &[&str], log_filter: &str, nofile: Option<u64>) -> WsgateChild {
+        assert!(
+            toml.contains("log_format = \"json\""),
+            "the child must log JSON:\n{toml}"
+        );
+        let mut launch = WsgateLaunch::new(toml, log_filter, None);
+        if let Some(nofile) = nofile {
+            launch.limit_files(nofile);
+        }
+        let mut wsgate = launch.spawn();
+        wsgate.wait_listening(listeners, toml.contains("[admin]")).await;
+        wsgate
+    }
+
+    /// Waits until every listener in `listeners` (and the admin listener,
+    /// `with_admin`) has logged its address in a JSON line; panics with the
+    /// log if the child exits first or [`TIMEOUT`] passes.
+    pub async fn wait_listening(&mut self, listeners: &[&str], with_admin: bool) {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let lines = wsgate.log_lines();
+            let lines = self.log_lines();
             let addrs: Vec<(String, SocketAddr)> = lines
                 .iter()
                 .filter(|l| l["message"] == "listening")
@@ -136,20 +196,17 @@ impl WsgateChild {
                 .and_then(|l| l["address"].as_str()?.parse().ok());
             let all = listeners.iter().all(|name| addrs.iter().any(|(n, _)| n == name));
             if all && (admin.is_some() || !with_admin) {
-                wsgate.addrs = addrs;
-                wsgate.admin = admin;
-                return wsgate;
+                self.addrs = addrs;
+                self.admin = admin;
+                return;
             }
-            if let Ok(Some(status)) = wsgate.child.try_wait() {
-                panic!(
-                    "wsgate exited with {status} before listening\n--- log:\n{}",
-                    wsgate.log()
-                );
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wsgate exited with {status} before listening\n--- log:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "wsgate not listening within {TIMEOUT:?}\n--- log:\n{}",
-                wsgate.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -259,8 +316,13 @@ impl WsgateChild {
     }
 
     /// SIGTERM, then the exit, which must be a success.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         self.signal(libc::SIGTERM);
+        self.exits_successfully().await;
+    }
+
+    /// Waits (at most 20 s) for the child to exit, which must be a success.
+    pub async fn exits_successfully(mut self) {
         let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
             Ok(status) => status.expect("wait"),
             Err(_) => panic!(
