@@ -210,3 +210,58 @@ async fn close_frame_within(ws: &mut Client, limit: Duration) -> (Instant, Optio
     })
     .await
 }
+
+/// The other way round: the client is in the namespace and vanishes. The
+/// listener's keepalive finds it, and its backend, on loopback, is told
+/// with 1001 "client unreachable" instead of holding the tunnel for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_is_found_by_the_listener_keepalive() {
+    let net = DeadHostNet::create();
+    let backend = Backend::echo().await;
+    let toml = format!(
+        "[global]\nlog_format = \"json\"\nshutdown_timeout = \"1s\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"veth\"\nlisten = \"{host}:0\"\n{TCP_KEYS}\n\
+         [[route]]\nname = \"inspected\"\nupstream = \"near\"\n[route.inspect]\n\n\
+         [[upstream]]\nname = \"near\"\nservers = [{{ address = \"{near}\" }}]\n",
+        host = net.host_ip,
+        near = backend.addr,
+    );
+    let wsgate = WsgateChild::start(&toml, &["veth"], "info", None).await;
+    let addr = wsgate.addr("veth");
+    let stream = net.connect_from_far(addr);
+    let (mut client, _) = ws_handshake(stream, &format!("ws://{addr}/chat"), &[]).await;
+    within("send", client.send(Message::text("hello"))).await.unwrap();
+    assert_eq!(next_message(&mut client).await, Message::text("hello"));
+
+    net.blackhole();
+    let vanished = Instant::now();
+    let (code, reason) = within_for(
+        USER_TIMEOUT + SLACK,
+        "the backend told of its vanished client",
+        backend.wait_close(),
+    )
+    .await;
+    eprintln!("the backend learnt after {:?}", vanished.elapsed());
+    assert_eq!((code, reason.as_str()), (1001, "client unreachable"));
+    wsgate
+        .wait_for_log("tunnel closed, client_unreachable", |line| {
+            line["message"] == "tunnel closed" && line["ended_by"] == "client_unreachable"
+        })
+        .await;
+    scrape_until(
+        wsgate.admin_addr(),
+        Duration::from_secs(2),
+        "the unreachable client counted",
+        |m| {
+            m.value_or_zero(
+                "wsgate_tunnel_unreachable_total",
+                &[("route", "inspected"), ("side", "client")],
+            ) == 1.0
+        },
+        || wsgate.log_tail(20),
+    )
+    .await;
+    drop(client);
+    wsgate.stop().await;
+}

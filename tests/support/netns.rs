@@ -5,13 +5,14 @@
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables); without them the test
 //! fails saying so rather than skipping (CI installs both). Everything is
-//! named after the test process's id and removed when [`DeadHostNet`] is
-//! dropped, on a panic too.
+//! named after the test process's id (and a count, for tests running side
+//! by side) and removed when [`DeadHostNet`] is dropped, on a panic too.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -52,17 +53,22 @@ impl DeadHostNet {
                 "tests/dead_host.rs needs `{tool}` (Debian package {package}): apt-get install {package}"
             );
         }
+        static MADE: AtomicU32 = AtomicU32::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 4, "at most four per test process");
         let pid = std::process::id();
-        let subnet = (pid % 250) as u8;
+        // A /30 of its own: distinct within the process, and most likely
+        // from other processes' too.
+        let subnet = ((pid % 62) * 4 + n) as u8;
         // Built first, so that a step failing below still cleans up the others.
         let net = DeadHostNet {
-            namespace: format!("wsgate-test-{pid}"),
-            host_link: format!("wsg{pid}h"),
-            table: format!("wsgate_test_{pid}"),
+            namespace: format!("wsgate-test-{pid}-{n}"),
+            host_link: format!("wsg{pid}{n}h"),
+            table: format!("wsgate_test_{pid}_{n}"),
             host_ip: Ipv4Addr::new(10, 213, subnet, 1),
             far_ip: Ipv4Addr::new(10, 213, subnet, 2),
         };
-        let (ns, host, far) = (&net.namespace, &net.host_link, format!("wsg{pid}n"));
+        let (ns, host, far) = (&net.namespace, &net.host_link, format!("wsg{pid}{n}n"));
         run(&["ip", "netns", "add", ns]);
         run(&["ip", "link", "add", host, "type", "veth", "peer", "name", &far]);
         run(&["ip", "link", "set", &far, "netns", ns]);
@@ -117,18 +123,35 @@ impl DeadHostNet {
             .unwrap_or_else(|| panic!("unreadable counter in:\n{listing}"))
     }
 
+    /// A TCP connection to `addr` made from inside the namespace (a socket
+    /// belongs to the namespace it was made in, wherever it is used then).
+    pub fn connect_from_far(&self, addr: SocketAddr) -> tokio::net::TcpStream {
+        let netns = self.open();
+        let stream = std::thread::spawn(move || {
+            join(&netns);
+            std::net::TcpStream::connect_timeout(&addr, super::TIMEOUT)
+        })
+        .join()
+        .expect("the connecting thread")
+        .unwrap_or_else(|e| panic!("connect to {addr} from the namespace: {e}"));
+        stream.set_nonblocking(true).expect("non-blocking");
+        stream.set_nodelay(true).expect("nodelay");
+        tokio::net::TcpStream::from_std(stream).expect("a tokio stream")
+    }
+
+    fn open(&self) -> std::fs::File {
+        std::fs::File::open(format!("/var/run/netns/{}", self.namespace)).expect("open the namespace")
+    }
+
     /// An echo backend ([`Backend`]) listening inside the namespace, on a
     /// thread of its own that joined the namespace before binding.
     pub fn echo_backend(&self) -> FarBackend {
-        let netns = std::fs::File::open(format!("/var/run/netns/{}", self.namespace)).expect("open the namespace");
+        let netns = self.open();
         let ip = self.far_ip;
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            // SAFETY: setns(2) on a descriptor of a network namespace moves
-            // only this thread; it owns nothing yet that belongs elsewhere.
-            let joined = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+            join(&netns);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -179,6 +202,14 @@ impl Drop for FarBackend {
             let _ = thread.join();
         }
     }
+}
+
+/// Moves the calling thread into the network namespace `netns`.
+fn join(netns: &std::fs::File) {
+    // SAFETY: setns(2) on a descriptor of a network namespace moves only
+    // the calling thread, a thread of the test's own made for this.
+    let joined = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// Runs a command, failing the test with its output if it fails; returns
