@@ -351,3 +351,96 @@ fn listener_unknown_sni_is_default_or_refuse() {
         "{shown}"
     );
 }
+
+#[test]
+fn tcp_keepalive_and_user_timeout_keys_are_checked() {
+    use std::time::Duration;
+    use wsgate::config::{KeepaliveProbes, TcpLiveness};
+
+    // Defaults: on, on both sides; "off" turns each off; values as written.
+    let config = Config::from_toml(BASE, Path::new(FILE)).expect("BASE is valid");
+    assert_eq!(config.listeners[0].tcp, TcpLiveness::default());
+    assert_eq!(config.upstreams[0].tcp, TcpLiveness::default());
+    let upstream = |extra: &str| replace(BASE, "connect_timeout", &format!("{extra}\nconnect_timeout"));
+    let listener = |extra: &str| {
+        replace(
+            BASE,
+            "listen = \"127.0.0.1:0\"\n",
+            &format!("listen = \"127.0.0.1:0\"\n{extra}\n"),
+        )
+    };
+    let text = upstream(
+        "tcp_keepalive = \"20s\"\ntcp_keepalive_interval = \"5s\"\ntcp_keepalive_count = 4\ntcp_user_timeout = \"45s\"",
+    );
+    let config = Config::from_toml(&text, Path::new(FILE)).expect("valid keys");
+    assert_eq!(
+        config.upstreams[0].tcp,
+        TcpLiveness {
+            keepalive: Some(KeepaliveProbes {
+                idle: Duration::from_secs(20),
+                interval: Duration::from_secs(5),
+                count: 4,
+            }),
+            user_timeout: Some(Duration::from_secs(45)),
+        }
+    );
+    let text = listener("tcp_keepalive = \"off\"\ntcp_user_timeout = \"off\"");
+    let config = Config::from_toml(&text, Path::new(FILE)).expect("off is valid");
+    assert_eq!(config.listeners[0].tcp, TcpLiveness::OFF);
+
+    // Each bad value names its file, line and key, and says why.
+    for (text, key, needle, why) in [
+        (
+            upstream("tcp_keepalive = \"1500ms\""),
+            "upstream[0].tcp_keepalive",
+            "1500ms",
+            "whole seconds",
+        ),
+        (
+            upstream("tcp_keepalive = \"0s\""),
+            "upstream[0].tcp_keepalive",
+            "\"0s\"",
+            "\"off\"",
+        ),
+        (
+            upstream("tcp_keepalive = \"sometimes\""),
+            "upstream[0].tcp_keepalive",
+            "sometimes",
+            "\"off\"",
+        ),
+        (
+            upstream("tcp_keepalive_interval = \"10h\""),
+            "upstream[0].tcp_keepalive_interval",
+            "10h",
+            "32767s",
+        ),
+        (
+            upstream("tcp_keepalive_count = 0"),
+            "upstream[0].tcp_keepalive_count",
+            "count = 0",
+            "1 to 127",
+        ),
+        (
+            upstream("tcp_user_timeout = \"0ms\""),
+            "upstream[0].tcp_user_timeout",
+            "0ms",
+            "\"off\"",
+        ),
+        (
+            listener("tcp_keepalive = \"off\"\ntcp_keepalive_count = 5"),
+            "listener[0].tcp_keepalive_count",
+            "count = 5",
+            "only used when tcp_keepalive",
+        ),
+        (
+            listener("tcp_keepalive_count = 200"),
+            "listener[0].tcp_keepalive_count",
+            "200",
+            "1 to 127",
+        ),
+    ] {
+        let error = single_error(&text, key);
+        assert_eq!(error.line, line_of(&text, needle, 0), "{error:#?}");
+        assert!(error.message.contains(why), "{error:#?}");
+    }
+}

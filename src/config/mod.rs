@@ -89,6 +89,78 @@ pub struct Listener {
     pub proxy_protocol: bool,
     /// TLS termination, when the listener has certificates.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Finding clients that vanished (default [`TcpLiveness::default`]).
+    pub tcp: TcpLiveness,
+}
+
+/// How the kernel finds a peer that vanished without a FIN or a reset (a
+/// host that lost power, a path that drops every packet): without it, an
+/// idle connection to such a peer stays open for ever and one with data in
+/// flight for about 15 minutes (`tcp_retries2`). Either ends with the
+/// socket's next read or write failing with `ETIMEDOUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLiveness {
+    /// Probes of an idle connection (`SO_KEEPALIVE`); `None`: off.
+    pub keepalive: Option<KeepaliveProbes>,
+    /// Data sent and not acknowledged for this long ends the connection
+    /// (`TCP_USER_TIMEOUT`); with keepalive on, it also ends an idle one
+    /// this long after the peer was last heard from. `None`: off.
+    pub user_timeout: Option<Duration>,
+}
+
+/// `SO_KEEPALIVE` with its three timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveProbes {
+    /// Silence before the first probe (`TCP_KEEPIDLE`, default 30s).
+    pub idle: Duration,
+    /// Between unanswered probes (`TCP_KEEPINTVL`, default 10s).
+    pub interval: Duration,
+    /// Unanswered probes that end the connection (`TCP_KEEPCNT`, default 3).
+    pub count: u32,
+}
+
+impl Default for TcpLiveness {
+    /// A dead peer is found within about a minute either way: an idle
+    /// connection after 30 s of silence and three probes 10 s apart, one
+    /// with data in flight after 60 s without an acknowledgment. Short
+    /// enough that clients reconnect before users give up, long enough
+    /// that a congested link or a peer's brief pause is not taken for death.
+    fn default() -> TcpLiveness {
+        TcpLiveness {
+            keepalive: Some(KeepaliveProbes {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
+                count: 3,
+            }),
+            user_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl TcpLiveness {
+    /// Neither probes nor a user timeout: for connections bounded by a
+    /// timeout of their own (health checks).
+    pub const OFF: TcpLiveness = TcpLiveness {
+        keepalive: None,
+        user_timeout: None,
+    };
+
+    /// Sets these options on `stream`.
+    pub fn apply(&self, stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+        let socket = socket2::SockRef::from(stream);
+        if let Some(probes) = self.keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(probes.idle)
+                .with_interval(probes.interval)
+                .with_retries(probes.count);
+            socket.set_tcp_keepalive(&keepalive)?;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
 }
 
 /// A rule that sends requests for some hosts and path prefix to an upstream.
@@ -197,6 +269,8 @@ pub struct Upstream {
     /// Time a server has to answer a WebSocket handshake or send the head of
     /// an HTTP response (default 60s); past it the client gets 504.
     pub response_timeout: Duration,
+    /// Finding servers that vanished (default [`TcpLiveness::default`]).
+    pub tcp: TcpLiveness,
 }
 
 /// One entry of an upstream's `servers`.

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, HumanDuration};
+use super::units::{parse_duration, ByteSize, HumanDuration};
 use crate::admission::rate_limit::LimitSpec;
 use crate::tls::UnknownSni;
 
@@ -64,6 +64,30 @@ pub struct RawListener {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub proxy_protocol: Option<Spanned<bool>>,
     pub tls: Option<Spanned<RawListenerTls>>,
+    pub tcp_keepalive: Option<Spanned<DurationOrOff>>,
+    pub tcp_keepalive_interval: Option<Spanned<HumanDuration>>,
+    pub tcp_keepalive_count: Option<Spanned<u32>>,
+    pub tcp_user_timeout: Option<Spanned<DurationOrOff>>,
+}
+
+/// A duration, or `"off"` for a setting that can be turned off
+/// (`tcp_keepalive`, `tcp_user_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationOrOff {
+    Off,
+    On(std::time::Duration),
+}
+
+impl<'de> Deserialize<'de> for DurationOrOff {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim() == "off" {
+            return Ok(DurationOrOff::Off);
+        }
+        parse_duration(&text)
+            .map(DurationOrOff::On)
+            .map_err(|why| serde::de::Error::custom(format!("{why}, or \"off\"")))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +177,10 @@ pub struct RawUpstream {
     pub passive_backoff_max: Option<Spanned<HumanDuration>>,
     pub health_check: Option<RawHealthCheck>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub tcp_keepalive: Option<Spanned<DurationOrOff>>,
+    pub tcp_keepalive_interval: Option<Spanned<HumanDuration>>,
+    pub tcp_keepalive_count: Option<Spanned<u32>>,
+    pub tcp_user_timeout: Option<Spanned<DurationOrOff>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -39,6 +39,8 @@ pub(crate) struct ListenerSettings {
     handshake_timeout: Duration,
     trusted_proxies: Arc<TrustedProxies>,
     proxy_protocol: bool,
+    /// Keepalive and user timeout, so a client that vanished is noticed.
+    tcp: config::TcpLiveness,
 }
 
 impl ListenerSettings {
@@ -49,6 +51,7 @@ impl ListenerSettings {
             handshake_timeout: listener.handshake_timeout,
             trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
             proxy_protocol: listener.proxy_protocol,
+            tcp: listener.tcp,
         }
     }
 }
@@ -188,6 +191,11 @@ impl Acceptor {
                 _open: proxy.stats.connection_opened(&settings.name),
             });
             let _ = stream.set_nodelay(true);
+            // Only shortens how long a vanished client goes unnoticed: a
+            // socket that refuses it is served all the same.
+            if let Err(error) = settings.tcp.apply(&stream) {
+                debug!(%error, "TCP keepalive or user timeout not set");
+            }
             let peer_trusted = trusted.contains(peer.ip());
             let mut client = peer;
             if proxy_protocol {

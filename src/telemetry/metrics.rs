@@ -79,6 +79,12 @@ struct CloseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabels {
+    route: String,
+    side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
     upstream: String,
     server: String,
@@ -116,6 +122,7 @@ struct Inner {
     tunnel_frames: Family<DirectionLabels, Counter>,
     close_codes: Family<CloseLabels, Counter>,
     ping_rtt: HistogramFamily<RouteLabels>,
+    unreachable: Family<SideLabels, Counter>,
     server_healthy: Family<ServerLabels, Gauge>,
     server_failures: Family<ServerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
@@ -185,6 +192,13 @@ impl Metrics {
             Unit::Seconds,
             ping_rtt.clone(),
         );
+        let unreachable = Family::default();
+        registry.register(
+            "tunnel_unreachable",
+            "Tunnels ended because one side stopped acknowledging (TCP keepalive probes or the user timeout \
+             ran out: a host gone without a FIN or a reset), by route and that side",
+            unreachable.clone(),
+        );
         let server_healthy = Family::default();
         registry.register(
             "server_healthy",
@@ -222,6 +236,7 @@ impl Metrics {
                 tunnel_frames,
                 close_codes,
                 ping_rtt,
+                unreachable,
                 server_healthy,
                 server_failures,
                 reloads,
@@ -278,6 +293,7 @@ impl Metrics {
             })
         };
         TunnelMetrics {
+            registry: self.clone(),
             open,
             duration: inner.tunnel_duration.get_or_create_owned(&by_route),
             bytes: per_direction(&inner.tunnel_bytes),
@@ -369,6 +385,8 @@ impl Drop for OpenGauge {
 
 /// One tunnel's metric handles, resolved when it opens.
 pub struct TunnelMetrics {
+    /// For what few tunnels meet, looked up only then (a side unreachable).
+    registry: Metrics,
     open: Gauge,
     duration: Histogram,
     bytes: [Counter; 2],
@@ -400,6 +418,19 @@ impl TunnelMetrics {
         if let Some(inspected) = &self.inspected {
             inspected.ping_rtt.observe(rtt.as_secs_f64());
         }
+    }
+
+    /// The tunnel on `route` ended because `side` (`client` or `backend`)
+    /// stopped acknowledging: keepalive probes or the user timeout ran out.
+    pub fn unreachable(&self, route: &str, side: &'static str) {
+        self.registry
+            .inner
+            .unreachable
+            .get_or_create(&SideLabels {
+                route: route.to_owned(),
+                side,
+            })
+            .inc();
     }
 
     /// Records a tunnel that ended: how long it lasted, the bytes (and, when
@@ -496,8 +527,10 @@ mod tests {
                 code: Some(1000),
             }),
         );
+        tunnel.unreachable("chat", "backend");
         drop(tunnel);
         let text = metrics.encode(&[]);
+        assert!(text.contains("wsgate_tunnel_unreachable_total{route=\"chat\",side=\"backend\"} 1"));
         assert!(text.contains("wsgate_open_tunnels{route=\"chat\",upstream=\"backends\",server=\"10.0.0.1:80\"} 0"));
         assert!(text.contains("wsgate_tunnel_bytes_total{route=\"chat\",direction=\"backend_to_client\"} 20"));
         assert!(text.contains("wsgate_close_codes_total{route=\"chat\",side=\"client\",code=\"1000\"} 1"));

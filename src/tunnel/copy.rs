@@ -22,6 +22,9 @@ pub struct Copy {
     /// The source ended; the destination's write side is being shut down.
     source_ended: bool,
     done: bool,
+    /// It ended on an error reading the source (else, on an error writing
+    /// the destination): which side of the tunnel failed.
+    pub read_failed: bool,
     /// The size of buffer the next read borrows.
     sizing: Sizing,
     /// Bytes read from the source.
@@ -90,7 +93,10 @@ impl Copy {
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Err(error)) => {
+                    self.read_failed = true;
+                    return Poll::Ready(Err(error));
+                }
                 Poll::Ready(Ok(())) => {
                     let n = read.filled().len();
                     if n == 0 {

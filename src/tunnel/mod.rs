@@ -60,7 +60,9 @@ impl Splice {
         }
     }
 
-    fn finish(&self, error: Option<io::Error>) {
+    /// `error`: the one that ended the tunnel, with the side whose
+    /// connection it came from.
+    fn finish(&self, error: Option<(io::Error, &'static str)>) {
         let duration = self.started.elapsed();
         let closed_first = match (self.upstream.ended_at, self.downstream.ended_at) {
             (Some(c), Some(b)) if b < c => "backend",
@@ -71,18 +73,37 @@ impl Splice {
         let mut bytes = [0; 2];
         bytes[CLIENT_TO_BACKEND] = self.upstream.bytes;
         bytes[BACKEND_TO_CLIENT] = self.downstream.bytes;
+        let ended_by = match &error {
+            None => "peers",
+            Some((error, side)) if is_unreachable(error) => {
+                self.metrics.unreachable(&self.identity.route, side);
+                match *side {
+                    "client" => "client_unreachable",
+                    _ => "backend_unreachable",
+                }
+            }
+            Some(_) => "error",
+        };
         tunnel_info!(
             &self.identity,
             from_client = bytes[CLIENT_TO_BACKEND],
             from_backend = bytes[BACKEND_TO_CLIENT],
             duration_ms = duration.as_millis() as u64,
             closed_first,
-            ended_by = if error.is_some() { "error" } else { "peers" },
-            error = error.as_ref().map(tracing::field::display),
+            ended_by,
+            error = error.as_ref().map(|(error, _)| tracing::field::display(error)),
             "tunnel closed"
         );
         self.metrics.finish(duration, bytes, [0; 2], None);
     }
+}
+
+/// A connection that timed out: the peer stopped acknowledging, and
+/// keepalive probes or `TCP_USER_TIMEOUT` ran out (both end in `ETIMEDOUT`;
+/// the kernel does not say which). Only the kernel's own error counts: one
+/// that wsgate's timers make up is theirs to name.
+pub(crate) fn is_unreachable(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
 /// Splices until both directions have ended. An end of stream on one side
@@ -103,9 +124,16 @@ impl Future for Splice {
         let this = self.get_mut();
         let mut error = None;
         if let Poll::Ready(Err(e)) = this.upstream.poll_copy(cx, &mut this.client, &mut this.backend) {
-            error = Some(e);
+            error = Some((e, if this.upstream.read_failed { "client" } else { "backend" }));
         } else if let Poll::Ready(Err(e)) = this.downstream.poll_copy(cx, &mut this.backend, &mut this.client) {
-            error = Some(e);
+            error = Some((
+                e,
+                if this.downstream.read_failed {
+                    "backend"
+                } else {
+                    "client"
+                },
+            ));
         } else if !(this.upstream.is_done() && this.downstream.is_done()) {
             return Poll::Pending;
         }

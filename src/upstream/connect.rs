@@ -9,6 +9,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use super::balance::Backend;
+use crate::config::TcpLiveness;
 use crate::error::ProxyError;
 use crate::tls::UpstreamTls;
 
@@ -17,13 +18,21 @@ pub type BackendStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// TCP, then TLS when `tls` is given, each step within `timeout`; a TLS
 /// failure counts as a failed connect: nothing was sent, and the server is
-/// no use as it is.
+/// no use as it is. `liveness` is set on the socket, so that a server that
+/// vanishes later (no FIN, no reset) fails the tunnel's next read or write
+/// instead of holding it open for ever.
 pub async fn connect_to(
     backend: &Backend,
     tls: Option<&UpstreamTls>,
     timeout: Duration,
+    liveness: &TcpLiveness,
 ) -> Result<BackendStream, ConnectError> {
     let stream = connect(backend.addr, timeout).await?;
+    // A socket that refuses an option is still a working connection; the
+    // options only shorten how long a dead server goes unnoticed.
+    if let Err(error) = liveness.apply(&stream) {
+        tracing::debug!(server = %backend.name, %error, "TCP keepalive or user timeout not set");
+    }
     let Some(tls) = tls else {
         return Ok(Either::Left(stream));
     };

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{HealthCheck, HealthCheckKind};
+use crate::config::{HealthCheck, HealthCheckKind, TcpLiveness};
 use crate::tls::UpstreamTls;
 use crate::upstream::balance::{Backend, HealthChange};
 use crate::upstream::connect::{connect_to, BackendStream, ConnectError};
@@ -104,6 +104,11 @@ impl From<ConnectError> for CheckFailure {
 /// re-resolution or a reload are picked up without restarting the checks.
 /// The first round runs at once: a server that is down at start is taken out
 /// after `fall` rounds rather than `fall + 1`.
+///
+/// A round ends only when all its checks have (each within `timeout`), so a
+/// server never has more than one check in flight: one whose packets are
+/// dropped costs one hanging connect per round, not one per `interval`
+/// piling up.
 pub async fn run(
     upstream: Arc<str>,
     check: HealthCheck,
@@ -206,6 +211,8 @@ pub async fn check_once(check: &HealthCheck, tls: Option<&UpstreamTls>, backend:
 
 /// A fresh connection to the backend, with TLS when the upstream uses it
 /// (the proxy's one connect, [`connect_to`]), within the check's deadline.
+/// No keepalive: a check lives no longer than its timeout, which finds a
+/// server that vanished (a connect to a blackholed address hangs until it).
 async fn connect_maybe_tls(
     backend: &Backend,
     tls: Option<&UpstreamTls>,
@@ -213,7 +220,9 @@ async fn connect_maybe_tls(
 ) -> Result<BackendStream, CheckFailure> {
     let left = deadline.saturating_duration_since(Instant::now());
     before(deadline, async {
-        connect_to(backend, tls, left).await.map_err(CheckFailure::from)
+        connect_to(backend, tls, left, &TcpLiveness::OFF)
+            .await
+            .map_err(CheckFailure::from)
     })
     .await
 }

@@ -68,6 +68,13 @@ impl UpstreamPool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        // Pooled HTTP connections find a vanished server as tunnels do.
+        if let Some(probes) = config.tcp.keepalive {
+            connector.set_keepalive(Some(probes.idle));
+            connector.set_keepalive_interval(Some(probes.interval));
+            connector.set_keepalive_retries(Some(probes.count));
+        }
+        connector.set_tcp_user_timeout(config.tcp.user_timeout);
         connector.enforce_http(false);
         let https = match &config.tls {
             Some(tls) => {
@@ -127,7 +134,8 @@ impl UpstreamPool {
         let (mut stream, backend) = loop {
             let guard = failover.next()?;
             let backend = guard.backend().clone();
-            match connect_to(&backend, self.config.tls.as_ref(), self.config.connect_timeout).await {
+            let tls = self.config.tls.as_ref();
+            match connect_to(&backend, tls, self.config.connect_timeout, &self.config.tcp).await {
                 Ok(stream) => {
                     backend.record_connect_success();
                     break (stream, guard);

@@ -15,6 +15,8 @@ pub mod hostile;
 
 pub mod hostile_peers;
 
+pub mod netns;
+
 // Each test file uses a different part of these.
 #[allow(unused_imports)]
 pub use {backend::*, certs::*, client::*, metrics::*, raw::*, wire::*};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::Checker;
+use super::{Checker, RawTcpKeys};
 use crate::config::raw::RawListener;
 use crate::config::Listener;
 use crate::tls::{self, CertificateError};
@@ -74,6 +74,15 @@ impl Checker<'_> {
                 (keys.len() == tls.get_ref().certificates.len()).then(|| tls::server_config_with(keys, unknown_sni))
             }
         };
+        let tcp = self.tcp_liveness(
+            &format!("listener[{i}]"),
+            RawTcpKeys {
+                keepalive: &raw.tcp_keepalive,
+                interval: &raw.tcp_keepalive_interval,
+                count: &raw.tcp_keepalive_count,
+                user_timeout: &raw.tcp_user_timeout,
+            },
+        );
         Some(Listener {
             name: raw.name.get_ref().clone(),
             listen: listen?,
@@ -81,6 +90,7 @@ impl Checker<'_> {
             trusted_proxies,
             proxy_protocol,
             tls,
+            tcp,
         })
     }
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawAdmin, RawConfig, RawGlobal, RawListener};
+use super::raw::{DurationOrOff, RawAdmin, RawConfig, RawGlobal, RawListener};
 use super::units::HumanDuration;
-use super::{Admin, Config, ConfigError, ConfigErrors, Global};
+use super::{Admin, Config, ConfigError, ConfigErrors, Global, KeepaliveProbes, TcpLiveness};
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +30,18 @@ const MIN_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
 const MAX_REQUEST_HEADER_SIZE: u64 = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The kernel's bounds on the keepalive timers (`TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`: whole seconds up to 32767) and probe count (`TCP_KEEPCNT`).
+const MAX_KEEPALIVE_SECONDS: u64 = 32_767;
+const MAX_KEEPALIVE_COUNT: u32 = 127;
+
+/// The four `tcp_*` keys of a listener or an upstream, as written.
+pub(super) struct RawTcpKeys<'r> {
+    pub(super) keepalive: &'r Option<Spanned<DurationOrOff>>,
+    pub(super) interval: &'r Option<Spanned<HumanDuration>>,
+    pub(super) count: &'r Option<Spanned<u32>>,
+    pub(super) user_timeout: &'r Option<Spanned<DurationOrOff>>,
+}
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let raw = deserialize(text, path)?;
@@ -237,6 +249,97 @@ impl Checker<'_> {
             }
             Some(d) => d.get_ref().0,
             None => default,
+        }
+    }
+
+    /// `tcp_keepalive`, `tcp_keepalive_interval`, `tcp_keepalive_count` and
+    /// `tcp_user_timeout` of the table at `prefix` (`listener[0]`), each
+    /// defaulting to [`TcpLiveness::default`]'s.
+    fn tcp_liveness(&mut self, prefix: &str, raw: RawTcpKeys<'_>) -> TcpLiveness {
+        let defaults = TcpLiveness::default();
+        let default_probes = defaults.keepalive.expect("keepalive is on by default");
+        let key = |name: &str| format!("{prefix}.{name}");
+        let seconds = |checker: &mut Self, value: &Spanned<Duration>, name: &str, default: Duration| {
+            let d = *value.get_ref();
+            if d.is_zero() || d.subsec_nanos() != 0 || d.as_secs() > MAX_KEEPALIVE_SECONDS {
+                let off = if name == "tcp_keepalive" {
+                    " (\"off\" turns keepalive off)"
+                } else {
+                    ""
+                };
+                let message = format!(
+                    "must be whole seconds from 1s to {MAX_KEEPALIVE_SECONDS}s{off}, the kernel counts no finer"
+                );
+                checker.error(value, key(name), message);
+                default
+            } else {
+                d
+            }
+        };
+        let idle = match raw.keepalive {
+            Some(v) => match *v.get_ref() {
+                DurationOrOff::Off => None,
+                DurationOrOff::On(d) => Some(seconds(
+                    self,
+                    &Spanned::new(v.span(), d),
+                    "tcp_keepalive",
+                    default_probes.idle,
+                )),
+            },
+            None => Some(default_probes.idle),
+        };
+        let interval = raw.interval.as_ref().map_or(default_probes.interval, |v| {
+            seconds(
+                self,
+                &Spanned::new(v.span(), v.get_ref().0),
+                "tcp_keepalive_interval",
+                default_probes.interval,
+            )
+        });
+        let count = match raw.count {
+            Some(v) if !(1..=MAX_KEEPALIVE_COUNT).contains(v.get_ref()) => {
+                self.error(
+                    v,
+                    key("tcp_keepalive_count"),
+                    format!("must be from 1 to {MAX_KEEPALIVE_COUNT}"),
+                );
+                default_probes.count
+            }
+            Some(v) => *v.get_ref(),
+            None => default_probes.count,
+        };
+        if idle.is_none() {
+            for (name, span) in [
+                ("tcp_keepalive_interval", raw.interval.as_ref().map(Spanned::span)),
+                ("tcp_keepalive_count", raw.count.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    self.error(
+                        &Spanned::new(span, ()),
+                        key(name),
+                        "only used when tcp_keepalive is not \"off\"",
+                    );
+                }
+            }
+        }
+        let user_timeout = match raw.user_timeout {
+            Some(v) => match *v.get_ref() {
+                DurationOrOff::Off => None,
+                DurationOrOff::On(d) if d.is_zero() || d.as_millis() > u128::from(u32::MAX) => {
+                    self.error(
+                        v,
+                        key("tcp_user_timeout"),
+                        "must be from 1ms to 49 days (\"off\" turns it off)",
+                    );
+                    defaults.user_timeout
+                }
+                DurationOrOff::On(d) => Some(d),
+            },
+            None => defaults.user_timeout,
+        };
+        TcpLiveness {
+            keepalive: idle.map(|idle| KeepaliveProbes { idle, interval, count }),
+            user_timeout,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::route::normalize_host_pattern;
-use super::{Checker, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
+use super::{Checker, RawTcpKeys, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 use crate::config::raw::{Balance, RawHealthCheck, RawUpstream, RawUpstreamTls};
 use crate::config::{HashKey, HealthCheck, ServerAddress, Upstream, UpstreamServer};
 
@@ -90,6 +90,15 @@ impl Checker<'_> {
             &format!("upstream[{i}].passive_backoff_max"),
             Duration::from_secs(30),
         );
+        let tcp = self.tcp_liveness(
+            &format!("upstream[{i}]"),
+            RawTcpKeys {
+                keepalive: &raw.tcp_keepalive,
+                interval: &raw.tcp_keepalive_interval,
+                count: &raw.tcp_keepalive_count,
+                user_timeout: &raw.tcp_user_timeout,
+            },
+        );
         Upstream {
             name: raw.name.get_ref().as_str().into(),
             servers,
@@ -116,6 +125,7 @@ impl Checker<'_> {
                 &format!("upstream[{i}].response_timeout"),
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
+            tcp,
         }
     }
 

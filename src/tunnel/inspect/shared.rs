@@ -58,6 +58,8 @@ pub struct Settings {
 pub(super) enum Ending {
     Violation(Side, Violation),
     Lost(Side),
+    /// The side's connection timed out: TCP keepalive or the user timeout.
+    Unreachable(Side),
     Unresponsive(Side),
     IdleTimeout,
     CloseTimeout,
@@ -71,6 +73,8 @@ impl Ending {
             Ending::Violation(Side::Backend, _) => "backend_violation",
             Ending::Lost(Side::Client) => "client_lost",
             Ending::Lost(Side::Backend) => "backend_lost",
+            Ending::Unreachable(Side::Client) => "client_unreachable",
+            Ending::Unreachable(Side::Backend) => "backend_unreachable",
             Ending::Unresponsive(Side::Client) => "client_unresponsive",
             Ending::Unresponsive(Side::Backend) => "backend_unresponsive",
             Ending::IdleTimeout => "idle_timeout",
@@ -169,6 +173,21 @@ impl Shared {
         self.state().ending.get_or_insert(why);
     }
 
+    /// A read from or a write to `side` failed with `error`: a timed-out
+    /// connection is recorded as that side unreachable (the kernel reports
+    /// the error once, to whichever pump asks first; the other then sees
+    /// only an end of stream).
+    pub(super) fn failed(&self, side: Side, error: &std::io::Error) {
+        if crate::tunnel::is_unreachable(error) {
+            self.ended(Ending::Unreachable(side));
+        }
+    }
+
+    /// `side` was found unreachable (and that is why the tunnel ends).
+    pub(super) fn unreachable(&self, side: Side) -> bool {
+        matches!(self.state().ending, Some(Ending::Unreachable(s)) if s == side)
+    }
+
     /// How long this tunnel waits before its close frames when drain asks
     /// for ends spread over `spread`: its place in the window, leaving room
     /// for the close handshake to finish inside it.
@@ -263,5 +282,8 @@ pub(super) fn log_end(shared: &Shared) {
             side: state.ended_first.map_or("wsgate", Side::as_str),
         },
     };
+    if let Some(Ending::Unreachable(side)) = state.ending {
+        shared.metrics.unreachable(&shared.identity.route, side.as_str());
+    }
     shared.metrics.finish(duration, bytes, frames, Some(close));
 }

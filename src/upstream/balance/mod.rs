@@ -189,6 +189,7 @@ mod tests {
             tls: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            tcp: crate::config::TcpLiveness::default(),
         }
     }
 

@@ -188,7 +188,11 @@ where
             })
             .await;
             let flow = match woke {
-                Woke::Read(Ok(0) | Err(_), _) => self.source_ended().await,
+                Woke::Read(Ok(0), _) => self.source_ended().await,
+                Woke::Read(Err(error), _) => {
+                    self.shared.failed(self.from, &error);
+                    self.source_ended().await
+                }
                 Woke::Read(Ok(n), buffer) => {
                     self.sizing.saw(n, buffer.len() - kept);
                     let read = kept + n;
@@ -322,13 +326,22 @@ where
         (Flow::Go, held)
     }
 
-    /// Writes `bytes` to the destination. A destination that does not read
+    /// Writes `bytes` to the destination (a failure that says the
+    /// destination is unreachable is recorded). A destination that does not read
     /// holds the write up for as long as it likes, and the clocks in
     /// `timers` only run between reads: while the write waits, the
     /// destination's silence is watched here, so a peer that neither reads
     /// nor sends is given up on at `ping_interval` + `pong_timeout` all the
     /// same.
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let result = self.write_watched(bytes).await;
+        if let Err(error) = &result {
+            self.shared.failed(self.to(), error);
+        }
+        result
+    }
+
+    async fn write_watched(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -422,7 +435,8 @@ where
     /// The source closed its connection (or it failed). Without a close
     /// frame first, the other side is told why instead of seeing a bare TCP
     /// close: 1011 to a client whose backend vanished, 1001 to a backend
-    /// whose client did.
+    /// whose client did; "unreachable" when the connection timed out (no
+    /// FIN, no reset: the host or the path is gone).
     async fn source_ended(&mut self) -> Flow {
         let closed = {
             let mut state = self.shared.state();
@@ -430,9 +444,12 @@ where
             state.closed[self.from.index()].is_some()
         };
         if !closed && self.can_inject() {
-            let (code, reason) = match self.from {
-                Side::Backend => (close::INTERNAL_ERROR, "backend connection lost"),
-                Side::Client => (close::GOING_AWAY, "client went away"),
+            let unreachable = self.shared.unreachable(self.from);
+            let (code, reason) = match (self.from, unreachable) {
+                (Side::Backend, false) => (close::INTERNAL_ERROR, "backend connection lost"),
+                (Side::Backend, true) => (close::INTERNAL_ERROR, "backend unreachable"),
+                (Side::Client, false) => (close::GOING_AWAY, "client went away"),
+                (Side::Client, true) => (close::GOING_AWAY, "client unreachable"),
             };
             self.shared.ended(Ending::Lost(self.from));
             let _ = self.send_close(code, reason).await;
