@@ -116,6 +116,7 @@ struct Inner {
     tunnel_frames: Family<DirectionLabels, Counter>,
     close_codes: Family<CloseLabels, Counter>,
     ping_rtt: HistogramFamily<RouteLabels>,
+    message_rate_exceeded: Family<RouteLabels, Counter>,
     server_healthy: Family<ServerLabels, Gauge>,
     server_failures: Family<ServerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
@@ -185,6 +186,12 @@ impl Metrics {
             Unit::Seconds,
             ping_rtt.clone(),
         );
+        let message_rate_exceeded = Family::default();
+        registry.register(
+            "client_message_rate_exceeded",
+            "Tunnels of inspected routes ended with 1008 because the client sent past max_messages_per_second, by route",
+            message_rate_exceeded.clone(),
+        );
         let server_healthy = Family::default();
         registry.register(
             "server_healthy",
@@ -222,6 +229,7 @@ impl Metrics {
                 tunnel_frames,
                 close_codes,
                 ping_rtt,
+                message_rate_exceeded,
                 server_healthy,
                 server_failures,
                 reloads,
@@ -287,6 +295,7 @@ impl Metrics {
                     frames: per_direction(&inner.tunnel_frames),
                     ping_rtt: inner.ping_rtt.get_or_create_owned(&by_route),
                     close_codes: inner.close_codes.clone(),
+                    message_rate_exceeded: inner.message_rate_exceeded.clone(),
                 })
             }),
         }
@@ -382,6 +391,8 @@ struct InspectedMetrics {
     frames: [Counter; 2],
     ping_rtt: Histogram,
     close_codes: Family<CloseLabels, Counter>,
+    /// Looked up only when it happens, once per tunnel at most.
+    message_rate_exceeded: Family<RouteLabels, Counter>,
 }
 
 /// Who sent a tunnel's first close frame.
@@ -399,6 +410,18 @@ impl TunnelMetrics {
     pub fn ping_answered(&self, rtt: Duration) {
         if let Some(inspected) = &self.inspected {
             inspected.ping_rtt.observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// The client went past its message rate (the tunnel ends with 1008).
+    pub fn message_rate_exceeded(&self) {
+        if let Some(inspected) = &self.inspected {
+            inspected
+                .message_rate_exceeded
+                .get_or_create(&RouteLabels {
+                    route: inspected.route.clone(),
+                })
+                .inc();
         }
     }
 
