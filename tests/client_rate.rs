@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::hostile_peers::{Flood, WsgateChild};
 use support::*;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The byte rate of the paced routes, and the burst it gets by default
@@ -29,12 +29,19 @@ const FLOOD_PAYLOAD: usize = 4 * 1024;
 const FLOOD_HEADER: usize = 2 + 2 + 4;
 
 /// One route, `all`, to `backend`, with `route_tables` (`[route.limits]`,
-/// `[route.inspect]`); JSON logs and an admin listener for the child.
-fn config(backend: SocketAddr, route_tables: &str) -> String {
+/// `[route.inspect]`); JSON logs and an admin listener for the child; a
+/// `tls` listener too with `certs`.
+fn config(backend: SocketAddr, route_tables: &str, certs: Option<&TestCerts>) -> String {
+    let tls = certs.map_or(String::new(), |certs| {
+        format!(
+            "[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n{}\n",
+            tls_entry(&certs.server_cert(), &certs.server_key())
+        )
+    });
     format!(
         "[global]\nshutdown_timeout = \"2s\"\nlog_format = \"json\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n{tls}\
          [[route]]\nname = \"all\"\nupstream = \"backends\"\n\n{route_tables}\n\n\
          [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{backend}\" }}]\n"
     )
@@ -48,30 +55,54 @@ fn flood_bytes_seen(backend: &RawBackend) -> u64 {
 
 #[tokio::test]
 async fn a_flooding_client_is_held_to_its_byte_rate_through_a_plain_tunnel() {
-    a_flooding_client_is_held_to_its_byte_rate("").await;
+    a_flooding_client_is_held_to_its_byte_rate("", false).await;
 }
 
 #[tokio::test]
 async fn a_flooding_client_is_held_to_its_byte_rate_through_an_inspected_tunnel() {
-    a_flooding_client_is_held_to_its_byte_rate("[route.inspect]\nenabled = true\n").await;
+    a_flooding_client_is_held_to_its_byte_rate("[route.inspect]\nenabled = true\n", false).await;
+}
+
+/// Over TLS, the bytes counted are the decrypted ones.
+#[tokio::test]
+async fn a_flooding_tls_client_is_held_to_its_byte_rate() {
+    a_flooding_client_is_held_to_its_byte_rate("", true).await;
 }
 
 /// A client writes 4 KiB frames as fast as its socket takes them through a
 /// 64 KiB/s route; the backend echoes them and the client throws the echoes
 /// away, so nothing but wsgate's pacing holds the flood back.
-async fn a_flooding_client_is_held_to_its_byte_rate(inspect: &str) {
+async fn a_flooding_client_is_held_to_its_byte_rate(inspect: &str, tls: bool) {
     let backend = RawBackend::start(true, None).await;
+    let certs = tls.then(TestCerts::generate);
     let toml = config(
         backend.addr,
         &format!("[route.limits]\nclient_bytes_per_second = \"64KiB\"\n\n{inspect}"),
+        certs.as_ref(),
     );
-    let wsgate = WsgateChild::start(&toml, &["plain"], "info", None).await;
+    let listeners: &[&str] = if tls { &["plain", "tls"] } else { &["plain"] };
+    let wsgate = WsgateChild::start(&toml, listeners, "info", None).await;
     let addr = wsgate.addr("plain");
     // Another client of the same route, to time round trips while the flood runs.
     let (mut other, _) = ws_connect(addr, "/", &[]).await;
     assert_echo(&mut other, Message::text("before the flood")).await;
 
-    let (mut echoes, write) = raw_client(addr).await.into_split();
+    let (mut echoes, write): (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) = match &certs {
+        Some(certs) => {
+            let addr = wsgate.addr("tls");
+            let mut stream = tls_connect(addr, "localhost", certs.client_config()).await;
+            let request = valid_upgrade(&format!("localhost:{}", addr.port()), "/", &[]);
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let head = within("101 from the proxy", read_head_bytes(&mut stream)).await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+        None => {
+            let (read, write) = raw_client(addr).await.into_split();
+            (Box::new(read), Box::new(write))
+        }
+    };
     let sink = tokio::spawn(async move { tokio::io::copy(&mut echoes, &mut tokio::io::sink()).await });
     let frame = masked_frame(0x2, true, &[0x42; FLOOD_PAYLOAD]);
     let started = Instant::now();
@@ -165,7 +196,7 @@ async fn a_client_sending_a_thousand_pings_a_second_through_a_100_per_second_rou
 /// allows 100 a second (burst 100, the default).
 async fn a_client_past_its_message_rate_gets_1008(opcode: u8) {
     let mut backend = RawBackend::start(false, None).await;
-    let wsgate = WsgateChild::start(&config(backend.addr, MESSAGE_RATE), &["plain"], "info", None).await;
+    let wsgate = WsgateChild::start(&config(backend.addr, MESSAGE_RATE, None), &["plain"], "info", None).await;
     let (mut client, mut write) = raw_client(wsgate.addr("plain")).await.into_split();
     let mut backend_conn = backend.next_conn().await;
 
@@ -229,7 +260,7 @@ async fn a_client_past_its_message_rate_gets_1008(opcode: u8) {
 #[tokio::test]
 async fn a_client_within_its_message_rate_is_untouched() {
     let backend = RawBackend::start(true, None).await;
-    let wsgate = WsgateChild::start(&config(backend.addr, MESSAGE_RATE), &["plain"], "info", None).await;
+    let wsgate = WsgateChild::start(&config(backend.addr, MESSAGE_RATE, None), &["plain"], "info", None).await;
     let mut client = raw_client(wsgate.addr("plain")).await;
 
     let mut burst = Vec::new();
