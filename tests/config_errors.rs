@@ -444,3 +444,85 @@ fn tcp_keepalive_and_user_timeout_keys_are_checked() {
         assert!(error.message.contains(why), "{error:#?}");
     }
 }
+
+#[test]
+fn per_socket_rates_are_checked() {
+    // Route tables go between the route's keys and the next [[upstream]].
+    let with = |table: &str| replace(BASE, "\n[[upstream]]", &format!("{table}\n\n[[upstream]]"));
+    let loads = |text: &str| Config::from_toml(text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    let config = loads(&with("[route.limits]\nclient_bytes_per_second = \"1MiB\""));
+    let bytes = config.routes[0].client_bytes.expect("a byte rate");
+    assert_eq!(
+        (bytes.per_second, bytes.burst),
+        (1 << 20, 1 << 20),
+        "one second's worth"
+    );
+    let config = loads(&with("[route.limits]\nclient_bytes_per_second = \"1KiB\""));
+    let bytes = config.routes[0].client_bytes.expect("a byte rate");
+    assert_eq!(bytes.burst, 64 << 10, "at least one large read buffer");
+    let config = loads(&with(
+        "[route.limits]\nclient_bytes_per_second = \"1MiB\"\nclient_bytes_burst = \"16KiB\"",
+    ));
+    assert_eq!(config.routes[0].client_bytes.unwrap().burst, 16 << 10);
+    let config = loads(&with("[route.inspect]\nmax_messages_per_second = 100"));
+    let messages = config.routes[0]
+        .inspect
+        .as_ref()
+        .unwrap()
+        .client_messages
+        .expect("a message rate");
+    assert_eq!((messages.per_second, messages.burst), (100, 100));
+    assert!(loads(BASE).routes[0].client_bytes.is_none(), "no limit by default");
+
+    let cases = [
+        (
+            "[route.limits]\nclient_bytes_per_second = 0",
+            "route[0].limits.client_bytes_per_second",
+            "client_bytes_per_second",
+            "at least 1",
+        ),
+        (
+            "[route.limits]\nclient_bytes_per_second = \"1MiB\"\nclient_bytes_burst = \"4KiB\"",
+            "route[0].limits.client_bytes_burst",
+            "client_bytes_burst",
+            "16KiB",
+        ),
+        (
+            "[route.limits]\nclient_bytes_burst = \"1MiB\"",
+            "route[0].limits.client_bytes_burst",
+            "client_bytes_burst",
+            "without client_bytes_per_second",
+        ),
+        (
+            "[route.limits]\nclient_bytes_per_second = \"fast\"",
+            "route[0].limits.client_bytes_per_second",
+            "client_bytes_per_second",
+            "invalid size",
+        ),
+        (
+            "[route.inspect]\nmax_messages_per_second = 0",
+            "route[0].inspect.max_messages_per_second",
+            "max_messages_per_second",
+            "at least 1",
+        ),
+        (
+            "[route.inspect]\nmax_messages_per_second = 100\nmessage_burst = 0",
+            "route[0].inspect.message_burst",
+            "message_burst",
+            "at least 1",
+        ),
+        (
+            "[route.inspect]\nmessage_burst = 10",
+            "route[0].inspect.message_burst",
+            "message_burst",
+            "without max_messages_per_second",
+        ),
+    ];
+    for (table, key, line_key, why) in cases {
+        let text = with(table);
+        let error = single_error(&text, key);
+        assert_eq!(error.line, line_of(&text, line_key, 0), "{error:#?}");
+        assert!(error.message.contains(why), "{why:?}: {error:#?}");
+    }
+}

@@ -179,6 +179,20 @@ pub struct Route {
     pub admission: Admission,
     /// Frame-aware tunnels; `None`: a pure byte splice, the fastest path.
     pub inspect: Option<Inspect>,
+    /// `[route.limits] client_bytes_per_second` and `client_bytes_burst`:
+    /// how fast wsgate reads from each client's socket (default: as fast as
+    /// it comes). One client must not be able to push its whole link's worth
+    /// into a backend that everyone else shares.
+    pub client_bytes: Option<SocketRate>,
+}
+
+/// A limit on one socket: `per_second` units (bytes, messages) a second on
+/// average, and up to `burst` at once after a quiet spell (a token bucket,
+/// [`crate::tunnel::pace::TokenBucket`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketRate {
+    pub per_second: u64,
+    pub burst: u64,
 }
 
 /// `[route.inspect]`: wsgate reads the frames as they pass (see [`crate::tunnel::inspect`]).
@@ -201,6 +215,11 @@ pub struct Inspect {
     pub max_message_size: u64,
     /// Client frames must be masked and backend frames must not (default true).
     pub enforce_masking: bool,
+    /// `max_messages_per_second` and `message_burst`: messages and control
+    /// frames a client may send (default: no limit); past it, 1008. A flood
+    /// of small messages costs a backend per message, which a byte rate
+    /// alone does not bound.
+    pub client_messages: Option<SocketRate>,
 }
 
 /// A route's admission rules for Upgrade requests (see [`crate::admission`]).

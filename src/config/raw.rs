@@ -135,6 +135,8 @@ pub struct RawInspect {
     pub max_frame_size: Option<Spanned<ByteSize>>,
     pub max_message_size: Option<Spanned<ByteSize>>,
     pub enforce_masking: Option<bool>,
+    pub max_messages_per_second: Option<Spanned<u64>>,
+    pub message_burst: Option<Spanned<u64>>,
 }
 
 /// What to do with an Upgrade request that carries no `Origin` header.
@@ -159,6 +161,8 @@ pub struct RawRateLimit {
 pub struct RawRouteLimits {
     pub max_websockets: Option<Spanned<u64>>,
     pub max_websockets_per_client: Option<Spanned<u64>>,
+    pub client_bytes_per_second: Option<Spanned<ByteSize>>,
+    pub client_bytes_burst: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,6 +84,7 @@ mod tests {
             upstream: 0,
             admission: Default::default(),
             inspect: None,
+            client_bytes: None,
         }
     }
 

@@ -113,6 +113,7 @@ impl Proxy {
         // RFC 7692: RSV1 marks compressed messages once the backend agreed.
         let deflate = handshake::agreed_extension(answer.headers(), "permessage-deflate");
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
+        let client_bytes = route.client_bytes;
         let drain = self.drain.signal();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
@@ -123,7 +124,7 @@ impl Proxy {
             let client = client_upgrade.await?;
             tunnel::identity::tunnel_info!(&identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
-            let client = connection::unwrap(client);
+            let client = tunnel::pace::paced(connection::unwrap(client), client_bytes);
             let backend = halves::backend(backend_stream, backend_rest);
             Ok(match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as

@@ -123,6 +123,7 @@ struct Inner {
     close_codes: Family<CloseLabels, Counter>,
     ping_rtt: HistogramFamily<RouteLabels>,
     unreachable: Family<SideLabels, Counter>,
+    message_rate_exceeded: Family<RouteLabels, Counter>,
     server_healthy: Family<ServerLabels, Gauge>,
     server_failures: Family<ServerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
@@ -199,6 +200,12 @@ impl Metrics {
              ran out: a host gone without a FIN or a reset), by route and that side",
             unreachable.clone(),
         );
+        let message_rate_exceeded = Family::default();
+        registry.register(
+            "client_message_rate_exceeded",
+            "Tunnels of inspected routes ended with 1008 because the client sent past max_messages_per_second, by route",
+            message_rate_exceeded.clone(),
+        );
         let server_healthy = Family::default();
         registry.register(
             "server_healthy",
@@ -237,6 +244,7 @@ impl Metrics {
                 close_codes,
                 ping_rtt,
                 unreachable,
+                message_rate_exceeded,
                 server_healthy,
                 server_failures,
                 reloads,
@@ -303,6 +311,7 @@ impl Metrics {
                     frames: per_direction(&inner.tunnel_frames),
                     ping_rtt: inner.ping_rtt.get_or_create_owned(&by_route),
                     close_codes: inner.close_codes.clone(),
+                    message_rate_exceeded: inner.message_rate_exceeded.clone(),
                 })
             }),
         }
@@ -400,6 +409,8 @@ struct InspectedMetrics {
     frames: [Counter; 2],
     ping_rtt: Histogram,
     close_codes: Family<CloseLabels, Counter>,
+    /// Looked up only when it happens, once per tunnel at most.
+    message_rate_exceeded: Family<RouteLabels, Counter>,
 }
 
 /// Who sent a tunnel's first close frame.
@@ -431,6 +442,18 @@ impl TunnelMetrics {
                 side,
             })
             .inc();
+    }
+
+    /// The client went past its message rate (the tunnel ends with 1008).
+    pub fn message_rate_exceeded(&self) {
+        if let Some(inspected) = &self.inspected {
+            inspected
+                .message_rate_exceeded
+                .get_or_create(&RouteLabels {
+                    route: inspected.route.clone(),
+                })
+                .inc();
+        }
     }
 
     /// Records a tunnel that ended: how long it lasted, the bytes (and, when

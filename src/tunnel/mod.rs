@@ -2,13 +2,15 @@
 //!
 //! [`halves`] takes the two upgraded connections out of hyper's box (and
 //! apart, for the inspected pumps); [`copy`] moves one direction's bytes through a buffer
-//! [`pool`] lends only while they move.
+//! [`pool`] lends only while they move; [`pace`] holds a client's reads to
+//! its route's byte rate.
 
 pub mod copy;
 pub mod drain;
 pub mod halves;
 pub mod identity;
 pub mod inspect;
+pub mod pace;
 pub mod pool;
 
 use std::future::Future;

@@ -12,6 +12,9 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 /// 1007: data inconsistent with its type (here: a close reason that is not
 /// UTF-8).
 pub const INVALID_PAYLOAD: u16 = 1007;
+/// 1008: a message that violates the endpoint's policy (here: a client
+/// past its route's message rate).
+pub const POLICY_VIOLATION: u16 = 1008;
 /// 1009: a message too big to process.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// 1011: the server met a condition that kept it from fulfilling the

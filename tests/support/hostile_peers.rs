@@ -599,7 +599,7 @@ impl ServerCertVerifier for RecordingVerifier {
 // ---------------------------------------------------------------- a backend that floods
 
 /// One backend connection past its handshake, sending 64 KiB binary frames
-/// as fast as its socket takes them, up to `target` bytes; `written`
+/// (or any frame, [`Flood::start_frames`]) as fast as its socket takes them, up to `target` bytes; `written`
 /// counts what the kernel accepted. With the socket's send buffer fixed
 /// small ([`set_send_buffer`]), the bytes in flight are those wsgate and
 /// the client's kernel hold.
@@ -609,8 +609,12 @@ pub struct Flood {
 }
 
 impl Flood {
-    pub fn start<W: AsyncWrite + Unpin + Send + 'static>(mut write: W, target: u64) -> Flood {
-        let frame = encode(0x82, false, &vec![0x42; 64 * 1024]);
+    pub fn start<W: AsyncWrite + Unpin + Send + 'static>(write: W, target: u64) -> Flood {
+        Flood::start_frames(write, encode(0x82, false, &vec![0x42; 64 * 1024]), target)
+    }
+
+    /// The same with `frame` sent over and over (a client's, masked).
+    pub fn start_frames<W: AsyncWrite + Unpin + Send + 'static>(mut write: W, frame: Vec<u8>, target: u64) -> Flood {
         let written = Arc::new(AtomicU64::new(0));
         let counter = written.clone();
         let task = tokio::spawn(async move {

@@ -10,7 +10,18 @@ use super::Checker;
 use crate::admission::origin::OriginPattern;
 use crate::config::raw::{RawInspect, RawRoute, RawUpstream};
 use crate::config::units::ByteSize;
-use crate::config::{Admission, Inspect, MissingOrigin, Route};
+use crate::config::{Admission, Inspect, MissingOrigin, Route, SocketRate};
+use crate::tunnel::pool::{BUFFER_SIZE, LARGE_BUFFER_SIZE};
+
+/// `client_bytes_burst` by default: one second's worth, and at least one
+/// large read buffer, so that a client keeping to its rate is read in
+/// whole buffers.
+const DEFAULT_MIN_BYTES_BURST: u64 = LARGE_BUFFER_SIZE as u64;
+/// The smallest `client_bytes_burst`: one small read buffer (a TLS
+/// record's worth). A read never takes more than the bucket holds, so a
+/// smaller burst would not stall a tunnel, but it would cut every read
+/// short: many more reads and wake-ups for the same bytes.
+const MIN_BYTES_BURST: u64 = BUFFER_SIZE as u64;
 
 impl Checker<'_> {
     pub(super) fn route(&mut self, i: usize, raw: &RawRoute, upstreams: &[RawUpstream]) -> Option<Route> {
@@ -46,6 +57,28 @@ impl Checker<'_> {
         }
         let admission = self.admission(i, raw);
         let inspect = raw.inspect.as_ref().and_then(|inspect| self.inspect(i, inspect));
+        let client_bytes = raw.limits.as_ref().and_then(|limits| {
+            let bytes = |size: &Option<Spanned<ByteSize>>| {
+                size.as_ref().map(|size| Spanned::new(size.span(), size.get_ref().0))
+            };
+            self.socket_rate(
+                [
+                    (
+                        format!("route[{i}].limits.client_bytes_per_second"),
+                        bytes(&limits.client_bytes_per_second),
+                    ),
+                    (
+                        format!("route[{i}].limits.client_bytes_burst"),
+                        bytes(&limits.client_bytes_burst),
+                    ),
+                ],
+                (
+                    MIN_BYTES_BURST,
+                    "16KiB (one read buffer): a smaller burst cuts every read short",
+                ),
+                |per_second| per_second.max(DEFAULT_MIN_BYTES_BURST),
+            )
+        });
         Some(Route {
             name: raw.name.get_ref().as_str().into(),
             hosts,
@@ -53,6 +86,40 @@ impl Checker<'_> {
             upstream: upstream?,
             admission,
             inspect,
+            client_bytes,
+        })
+    }
+
+    /// A rate and its burst for one socket (`[rate_key, burst_key]` with
+    /// their values): both at least 1, since 0 would stop every client
+    /// (omit the key for no limit); the burst only beside a rate, at least
+    /// `min_burst` (with why), and `default_burst(rate)` when not given.
+    fn socket_rate(
+        &mut self,
+        [(rate_key, rate), (burst_key, burst)]: [(String, Option<Spanned<u64>>); 2],
+        (min_burst, why): (u64, &str),
+        default_burst: impl Fn(u64) -> u64,
+    ) -> Option<SocketRate> {
+        let per_second = self.positive(&rate, &rate_key).map(|n| n as u64);
+        let Some(burst) = burst else {
+            return per_second.map(|per_second| SocketRate {
+                per_second,
+                burst: default_burst(per_second),
+            });
+        };
+        if rate.is_none() {
+            let rate_name = rate_key.rsplit('.').next().unwrap_or(&rate_key);
+            self.error(&burst, burst_key, format!("has no effect without {rate_name}"));
+            return None;
+        }
+        let checked = self.positive(&Some(burst.clone()), &burst_key)? as u64;
+        if checked < min_burst {
+            self.error(&burst, burst_key, format!("must be at least {why}"));
+            return None;
+        }
+        Some(SocketRate {
+            per_second: per_second?,
+            burst: checked,
         })
     }
 
@@ -75,6 +142,16 @@ impl Checker<'_> {
         };
         let max_frame_size = size(self, &raw.max_frame_size, "max_frame_size", 16 << 20);
         let max_message_size = size(self, &raw.max_message_size, "max_message_size", 64 << 20);
+        // Every message counts, and every control frame: a ping flood costs
+        // the backend as much as a message flood.
+        let client_messages = self.socket_rate(
+            [
+                (key("max_messages_per_second"), raw.max_messages_per_second.clone()),
+                (key("message_burst"), raw.message_burst.clone()),
+            ],
+            (1, "1"),
+            |per_second| per_second,
+        );
         Some(Inspect {
             ping_interval: self.timeout(
                 raw.ping_interval.clone(),
@@ -88,6 +165,7 @@ impl Checker<'_> {
             max_frame_size,
             max_message_size: max_message_size.max(max_frame_size),
             enforce_masking: raw.enforce_masking.unwrap_or(true),
+            client_messages,
         })
     }
 

@@ -57,6 +57,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Ending {
     Violation(Side, Violation),
+    /// The client sent past `max_messages_per_second`.
+    MessageRate,
     Lost(Side),
     /// The side's connection timed out: TCP keepalive or the user timeout.
     Unreachable(Side),
@@ -71,6 +73,7 @@ impl Ending {
         match self {
             Ending::Violation(Side::Client, _) => "client_violation",
             Ending::Violation(Side::Backend, _) => "backend_violation",
+            Ending::MessageRate => "client_message_rate",
             Ending::Lost(Side::Client) => "client_lost",
             Ending::Lost(Side::Backend) => "backend_lost",
             Ending::Unreachable(Side::Client) => "client_unreachable",

@@ -1,7 +1,9 @@
 //! One direction of an inspected tunnel: frames from one side to the other.
-//! Its clocks (pings, timeouts) are in [`keepalive`].
+//! Its clocks (pings, timeouts) are in [`keepalive`]; a client's message
+//! rate is kept in [`message_rate`].
 
 mod keepalive;
+mod message_rate;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use tracing::debug;
 
 use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
+use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
 use crate::ws::close;
 use crate::ws::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
@@ -85,6 +88,8 @@ pub(super) struct Pump<R, W> {
     pending: Option<Order>,
     /// The size of buffer the next read borrows.
     sizing: Sizing,
+    /// The client's `max_messages_per_second`, on the client's pump only.
+    message_rate: Option<TokenBucket>,
 }
 
 impl<R, W> Pump<R, W>
@@ -122,6 +127,7 @@ where
             out: Vec::with_capacity(14 + 125),
             pending: None,
             sizing: Sizing::default(),
+            message_rate: message_rate::bucket(from, inspect),
         }
     }
 
@@ -288,6 +294,11 @@ where
             pos += consumed;
             match event {
                 Some(Event::FrameStart(header)) => {
+                    if self.over_message_rate(header.opcode) {
+                        // Like a violation: the frames before it go, it does not.
+                        let _ = self.write(&chunk[flushed..frame_start]).await;
+                        return (self.message_rate_exceeded().await, 0);
+                    }
                     frames += 1;
                     data |= !header.opcode.is_control();
                 }
