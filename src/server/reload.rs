@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use super::listener::{bind_socket, BoundListener, ListenerSettings};
 use super::running::{Running, RunningListener};
 use crate::config::{Config, ConfigErrors, LogFormat};
+use crate::lifecycle::descriptors::{max_connections_warning, NofileLimit};
 use crate::proxy::Proxy;
 
 /// Why a reload was not applied; the server runs on as it was.
@@ -175,6 +176,11 @@ impl Running {
     async fn reload(&mut self, config: Config, fixed: &Fixed) -> Result<Reloaded, ReloadError> {
         for warning in config.warnings() {
             warn!("{warning}");
+        }
+        if let Ok(limit) = NofileLimit::current() {
+            if let Some(warning) = max_connections_warning(config.global.max_connections, limit.soft) {
+                warn!("{warning}");
+            }
         }
         for key in fixed.not_applied(&config) {
             warn!(
