@@ -232,14 +232,20 @@ impl Acceptor {
             };
             match tls {
                 None => serve_connection(current, stream, info(false), left(), stop).await,
-                Some(acceptor) => match tokio::time::timeout(left(), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
-                    Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
-                    Err(_) => {
-                        proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
-                        debug!("TLS handshake timed out");
+                Some(acceptor) => {
+                    let handshake = async move {
+                        crate::tls::refuse_legacy_versions(&mut stream).await?;
+                        acceptor.accept(stream).await
+                    };
+                    match tokio::time::timeout(left(), handshake).await {
+                        Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
+                        Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
+                        Err(_) => {
+                            proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
+                            debug!("TLS handshake timed out");
+                        }
                     }
-                },
+                }
             }
         }
     }
