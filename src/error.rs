@@ -2,7 +2,8 @@
 //!
 //! Errors are grouped by side: the client's (4xx, logged at debug since the
 //! internet sends junk all day), the backend's (5xx, logged at warn since an
-//! operator must act) and ours. This file is the one place that says what a
+//! operator must act) and ours (503, out of descriptors: said once per
+//! interval, however many clients it turns away). This file is the one place that says what a
 //! failure means: its status and body ([`ProxyError::into_response`]), its
 //! log level ([`ProxyError::log`]), its handshake metric label
 //! ([`ProxyError::outcome`]) and whether the client's connection ends after
@@ -50,7 +51,20 @@ pub enum ProxyError {
     },
     #[error("{server} failed: {reason}")]
     Upstream { server: String, reason: String },
+
+    // Ours.
+    /// A backend connect failed for want of descriptors or socket memory
+    /// (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): this process's condition,
+    /// not the server's, so the server is not set aside and no other server
+    /// is tried (they would fail alike).
+    #[error("out of file descriptors or socket memory: {0}")]
+    OutOfResources(io::Error),
 }
+
+/// `Retry-After` of a 503 for want of descriptors, in seconds: tunnels
+/// ending free descriptors all the time, so a client may try again soon,
+/// and one second spreads a reconnect storm a little.
+pub const OUT_OF_RESOURCES_RETRY_AFTER: u32 = 1;
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
@@ -67,7 +81,7 @@ impl ProxyError {
                 Refusal::RateLimited { .. } | Refusal::ClientCap => StatusCode::TOO_MANY_REQUESTS,
                 Refusal::RouteCap => StatusCode::SERVICE_UNAVAILABLE,
             },
-            ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer | ProxyError::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::UpstreamHandshake { .. } | ProxyError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -102,7 +116,10 @@ impl ProxyError {
     /// sampled, by the refusal log): quietly when the client is at fault,
     /// loudly when the backend is.
     pub fn log(&self, method: &http::Method, path: &str) {
-        if self.is_client_error() {
+        if let ProxyError::OutOfResources(error) = self {
+            tracing::debug!(%error, %method, %path, "refused: out of file descriptors");
+            crate::lifecycle::descriptors::connect_refused(error);
+        } else if self.is_client_error() {
             tracing::debug!(error = %self, %method, %path, "refused");
         } else {
             tracing::warn!(error = %self, %method, %path, "upstream failed");
@@ -117,6 +134,7 @@ impl ProxyError {
         }
         match self {
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => outcome::BACKEND_TIMEOUT,
+            ProxyError::OutOfResources(_) => outcome::OUT_OF_RESOURCES,
             ProxyError::NoServer
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamHandshake { .. }
@@ -156,6 +174,12 @@ impl ProxyError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
+            ProxyError::OutOfResources(_) => {
+                // RFC 9110 §15.6.4: a 503 may say when to come back.
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(OUT_OF_RESOURCES_RETRY_AFTER));
+            }
             _ => {}
         }
         response
@@ -192,6 +216,9 @@ pub mod outcome {
     pub const BACKEND_ERROR: &str = "backend_error";
     /// The connect or the backend's answer took too long.
     pub const BACKEND_TIMEOUT: &str = "backend_timeout";
+    /// wsgate was out of descriptors or socket memory to connect to the
+    /// backend: the client got 503, the server was not blamed.
+    pub const OUT_OF_RESOURCES: &str = "local_resources_exhausted";
 
     /// A handshake the backend answered: [`OK`] for a 101, else
     /// `backend_rejected_4xx` and so on, by status class.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{self, Config, LogFormat};
-use wsgate::lifecycle::notify;
+use wsgate::lifecycle::{descriptors, notify};
 use wsgate::server::reload::Reloader;
 use wsgate::server::Server;
 use wsgate::tools::{certgen, client, demo};
@@ -63,9 +63,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut raised = None;
     if matches!(cli.command, None | Some(Command::Demo { .. })) {
         // Before any thread starts: the proxy gives memory back after a burst.
         wsgate::lifecycle::memory::without_thread_caches();
+        // Each tunnel holds two descriptors: all the hard limit allows.
+        raised = Some(descriptors::raise_nofile_limit());
     }
     // The proxy logs its traffic as its configuration says, once loaded
     // (see `run`); the one-shot tools only their problems.
@@ -80,8 +83,8 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        None => runtime.block_on(run(&cli.config, None)),
-        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend))),
+        None => runtime.block_on(run(&cli.config, None, raised)),
+        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend), raised)),
         Some(Command::Check) => check(&cli.config),
         Some(Command::Cert {
             out_dir,
@@ -117,6 +120,12 @@ fn check(path: &Path) -> ExitCode {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
+            // wsgate raises its soft limit to the hard one when it starts.
+            if let Ok(limit) = descriptors::NofileLimit::current() {
+                if let Some(warning) = descriptors::max_connections_warning(config.global.max_connections, limit.hard) {
+                    eprintln!("warning: {}: {warning}", path.display());
+                }
+            }
             println!(
                 "{}: ok ({} listeners, {} routes, {} upstreams)",
                 path.display(),
@@ -134,7 +143,11 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
+async fn run(
+    path: &Path,
+    demo_backend: Option<SocketAddr>,
+    raised: Option<std::io::Result<descriptors::Raised>>,
+) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -147,6 +160,7 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    log_nofile_limit(raised, config.global.max_connections);
     if let Some(address) = demo_backend {
         let listener = match tokio::net::TcpListener::bind(address).await {
             Ok(listener) => listener,
@@ -182,6 +196,46 @@ async fn run(path: &Path, demo_backend: Option<SocketAddr>) -> ExitCode {
         })
         .await;
     ExitCode::SUCCESS
+}
+
+/// Says the open-file limit the proxy runs under and the tunnels it has
+/// room for, and warns when `max_connections` is beyond them.
+fn log_nofile_limit(raised: Option<std::io::Result<descriptors::Raised>>, max_connections: usize) {
+    let limit = match raised {
+        Some(Ok(raised)) => {
+            let (limit, hard) = (raised.limit.soft, raised.limit.hard);
+            let tunnels = descriptors::tunnels_allowed(limit);
+            if raised.before < limit {
+                tracing::info!(
+                    from = raised.before,
+                    limit,
+                    hard,
+                    tunnels,
+                    "open-file limit raised from {} to {limit}: room for {tunnels} tunnels",
+                    raised.before
+                );
+            } else {
+                tracing::info!(
+                    limit,
+                    hard,
+                    tunnels,
+                    "open-file limit {limit}: room for {tunnels} tunnels"
+                );
+            }
+            limit
+        }
+        Some(Err(error)) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            match descriptors::NofileLimit::current() {
+                Ok(limit) => limit.soft,
+                Err(_) => return,
+            }
+        }
+        None => return,
+    };
+    if let Some(warning) = descriptors::max_connections_warning(max_connections, limit) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Reloads the configuration file on every SIGHUP (`systemctl reload`),

@@ -165,6 +165,181 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// A fatal `protocol_version` alert (RFC 8446 §6.2, description 70) in a
+/// record a TLS 1.0 client can read: what a ClientHello offering only
+/// versions below 1.2 gets.
+pub const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 70];
+
+/// Refuses a ClientHello that offers only TLS 1.1 or older with the
+/// `protocol_version` alert, which is what it is owed (RFC 8446 §4.2.1,
+/// RFC 5246 appendix E.1). rustls alone answers such a hello with
+/// `handshake_failure` when it lacks `signature_algorithms` (a TLS 1.2
+/// extension that the clients of that era never send), which tells the
+/// client nothing about why. Anything else, garbage included, is left
+/// unread for rustls.
+///
+/// The hello is peeked, not read, and only its first bytes until its
+/// version is known: a TLS 1.2 or 1.3 hello (`legacy_version` 0x0303) is
+/// handed on after 11 bytes. Bounded by the caller's handshake timeout.
+pub async fn refuse_legacy_versions(stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+
+    let mut peeked = vec![0u8; LEGACY_VERSION_END];
+    let mut seen = 0;
+    let version = loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        let closed = ready.is_read_closed();
+        let result = stream.try_io(Interest::READABLE, || {
+            let n = peek(stream, &mut peeked)?;
+            // Nothing new yet: wait for the next bytes, not in a busy loop.
+            if n != 0 && n == seen && !closed {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match result {
+            Ok(n) => n,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        };
+        if n == 0 || n == seen {
+            // The client stopped sending: rustls says what it says.
+            return Ok(());
+        }
+        seen = n;
+        match offered_versions(&peeked[..n]) {
+            Offered::NeedMore(wanted) => peeked.resize(wanted.max(peeked.len()), 0),
+            Offered::Current => return Ok(()),
+            Offered::LegacyOnly(version) => break version,
+        }
+    };
+    // Read what was peeked, so that closing does not reset the connection
+    // (unread bytes would) and the alert arrives.
+    stream.read_exact(&mut peeked[..seen]).await?;
+    stream.write_all(&PROTOCOL_VERSION_ALERT).await?;
+    let _ = stream.shutdown().await;
+    let name = match version {
+        0x0300 => "SSL 3.0".to_owned(),
+        0x0301 => "TLS 1.0".to_owned(),
+        0x0302 => "TLS 1.1".to_owned(),
+        other => format!("version {other:#06x}"),
+    };
+    Err(Error::other(format!(
+        "the client offers only {name}: refused with a protocol_version alert"
+    )))
+}
+
+/// Where a ClientHello's `legacy_version` ends: record header (5),
+/// handshake type and length (4), version (2).
+const LEGACY_VERSION_END: usize = 11;
+/// The largest TLS record fragment (RFC 8446 §5.1).
+const MAX_RECORD: usize = 1 << 14;
+const TLS12: u16 = 0x0303;
+const TLS13: u16 = 0x0304;
+
+/// What the start of a connection offers, as far as its bytes tell.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    /// This many bytes are needed to tell.
+    NeedMore(usize),
+    /// TLS 1.2 or 1.3, or not a ClientHello wsgate can read: for rustls.
+    Current,
+    /// Only versions below TLS 1.2; the hello's `legacy_version`.
+    LegacyOnly(u16),
+}
+
+/// Reads the versions a ClientHello offers: its `legacy_version` and, when
+/// that is below TLS 1.2, its `supported_versions` extension (RFC 8446
+/// §4.2.1: a client that offers 1.3 lists it there). A hello split over
+/// several records, or malformed, is left to rustls.
+fn offered_versions(bytes: &[u8]) -> Offered {
+    const HANDSHAKE: u8 = 22;
+    const CLIENT_HELLO: u8 = 1;
+    const SUPPORTED_VERSIONS: u16 = 43;
+    if bytes.first().is_some_and(|&kind| kind != HANDSHAKE) || bytes.get(5).is_some_and(|&kind| kind != CLIENT_HELLO) {
+        return Offered::Current;
+    }
+    if bytes.len() < LEGACY_VERSION_END {
+        return Offered::NeedMore(LEGACY_VERSION_END);
+    }
+    let version = u16::from_be_bytes([bytes[9], bytes[10]]);
+    if version >= TLS12 {
+        return Offered::Current;
+    }
+    let record = 5 + usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+    let hello_end = 9 + (usize::from(bytes[6]) << 16 | usize::from(bytes[7]) << 8 | usize::from(bytes[8]));
+    if record > 5 + MAX_RECORD || hello_end > record {
+        return Offered::Current;
+    }
+    if bytes.len() < record {
+        return Offered::NeedMore(record);
+    }
+    let mut hello = Reader(&bytes[LEGACY_VERSION_END..hello_end]);
+    let extensions = (|| {
+        hello.take(32)?; // random
+        let session_id = usize::from(hello.u8()?);
+        hello.take(session_id)?;
+        let suites = usize::from(hello.u16()?);
+        hello.take(suites)?;
+        let compression = usize::from(hello.u8()?);
+        hello.take(compression)?;
+        if hello.0.is_empty() {
+            return Some(Reader(&[]));
+        }
+        let length = usize::from(hello.u16()?);
+        hello.take(length).map(Reader)
+    })();
+    let Some(mut extensions) = extensions else {
+        return Offered::Current;
+    };
+    while !extensions.0.is_empty() {
+        let (Some(kind), Some(length)) = (extensions.u16(), extensions.u16()) else {
+            return Offered::Current;
+        };
+        let Some(data) = extensions.take(usize::from(length)) else {
+            return Offered::Current;
+        };
+        if kind == SUPPORTED_VERSIONS {
+            let listed = data.get(1..).unwrap_or_default();
+            let current = listed
+                .chunks_exact(2)
+                .any(|v| matches!(u16::from_be_bytes([v[0], v[1]]), TLS12 | TLS13));
+            return if current {
+                Offered::Current
+            } else {
+                Offered::LegacyOnly(version)
+            };
+        }
+    }
+    Offered::LegacyOnly(version)
+}
+
+/// Big-endian fields off the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(taken)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+/// Copies the bytes waiting on `stream` into `into` without reading them.
+fn peek(stream: &tokio::net::TcpStream, into: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout, and the
+    // bytes are initialised already; recv(2) only writes bytes into them.
+    let into = unsafe { &mut *(into as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    socket2::SockRef::from(stream).peek(into)
+}
+
 /// TLS toward an upstream's servers (`wss` to the backend): the client
 /// configuration, built when the configuration is loaded, and the name
 /// certificates are checked against.
@@ -249,5 +424,58 @@ impl UpstreamTls {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello record: `version`, no session id, one suite, `extensions`.
+    fn hello(version: u16, extensions: &[u8]) -> Vec<u8> {
+        let mut body = version.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 32]);
+        body.extend_from_slice(&[0, 0, 2, 0x00, 0x2f, 1, 0]);
+        if !extensions.is_empty() {
+            body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+            body.extend_from_slice(extensions);
+        }
+        let mut handshake = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+        handshake.extend_from_slice(&body);
+        let mut record = vec![22, 3, 1];
+        record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+        record.extend_from_slice(&handshake);
+        record
+    }
+
+    #[test]
+    fn only_hellos_below_tls_1_2_without_a_current_supported_version_are_legacy() {
+        assert_eq!(offered_versions(&hello(0x0301, &[])), Offered::LegacyOnly(0x0301));
+        assert_eq!(
+            offered_versions(&hello(0x0302, &[0, 13, 0, 2, 0, 0])),
+            Offered::LegacyOnly(0x0302)
+        );
+        assert_eq!(offered_versions(&hello(0x0303, &[])), Offered::Current);
+        // supported_versions listing TLS 1.3 (and a GREASE value) wins over legacy_version.
+        assert_eq!(
+            offered_versions(&hello(0x0301, &[0, 43, 0, 5, 4, 0x0a, 0x0a, 3, 4])),
+            Offered::Current
+        );
+        assert_eq!(
+            offered_versions(&hello(0x0301, &[0, 43, 0, 3, 2, 3, 2])),
+            Offered::LegacyOnly(0x0301)
+        );
+    }
+
+    #[test]
+    fn partial_hellos_wait_and_garbage_is_left_to_rustls() {
+        let full = hello(0x0301, &[]);
+        assert_eq!(offered_versions(&full[..3]), Offered::NeedMore(LEGACY_VERSION_END));
+        assert_eq!(offered_versions(&full[..20]), Offered::NeedMore(full.len()));
+        assert_eq!(offered_versions(b"GET / HTTP/1.1"), Offered::Current);
+        assert_eq!(offered_versions(&[22, 3, 1, 0, 8, 0xde, 0xad]), Offered::Current);
+        let mut truncated = full.clone();
+        truncated[4] -= 10; // the record ends inside the hello
+        assert_eq!(offered_versions(&truncated), Offered::Current);
     }
 }

@@ -13,6 +13,8 @@ const FILE: &str = "/etc/wsgate/test.toml";
 
 const BASE: &str = r#"[global]
 handshake_timeout = "10s"
+# Within any open-file limit, so `wsgate check` has no warning about it.
+max_connections = 100
 
 [[listener]]
 name = "public"

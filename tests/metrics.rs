@@ -519,3 +519,93 @@ async fn reloads_are_counted_by_result_with_the_generation() {
     assert_eq!(after.value("wsgate_config_generation", &[]), Some(2.0));
     proxy.stop().await;
 }
+
+// ---------------------------------------------------------------- reload
+
+/// A reload that removes route `gone` and its upstream `removed`: while a
+/// tunnel opened on them is still open, it is still counted; once it
+/// ends, `/metrics` has no series labelled with either (a dashboard would
+/// otherwise show them forever), and route `kept` keeps all of its.
+#[tokio::test]
+async fn routes_and_upstreams_removed_by_a_reload_leave_metrics_once_their_tunnels_end() {
+    let (kept, removed) = (Backend::echo().await, Backend::echo().await);
+    let toml = |with_gone: bool| {
+        let mut toml = listeners(None) + ADMIN;
+        if with_gone {
+            toml += &format!(
+                "[[route]]\nname = \"gone\"\npath_prefix = \"/gone\"\nupstream = \"removed\"\n\n\
+                 [[upstream]]\nname = \"removed\"\nservers = [{{ address = \"{}\" }}]\n\n",
+                removed.addr
+            );
+        }
+        toml + &format!(
+            "[[route]]\nname = \"kept\"\nupstream = \"kept\"\n\n\
+             [[upstream]]\nname = \"kept\"\nservers = [{{ address = \"{}\" }}]\n",
+            kept.addr
+        )
+    };
+    let (server, names) = bind_proxy(&toml(true)).await;
+    let (admin, reloader) = (server.admin_addr().expect("[admin]"), server.reloader());
+    let proxy = run_proxy(server, names);
+    let addr = proxy.addr("plain");
+    for path in ["/gone", "/"] {
+        let (mut ws, _) = ws_connect(addr, path, &[]).await;
+        assert_echo(&mut ws, Message::text(format!("on {path}"))).await;
+        close(ws).await;
+    }
+    let (mut held, _) = ws_connect(addr, "/gone/held", &[]).await;
+    assert_echo(&mut held, Message::text("held across the reload")).await;
+    let about_removed = |m: &Exposition| -> Vec<String> {
+        m.samples
+            .iter()
+            .filter(|s| {
+                s.labels.get("route").is_some_and(|r| r == "gone")
+                    || s.labels.get("upstream").is_some_and(|u| u == "removed")
+            })
+            .map(|s| format!("{}{:?} {}", s.name, s.labels, s.value))
+            .collect()
+    };
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.get("wsgate_handshakes_total", &[("route", "gone"), ("outcome", "ok")]),
+        2.0
+    );
+
+    within("reload", reloader.reload(parse_config(&toml(false))))
+        .await
+        .expect("reload");
+    let m = scrape(admin).await;
+    let open = [
+        ("route", "gone"),
+        ("upstream", "removed"),
+        ("server", &*removed.addr.to_string()),
+    ];
+    assert_eq!(
+        m.value("wsgate_open_tunnels", &open),
+        Some(1.0),
+        "the tunnel still open on the removed route still counts"
+    );
+
+    assert_echo(&mut held, Message::text("still served")).await;
+    close(held).await;
+    scrape_until(
+        admin,
+        TIMEOUT,
+        "no series of the removed route and upstream",
+        |m| about_removed(m).is_empty(),
+        String::new,
+    )
+    .await;
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.get("wsgate_handshakes_total", &[("route", "kept"), ("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(m.get("wsgate_tunnel_duration_seconds_count", &[("route", "kept")]), 1.0);
+    proxy.stop().await;
+}
+
+fn parse_config(toml: &str) -> wsgate::config::Config {
+    let path = std::env::temp_dir().join("wsgate-tests").join("metrics-reload.toml");
+    wsgate::config::Config::from_toml(toml, &path).unwrap_or_else(|e| panic!("test config rejected:\n{e}\n{toml}"))
+}

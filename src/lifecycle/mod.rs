@@ -1,13 +1,16 @@
-//! The proxy's life beside the data flow: working with the service manager
-//! and the memory allocator.
+//! The proxy's life beside the data flow: working with the service manager,
+//! the memory allocator and the open-file limit.
 //!
 //! [`notify`] tells systemd when the proxy is ready, reloading or stopping,
 //! and keeps its watchdog fed; [`listen_fds`] takes the listening sockets
 //! systemd passes to a socket-activated service; [`memory`] gives the
-//! memory of a burst of handshakes back once it is over. (Drain lives with
+//! memory of a burst of handshakes back once it is over; [`descriptors`]
+//! raises the open-file limit at start and says what running out of
+//! descriptors means. (Drain lives with
 //! the tunnels it ends, `crate::tunnel::drain`; reload with the server it
 //! reloads, `crate::server::reload`.)
 
+pub mod descriptors;
 pub mod listen_fds;
 pub mod memory;
 pub mod notify;

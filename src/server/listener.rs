@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config;
+use crate::lifecycle::descriptors::is_per_connection;
 use crate::proxy::real_ip::{self, ProxyHeaderError, TrustedProxies};
 use crate::proxy::{serve_connection, ConnectionInfo, ConnectionSlot, Proxy};
 use crate::refusal::RefusalReason;
@@ -103,9 +104,13 @@ pub(crate) struct Acceptor {
 impl Acceptor {
     pub(crate) async fn run(self, socket: TcpListener) {
         // Failed accepts (out of descriptors or memory) since the last line
-        // about them, when that line was written, and the next wait.
+        // about them, when that line was written, whether one was written
+        // since the last accept, and the next wait. The interval holds
+        // across short recoveries: with a table that stays nearly full,
+        // accepts fail and succeed in turn, and that is one outage to tell.
         let mut failures: u64 = 0;
         let mut logged_at: Option<Instant> = None;
+        let mut said = false;
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             // Take a place under max_connections *before* accepting: at the
@@ -120,13 +125,16 @@ impl Acceptor {
             };
             match accepted {
                 Ok((stream, client)) => {
-                    if logged_at.take().is_some() {
+                    if std::mem::take(&mut said) {
                         info!(failures, "accepting again");
                     }
-                    failures = 0;
                     backoff = ACCEPT_BACKOFF_MIN;
                     let span = tracing::info_span!("conn", %client);
                     self.tasks.spawn(self.serve(stream, client, permit).instrument(span));
+                }
+                Err(error) if is_per_connection(&error) => {
+                    // That client gave up before it was accepted: the next one.
+                    debug!(%error, "accept failed for one connection");
                 }
                 Err(error) => {
                     // Out of descriptors or memory: the listener stays
@@ -145,6 +153,7 @@ impl Acceptor {
                         );
                         logged_at = Some(Instant::now());
                         failures = 0;
+                        said = true;
                     }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -231,14 +240,20 @@ impl Acceptor {
             };
             match tls {
                 None => serve_connection(current, stream, info(false), left(), stop).await,
-                Some(acceptor) => match tokio::time::timeout(left(), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
-                    Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
-                    Err(_) => {
-                        proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
-                        debug!("TLS handshake timed out");
+                Some(acceptor) => {
+                    let handshake = async move {
+                        crate::tls::refuse_legacy_versions(&mut stream).await?;
+                        acceptor.accept(stream).await
+                    };
+                    match tokio::time::timeout(left(), handshake).await {
+                        Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
+                        Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
+                        Err(_) => {
+                            proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
+                            debug!("TLS handshake timed out");
+                        }
                     }
-                },
+                }
             }
         }
     }

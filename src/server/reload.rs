@@ -10,6 +10,8 @@
 //! use it at once, while open tunnels hold what they were opened with and
 //! are untouched. Listeners that are gone stop accepting; kept listeners
 //! serve new connections with their new settings (certificates included).
+//! The metrics of routes and upstreams that are gone leave `/metrics` at
+//! the first scrape after their last tunnel ended.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use tracing::{error, info, warn};
 use super::listener::{bind_socket, BoundListener, ListenerSettings};
 use super::running::{Running, RunningListener};
 use crate::config::{Config, ConfigErrors, LogFormat};
+use crate::lifecycle::descriptors::{max_connections_warning, NofileLimit};
 use crate::proxy::Proxy;
 
 /// Why a reload was not applied; the server runs on as it was.
@@ -176,6 +179,11 @@ impl Running {
         for warning in config.warnings() {
             warn!("{warning}");
         }
+        if let Ok(limit) = NofileLimit::current() {
+            if let Some(warning) = max_connections_warning(config.global.max_connections, limit.soft) {
+                warn!("{warning}");
+            }
+        }
         for key in fixed.not_applied(&config) {
             warn!(
                 key,
@@ -186,6 +194,11 @@ impl Running {
         let previous = self.current.load_full();
         let next = Proxy::new(&config, self.tasks.clone(), previous.stats.clone(), Some(&previous)).await;
         self.current.store(Arc::new(next));
+        // Routes and upstreams removed leave /metrics once their tunnels end.
+        previous.stats.metrics().configured(
+            config.routes.iter().map(|route| route.name.to_string()),
+            config.upstreams.iter().map(|upstream| upstream.name.to_string()),
+        );
 
         let mut old: Vec<Option<RunningListener>> = std::mem::take(&mut self.listeners).into_iter().map(Some).collect();
         for step in plan {

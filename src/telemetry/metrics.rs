@@ -10,12 +10,13 @@
 //! ends; only the few events of a tunnel's life and of the server's (a
 //! handshake, a keepalive pong, a scrape) look a label set up.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
@@ -115,15 +116,18 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     open_connections: Family<ListenerLabels, Gauge>,
-    open_tunnels: Family<TunnelLabels, Gauge>,
-    handshakes: Family<HandshakeLabels, Counter>,
-    tunnel_duration: HistogramFamily<RouteLabels>,
-    tunnel_bytes: Family<DirectionLabels, Counter>,
-    tunnel_frames: Family<DirectionLabels, Counter>,
-    close_codes: Family<CloseLabels, Counter>,
-    ping_rtt: HistogramFamily<RouteLabels>,
-    unreachable: Family<SideLabels, Counter>,
-    message_rate_exceeded: Family<RouteLabels, Counter>,
+    open_tunnels: Tracked<TunnelLabels, Gauge>,
+    handshakes: Tracked<HandshakeLabels, Counter>,
+    tunnel_duration: Tracked<RouteLabels, Histogram, fn() -> Histogram>,
+    tunnel_bytes: Tracked<DirectionLabels, Counter>,
+    tunnel_frames: Tracked<DirectionLabels, Counter>,
+    close_codes: Tracked<CloseLabels, Counter>,
+    ping_rtt: Tracked<RouteLabels, Histogram, fn() -> Histogram>,
+    unreachable: Tracked<SideLabels, Counter>,
+    message_rate_exceeded: Tracked<RouteLabels, Counter>,
+    /// The routes and upstreams configured now, once a reload said so:
+    /// series of others go once none of their tunnels is open.
+    configured: Mutex<Option<Configured>>,
     server_healthy: Family<ServerLabels, Gauge>,
     server_failures: Family<ServerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
@@ -148,63 +152,67 @@ impl Metrics {
             "Client connections open now, by listener (a tunnel keeps its connection open)",
             open_connections.clone(),
         );
-        let open_tunnels = Family::default();
+        let open_tunnels = Tracked::new(Family::default());
         registry.register(
             "open_tunnels",
             "WebSocket tunnels open now, by route, upstream and backend server",
-            open_tunnels.clone(),
+            open_tunnels.family.clone(),
         );
-        let handshakes = Family::default();
+        let handshakes = Tracked::new(Family::default());
         registry.register(
             "handshakes",
             "WebSocket opening handshakes by route and outcome: ok, a refusal reason, or what the backend did",
-            handshakes.clone(),
+            handshakes.family.clone(),
         );
-        let tunnel_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(duration_histogram);
+        let tunnel_duration = Tracked::new(HistogramFamily::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        ));
         registry.register_with_unit(
             "tunnel_duration",
             "How long tunnels stayed open, by route",
             Unit::Seconds,
-            tunnel_duration.clone(),
+            tunnel_duration.family.clone(),
         );
-        let tunnel_bytes = Family::default();
+        let tunnel_bytes = Tracked::new(Family::default());
         registry.register(
             "tunnel_bytes",
             "Bytes carried by ended tunnels, by route and direction",
-            tunnel_bytes.clone(),
+            tunnel_bytes.family.clone(),
         );
-        let tunnel_frames = Family::default();
+        let tunnel_frames = Tracked::new(Family::default());
         registry.register(
             "tunnel_frames",
             "WebSocket frames carried by ended tunnels of inspected routes, by route and direction",
-            tunnel_frames.clone(),
+            tunnel_frames.family.clone(),
         );
-        let close_codes = Family::default();
+        let close_codes = Tracked::new(Family::default());
         registry.register(
             "close_codes",
             "Ended tunnels of inspected routes by their first close frame: who sent it and its code \
              (1000-1015 exactly, 3xxx and 4xxx as classes, none without a close frame)",
-            close_codes.clone(),
+            close_codes.family.clone(),
         );
-        let ping_rtt: HistogramFamily<RouteLabels> = Family::new_with_constructor(rtt_histogram);
+        let ping_rtt = Tracked::new(HistogramFamily::new_with_constructor(
+            rtt_histogram as fn() -> Histogram,
+        ));
         registry.register_with_unit(
             "ping_rtt",
             "Round trips of answered keepalive pings, by route",
             Unit::Seconds,
-            ping_rtt.clone(),
+            ping_rtt.family.clone(),
         );
-        let unreachable = Family::default();
+        let unreachable = Tracked::new(Family::default());
         registry.register(
             "tunnel_unreachable",
             "Tunnels ended because one side stopped acknowledging (TCP keepalive probes or the user timeout \
              ran out: a host gone without a FIN or a reset), by route and that side",
-            unreachable.clone(),
+            unreachable.family.clone(),
         );
-        let message_rate_exceeded = Family::default();
+        let message_rate_exceeded = Tracked::new(Family::default());
         registry.register(
             "client_message_rate_exceeded",
             "Tunnels of inspected routes ended with 1008 because the client sent past max_messages_per_second, by route",
-            message_rate_exceeded.clone(),
+            message_rate_exceeded.family.clone(),
         );
         let server_healthy = Family::default();
         registry.register(
@@ -245,6 +253,7 @@ impl Metrics {
                 ping_rtt,
                 unreachable,
                 message_rate_exceeded,
+                configured: Mutex::new(None),
                 server_healthy,
                 server_failures,
                 reloads,
@@ -269,7 +278,7 @@ impl Metrics {
     pub fn handshake(&self, route: &str, outcome: &'static str) {
         self.inner
             .handshakes
-            .get_or_create(&HandshakeLabels {
+            .get_or_create_owned(&HandshakeLabels {
                 route: route.to_owned(),
                 outcome,
             })
@@ -292,7 +301,7 @@ impl Metrics {
         let by_route = RouteLabels {
             route: route.to_owned(),
         };
-        let per_direction = |family: &Family<DirectionLabels, Counter>| {
+        let per_direction = |family: &Tracked<DirectionLabels, Counter>| {
             DIRECTIONS.map(|direction| {
                 family.get_or_create_owned(&DirectionLabels {
                     route: route.to_owned(),
@@ -344,10 +353,57 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refresh_servers(pools);
+        self.remove_unconfigured();
         let mut text = String::new();
         // Writing to a String cannot fail, and every metric here encodes.
         let _ = prometheus_text::encode(&mut text, &self.inner.registry);
         text
+    }
+
+    /// After a reload: `routes` and `upstreams` are the ones configured
+    /// now. The series of the others (by `route` or `upstream` label) are
+    /// removed at the next scrape once none of their tunnels is open: a
+    /// removed route's tunnels still open keep counting until they end.
+    pub fn configured(&self, routes: impl IntoIterator<Item = String>, upstreams: impl IntoIterator<Item = String>) {
+        let configured = Configured {
+            routes: routes.into_iter().collect(),
+            upstreams: upstreams.into_iter().collect(),
+        };
+        *lock(&self.inner.configured) = Some(configured);
+    }
+
+    /// Removes the series of routes and upstreams no longer configured
+    /// that no open tunnel holds. Refusals made before a route was chosen
+    /// (`route=""`) always stay.
+    fn remove_unconfigured(&self) {
+        let configured = lock(&self.inner.configured);
+        let Some(configured) = configured.as_ref() else {
+            return;
+        };
+        let inner = &self.inner;
+        let mut busy_routes = HashSet::new();
+        let mut busy_upstreams = HashSet::new();
+        for labels in lock(&inner.open_tunnels.known).iter() {
+            if inner.open_tunnels.family.get(labels).is_some_and(|open| open.get() > 0) {
+                busy_routes.insert(labels.route.clone());
+                busy_upstreams.insert(labels.upstream.clone());
+            }
+        }
+        let route_gone =
+            |route: &String| !route.is_empty() && !configured.routes.contains(route) && !busy_routes.contains(route);
+        let upstream_gone =
+            |upstream: &String| !configured.upstreams.contains(upstream) && !busy_upstreams.contains(upstream);
+        inner
+            .open_tunnels
+            .remove_where(|l| route_gone(&l.route) || upstream_gone(&l.upstream));
+        inner.handshakes.remove_where(|l| route_gone(&l.route));
+        inner.tunnel_duration.remove_where(|l| route_gone(&l.route));
+        inner.tunnel_bytes.remove_where(|l| route_gone(&l.route));
+        inner.tunnel_frames.remove_where(|l| route_gone(&l.route));
+        inner.close_codes.remove_where(|l| route_gone(&l.route));
+        inner.ping_rtt.remove_where(|l| route_gone(&l.route));
+        inner.unreachable.remove_where(|l| route_gone(&l.route));
+        inner.message_rate_exceeded.remove_where(|l| route_gone(&l.route));
     }
 
     /// Rebuilds the server gauges: servers gone from the pools (a reload, a
@@ -383,6 +439,66 @@ impl Metrics {
     }
 }
 
+/// The route and upstream names of the configuration in use.
+struct Configured {
+    routes: HashSet<String>,
+    upstreams: HashSet<String>,
+}
+
+/// A family whose label sets are remembered (prometheus-client cannot list
+/// them), so that those of a route or upstream a reload removed can go.
+struct Tracked<L, M, C = fn() -> M> {
+    family: Family<L, M, C>,
+    known: Arc<Mutex<HashSet<L>>>,
+}
+
+impl<L, M, C> Tracked<L, M, C>
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    fn new(family: Family<L, M, C>) -> Self {
+        Tracked {
+            family,
+            known: Arc::default(),
+        }
+    }
+
+    /// The series of `labels`, made (and remembered) when it is new.
+    fn get_or_create_owned(&self, labels: &L) -> M {
+        if self.family.get(labels).is_none() {
+            lock(&self.known).insert(labels.clone());
+        }
+        self.family.get_or_create_owned(labels)
+    }
+
+    /// Removes every series whose labels are `gone`.
+    fn remove_where(&self, gone: impl Fn(&L) -> bool) {
+        lock(&self.known).retain(|labels| {
+            if gone(labels) {
+                self.family.remove(labels);
+                return false;
+            }
+            true
+        });
+    }
+}
+
+impl<L, M, C: Clone> Clone for Tracked<L, M, C> {
+    fn clone(&self) -> Self {
+        Tracked {
+            family: self.family.clone(),
+            known: self.known.clone(),
+        }
+    }
+}
+
+/// A lock whose data stays consistent whatever panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A gauge counted up while this handle lives.
 pub(crate) struct OpenGauge(Gauge);
 
@@ -408,9 +524,9 @@ struct InspectedMetrics {
     route: String,
     frames: [Counter; 2],
     ping_rtt: Histogram,
-    close_codes: Family<CloseLabels, Counter>,
+    close_codes: Tracked<CloseLabels, Counter>,
     /// Looked up only when it happens, once per tunnel at most.
-    message_rate_exceeded: Family<RouteLabels, Counter>,
+    message_rate_exceeded: Tracked<RouteLabels, Counter>,
 }
 
 /// Who sent a tunnel's first close frame.
@@ -437,7 +553,7 @@ impl TunnelMetrics {
         self.registry
             .inner
             .unreachable
-            .get_or_create(&SideLabels {
+            .get_or_create_owned(&SideLabels {
                 route: route.to_owned(),
                 side,
             })
@@ -449,7 +565,7 @@ impl TunnelMetrics {
         if let Some(inspected) = &self.inspected {
             inspected
                 .message_rate_exceeded
-                .get_or_create(&RouteLabels {
+                .get_or_create_owned(&RouteLabels {
                     route: inspected.route.clone(),
                 })
                 .inc();
@@ -477,7 +593,7 @@ impl TunnelMetrics {
             };
             inspected
                 .close_codes
-                .get_or_create(&CloseLabels {
+                .get_or_create_owned(&CloseLabels {
                     route: inspected.route.clone(),
                     side,
                     code,

@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::lifecycle::descriptors::{is_per_connection, is_resource_exhaustion};
+
 /// The browser page: self-contained so it works offline and behind any proxy.
 const PAGE: &str = r#"<!doctype html>
 <html lang="en">
@@ -264,25 +266,4 @@ where
             return;
         }
     }
-}
-
-fn is_per_connection(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-    )
-}
-
-fn is_resource_exhaustion(error: &std::io::Error) -> bool {
-    // EMFILE, ENFILE and ENOMEM share their numbers on Linux and the BSDs.
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOMEM: i32 = 12;
-    #[cfg(target_os = "linux")]
-    const ENOBUFS: i32 = 105;
-    #[cfg(not(target_os = "linux"))]
-    const ENOBUFS: i32 = 55;
-    matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOMEM | ENOBUFS))
-        || error.kind() == std::io::ErrorKind::OutOfMemory
 }

@@ -11,6 +11,7 @@ use tokio_util::either::Either;
 use super::balance::Backend;
 use crate::config::TcpLiveness;
 use crate::error::ProxyError;
+use crate::lifecycle::descriptors::is_resource_exhaustion;
 use crate::tls::UpstreamTls;
 
 /// A connection to a server: plain TCP, or TLS over it.
@@ -52,9 +53,28 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("TLS handshake failed: {0}")]
     Tls(String),
+    /// This process could not open a socket (out of descriptors or socket
+    /// memory): says nothing about the server.
+    #[error("{0}")]
+    OutOfResources(std::io::Error),
 }
 
 impl ConnectError {
+    /// A refused connect, or this process's own exhaustion when `error` says so.
+    pub(crate) fn from_io(error: std::io::Error) -> ConnectError {
+        if is_resource_exhaustion(&error) {
+            ConnectError::OutOfResources(error)
+        } else {
+            ConnectError::Refused(error)
+        }
+    }
+
+    /// Whether the server is to blame: not when this process ran out of
+    /// descriptors or socket memory.
+    pub fn blames_server(&self) -> bool {
+        !matches!(self, ConnectError::OutOfResources(_))
+    }
+
     pub(super) fn on(self, server: &str) -> ProxyError {
         match self {
             ConnectError::Refused(source) => ProxyError::Connect {
@@ -69,6 +89,7 @@ impl ConnectError {
                 server: server.to_string(),
                 source: std::io::Error::other(format!("TLS handshake failed: {reason}")),
             },
+            ConnectError::OutOfResources(source) => ProxyError::OutOfResources(source),
         }
     }
 }
@@ -81,7 +102,7 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> Result<Tc
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Ok(Err(error)) => Err(ConnectError::Refused(error)),
+        Ok(Err(error)) => Err(ConnectError::from_io(error)),
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
 }

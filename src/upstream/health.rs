@@ -80,6 +80,10 @@ pub enum CheckFailure {
     /// The check's request cannot be built from the server name and path.
     #[error("invalid check request: {0}")]
     InvalidRequest(String),
+    /// This process was out of descriptors or socket memory: no verdict on
+    /// the server.
+    #[error("out of file descriptors or socket memory: {0}")]
+    OutOfResources(#[source] io::Error),
 }
 
 impl From<ConnectError> for CheckFailure {
@@ -88,6 +92,7 @@ impl From<ConnectError> for CheckFailure {
             ConnectError::Refused(error) => CheckFailure::Connect(error),
             ConnectError::Timeout(_) => CheckFailure::Timeout,
             ConnectError::Tls(reason) => CheckFailure::Tls(reason),
+            ConnectError::OutOfResources(error) => CheckFailure::OutOfResources(error),
         }
     }
 }
@@ -153,6 +158,10 @@ async fn check_and_record(upstream: &str, check: &HealthCheck, tls: Option<&Upst
     let result = check_once(check, tls, backend).await;
     if let Err(failure) = &result {
         debug!(upstream, server = %backend.name, addr = %backend.addr, reason = %failure, "health check failed");
+        if let CheckFailure::OutOfResources(_) = failure {
+            // Our descriptors ran out, not the server: no verdict.
+            return;
+        }
     }
     match (backend.record_check(result.is_ok(), check.rise, check.fall), &result) {
         (Some(HealthChange::Down), Err(failure)) => warn!(

@@ -255,7 +255,14 @@ impl<'a> Failover<'a> {
     /// sent: recorded against the server, then `Ok` to try another one, or
     /// the client's answer when `retry` is false or the upstream's
     /// `retries` are spent.
+    ///
+    /// Out of descriptors, the server is not blamed (no back-off) and no
+    /// other server is tried: each connect would fail alike, and the
+    /// client's answer is 503 at once.
     fn failed(&mut self, backend: &Backend, error: ConnectError, retry: bool) -> Result<(), ProxyError> {
+        if !error.blames_server() {
+            return Err(error.on(&backend.name));
+        }
         self.upstream.connect_failed(backend, &error);
         self.tried.push(backend.addr);
         let error = error.on(&backend.name);
@@ -292,7 +299,8 @@ fn plain_only_tls_config() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// A pooled client's connect failure: a timeout or a refusal.
+/// A pooled client's connect failure: a timeout, a refusal, or this
+/// process out of descriptors.
 fn connect_error(error: &(dyn std::error::Error + 'static)) -> ConnectError {
     let mut source = error.source();
     while let Some(cause) = source {
@@ -300,7 +308,11 @@ fn connect_error(error: &(dyn std::error::Error + 'static)) -> ConnectError {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return ConnectError::Timeout(Duration::ZERO);
             }
-            return ConnectError::Refused(std::io::Error::new(io.kind(), io.to_string()));
+            let copied = match io.raw_os_error() {
+                Some(errno) => std::io::Error::from_raw_os_error(errno),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            };
+            return ConnectError::from_io(copied);
         }
         source = cause.source();
     }

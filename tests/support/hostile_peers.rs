@@ -44,6 +44,37 @@ pub fn raise_nofile_limit() -> u64 {
     limit
 }
 
+/// Sets `command`'s `RLIMIT_NOFILE` to `soft` and `hard` before the exec.
+pub fn limit_nofile(command: &mut std::process::Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only setrlimit(2) is called, which is
+    // async-signal-safe, on values copied into the closure.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of process `pid`, from `/proc/PID/limits`.
+pub fn proc_nofile_limit(pid: libc::pid_t) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    assert_eq!(numbers.len(), 2, "soft and hard limits in {line:?}");
+    (numbers[0], numbers[1])
+}
+
 // ---------------------------------------------------------------- the binary
 
 /// Variables of the systemd protocols wsgate speaks: none is inherited
@@ -126,22 +157,9 @@ impl WsgateLaunch {
         &mut self.command
     }
 
-    /// Sets the child's `RLIMIT_NOFILE` (soft and hard) to `nofile` before the exec.
-    pub fn limit_files(&mut self, nofile: u64) {
-        // SAFETY: between fork and exec only setrlimit(2) is called,
-        // which is async-signal-safe, on a value copied into the closure.
-        unsafe {
-            self.command.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: nofile as libc::rlim_t,
-                    rlim_max: nofile as libc::rlim_t,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    /// Sets the child's `RLIMIT_NOFILE` to `soft` and `hard` before the exec.
+    pub fn limit_files(&mut self, soft: u64, hard: u64) {
+        limit_nofile(self.command.as_std_mut(), soft, hard);
     }
 
     /// Starts the child, without waiting for anything.
@@ -165,13 +183,24 @@ impl WsgateChild {
     /// its address. With `nofile`, the child's `RLIMIT_NOFILE` (soft and
     /// hard) is set to it before the exec.
     pub async fn start(toml: &str, listeners: &[&str], log_filter: &str, nofile: Option<u64>) -> WsgateChild {
+        Self::start_with_nofile(toml, listeners, log_filter, nofile.map(|n| (n, n))).await
+    }
+
+    /// [`WsgateChild::start`] with the child's `RLIMIT_NOFILE` set to
+    /// `(soft, hard)` before the exec.
+    pub async fn start_with_nofile(
+        toml: &str,
+        listeners: &[&str],
+        log_filter: &str,
+        nofile: Option<(u64, u64)>,
+    ) -> WsgateChild {
         assert!(
             toml.contains("log_format = \"json\""),
             "the child must log JSON:\n{toml}"
         );
         let mut launch = WsgateLaunch::new(toml, log_filter, None);
-        if let Some(nofile) = nofile {
-            launch.limit_files(nofile);
+        if let Some((soft, hard)) = nofile {
+            launch.limit_files(soft, hard);
         }
         let mut wsgate = launch.spawn();
         wsgate.wait_listening(listeners, toml.contains("[admin]")).await;
