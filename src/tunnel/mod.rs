@@ -2,13 +2,15 @@
 //!
 //! [`halves`] takes the two upgraded connections out of hyper's box (and
 //! apart, for the inspected pumps); [`copy`] moves one direction's bytes through a buffer
-//! [`pool`] lends only while they move.
+//! [`pool`] lends only while they move; [`linger`] reads a peer out after
+//! wsgate's last word to it, so that word is not lost to a reset.
 
 pub mod copy;
 pub mod drain;
 pub mod halves;
 pub mod identity;
 pub mod inspect;
+pub mod linger;
 pub mod pool;
 
 use std::future::Future;
