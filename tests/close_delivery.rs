@@ -6,7 +6,7 @@ mod support;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -101,5 +101,44 @@ async fn a_message_too_big_gets_1009_with_its_reason_every_time_over_wss() {
         })
     })
     .await;
+    proxy.stop().await;
+}
+
+/// A request whose body wsgate answers without reading: no route for it.
+const NO_ROUTE: &str = "POST /elsewhere HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2097152\r\n\r\n";
+
+/// One client as many HTTP libraries drive it: the whole request, its 2 MiB
+/// body included, written before the answer is read; a write that fails
+/// (a reset) ends it. Returns the answer's head line.
+async fn post_unrouted<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Result<String, String> {
+    let request = [NO_ROUTE.as_bytes(), &vec![b'x'; 2 << 20]].concat();
+    within("sending the request", stream.write_all(&request))
+        .await
+        .map_err(|error| format!("send failed: {error}"))?;
+    let (answer, _) = read_until_closed(&mut stream, TIMEOUT).await;
+    let answer = String::from_utf8_lossy(&answer);
+    Ok(answer.lines().next().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_reaches_a_client_still_sending_its_body_over_http_and_https() {
+    let certs = TestCerts::generate();
+    let backend = Backend::echo().await;
+    let toml = listeners(Some(&certs))
+        + &route_and_upstream(backend.addr, "").replace(
+            "upstream = \"backends\"\n",
+            "upstream = \"backends\"\npath_prefix = \"/chat\"\n",
+        );
+    let proxy = start_proxy(&toml).await;
+    let (plain, tls) = (proxy.addr("plain"), proxy.addr("tls"));
+    let mut runs = JoinSet::new();
+    for _ in 0..10 {
+        runs.spawn(async move { post_unrouted(connect(plain).await).await });
+        let config = certs.client_config();
+        runs.spawn(async move { post_unrouted(tls_over(connect(tls).await, "localhost", config).await).await });
+    }
+    while let Some(run) = runs.join_next().await {
+        assert_eq!(run.unwrap(), Ok("HTTP/1.1 404 Not Found".to_string()));
+    }
     proxy.stop().await;
 }
