@@ -264,7 +264,8 @@ async fn rsv1_without_permessage_deflate_agreed_is_a_protocol_error() {
 // ---------------------------------------------------------------- 6, 10. violations
 
 /// A peer breaks the protocol with `frame`: the offender gets close `codes.0`,
-/// the other side `codes.1`, and both connections end soon after.
+/// the other side `codes.1`, and both connections end soon after. The other
+/// side answers its close: a client's close waits for the backend's answer.
 async fn violation(by_client: bool, frame: &[u8], codes: (u16, u16)) {
     let mut backend = RawBackend::start(false, None).await;
     let proxy = inspect_proxy(&[backend.addr], "").await;
@@ -276,8 +277,11 @@ async fn violation(by_client: bool, frame: &[u8], codes: (u16, u16)) {
         false => (&mut server, &mut client),
     };
     offender.write_all(frame).await.unwrap();
-    assert_eq!(expect_close(offender, "offender").await.0, codes.0, "offender's close");
     assert_eq!(expect_close(other, "other side").await.0, codes.1, "other side's close");
+    // Masked from the client, not from the backend.
+    let answer = encode(0x88, !by_client, &close_payload(codes.1, ""));
+    other.write_all(&answer).await.unwrap();
+    assert_eq!(expect_close(offender, "offender").await.0, codes.0, "offender's close");
     expect_end(offender, "offender").await;
     expect_end(other, "other side").await;
     let took = start.elapsed();
@@ -312,6 +316,38 @@ violations! {
     rsv1_from_the_backend_without_deflate: BACKEND, [encode(0x81, false, b"ok"), encode(0xc1, false, b"x")].concat() => (1002, 1011);
     a_backend_whose_first_frame_is_bad_is_a_bad_gateway: BACKEND, encode(0x81, true, b"masked") => (1002, 1014);
     a_backend_that_sends_no_websocket_at_all: BACKEND, *b"HTTP/1.1 200 OK\r\n\r\nhello" => (1002, 1014);
+}
+
+/// A client sends a good message and a bad frame in one write. Through a
+/// plain route the backend answers the message before it refuses the frame;
+/// an inspected route refuses the frame itself, and still the answer comes
+/// first and the close after it: a conforming client sees the same thing.
+#[tokio::test]
+async fn a_client_that_breaks_the_protocol_gets_the_answers_before_its_close() {
+    let backend = Backend::echo().await;
+    let unmasked = [encode(0x81, true, b"a"), encode(0x81, false, b"unmasked")].concat();
+    let reserved_opcode = [encode(0x81, true, b"a"), encode(0x83, true, b"")].concat();
+
+    let plain = start_proxy(&config(backend.addr, None)).await;
+    let mut client = raw_client(plain.addr("plain")).await;
+    client.write_all(&unmasked).await.unwrap();
+    let echo = next_wire(&mut client, "client through a plain route").await;
+    assert_eq!((echo.b0, &echo.payload[..]), (0x81, &b"a"[..]));
+    plain.stop().await;
+
+    let inspected = inspect_proxy(&[backend.addr], "").await;
+    for _ in 0..10 {
+        for burst in [&unmasked, &reserved_opcode] {
+            let mut client = raw_client(inspected.addr("plain")).await;
+            client.write_all(burst).await.unwrap();
+            let echo = next_wire(&mut client, "client").await;
+            assert_eq!((echo.b0, &echo.payload[..]), (0x81, &b"a"[..]), "the echo first");
+            let close = next_wire(&mut client, "client").await.close();
+            assert_eq!(close, Some((1002, "protocol violation".to_string())));
+            expect_end(&mut client, "client").await;
+        }
+    }
+    inspected.stop().await;
 }
 
 // ---------------------------------------------------------------- 7. keepalive

@@ -8,15 +8,19 @@
 //! over, and [`unwrap`] knows each of them.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream as ServerTlsStream;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +32,7 @@ use super::Proxy;
 use crate::refusal::RefusalReason;
 use crate::telemetry::stats::OpenConnection;
 use crate::tunnel::halves::{Prefixed, Side};
+use crate::tunnel::linger;
 
 /// Where a connection came from.
 #[derive(Clone)]
@@ -60,8 +65,9 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl ClientStream for TcpStream {}
 impl ClientStream for ServerTlsStream<TcpStream> {}
 
-/// What hyper reads and writes: the client's stream behind the framing guard.
-type Wrapped<IO> = TokioIo<FramingGuard<IO>>;
+/// What hyper reads and writes: the client's stream behind the framing
+/// guard, read out before it closes.
+type Wrapped<IO> = TokioIo<FramingGuard<Lingering<IO>>>;
 
 /// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
 /// after which the request in flight is finished and the connection closed.
@@ -79,6 +85,7 @@ pub async fn serve_connection<IO>(
     IO: ClientStream,
 {
     let first = current.load_full();
+    let io = Lingering::new(io, info.slot.clone());
     let service = service_fn(move |request| {
         let proxy = current.load_full();
         let info = info.clone();
@@ -132,14 +139,14 @@ pub(super) fn unwrap(upgraded: Upgraded) -> Side {
     let upgraded = match upgraded.downcast::<Wrapped<TcpStream>>() {
         Ok(parts) => {
             let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
-            return Side::Tcp(Prefixed::new(prefix, io));
+            return Side::Tcp(Prefixed::new(prefix, io.into_inner()));
         }
         Err(upgraded) => upgraded,
     };
     match upgraded.downcast::<Wrapped<ServerTlsStream<TcpStream>>>() {
         Ok(parts) => {
             let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
-            Side::Other(Box::new(Prefixed::new(prefix, io)))
+            Side::Other(Box::new(Prefixed::new(prefix, io.into_inner())))
         }
         Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
     }
@@ -155,4 +162,120 @@ fn unguarded<IO>(read_buf: Bytes, guard: FramingGuard<IO>) -> (IO, Bytes) {
         (false, false) => [read_buf, rest].concat().into(),
     };
     (io, prefix)
+}
+
+/// How long a connection hyper has ended is read out for, at most
+/// ([`Lingering`]), and how many bytes at most: nginx's `lingering_time`
+/// is 30 s; a client still sending when its answer arrives needs only the
+/// time to finish that send and read the answer.
+const HTTP_LINGER: Duration = Duration::from_secs(5);
+const HTTP_LINGER_BYTES: u64 = 16 << 20;
+
+/// The client's stream, read out before it closes (a lingering close,
+/// [`linger`]). When hyper ends a connection the client has not ended (an
+/// error answer while the request's body still arrives, a refused upgrade
+/// with frames behind it, a keep-alive connection at shutdown), the socket
+/// is handed on dropping to a task that shuts down its writes and reads and
+/// drops what the client still sends, for [`HTTP_LINGER`] or
+/// [`HTTP_LINGER_BYTES`] at most, so the client reads its answer instead
+/// of a reset. The connection's slot under `max_connections` is held until
+/// then: the socket is still open. A tunnel takes the stream out first
+/// ([`Lingering::into_inner`]) and closes it its own way.
+struct Lingering<IO: ClientStream> {
+    /// `None` only once taken out or handed on.
+    io: Option<IO>,
+    /// The client ended its stream (or it failed): nothing left to read.
+    ended: bool,
+    slot: Arc<ConnectionSlot>,
+}
+
+impl<IO: ClientStream> Lingering<IO> {
+    fn new(io: IO, slot: Arc<ConnectionSlot>) -> Self {
+        Lingering {
+            io: Some(io),
+            ended: false,
+            slot,
+        }
+    }
+
+    fn into_inner(mut self) -> IO {
+        // Present from `new` until here or the drop: nothing else takes it.
+        self.io.take().expect("the stream is taken out once")
+    }
+
+    fn io(&mut self) -> io::Result<Pin<&mut IO>> {
+        match self.io.as_mut() {
+            Some(io) => Ok(Pin::new(io)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl<IO: ClientStream> Drop for Lingering<IO> {
+    fn drop(&mut self) {
+        let Some(mut io) = self.io.take() else { return };
+        if self.ended {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let slot = self.slot.clone();
+        runtime.spawn(async move {
+            let _slot = slot;
+            let deadline = tokio::time::Instant::now() + HTTP_LINGER;
+            if tokio::time::timeout_at(deadline, io.shutdown()).await.is_err() {
+                return;
+            }
+            let mut dropped = 0;
+            let (how, _) = linger::discard(
+                &mut io,
+                || deadline,
+                |bytes| {
+                    dropped += bytes.len() as u64;
+                    dropped >= HTTP_LINGER_BYTES
+                },
+            )
+            .await;
+            debug!(?how, dropped, "lingering close of an HTTP connection ended");
+        });
+    }
+}
+
+impl<IO: ClientStream> AsyncRead for Lingering<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = match this.io() {
+            Ok(io) => std::task::ready!(io.poll_read(cx, buf)),
+            Err(error) => Err(error),
+        };
+        if result.is_err() || (buf.filled().len() == before && buf.remaining() > 0) {
+            this.ended = true;
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<IO: ClientStream> AsyncWrite for Lingering<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_write(cx, data),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_flush(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => io.poll_shutdown(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
 }

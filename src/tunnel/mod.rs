@@ -3,13 +3,15 @@
 //! [`halves`] takes the two upgraded connections out of hyper's box (and
 //! apart, for the inspected pumps); [`copy`] moves one direction's bytes through a buffer
 //! [`pool`] lends only while they move; [`pace`] holds a client's reads to
-//! its route's byte rate.
+//! its route's byte rate; [`linger`] reads a peer out after wsgate's last
+//! word to it, so that word is not lost to a reset.
 
 pub mod copy;
 pub mod drain;
 pub mod halves;
 pub mod identity;
 pub mod inspect;
+pub mod linger;
 pub mod pace;
 pub mod pool;
 

@@ -42,7 +42,11 @@ pub async fn connect_from(source: impl Into<IpAddr>, addr: SocketAddr) -> std::i
 
 /// A TLS connection to `addr` with SNI `sni`, verified against `config`'s roots.
 pub async fn tls_connect(addr: SocketAddr, sni: &str, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
-    let tcp = tcp_connect(addr).await;
+    tls_over(tcp_connect(addr).await, sni, config).await
+}
+
+/// TLS over a TCP connection the caller made (and tuned), as [`tls_connect`].
+pub async fn tls_over(tcp: TcpStream, sni: &str, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
     let name = ServerName::try_from(sni.to_string()).unwrap();
     within(
         "TLS handshake",

@@ -126,6 +126,9 @@ pub(super) struct State {
     pub(super) wsgate_close: Option<(u16, usize)>,
     /// Who sent the tunnel's first close frame, a peer or wsgate.
     pub(super) first_close: Option<Closer>,
+    /// When wsgate shut down its writes to each side: that side's lingering
+    /// close runs from here ([`crate::tunnel::linger`]).
+    pub(super) write_shut: [Option<Instant>; 2],
     /// The side whose connection ended first (read end of stream or failed).
     pub(super) ended_first: Option<Side>,
     pub(super) ending: Option<Ending>,
@@ -197,6 +200,15 @@ impl Shared {
     pub(super) fn drain_delay(&self, spread: Duration) -> Duration {
         let room = spread.saturating_sub(self.settings.inspect.close_timeout);
         room.mul_f32(self.drain_place)
+    }
+
+    /// Until when wsgate reads `side` out after its writes to it are shut
+    /// down: `close_timeout` from then, or, while they are not yet, a
+    /// `close_timeout` from now to be asked again.
+    pub(super) fn linger_deadline(&self, side: Side) -> tokio::time::Instant {
+        let close_timeout = self.settings.inspect.close_timeout;
+        let shut = self.state().write_shut[side.index()];
+        tokio::time::Instant::from_std(shut.unwrap_or_else(Instant::now) + close_timeout)
     }
 
     fn now_ms(&self) -> u64 {

@@ -24,7 +24,8 @@ use crate::telemetry::TunnelMetrics;
 use crate::tunnel::drain::DrainSignal;
 use crate::tunnel::identity::Identity;
 
-/// After one direction ended, how long the other gets to deliver its close.
+/// After one direction ended, how long the other gets to deliver its close
+/// when no close handshake is under way.
 const END_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs an inspected tunnel until both sides are done, then logs how it
@@ -72,12 +73,25 @@ pub async fn run<CR, CW, BR, BW>(
     let mut downstream = AbortOnDropHandle::new(tokio::spawn(downstream.run(drain).instrument(span)));
     tokio::select! {
         _ = &mut upstream => {
-            let _ = tokio::time::timeout(END_GRACE, &mut downstream).await;
+            let _ = tokio::time::timeout(end_grace(&shared), &mut downstream).await;
         }
         _ = &mut downstream => {
-            let _ = tokio::time::timeout(END_GRACE, &mut upstream).await;
+            let _ = tokio::time::timeout(end_grace(&shared), &mut upstream).await;
         }
     }
     drop((upstream, downstream));
     log_end(&shared);
+}
+
+/// How long the direction still running gets once the other has ended:
+/// [`END_GRACE`], or, while a close handshake is under way, time for it
+/// (`close_timeout`) and then for the lingering close that reads its
+/// source out ([`crate::tunnel::linger`], another `close_timeout`); each
+/// pump keeps to those clocks itself, this only bounds one that cannot.
+fn end_grace(shared: &Shared) -> Duration {
+    let close_timeout = shared.settings.inspect.close_timeout;
+    match shared.state().close_started {
+        Some(_) => END_GRACE.max(close_timeout * 2),
+        None => END_GRACE,
+    }
 }

@@ -45,10 +45,12 @@ where
     /// The client went past its rate: it gets 1008 (the tunnel's end says
     /// why, once), the backend 1001, and the tunnel ends. Nothing of the
     /// frame that went past was forwarded: the backend is between frames.
+    /// As for a protocol violation, the client's close waits for the
+    /// backend's answer, so what the backend answered first reaches it first.
     pub(super) async fn message_rate_exceeded(&mut self) -> Flow {
         self.shared.ended(Ending::MessageRate);
         self.shared.metrics.message_rate_exceeded();
-        let _ = self.to_source.try_send(Order::CloseAndEnd {
+        let _ = self.to_source.try_send(Order::CloseAfterAnswer {
             code: close::POLICY_VIOLATION,
             reason: "message rate limit exceeded",
         });

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
+use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
 use crate::ws::close;
@@ -63,6 +64,13 @@ pub(super) enum Order {
     CloseAndEnd { code: u16, reason: &'static str },
     /// Send a close frame at the next frame boundary and wait for the answer.
     Close { code: u16, reason: &'static str },
+    /// The other side was closed for breaking the protocol: forward what
+    /// the source still sends until it answers that close (its close frame,
+    /// dropped, or its end of stream) or the close timeout passes, then
+    /// send this close frame and end. What the source answered to messages
+    /// before the offending frame reaches the destination first, as it
+    /// would through a plain tunnel.
+    CloseAfterAnswer { code: u16, reason: &'static str },
 }
 
 /// Whether a pump goes on.
@@ -86,6 +94,11 @@ pub(super) struct Pump<R, W> {
     out: Vec<u8>,
     /// A frame of wsgate's own waiting for the next frame boundary.
     pending: Option<Order>,
+    /// A close frame of wsgate's own waiting for the source's close answer
+    /// ([`Order::CloseAfterAnswer`]).
+    after_answer: Option<(u16, &'static str)>,
+    /// The source's stream ended (or failed).
+    source_done: bool,
     /// The size of buffer the next read borrows.
     sizing: Sizing,
     /// The client's `max_messages_per_second`, on the client's pump only.
@@ -126,6 +139,8 @@ where
             shared: shared.clone(),
             out: Vec::with_capacity(14 + 125),
             pending: None,
+            after_answer: None,
+            source_done: false,
             sizing: Sizing::default(),
             message_rate: message_rate::bucket(from, inspect),
         }
@@ -213,7 +228,7 @@ where
                 }
                 Woke::End => Flow::Stop,
                 Woke::Order(order) => {
-                    self.pending = Some(order);
+                    self.take_order(order);
                     self.obey_pending().await
                 }
                 Woke::Drain(request) => {
@@ -235,7 +250,51 @@ where
                 break;
             }
         }
+        if let Some((code, reason)) = self.after_answer.take() {
+            if self.can_inject() {
+                let _ = self.send_close(code, reason).await;
+            }
+        }
         let _ = self.dst.shutdown().await;
+        self.shared.state().write_shut[self.to().index()].get_or_insert_with(Instant::now);
+        self.linger().await;
+    }
+
+    /// An order from the other pump: a close to wait for the source's answer
+    /// is kept aside, any other is sent at the next frame boundary.
+    fn take_order(&mut self, order: Order) {
+        match order {
+            Order::CloseAfterAnswer { code, reason } => self.after_answer = Some((code, reason)),
+            order => self.pending = Some(order),
+        }
+    }
+
+    /// Reads the source out before its connection closes (a lingering
+    /// close, [`linger`]): unless it has ended, sent its close frame, or
+    /// stopped answering altogether, it may still be sending, and a reset
+    /// for unread bytes could overtake the close frame it was sent. Ends
+    /// at its close frame (when its frames can still be followed), its end
+    /// of stream, or `close_timeout` after wsgate's writes to it were shut
+    /// down.
+    async fn linger(&mut self) {
+        let from = self.from;
+        let done = self.source_done || {
+            let state = self.shared.state();
+            state.closed[from.index()].is_some()
+                || matches!(state.ending, Some(Ending::Unresponsive(side)) if side == from)
+        };
+        if done {
+            return;
+        }
+        let shared = self.shared.clone();
+        let reader = &mut self.reader;
+        let (how, dropped) = linger::discard(
+            &mut self.src,
+            || shared.linger_deadline(from),
+            |bytes| sends_close(reader, bytes),
+        )
+        .await;
+        debug!(side = from.as_str(), ?how, dropped, "lingering close ended");
     }
 
     /// Forwards one read and returns how many bytes at its end were held
@@ -249,7 +308,9 @@ where
     /// wsgate's pending frame goes out at the first frame boundary.
     async fn forward(&mut self, chunk: &[u8], judged: usize) -> (Flow, usize) {
         if self.pending.is_none() {
-            self.pending = self.inbox.try_recv().ok();
+            if let Ok(order) = self.inbox.try_recv() {
+                self.take_order(order);
+            }
         }
         // Bytes before `pos` have been fed to the reader.
         let mut pos = judged;
@@ -315,6 +376,13 @@ where
                 },
                 Some(Event::FrameEnd { opcode, .. }) => {
                     whole_frames += 1;
+                    if opcode == OpCode::Close && self.after_answer.is_some() {
+                        // The answer: what came before it goes, the close
+                        // frame of wsgate's own goes in its place.
+                        self.shared.read_from(self.from, pos, frames, data);
+                        let _ = self.write(&chunk[flushed..frame_start.max(flushed)]).await;
+                        return (Flow::Stop, 0);
+                    }
                     if opcode == OpCode::Close && self.both_closed() {
                         // The close that ends the tunnel counts like any read.
                         self.shared.read_from(self.from, pos, frames, data);
@@ -428,7 +496,13 @@ where
             close::INVALID_PAYLOAD => "invalid close reason",
             _ => "protocol violation",
         };
-        let _ = self.to_source.try_send(Order::CloseAndEnd { code: offender, reason });
+        // A client's close waits for the backend's answer to the backend's
+        // close, so that what the backend answered first reaches it first.
+        let order = match self.from {
+            Side::Client => Order::CloseAfterAnswer { code: offender, reason },
+            Side::Backend => Order::CloseAndEnd { code: offender, reason },
+        };
+        let _ = self.to_source.try_send(order);
         // The innocent side: 1002 if the client broke the protocol (the
         // backend learns why), 1011 if the backend did (the client is not at
         // fault), 1014 "bad gateway" if the backend never sent one valid
@@ -449,12 +523,14 @@ where
     /// whose client did; "unreachable" when the connection timed out (no
     /// FIN, no reset: the host or the path is gone).
     async fn source_ended(&mut self) -> Flow {
+        self.source_done = true;
         let closed = {
             let mut state = self.shared.state();
             state.ended_first.get_or_insert(self.from);
             state.closed[self.from.index()].is_some()
         };
-        if !closed && self.can_inject() {
+        // A close waiting for this answer goes instead, as the loop ends.
+        if !closed && self.after_answer.is_none() && self.can_inject() {
             let unreachable = self.shared.unreachable(self.from);
             let (code, reason) = match (self.from, unreachable) {
                 (Side::Backend, false) => (close::INTERNAL_ERROR, "backend connection lost"),
@@ -487,6 +563,10 @@ where
                 Ok(()) => Flow::Go,
                 Err(_) => Flow::Stop,
             },
+            Some(order @ Order::CloseAfterAnswer { .. }) => {
+                self.take_order(order);
+                Flow::Go
+            }
             None => Flow::Go,
         }
     }
@@ -522,5 +602,23 @@ where
         let result = self.write(&out).await;
         self.out = out;
         result
+    }
+}
+
+/// Feeds what a lingering source sent to its frame reader: true once its
+/// close frame has ended. A stream whose frames can no longer be followed
+/// (it broke the protocol) is read to its end instead.
+fn sends_close(reader: &mut FrameReader, mut bytes: &[u8]) -> bool {
+    loop {
+        match reader.advance(bytes) {
+            Ok((
+                _,
+                Some(Event::FrameEnd {
+                    opcode: OpCode::Close, ..
+                }),
+            )) => return true,
+            Ok((consumed, Some(_))) => bytes = &bytes[consumed..],
+            Ok((_, None)) | Err(_) => return false,
+        }
     }
 }
