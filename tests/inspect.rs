@@ -193,7 +193,7 @@ async fn a_4_mib_message_in_64_kib_fragments_passes() {
 #[tokio::test]
 async fn a_message_over_max_message_size_ends_with_1009_both_ways() {
     let backend = Backend::echo().await;
-    // max_message_size is raised to max_frame_size: lower both.
+    // Frames below the frame limit, the message above its own.
     let limits = "max_frame_size = \"512KiB\"\nmax_message_size = \"1MiB\"\n";
     let proxy = inspect_proxy(&[backend.addr], limits).await;
     let client = raw_client(proxy.addr("plain")).await;

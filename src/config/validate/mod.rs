@@ -453,6 +453,22 @@ servers = [{ address = "127.0.0.1:9001" }]
     }
 
     #[test]
+    fn a_lower_message_limit_lowers_the_default_frame_limit_and_a_larger_frame_limit_is_named() {
+        let with = |inspect: &str| {
+            BASE.replace(
+                "upstream = \"chat-backends\"\n",
+                &format!("upstream = \"chat-backends\"\ninspect = {{ {inspect} }}\n"),
+            )
+        };
+        let config = parse(&with("max_message_size = \"1MiB\""), Path::new("x.toml")).unwrap();
+        let inspect = config.routes[0].inspect.as_ref().unwrap();
+        assert_eq!((inspect.max_frame_size, inspect.max_message_size), (1 << 20, 1 << 20));
+        let errors = errors(&with("max_message_size = \"1MiB\", max_frame_size = \"2MiB\""));
+        assert_eq!(errors[0].key, "route[0].inspect.max_frame_size", "{errors:?}");
+        assert!(errors[0].message.contains("max_message_size"), "{errors:?}");
+    }
+
+    #[test]
     fn bad_values_inside_spanned_fields_name_the_key() {
         let text = BASE.replace("listen = \"127.0.0.1:0\"", "listen = 8443");
         let listen = errors(&text);

@@ -140,8 +140,25 @@ impl Checker<'_> {
             Some(v) => v.get_ref().0,
             None => default,
         };
-        let max_frame_size = size(self, &raw.max_frame_size, "max_frame_size", 16 << 20);
         let max_message_size = size(self, &raw.max_message_size, "max_message_size", 64 << 20);
+        // A frame is never larger than its message: a lower message limit
+        // lowers the default frame limit with it, and a frame limit written
+        // above the message limit is a mistake worth naming.
+        let max_frame_size = size(
+            self,
+            &raw.max_frame_size,
+            "max_frame_size",
+            (16 << 20).min(max_message_size),
+        );
+        if let (Some(frame), Some(_)) = (&raw.max_frame_size, &raw.max_message_size) {
+            if frame.get_ref().0 > max_message_size {
+                self.error(
+                    frame,
+                    key("max_frame_size"),
+                    format!("must not be larger than max_message_size ({max_message_size} bytes): a frame is part of a message"),
+                );
+            }
+        }
         // Every message counts, and every control frame: a ping flood costs
         // the backend as much as a message flood.
         let client_messages = self.socket_rate(
