@@ -65,7 +65,7 @@ impl ProxyError {
                 Refusal::Origin(_) | Refusal::MissingOrigin => StatusCode::FORBIDDEN,
                 Refusal::Subprotocol => StatusCode::BAD_REQUEST,
                 Refusal::RateLimited { .. } | Refusal::ClientCap => StatusCode::TOO_MANY_REQUESTS,
-                Refusal::RouteCap => StatusCode::SERVICE_UNAVAILABLE,
+                Refusal::RouteCap | Refusal::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::UpstreamHandshake { .. } | ProxyError::Upstream { .. } => {
@@ -155,6 +155,12 @@ impl ProxyError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ProxyError::Refused(Refusal::ClusterUnavailable) => {
+                // The store is probed every fifth of a lease (a second by default).
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

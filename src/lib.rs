@@ -57,6 +57,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod lifecycle;

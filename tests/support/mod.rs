@@ -15,6 +15,8 @@ pub mod hostile;
 
 pub mod hostile_peers;
 
+pub mod redis_server;
+
 // Each test file uses a different part of these.
 #[allow(unused_imports)]
 pub use {backend::*, certs::*, client::*, metrics::*, raw::*, wire::*};

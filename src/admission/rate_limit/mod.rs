@@ -65,6 +65,8 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 
+use crate::cluster::SharedRate;
+
 /// The units a [`Rate`] may be written with, for error messages.
 const UNITS_HELP: &str = "units: s, min, h, d (or second, minute, hour, day)";
 
@@ -165,13 +167,27 @@ impl LimitSpec {
     /// The governor quota: one cell replenished every `per / count` (at least 1ns), at most
     /// `burst` cells.
     pub fn quota(&self) -> Quota {
-        let period = self.cell_period();
-        let burst = self.burst.unwrap_or(self.rate.count);
-        let max_burst = (MAX_FILL_NANOS / period.as_nanos() as u64).clamp(1, u32::MAX as u64) as u32;
-        let burst = burst.min(NonZeroU32::new(max_burst).unwrap_or(NonZeroU32::MIN));
+        let (period, burst) = self.cells();
         Quota::with_period(period)
             .expect("cell period is at least 1ns")
             .allow_burst(burst)
+    }
+
+    /// The same limit as the fleet's shared bucket keeps it (`[cluster]`).
+    pub fn shared(&self) -> SharedRate {
+        let (period, burst) = self.cells();
+        SharedRate {
+            period,
+            burst: burst.get(),
+        }
+    }
+
+    /// The cell period and the burst, cut to what [`MAX_FILL_NANOS`] allows.
+    fn cells(&self) -> (Duration, NonZeroU32) {
+        let period = self.cell_period();
+        let burst = self.burst.unwrap_or(self.rate.count);
+        let max_burst = (MAX_FILL_NANOS / period.as_nanos() as u64).clamp(1, u32::MAX as u64) as u32;
+        (period, burst.min(NonZeroU32::new(max_burst).unwrap_or(NonZeroU32::MIN)))
     }
 
     /// Time to replenish one cell: `per / count`, at least 1ns.
