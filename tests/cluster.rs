@@ -196,6 +196,28 @@ async fn a_killed_instance_stops_counting_within_its_lease() {
     assert!(took <= SHORT_LEASE + Duration::from_millis(700), "took {took:?}");
 }
 
+#[tokio::test]
+async fn an_instance_that_exits_cleanly_gives_its_places_back_before_its_lease_ends() {
+    let redis = RedisServer::start();
+    let backend = Backend::echo().await;
+    let route = "limits = { max_websockets = 2 }";
+    let a = instance(&instance_toml(&redis, &[backend.addr], "a", route, "")).await;
+    let b = instance(&instance_toml(&redis, &[backend.addr], "b", route, "")).await;
+    let held = [open(&a, "/").await, open(&a, "/").await];
+    assert_eq!(upgrade(&b).await.status, 503, "the route's two places are taken on a");
+
+    let started = Instant::now();
+    a.stop().await;
+    let after_exit = until_status(&b, 101, Duration::from_secs(10)).await;
+    // The default lease is 5 s: a place back sooner came from a's leaving.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(4500),
+        "took {took:?} ({after_exit:?} after the exit)"
+    );
+    drop(held);
+}
+
 /// A store that hangs (SIGSTOP): with each `on_unavailable`, the answer
 /// comes at once, `/readyz` says what the mode promises, and when the store
 /// answers again the counts are shared again.

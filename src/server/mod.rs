@@ -197,6 +197,10 @@ impl Server {
                 "shutdown timeout reached with connections still open"
             );
         }
+        // The fleet gets this instance's places back now, not when its lease ends.
+        if let Some(cluster) = proxy.cluster() {
+            cluster.leave().await;
+        }
         admin_done.cancel();
         if let Some(admin) = admin {
             let _ = admin.await;
