@@ -10,11 +10,14 @@
 #   ROUNDS=5 DURATION=5 benches/ab.sh old/wsgate target/release/wsgate
 #
 # Settings (environment): ROUNDS=3, DURATION=5, WARMUP=1, CONNECTIONS=100,
-# SIZES="128 16384", HANDSHAKE_CONNECTIONS=50, LOADGEN (default: built here,
-# release). Prints one JSON line per run and a median table at the end.
+# SIZES="128 16384" (empty: handshakes only), HANDSHAKE_CONNECTIONS=50,
+# LOADGEN (default: built here, release), A_TOML / B_TOML (TOML appended to
+# A's or B's configuration: the same binary with two settings, as
+# benches/cluster.sh does). Prints one JSON line per run and a median table
+# at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# == 2 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[[ $# == 2 ]] || { sed -n '2,19p' "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}
@@ -38,6 +41,8 @@ fi
 read -r BACKEND_PORT A_PORT B_PORT < <(bench_ports 3)
 bench_wsgate_config "$work/a.toml" bench "$A_PORT" "$BACKEND_PORT" 0
 bench_wsgate_config "$work/b.toml" bench "$B_PORT" "$BACKEND_PORT" 0
+printf '%s\n' "${A_TOML:-}" >>"$work/a.toml"
+printf '%s\n' "${B_TOML:-}" >>"$work/b.toml"
 "$LOADGEN" backend --listen "127.0.0.1:$BACKEND_PORT" 2>"$work/backend.log" &
 pids+=($!)
 WSGATE_LOG=warn "$A" --config "$work/a.toml" 2>"$work/a.log" &

@@ -61,10 +61,12 @@ pub enum ProxyError {
     OutOfResources(io::Error),
 }
 
-/// `Retry-After` of a 503 for want of descriptors, in seconds: tunnels
-/// ending free descriptors all the time, so a client may try again soon,
-/// and one second spreads a reconnect storm a little.
-pub const OUT_OF_RESOURCES_RETRY_AFTER: u32 = 1;
+/// `Retry-After` of a 503 for a passing condition of this instance, in
+/// seconds: want of descriptors (tunnels ending free them all the time) or
+/// a shared store that does not answer (probed every fifth of a lease, a
+/// second by default). A client may try again soon, and one second spreads
+/// a reconnect storm a little.
+pub const RETRY_SOON_AFTER: u32 = 1;
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
@@ -79,7 +81,7 @@ impl ProxyError {
                 Refusal::Origin(_) | Refusal::MissingOrigin => StatusCode::FORBIDDEN,
                 Refusal::Subprotocol => StatusCode::BAD_REQUEST,
                 Refusal::RateLimited { .. } | Refusal::ClientCap => StatusCode::TOO_MANY_REQUESTS,
-                Refusal::RouteCap => StatusCode::SERVICE_UNAVAILABLE,
+                Refusal::RouteCap | Refusal::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
             ProxyError::NoServer | ProxyError::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::UpstreamHandshake { .. } | ProxyError::Upstream { .. } => {
@@ -174,11 +176,11 @@ impl ProxyError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            ProxyError::OutOfResources(_) => {
+            ProxyError::OutOfResources(_) | ProxyError::Refused(Refusal::ClusterUnavailable) => {
                 // RFC 9110 §15.6.4: a 503 may say when to come back.
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(OUT_OF_RESOURCES_RETRY_AFTER));
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SOON_AFTER));
             }
             _ => {}
         }

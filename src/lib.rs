@@ -31,7 +31,8 @@
 //!   tunnel sit together in `proxy::connection`.
 //! - [`admission`] refuses, before any backend is contacted, what a route
 //!   does not admit: foreign origins, unknown subprotocols, clients over
-//!   their rate or share of tunnels.
+//!   their rate or share of tunnels; with `[cluster]` it asks [`cluster`],
+//!   the Redis that every instance of a fleet shares, for the rates and caps.
 //! - [`upstream`] keeps each upstream's servers and picks one per request
 //!   (the strategy owns the key it balances by), connects with failover
 //!   before any byte is sent, forwards the handshake and checks the answer;
@@ -57,6 +58,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod lifecycle;

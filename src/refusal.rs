@@ -15,6 +15,8 @@ pub enum RefusalReason {
     ClientCap,
     /// The route holds `max_websockets` tunnels.
     RouteCap,
+    /// `[cluster]` with `on_unavailable = "deny"`, and the shared store does not answer.
+    ClusterUnavailable,
     /// `max_connections` reached: the listeners paused accepting.
     GlobalCap,
     /// TLS handshake or request headers not complete in time.
@@ -24,12 +26,13 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 8] = [
+    pub const ALL: [RefusalReason; 9] = [
         RefusalReason::Origin,
         RefusalReason::Subprotocol,
         RefusalReason::RateLimited,
         RefusalReason::ClientCap,
         RefusalReason::RouteCap,
+        RefusalReason::ClusterUnavailable,
         RefusalReason::GlobalCap,
         RefusalReason::HandshakeTimeout,
         RefusalReason::BadHandshake,
@@ -43,6 +46,7 @@ impl RefusalReason {
             RefusalReason::RateLimited => "rate_limited",
             RefusalReason::ClientCap => "client_cap",
             RefusalReason::RouteCap => "route_cap",
+            RefusalReason::ClusterUnavailable => "cluster_unavailable",
             RefusalReason::GlobalCap => "global_cap",
             RefusalReason::HandshakeTimeout => "handshake_timeout",
             RefusalReason::BadHandshake => "bad_handshake",

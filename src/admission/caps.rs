@@ -1,11 +1,15 @@
 //! Connection caps per route and per client: counted when a tunnel is
-//! admitted, released by a guard however the tunnel ends.
+//! admitted, released by a guard however the tunnel ends. With
+//! `[cluster]`, the fleet's count decides (the guard then also holds the
+//! tunnel's [`Lease`]) and these counts are what this instance writes back
+//! when the shared copy must be rebuilt.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::rate_limit::ClientKey;
+use crate::cluster::{Lease, LocalCounts};
 
 /// Which cap a new tunnel would exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +65,7 @@ impl RouteCaps {
         }
         let per_client_max = self.per_client_max.load(Ordering::Relaxed);
         if per_client_max == usize::MAX {
-            return Ok(TunnelPermit {
-                caps: self.clone(),
-                client: None,
-            });
+            return Ok(self.permit(None));
         }
         let mut table = self.table();
         let held = table.entry(client).or_insert(0);
@@ -77,10 +78,28 @@ impl RouteCaps {
             return Err(CapExceeded::Client);
         }
         *held += 1;
-        Ok(TunnelPermit {
+        Ok(self.permit(Some(client)))
+    }
+
+    /// Counts a tunnel the fleet admitted (or that `on_unavailable =
+    /// "allow"` let through), whatever this instance's own count says.
+    pub fn count(self: &Arc<Self>, client: ClientKey, lease: Option<Lease>) -> TunnelPermit {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let tracked = self.per_client_max.load(Ordering::Relaxed) != usize::MAX;
+        if tracked {
+            *self.table().entry(client).or_insert(0) += 1;
+        }
+        let mut permit = self.permit(tracked.then_some(client));
+        permit.lease = lease;
+        permit
+    }
+
+    fn permit(self: &Arc<Self>, client: Option<ClientKey>) -> TunnelPermit {
+        TunnelPermit {
             caps: self.clone(),
-            client: Some(client),
-        })
+            client,
+            lease: None,
+        }
     }
 
     /// The table's lock is held only to add or remove one tunnel; a panic
@@ -90,11 +109,24 @@ impl RouteCaps {
     }
 }
 
-/// One tunnel's place in its route's caps, given back on drop.
+impl LocalCounts for RouteCaps {
+    fn counts(&self) -> (u64, Vec<(String, u64)>) {
+        let clients = self
+            .table()
+            .iter()
+            .map(|(client, held)| (client.to_string(), *held as u64))
+            .collect();
+        (self.open() as u64, clients)
+    }
+}
+
+/// One tunnel's place in its route's caps, given back on drop (and in the
+/// fleet's, through its lease).
 #[derive(Debug)]
 pub struct TunnelPermit {
     caps: Arc<RouteCaps>,
     client: Option<ClientKey>,
+    lease: Option<Lease>,
 }
 
 impl Drop for TunnelPermit {

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderValue, ORIGIN};
 
-use crate::config::{Admission, MissingOrigin};
+use crate::cluster::{Answer, Ask, Cluster, LocalCounts, SharedRate, Unavailable};
+use crate::config::{Admission, MissingOrigin, OnUnavailable};
 use crate::refusal::RefusalReason;
 use crate::ws::handshake::offered_subprotocols;
 use caps::{CapExceeded, RouteCaps, TunnelPermit};
@@ -42,6 +43,8 @@ pub enum Refusal {
     ClientCap,
     #[error("this route holds its maximum of WebSockets")]
     RouteCap,
+    #[error("the shared limits cannot be checked now")]
+    ClusterUnavailable,
 }
 
 impl Refusal {
@@ -52,6 +55,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => RefusalReason::RateLimited,
             Refusal::ClientCap => RefusalReason::ClientCap,
             Refusal::RouteCap => RefusalReason::RouteCap,
+            Refusal::ClusterUnavailable => RefusalReason::ClusterUnavailable,
         }
     }
 }
@@ -85,14 +89,29 @@ pub struct RouteGate {
     total: Option<TotalLimiter>,
     limit_http: bool,
     pub caps: Arc<RouteCaps>,
+    /// With `[cluster]`: the fleet's limits, asked under the route's name.
+    shared: Option<Shared>,
+}
+
+/// What a route asks of the fleet.
+struct Shared {
+    cluster: Arc<Cluster>,
+    route: Arc<str>,
+    rules: Admission,
 }
 
 impl RouteGate {
     /// The gate for `rules`. After a reload, `previous` is the same route's
     /// gate of the last configuration: its tunnel counts carry over (under
     /// the new caps), so a reload never lets a route exceed its caps; rate
-    /// limiters start afresh with the new rates.
-    pub fn new(rules: &Admission, previous: Option<&RouteGate>) -> RouteGate {
+    /// limiters start afresh with the new rates. With `cluster`, the
+    /// route's rates and caps are the fleet's, asked under `route`.
+    pub fn new(
+        route: &Arc<str>,
+        rules: &Admission,
+        previous: Option<&RouteGate>,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> RouteGate {
         let caps = match previous {
             Some(previous) => {
                 previous
@@ -102,7 +121,19 @@ impl RouteGate {
             }
             None => RouteCaps::new(rules.max_websockets, rules.max_websockets_per_client),
         };
+        let shared = cluster.map(|cluster| {
+            if rules.max_websockets.is_some() || rules.max_websockets_per_client.is_some() {
+                let counts: Arc<dyn LocalCounts> = caps.clone();
+                cluster.track(route, Arc::downgrade(&counts));
+            }
+            Shared {
+                cluster: cluster.clone(),
+                route: route.clone(),
+                rules: rules.clone(),
+            }
+        });
         RouteGate {
+            shared,
             origins: rules.allowed_origins.clone().map(OriginAllowlist::new),
             missing_origin: rules.missing_origin,
             subprotocols: rules.subprotocols.clone(),
@@ -121,24 +152,68 @@ impl RouteGate {
         self.per_client.as_ref()
     }
 
-    /// Every check for a WebSocket Upgrade, cheapest first.
-    pub fn admit_websocket(&self, headers: &HeaderMap, client: ClientKey) -> Result<Admitted, Refusal> {
+    /// Every check for a WebSocket Upgrade, cheapest first: the fleet's
+    /// limits last, as they cost a round trip.
+    pub async fn admit_websocket(&self, headers: &HeaderMap, client: ClientKey) -> Result<Admitted, Refusal> {
         self.check_origin(headers)?;
         let subprotocols = self.filter_subprotocols(headers)?;
-        self.check_rate(client)?;
-        let permit = self.caps.try_acquire(client).map_err(|cap| match cap {
-            CapExceeded::Route => Refusal::RouteCap,
-            CapExceeded::Client => Refusal::ClientCap,
-        })?;
+        let permit = match self.ask_fleet(client, true).await {
+            Some(Ok(lease)) => self.caps.count(client, lease),
+            Some(Err(refusal)) => return Err(refusal),
+            None => {
+                self.check_rate(client)?;
+                self.caps.try_acquire(client).map_err(|cap| match cap {
+                    CapExceeded::Route => Refusal::RouteCap,
+                    CapExceeded::Client => Refusal::ClientCap,
+                })?
+            }
+        };
         Ok(Admitted { permit, subprotocols })
     }
 
     /// Plain HTTP requests meet only the rate limits, and only if asked.
-    pub fn admit_http(&self, client: ClientKey) -> Result<(), Refusal> {
-        if self.limit_http {
-            self.check_rate(client)?;
+    pub async fn admit_http(&self, client: ClientKey) -> Result<(), Refusal> {
+        if !self.limit_http {
+            return Ok(());
         }
-        Ok(())
+        match self.ask_fleet(client, false).await {
+            Some(answer) => answer.map(drop),
+            None => self.check_rate(client),
+        }
+    }
+
+    /// The fleet's answer with `[cluster]`: a lease when a tunnel place was
+    /// taken in its caps. `None`: this instance's own limits decide (no
+    /// `[cluster]`, or the store is unreachable under `on_unavailable =
+    /// "local"`).
+    async fn ask_fleet(
+        &self,
+        client: ClientKey,
+        takes_place: bool,
+    ) -> Option<Result<Option<crate::cluster::Lease>, Refusal>> {
+        let shared = self.shared.as_ref()?;
+        let key = client.to_string();
+        let rules = &shared.rules;
+        let ask = Ask {
+            route: &shared.route,
+            client: &key,
+            per_client_rate: rules.per_client_rate.as_ref().map(shared_rate),
+            total_rate: rules.total_rate.as_ref().map(shared_rate),
+            max_websockets: rules.max_websockets,
+            max_websockets_per_client: rules.max_websockets_per_client,
+            takes_place,
+        };
+        match shared.cluster.admit(ask).await {
+            Ok(Answer::Admitted(lease)) => Some(Ok(lease)),
+            Ok(Answer::RateLimited(wait)) => Some(Err(rate_limited(wait))),
+            Ok(Answer::RouteCap) => Some(Err(Refusal::RouteCap)),
+            Ok(Answer::ClientCap) => Some(Err(Refusal::ClientCap)),
+            Err(Unavailable) => match shared.cluster.on_unavailable() {
+                OnUnavailable::Local => None,
+                OnUnavailable::Allow => Some(Ok(None)),
+                OnUnavailable::Deny => Some(Err(Refusal::ClusterUnavailable)),
+            },
+        }
     }
 
     /// RFC 6455 §10.2: the Origin header is how a server protects itself
@@ -180,16 +255,29 @@ impl RouteGate {
     }
 
     fn check_rate(&self, client: ClientKey) -> Result<(), Refusal> {
-        let refused = |wait: Duration| Refusal::RateLimited {
-            retry_after: rate_limit::retry_after_secs(wait),
-        };
         if let Some(limiter) = &self.per_client {
-            limiter.check(client).map_err(refused)?;
+            limiter.check(client).map_err(rate_limited)?;
         }
         if let Some(limiter) = &self.total {
-            limiter.check().map_err(refused)?;
+            limiter.check().map_err(rate_limited)?;
         }
         Ok(())
+    }
+}
+
+/// A rate limit as the fleet's shared bucket keeps it: the local limiter's cells.
+fn shared_rate(spec: &rate_limit::LimitSpec) -> SharedRate {
+    let (period, burst) = spec.cells();
+    SharedRate {
+        period,
+        burst: burst.get(),
+    }
+}
+
+/// Over a rate limit, with `wait` until a retry would be admitted.
+fn rate_limited(wait: Duration) -> Refusal {
+    Refusal::RateLimited {
+        retry_after: rate_limit::retry_after_secs(wait),
     }
 }
 

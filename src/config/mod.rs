@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use raw::{Balance, HealthCheckKind, LogFormat, MissingOrigin};
+pub use raw::{Balance, HealthCheckKind, LogFormat, MissingOrigin, OnUnavailable};
 
 use crate::admission::origin::OriginPattern;
 use crate::admission::rate_limit::LimitSpec;
@@ -38,6 +38,39 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// The admin listener (metrics, health, readiness); `None`: none.
     pub admin: Option<Admin>,
+    /// Limits shared with other instances through Redis; `None`: this
+    /// instance's own.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: where the shared limits live and what to do without them
+/// (see [`crate::cluster`]).
+#[derive(Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// `redis://` or `rediss://` URL, with the password of `password_file`
+    /// put in.
+    pub redis: String,
+    /// This instance's name among those sharing the store; `None`: host
+    /// name and process ID, decided at start.
+    pub instance: Option<String>,
+    /// Longest wait for one round trip at a handshake (default 25ms).
+    pub timeout: Duration,
+    /// A silent instance's tunnels stop counting after this (default 5s).
+    pub lease: Duration,
+    pub on_unavailable: OnUnavailable,
+}
+
+/// The URL may hold a password: it never reaches a log line.
+impl fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("redis", &"<redacted>")
+            .field("instance", &self.instance)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .field("on_unavailable", &self.on_unavailable)
+            .finish()
+    }
 }
 
 /// `[admin]`: where the operator's endpoints are served (see

@@ -23,6 +23,31 @@ pub struct RawConfig {
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<RawUpstream>,
     pub admin: Option<RawAdmin>,
+    pub cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: Spanned<String>,
+    pub password_file: Option<Spanned<String>>,
+    pub instance: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub lease: Option<Spanned<HumanDuration>>,
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+/// What admission does while the shared store cannot be asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// This instance's own limits, as without `[cluster]`.
+    #[default]
+    Local,
+    /// No rate limits or caps at all until the store is back.
+    Allow,
+    /// Refuse every WebSocket (503) until the store is back.
+    Deny,
 }
 
 #[derive(Debug, Deserialize)]

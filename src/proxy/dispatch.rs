@@ -112,7 +112,7 @@ impl Proxy {
         if upgrade {
             self.open_tunnel(request, ctx, route, gate).await
         } else {
-            gate.admit_http(ctx.key)?;
+            gate.admit_http(ctx.key).await?;
             self.forward_http(request, ctx, route).await
         }
     }

@@ -25,6 +25,7 @@ use tracing::Span;
 use crate::admission::rate_limit::{ClientKey, KeyedLimiter};
 use crate::admission::refusal_log::RefusalLog;
 use crate::admission::RouteGate;
+use crate::cluster::Cluster;
 use crate::config::{Config, Global};
 use crate::telemetry::stats::Stats;
 use crate::tunnel::drain::Drain;
@@ -59,13 +60,22 @@ pub struct Proxy {
     pub(crate) drain: Arc<Drain>,
     pub(crate) stats: Stats,
     pub(crate) refusal_log: Arc<RefusalLog>,
+    /// `[cluster]`: kept for the server's life (a reload cannot change it).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Proxy {
     /// The proxy for `config`. On a reload, `previous` is the generation it
     /// replaces: routes and upstreams of the same name keep their tunnel
-    /// counts and servers' state, and the shared parts carry over.
-    pub async fn new(config: &Config, tunnels: TaskTracker, stats: Stats, previous: Option<&Proxy>) -> Proxy {
+    /// counts and servers' state, and the shared parts carry over, the
+    /// connection to the shared store ([`Cluster`]) among them.
+    pub async fn new(
+        config: &Config,
+        tunnels: TaskTracker,
+        stats: Stats,
+        previous: Option<&Proxy>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Proxy {
         let previous_gate = |name: &str| {
             let previous = previous?;
             let index = previous.routes.iter().position(|r| &*r.name == name)?;
@@ -74,7 +84,7 @@ impl Proxy {
         let gates: Vec<RouteGate> = config
             .routes
             .iter()
-            .map(|r| RouteGate::new(&r.admission, previous_gate(&r.name)))
+            .map(|r| RouteGate::new(&r.name, &r.admission, previous_gate(&r.name), cluster.as_ref()))
             .collect();
         for (route, gate) in config.routes.iter().zip(&gates) {
             stats.register_route(&route.name, gate.caps.clone());
@@ -95,7 +105,13 @@ impl Proxy {
             drain: previous.map_or_else(Default::default, |p| p.drain.clone()),
             stats,
             refusal_log: previous.map_or_else(Default::default, |p| p.refusal_log.clone()),
+            cluster,
         }
+    }
+
+    /// The shared store of `[cluster]`, when configured.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// `shutdown_timeout` of this generation.

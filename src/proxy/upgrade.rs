@@ -42,7 +42,7 @@ impl Proxy {
         gate: &RouteGate,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = handshake::validate(&request)?;
-        let admitted = gate.admit_websocket(request.headers(), ctx.key)?;
+        let admitted = gate.admit_websocket(request.headers(), ctx.key).await?;
         let upstream = &self.upstreams[route.upstream];
         let hash_key = upstream.pool.key_of(ctx.client, request.headers(), request.uri());
         let mut backend_request = handshake_request(&request, ctx);

@@ -5,7 +5,8 @@
 //! - `GET /metrics`: every metric, Prometheus text format.
 //! - `GET /healthz`: 200 while the process serves (liveness).
 //! - `GET /readyz`: 200 when wsgate can take traffic: its listeners accept
-//!   and every upstream has a healthy server; else 503 and what is missing,
+//!   and every upstream has a healthy server (and, with `[cluster]` and
+//!   `on_unavailable = "deny"`, the shared store answers); else 503 and what is missing,
 //!   so a load balancer sends clients elsewhere instead of into 503s.
 //!
 //! Anything else is 404.
@@ -29,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::OnUnavailable;
 use crate::proxy::Proxy;
 use crate::telemetry::metrics;
 use crate::upstream::balance::Pool;
@@ -130,6 +132,13 @@ fn not_ready(proxy: &Proxy, stopping: &CancellationToken) -> Option<String> {
     let mut why = String::new();
     if stopping.is_cancelled() {
         why.push_str("not ready: shutting down, the listeners no longer accept\n");
+    }
+    if let Some(cluster) = proxy.cluster() {
+        if cluster.on_unavailable() == OnUnavailable::Deny && !cluster.is_reachable() {
+            why.push_str(
+                "not ready: the shared limits' store ([cluster]) does not answer and on_unavailable is \"deny\"\n",
+            );
+        }
     }
     for pool in pools(proxy) {
         let backends = pool.backends();

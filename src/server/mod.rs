@@ -83,7 +83,15 @@ impl Server {
             None => None,
         };
         let tasks = TaskTracker::new();
-        let proxy = Proxy::new(&config, tasks.clone(), Stats::default(), None).await;
+        let stats = Stats::default();
+        let cluster = match &config.cluster {
+            Some(settings) => Some(
+                crate::cluster::Cluster::start(settings, stats.metrics().clone())
+                    .map_err(|e| io::Error::other(format!("[cluster]: {e}")))?,
+            ),
+            None => None,
+        };
+        let proxy = Proxy::new(&config, tasks.clone(), stats, None, cluster).await;
         let max_connections = config.global.max_connections.min(Semaphore::MAX_PERMITS);
         let (reload_sender, reloads) = mpsc::channel(1);
         Ok(Server {
@@ -188,6 +196,10 @@ impl Server {
                 open = tasks.len(),
                 "shutdown timeout reached with connections still open"
             );
+        }
+        // The fleet gets this instance's places back now, not when its lease ends.
+        if let Some(cluster) = proxy.cluster() {
+            cluster.leave().await;
         }
         admin_done.cancel();
         if let Some(admin) = admin {

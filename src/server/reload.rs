@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use super::listener::{bind_socket, BoundListener, ListenerSettings};
 use super::running::{Running, RunningListener};
-use crate::config::{Config, ConfigErrors, LogFormat};
+use crate::config::{ClusterSettings, Config, ConfigErrors, LogFormat};
 use crate::lifecycle::descriptors::{max_connections_warning, NofileLimit};
 use crate::proxy::Proxy;
 
@@ -101,6 +101,7 @@ pub(crate) struct Fixed {
     admin: Option<SocketAddr>,
     log_format: LogFormat,
     log_filter: String,
+    cluster: Option<ClusterSettings>,
 }
 
 impl Fixed {
@@ -109,6 +110,7 @@ impl Fixed {
             admin: config.admin.as_ref().map(|admin| admin.listen),
             log_format: config.global.log_format,
             log_filter: config.global.log_filter.clone(),
+            cluster: config.cluster.clone(),
         }
     }
 
@@ -124,6 +126,9 @@ impl Fixed {
         }
         if next.log_filter != self.log_filter {
             keys.push("global.log_filter");
+        }
+        if next.cluster != self.cluster {
+            keys.push("cluster");
         }
         keys
     }
@@ -192,7 +197,14 @@ impl Running {
         }
         let plan = self.plan_listeners(&config).await?;
         let previous = self.current.load_full();
-        let next = Proxy::new(&config, self.tasks.clone(), previous.stats.clone(), Some(&previous)).await;
+        let next = Proxy::new(
+            &config,
+            self.tasks.clone(),
+            previous.stats.clone(),
+            Some(&previous),
+            previous.cluster().cloned(),
+        )
+        .await;
         self.current.store(Arc::new(next));
         // Routes and upstreams removed leave /metrics once their tunnels end.
         previous.stats.metrics().configured(

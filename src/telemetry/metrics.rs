@@ -92,6 +92,17 @@ struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterOpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -104,6 +115,16 @@ fn duration_histogram() -> Histogram {
 
 fn rtt_histogram() -> Histogram {
     Histogram::new(RTT_BUCKETS)
+}
+
+/// Round trips to the shared store: a loopback Redis answers in tens of
+/// microseconds, `cluster.timeout` is tens of milliseconds.
+const CLUSTER_BUCKETS: [f64; 11] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+fn cluster_histogram() -> Histogram {
+    Histogram::new(CLUSTER_BUCKETS)
 }
 
 /// A cheap, cloneable handle on the proxy's metrics; one per server, kept
@@ -132,6 +153,9 @@ struct Inner {
     server_failures: Family<ServerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
+    cluster_round_trips: Family<ClusterLabels, Counter>,
+    cluster_latency: HistogramFamily<ClusterOpLabels>,
+    cluster_unreachable: Gauge,
     /// One scrape at a time: the server gauges are rebuilt from the pools
     /// right before encoding, and a second scrape must not see them half-built.
     scrape: Mutex<()>,
@@ -240,6 +264,26 @@ impl Metrics {
             let _ = reloads.get_or_create(&ResultLabels { result });
         }
         generation.set(1);
+        let cluster_round_trips = Family::default();
+        registry.register(
+            "cluster_round_trips",
+            "Round trips to the shared store ([cluster]) by operation (admit, release, heartbeat, rewrite, \
+             leave) and outcome (ok, error, timeout)",
+            cluster_round_trips.clone(),
+        );
+        let cluster_latency: HistogramFamily<ClusterOpLabels> = Family::new_with_constructor(cluster_histogram);
+        registry.register_with_unit(
+            "cluster_round_trip",
+            "Time of round trips to the shared store ([cluster]), answered or not, by operation",
+            Unit::Seconds,
+            cluster_latency.clone(),
+        );
+        let cluster_unreachable = Gauge::default();
+        registry.register(
+            "cluster_unreachable",
+            "1 while [cluster] is set and the shared store does not answer (on_unavailable applies), else 0",
+            cluster_unreachable.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -258,6 +302,9 @@ impl Metrics {
                 server_failures,
                 reloads,
                 generation,
+                cluster_round_trips,
+                cluster_latency,
+                cluster_unreachable,
                 scrape: Mutex::new(()),
             }),
         }
@@ -337,6 +384,24 @@ impl Metrics {
             .reloads
             .get_or_create(&ResultLabels { result: "failed" })
             .inc();
+    }
+
+    /// One round trip to the shared store, and how it went.
+    pub fn cluster_round_trip(&self, op: &'static str, outcome: &'static str, took: Duration) {
+        let inner = &self.inner;
+        inner
+            .cluster_round_trips
+            .get_or_create(&ClusterLabels { op, outcome })
+            .inc();
+        inner
+            .cluster_latency
+            .get_or_create(&ClusterOpLabels { op })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Whether the shared store answers.
+    pub fn cluster_unreachable(&self, unreachable: bool) {
+        self.inner.cluster_unreachable.set(i64::from(unreachable));
     }
 
     /// The configuration generation now in use.

@@ -16,6 +16,7 @@ pub mod hostile;
 pub mod hostile_peers;
 
 pub mod netns;
+pub mod redis_server;
 
 // Each test file uses a different part of these.
 #[allow(unused_imports)]

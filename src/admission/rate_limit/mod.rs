@@ -165,13 +165,19 @@ impl LimitSpec {
     /// The governor quota: one cell replenished every `per / count` (at least 1ns), at most
     /// `burst` cells.
     pub fn quota(&self) -> Quota {
-        let period = self.cell_period();
-        let burst = self.burst.unwrap_or(self.rate.count);
-        let max_burst = (MAX_FILL_NANOS / period.as_nanos() as u64).clamp(1, u32::MAX as u64) as u32;
-        let burst = burst.min(NonZeroU32::new(max_burst).unwrap_or(NonZeroU32::MIN));
+        let (period, burst) = self.cells();
         Quota::with_period(period)
             .expect("cell period is at least 1ns")
             .allow_burst(burst)
+    }
+
+    /// The cell period and the burst, cut to what [`MAX_FILL_NANOS`] allows:
+    /// the local limiter's and the fleet's shared bucket's (`[cluster]`).
+    pub fn cells(&self) -> (Duration, NonZeroU32) {
+        let period = self.cell_period();
+        let burst = self.burst.unwrap_or(self.rate.count);
+        let max_burst = (MAX_FILL_NANOS / period.as_nanos() as u64).clamp(1, u32::MAX as u64) as u32;
+        (period, burst.min(NonZeroU32::new(max_burst).unwrap_or(NonZeroU32::MIN)))
     }
 
     /// Time to replenish one cell: `per / count`, at least 1ns.

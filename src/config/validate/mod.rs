@@ -2,8 +2,9 @@
 //!
 //! This module holds the entry point, the [`Checker`] that collects the
 //! problems and the helpers every stage shares; the checks themselves live in
-//! [`listener`], [`route`] and [`upstream`].
+//! [`listener`], [`route`], [`upstream`] and [`cluster`].
 
+mod cluster;
 mod listener;
 mod route;
 mod upstream;
@@ -133,6 +134,7 @@ impl Checker<'_> {
             .collect::<Vec<_>>();
         self.reachable_routes(&raw.routes, &routes);
         let admin = raw.admin.as_ref().and_then(|admin| self.admin(admin, &raw.listeners));
+        let cluster = raw.cluster.as_ref().and_then(|cluster| self.cluster(cluster));
 
         Config {
             path: self.file.to_path_buf(),
@@ -141,6 +143,7 @@ impl Checker<'_> {
             routes,
             upstreams,
             admin,
+            cluster,
         }
     }
 
