@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::hostile_peers::WsgateChild;
+use support::hostile_peers::{WsgateChild, WsgateLaunch};
 use support::redis_server::RedisServer;
 use support::*;
 use tokio::net::TcpStream;
@@ -157,6 +157,46 @@ async fn a_per_client_cap_counts_across_instances_and_a_close_frees_a_place_on_t
         ) >= 2.0
     );
     assert_eq!(metrics.get("wsgate_cluster_unreachable", &[]), 0.0);
+}
+
+/// `rediss://` with the password in `password_file`: the limits are shared
+/// over TLS (the CA through `SSL_CERT_FILE`, as for the system's roots).
+#[tokio::test]
+async fn limits_are_shared_over_tls_with_a_password_file() {
+    let certs = TestCerts::generate();
+    let redis = RedisServer::start_tls(&certs, "s3cret");
+    let backend = Backend::echo().await;
+    let password_file = certs.dir().join("redis-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let cluster = format!("password_file = \"{}\"", password_file.display());
+    let toml = instance_toml(
+        &redis,
+        &[backend.addr],
+        "a",
+        "limits = { max_websockets_per_client = 1 }",
+        &cluster,
+    );
+    assert!(toml.contains("rediss://localhost:"), "{toml}");
+    let mut launch = WsgateLaunch::new(&toml, "info", None);
+    launch.command().env("SSL_CERT_FILE", certs.ca_pem());
+    let mut a = launch.spawn();
+    a.wait_listening(&["plain"], true).await;
+    a.wait_for_log("sharing over TLS", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shared limits available"))
+    })
+    .await;
+
+    let _held = open(&a, "/").await;
+    assert_eq!(upgrade(&a).await.status, 429, "the client's one place is taken");
+    let mut connection = redis.connection();
+    let held: Option<u64> = redis::cmd("HGET")
+        .arg("wsgate:caps:shared:a")
+        .arg("c:127.0.0.1")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(held, Some(1), "counted in the store");
 }
 
 #[tokio::test]

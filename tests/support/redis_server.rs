@@ -7,17 +7,42 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::TIMEOUT;
+use super::{TestCerts, TIMEOUT};
 
 pub struct RedisServer {
     child: Option<Child>,
     addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// TLS only (`rediss://`), with the test CA's server certificate for localhost.
+    tls: Option<TlsFiles>,
+    /// `requirepass`.
+    password: Option<String>,
+}
+
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: Vec<u8>,
 }
 
 impl RedisServer {
     /// A fresh server on a port nothing listens on, ready to answer.
     pub fn start() -> RedisServer {
+        RedisServer::new(None, None)
+    }
+
+    /// A server that speaks only TLS (with `certs`' server certificate) and
+    /// asks for `password`.
+    pub fn start_tls(certs: &TestCerts, password: &str) -> RedisServer {
+        let tls = TlsFiles {
+            cert: certs.server_cert(),
+            key: certs.server_key(),
+            ca: std::fs::read(certs.ca_pem()).expect("the test CA"),
+        };
+        RedisServer::new(Some(tls), Some(password.to_owned()))
+    }
+
+    fn new(tls: Option<TlsFiles>, password: Option<String>) -> RedisServer {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
@@ -25,13 +50,19 @@ impl RedisServer {
             child: None,
             addr,
             dir: tempfile::tempdir().expect("tempdir"),
+            tls,
+            password,
         };
         redis.resume_serving();
         redis
     }
 
+    /// The URL wsgate is given: without the password, which goes in a file.
     pub fn url(&self) -> String {
-        format!("redis://{}/0", self.addr)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}/0", self.addr.port()),
+            None => format!("redis://{}/0", self.addr),
+        }
     }
 
     /// Stops the server (SIGKILL: nothing is saved, as after a crash).
@@ -66,10 +97,28 @@ impl RedisServer {
 
     /// A synchronous connection, for looking at the keys.
     pub fn connection(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url()).expect("client");
-        client
+        self.client()
             .get_connection_with_timeout(TIMEOUT)
             .expect("connect to redis-server")
+    }
+
+    /// A client of this server, trusting the test CA and knowing the password.
+    fn client(&self) -> redis::Client {
+        let url = match &self.password {
+            Some(password) => self.url().replacen("://", &format!("://:{password}@"), 1),
+            None => self.url(),
+        };
+        match &self.tls {
+            Some(tls) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca.clone()),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
+        .expect("client")
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -79,9 +128,35 @@ impl RedisServer {
     }
 
     fn resume_serving(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.addr.port().to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let port = self.addr.port().to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            Some(tls) => {
+                command
+                    .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key);
+            }
+            None => {
+                command.args(["--port", &port]);
+            }
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -90,7 +165,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed");
         self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("client");
+        let client = self.client();
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let pong = client
