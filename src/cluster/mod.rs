@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{ClusterSettings, OnUnavailable};
@@ -86,6 +87,8 @@ pub struct Cluster {
     dirty: AtomicBool,
     /// Routes with caps, by name, for rewriting the counts.
     routes: Mutex<HashMap<String, Weak<dyn LocalCounts>>>,
+    /// Places of ended tunnels on their way back ([`give_back`]).
+    releases: mpsc::UnboundedSender<(String, String)>,
     metrics: Metrics,
 }
 
@@ -109,6 +112,7 @@ impl Cluster {
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
         let instance = settings.instance.clone().unwrap_or_else(default_instance);
+        let (releases, released) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             instance,
             settings: settings.clone(),
@@ -124,10 +128,12 @@ impl Cluster {
             // A restarted instance of the same name may find its old counts.
             dirty: AtomicBool::new(true),
             routes: Mutex::new(HashMap::new()),
+            releases,
             metrics,
         });
         cluster.metrics.cluster_unreachable(true);
         tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
+        tokio::spawn(give_back(Arc::downgrade(&cluster), released));
         info!(instance = %cluster.instance, lease = ?settings.lease, "sharing limits through redis");
         Ok(cluster)
     }
@@ -158,6 +164,7 @@ impl Cluster {
         }
         let caps = ask.takes_place && (ask.max_websockets.is_some() || ask.max_websockets_per_client.is_some());
         let field = format!("c:{}", ask.client);
+        let caps_key = self.caps_key(ask.route);
         let rate = |rate: Option<SharedRate>| rate.map_or((0, 1), |r| (micros(r.period).max(1), r.burst.max(1)));
         let (client_period, client_burst) = rate(ask.per_client_rate);
         let (total_period, total_burst) = rate(ask.total_rate);
@@ -169,7 +176,7 @@ impl Cluster {
         call.key(format!("{}instances", scripts::PREFIX))
             .key(format!("{}rate:{}:c:{}", scripts::PREFIX, ask.route, ask.client))
             .key(format!("{}rate:{}:total", scripts::PREFIX, ask.route))
-            .key(self.caps_key(ask.route))
+            .key(&caps_key)
             .arg(&self.instance)
             .arg(format!("{}caps:{}:", scripts::PREFIX, ask.route))
             .arg(&field)
@@ -186,8 +193,12 @@ impl Cluster {
         match code {
             0 if caps => Ok(Answer::Admitted(Some(Lease {
                 cluster: self.clone(),
-                route: ask.route.to_owned(),
-                field: ask.max_websockets_per_client.map(|_| field),
+                key: caps_key,
+                field: if ask.max_websockets_per_client.is_some() {
+                    field
+                } else {
+                    String::new()
+                },
             }))),
             0 => Ok(Answer::Admitted(None)),
             1 => Ok(Answer::RateLimited(Duration::from_micros(wait.max(0) as u64))),
@@ -340,28 +351,13 @@ impl Cluster {
         true
     }
 
-    /// A tunnel's place given back; sent without waiting. Lost while the
-    /// store is unreachable: the rewrite after the outage accounts for it.
-    fn release(self: &Arc<Self>, route: &str, field: Option<&str>) {
-        if !self.is_reachable() {
+    /// A tunnel's place given back, in the next batch; without waiting.
+    /// Lost while the store is unreachable: the rewrite after the outage
+    /// accounts for it.
+    fn release(&self, key: String, field: String) {
+        if !self.is_reachable() || self.releases.send((key, field)).is_err() {
             self.dirty.store(true, Ordering::Relaxed);
-            return;
         }
-        let cluster = self.clone();
-        let key = self.caps_key(route);
-        let field = field.unwrap_or("").to_owned();
-        tokio::spawn(async move {
-            let mut call = cluster.scripts.release.prepare_invoke();
-            call.key(key).arg(field);
-            let mut connection = cluster.connection.clone();
-            let _ = cluster
-                .round_trip::<i64>(
-                    "release",
-                    cluster.heartbeat_timeout(),
-                    call.invoke_async(&mut connection),
-                )
-                .await;
-        });
     }
 }
 
@@ -369,13 +365,48 @@ impl Cluster {
 #[derive(Debug)]
 pub struct Lease {
     cluster: Arc<Cluster>,
-    route: String,
-    field: Option<String>,
+    /// The instance's caps hash of the route.
+    key: String,
+    /// The client's field, or empty when only the route total is kept.
+    field: String,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.cluster.release(&self.route, self.field.as_deref());
+        self.cluster
+            .release(std::mem::take(&mut self.key), std::mem::take(&mut self.field));
+    }
+}
+
+/// Most places one release round trip gives back.
+const RELEASE_BATCH: usize = 256;
+
+/// Sends the places of ended tunnels back, one round trip per batch: while
+/// one is under way the next batch gathers, so a burst of closes costs a
+/// few round trips, not one each.
+async fn give_back(cluster: Weak<Cluster>, mut releases: mpsc::UnboundedReceiver<(String, String)>) {
+    let mut batch = Vec::with_capacity(RELEASE_BATCH);
+    while releases.recv_many(&mut batch, RELEASE_BATCH).await > 0 {
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        if !cluster.is_reachable() {
+            cluster.dirty.store(true, Ordering::Relaxed);
+            batch.clear();
+            continue;
+        }
+        let mut call = cluster.scripts.release.prepare_invoke();
+        for (key, field) in batch.drain(..) {
+            call.key(key).arg(field);
+        }
+        let mut connection = cluster.connection.clone();
+        let _ = cluster
+            .round_trip::<i64>(
+                "release",
+                cluster.heartbeat_timeout(),
+                call.invoke_async(&mut connection),
+            )
+            .await;
     }
 }
 

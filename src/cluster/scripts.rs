@@ -68,18 +68,21 @@ return {0, 0}
     )
 }
 
-/// A tunnel ended: its place is given back.
+/// Tunnels ended: their places are given back, a batch per call.
 ///
-/// KEYS: own caps hash. ARGV: client field, or "" when only the route total
-/// is kept. Counts never go below zero (a release that crossed a flush).
+/// KEYS: the own caps hash of each ended tunnel. ARGV: its client field, or
+/// "" when only the route total is kept. Counts never go below zero (a
+/// release that crossed a flush).
 pub fn release() -> Script {
     Script::new(
         r#"
-local function give_back(field)
-  if redis.call('HINCRBY', KEYS[1], field, -1) <= 0 then redis.call('HDEL', KEYS[1], field) end
+local function give_back(key, field)
+  if redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) end
 end
-give_back('*')
-if ARGV[1] ~= '' then give_back(ARGV[1]) end
+for i = 1, #KEYS do
+  give_back(KEYS[i], '*')
+  if ARGV[i] ~= '' then give_back(KEYS[i], ARGV[i]) end
+end
 return 0
 "#,
     )
