@@ -24,7 +24,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-100}
-SIZES=${SIZES:-"128 16384"}
+SIZES=${SIZES-"128 16384"}
 HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-50}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
@@ -77,8 +77,8 @@ python3 - "$results" "$A" "$B" <<'EOF'
 import json, statistics, sys
 records = [json.loads(line) for line in open(sys.argv[1])]
 print(f"\nA = {sys.argv[2]}\nB = {sys.argv[3]}\n")
-print("| workload | A rate/s | B rate/s | A CPU s | B CPU s | B/A CPU |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| workload | A rate/s | B rate/s | A CPU s | B CPU s | B/A CPU | A p50 µs | B p50 µs | A p99 µs | B p99 µs |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for workload in dict.fromkeys(r["workload"] for r in records):
     def med(side, key):
         values = [r["run"].get(key) for r in records
@@ -90,5 +90,6 @@ for workload in dict.fromkeys(r["workload"] for r in records):
     a_rate, b_rate, a_cpu, b_cpu = med("a", rate), med("b", rate), med("a", cpu), med("b", cpu)
     ratio = f"{b_cpu / a_cpu:.2f}" if a_cpu and b_cpu else "–"
     fmt = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
-    print(f"| {workload} | {fmt(a_rate)} | {fmt(b_rate)} | {fmt(a_cpu, 3)} | {fmt(b_cpu, 3)} | {ratio} |")
+    latency = " | ".join(fmt(med(side, q)) for q in ("p50_us", "p99_us") for side in ("a", "b"))
+    print(f"| {workload} | {fmt(a_rate)} | {fmt(b_rate)} | {fmt(a_cpu, 3)} | {fmt(b_cpu, 3)} | {ratio} | {latency} |")
 EOF

@@ -2,7 +2,9 @@
 # What [cluster] costs a handshake: one wsgate binary with the same route
 # limits (a per-client and a route rate limit, both caps) kept by itself (A)
 # and shared through a redis-server on loopback (B), rounds alternating
-# (benches/ab.sh). Needs redis-server (Debian package redis-server).
+# (benches/ab.sh): first 50 handshake loops at once (rate, CPU per 1k
+# handshakes), then 2 (latency without queueing: what Redis adds to one
+# handshake). Needs redis-server (Debian package redis-server).
 #
 #   benches/cluster.sh [WSGATE]          # default target/release/wsgate, built here
 #   ROUNDS=5 DURATION=5 benches/cluster.sh
@@ -39,4 +41,7 @@ export B_TOML="$limits
 [cluster]
 redis = \"redis://127.0.0.1:$port/0\"
 timeout = \"25ms\""
-SIZES="" benches/ab.sh "$WSGATE" "$WSGATE"
+for connections in ${CLUSTER_CONNECTIONS:-50 2}; do
+  echo "== $connections handshake loops"
+  SIZES="" HANDSHAKE_CONNECTIONS=$connections benches/ab.sh "$WSGATE" "$WSGATE"
+done
