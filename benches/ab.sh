@@ -77,6 +77,7 @@ python3 - "$results" "$A" "$B" <<'EOF'
 import json, statistics, sys
 records = [json.loads(line) for line in open(sys.argv[1])]
 print(f"\nA = {sys.argv[2]}\nB = {sys.argv[3]}\n")
+print("CPU s per 1M messages or 1k handshakes: user + system (user, system)\n")
 print("| workload | A rate/s | B rate/s | A CPU s | B CPU s | B/A CPU | A p50 µs | B p50 µs | A p99 µs | B p99 µs |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for workload in dict.fromkeys(r["workload"] for r in records):
@@ -86,10 +87,14 @@ for workload in dict.fromkeys(r["workload"] for r in records):
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
     rate = "handshakes_per_s" if workload == "handshake" else "msgs_per_s"
-    cpu = "proxy_cpu_s_per_1k_handshakes" if workload == "handshake" else "proxy_cpu_s_per_1m_msgs"
+    unit = "1k_handshakes" if workload == "handshake" else "1m_msgs"
+    cpu = f"proxy_cpu_s_per_{unit}"
     a_rate, b_rate, a_cpu, b_cpu = med("a", rate), med("b", rate), med("a", cpu), med("b", cpu)
     ratio = f"{b_cpu / a_cpu:.2f}" if a_cpu and b_cpu else "–"
     fmt = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
+    def cpu_cell(side):
+        user, system = med(side, f"proxy_user_s_per_{unit}"), med(side, f"proxy_sys_s_per_{unit}")
+        return f"{fmt(med(side, cpu), 3)} ({fmt(user, 3)}, {fmt(system, 3)})"
     latency = " | ".join(fmt(med(side, q)) for q in ("p50_us", "p99_us") for side in ("a", "b"))
-    print(f"| {workload} | {fmt(a_rate)} | {fmt(b_rate)} | {fmt(a_cpu, 3)} | {fmt(b_cpu, 3)} | {ratio} | {latency} |")
+    print(f"| {workload} | {fmt(a_rate)} | {fmt(b_rate)} | {cpu_cell('a')} | {cpu_cell('b')} | {ratio} | {latency} |")
 EOF

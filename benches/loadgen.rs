@@ -534,8 +534,45 @@ impl Tally {
     }
 }
 
-/// CPU time (user + system) a process has used, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
+/// CPU time a process used, user and system apart: the kernel's share is
+/// much the same for every proxy, so the user share is where they differ.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuTime {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTime {
+    fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    fn minus(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+
+    /// Adds `proxy_cpu_s` (user + system), `proxy_user_s`, `proxy_sys_s`
+    /// and each per `per` `unit`s done (`proxy_cpu_s_per_1m_msgs`, …).
+    fn report(cpu: Option<CpuTime>, json: Json, done: u64, per: f64, unit: &str) -> Json {
+        let each = |value: f64| (done > 0).then(|| value / done as f64 * per);
+        type Share = fn(CpuTime) -> f64;
+        let shares: [(&str, Share); 3] = [
+            ("cpu", CpuTime::total),
+            ("user", |c: CpuTime| c.user),
+            ("sys", |c: CpuTime| c.system),
+        ];
+        shares.into_iter().fold(json, |json, (name, share)| {
+            json.opt(&format!("proxy_{name}_s"), cpu.map(share))
+                .opt(&format!("proxy_{name}_s_per_{unit}"), cpu.and_then(|c| each(share(c))))
+        })
+    }
+}
+
+/// CPU time a process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> Result<CpuTime, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     // The command name (field 2) is in parentheses and may hold spaces; count from after it.
     let rest = stat
@@ -550,7 +587,11 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| format!("/proc/{pid}/stat: no field {}", i + 3))
     };
-    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second())
+    let per_second = clock_ticks_per_second();
+    Ok(CpuTime {
+        user: ticks(11)? as f64 / per_second,
+        system: ticks(12)? as f64 / per_second,
+    })
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -656,7 +697,7 @@ impl Json {
 
 /// Samples the proxy's CPU time (all its processes together) at the window's
 /// start and end, when asked to.
-async fn cpu_over(pids: &[u32], window: Window) -> Result<Option<f64>, String> {
+async fn cpu_over(pids: &[u32], window: Window) -> Result<Option<CpuTime>, String> {
     sleep_until(window.start).await;
     if pids.is_empty() {
         sleep_until(window.end).await;
@@ -664,11 +705,17 @@ async fn cpu_over(pids: &[u32], window: Window) -> Result<Option<f64>, String> {
     }
     let before = cpu_seconds_sum(pids)?;
     sleep_until(window.end).await;
-    Ok(Some(cpu_seconds_sum(pids)? - before))
+    Ok(Some(cpu_seconds_sum(pids)?.minus(before)))
 }
 
-fn cpu_seconds_sum(pids: &[u32]) -> Result<f64, String> {
-    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+fn cpu_seconds_sum(pids: &[u32]) -> Result<CpuTime, String> {
+    pids.iter().try_fold(CpuTime::default(), |sum, &pid| {
+        let cpu = cpu_seconds(pid)?;
+        Ok(CpuTime {
+            user: sum.user + cpu.user,
+            system: sum.system + cpu.system,
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -713,7 +760,7 @@ async fn echo(args: EchoArgs) -> Result<String, String> {
     let seconds = args.duration.as_secs_f64();
     let rate = total.done as f64 / seconds;
     let latency = &total.latency;
-    Ok(Json::new()
+    let json = Json::new()
         .str("workload", "echo")
         .str("url", &args.target.url)
         .int("connections", args.connections as u64)
@@ -727,13 +774,8 @@ async fn echo(args: EchoArgs) -> Result<String, String> {
         .int("p99_us", latency.value_at_quantile(0.99))
         .int("p999_us", latency.value_at_quantile(0.999))
         .int("max_us", latency.max())
-        .int("errors", total.errors)
-        .opt("proxy_cpu_s", cpu)
-        .opt(
-            "proxy_cpu_s_per_1m_msgs",
-            cpu.filter(|_| total.done > 0).map(|c| c / total.done as f64 * 1e6),
-        )
-        .finish())
+        .int("errors", total.errors);
+    Ok(CpuTime::report(cpu, json, total.done, 1e6, "1m_msgs").finish())
 }
 
 async fn echo_worker(ws: Ws, target: Arc<Target>, payload: Bytes, size: usize, window: Window) -> Tally {
@@ -843,7 +885,7 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
         eprintln!("loadgen handshake: {} error(s), first: {error}", total.errors);
     }
     let seconds = args.duration.as_secs_f64();
-    Ok(Json::new()
+    let json = Json::new()
         .str("workload", "handshake")
         .str("url", &args.target.url)
         .int("connections", args.connections as u64)
@@ -855,13 +897,8 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
         .int("cycle_p50_us", cycle.value_at_quantile(0.5))
         .int("cycle_p99_us", cycle.value_at_quantile(0.99))
         .int("tls_resumed", resumed.load(Ordering::Relaxed))
-        .int("errors", total.errors)
-        .opt("proxy_cpu_s", cpu)
-        .opt(
-            "proxy_cpu_s_per_1k_handshakes",
-            cpu.filter(|_| total.done > 0).map(|c| c / total.done as f64 * 1e3),
-        )
-        .finish())
+        .int("errors", total.errors);
+    Ok(CpuTime::report(cpu, json, total.done, 1e3, "1k_handshakes").finish())
 }
 
 async fn idle(args: IdleArgs) -> Result<String, String> {
