@@ -24,10 +24,16 @@ impl Checker<'_> {
         for (j, server) in raw.servers.get_ref().iter().enumerate() {
             if let Some(target) = self.server_target(i, j, server, resolver) {
                 let server = server.get_ref();
+                // Reported above for `srv`, whose records carry them.
+                let srv = matches!(target, ServerTarget::Srv(_));
                 servers.push(UpstreamServer {
                     target,
-                    weight: server.weight.as_ref().map_or(1, |w| (*w.get_ref()).max(1)),
-                    backup: server.backup.as_ref().is_some_and(|b| *b.get_ref()),
+                    weight: server
+                        .weight
+                        .as_ref()
+                        .filter(|_| !srv)
+                        .map_or(1, |w| (*w.get_ref()).max(1)),
+                    backup: !srv && server.backup.as_ref().is_some_and(|b| *b.get_ref()),
                     drain: server.drain.unwrap_or(false),
                 });
             }
