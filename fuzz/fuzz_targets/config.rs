@@ -162,11 +162,15 @@ fn check_usable(config: &Config) {
         );
     }
 
-    // Admission: each route's gate is built and answers.
+    // Admission: each route's gate is built and answers (without [cluster]
+    // its answers never wait, but they are async).
     let client = ClientKey::new("2001:db8::1".parse().unwrap(), config.global.ipv6_client_prefix);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
     for route in &config.routes {
-        let gate = RouteGate::new(&route.admission, None);
-        let _ = gate.admit_http(client);
+        let gate = RouteGate::new(&route.name, &route.admission, None, None);
+        let _ = runtime.block_on(gate.admit_http(client));
         let mut headers = http::HeaderMap::new();
         let origin = route.admission.allowed_origins.as_ref().and_then(|o| o.first());
         if let Some(value) = origin.and_then(|o| http::HeaderValue::from_str(&o.to_string().replace("*.", "a.")).ok()) {
@@ -176,7 +180,7 @@ fn check_usable(config: &Config) {
         if let Some(value) = protocol.and_then(|p| http::HeaderValue::from_str(p).ok()) {
             headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
         }
-        let _ = gate.admit_websocket(&headers, client);
+        let _ = runtime.block_on(gate.admit_websocket(&headers, client));
     }
 
     // Routing: a route naming a host exactly is the one found for that host
@@ -211,7 +215,7 @@ fn check_usable(config: &Config) {
             .map(|(j, server)| {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], u16::try_from(j + 1).unwrap_or(1)));
                 Backend::new(
-                    server.address.to_string().into(),
+                    server.target.to_string().into(),
                     addr,
                     server.weight,
                     server.backup,
