@@ -164,7 +164,11 @@ fn check_reports(reports: &[ClientReport]) -> usize {
         for (code, reason) in &report.closes {
             assert_eq!((*code, reason.as_str()), (1012, "rebalancing"), "client {id}");
         }
-        assert_eq!(report.connections, report.closes.len() + 1, "client {id} reconnected after each close");
+        assert_eq!(
+            report.connections,
+            report.closes.len() + 1,
+            "client {id} reconnected after each close"
+        );
         assert!(report.echoed > 0, "client {id} exchanged messages");
         closed += report.closes.len();
     }
@@ -186,9 +190,19 @@ async fn the_excess_moves_to_a_server_back_from_being_down() {
     let proxy = run_proxy(server, names);
     let addr = proxy.addr("plain");
     let healthy = |m: &Exposition, up: f64| {
-        m.value("wsgate_server_healthy", &[("upstream", "backends"), ("server", &b_addr.to_string())]) == Some(up)
+        m.value(
+            "wsgate_server_healthy",
+            &[("upstream", "backends"), ("server", &b_addr.to_string())],
+        ) == Some(up)
     };
-    scrape_until(admin, Duration::from_secs(5), "b marked down", |m| healthy(m, 0.0), String::new).await;
+    scrape_until(
+        admin,
+        Duration::from_secs(5),
+        "b marked down",
+        |m| healthy(m, 0.0),
+        String::new,
+    )
+    .await;
 
     let mut clients = Clients::new();
     clients.open(addr, SOCKETS).await;
@@ -225,7 +239,10 @@ async fn the_excess_moves_to_a_server_back_from_being_down() {
     tokio::time::sleep(AFTER + Duration::from_millis(500)).await;
     let m = scrape(admin).await;
     assert_eq!(m.sum("wsgate_rebalanced_tunnels_total", &[]), excess);
-    assert_eq!(m.sum("wsgate_close_codes_total", &[("side", "wsgate"), ("code", "1012")]), excess);
+    assert_eq!(
+        m.sum("wsgate_close_codes_total", &[("side", "wsgate"), ("code", "1012")]),
+        excess
+    );
 
     let closed = check_reports(&clients.finish().await);
     assert_eq!(closed as f64, excess, "every shed tunnel's client got its 1012");
@@ -247,10 +264,20 @@ async fn two_instances_each_balance_their_own_and_the_fleet_converges() {
     let second = WsgateChild::start(&toml, &["plain"], "info", None).await;
     let instances = [&first, &second];
     let b_down = |m: &Exposition| {
-        m.value("wsgate_server_healthy", &[("upstream", "backends"), ("server", &b_addr.to_string())]) == Some(0.0)
+        m.value(
+            "wsgate_server_healthy",
+            &[("upstream", "backends"), ("server", &b_addr.to_string())],
+        ) == Some(0.0)
     };
     for wsgate in instances {
-        scrape_until(wsgate.admin_addr(), Duration::from_secs(5), "b marked down", b_down, || wsgate.log_tail(20)).await;
+        scrape_until(
+            wsgate.admin_addr(),
+            Duration::from_secs(5),
+            "b marked down",
+            b_down,
+            || wsgate.log_tail(20),
+        )
+        .await;
     }
 
     let each = SOCKETS / 2;
@@ -292,7 +319,10 @@ async fn two_instances_each_balance_their_own_and_the_fleet_converges() {
         assert!(servers.contains(&format!("{} {each} open", a.addr)), "{round}");
         assert!(servers.contains(&b.addr.to_string()), "{round}");
     }
-    assert!(on_a <= limit(SOCKETS) + instances.len() as f64, "a holds {on_a} of {SOCKETS}");
+    assert!(
+        on_a <= limit(SOCKETS) + instances.len() as f64,
+        "a holds {on_a} of {SOCKETS}"
+    );
 
     let closed = check_reports(&clients.finish().await);
     assert_eq!(closed as f64, 2.0 * excess_each);
