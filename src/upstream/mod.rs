@@ -9,6 +9,7 @@ pub mod balance;
 pub mod connect;
 pub mod handshake;
 pub mod health;
+pub mod rebalance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tracing::warn;
 
-pub use backend::{Backend, BackendGuard, HealthChange};
+pub use backend::{Backend, BackendGuard, HealthChange, ShedTicket};
 
 use crate::config::{Balance, HashKey, Upstream, UpstreamServer};
 use strategy::Picker;
@@ -190,6 +190,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             tcp: crate::config::TcpLiveness::default(),
+            rebalance: None,
         }
     }
 
