@@ -583,3 +583,49 @@ fn wsgate_check_warns_about_rebalancing_an_upstream_with_only_plain_routes() {
     assert!(ok, "{output}");
     assert!(!output.contains("warning"), "unexpected warning:\n{output}");
 }
+
+#[test]
+fn srv_servers_and_the_resolver_are_checked() {
+    let server = "{ address = \"127.0.0.1:9001\" }";
+    let with_server = |entry: &str| replace(BASE, server, entry);
+    let srv = with_server("{ srv = \"_ws._tcp.chat.service.internal\" }");
+    let srv = replace(
+        &srv,
+        "[global]",
+        "[global]\nresolver = [\"127.0.0.1:8600\", \"[::1]:53\"]",
+    );
+    let config = Config::from_toml(&srv, Path::new(FILE)).expect("an SRV entry and a resolver list load");
+    assert_eq!(
+        config.upstreams[0].servers[0].target.to_string(),
+        "_ws._tcp.chat.service.internal"
+    );
+
+    let text = with_server("{ srv = \"_ws._tcp.chat\", weight = 2 }");
+    let error = single_error(&text, "upstream[0].servers[0].weight");
+    assert!(error.message.contains("SRV record"), "{error:#?}");
+    assert_eq!(error.line, line_of(&text, "srv =", 0));
+    let error = single_error(
+        &with_server("{ srv = \"_ws._tcp.chat\", backup = true }"),
+        "upstream[0].servers[0].backup",
+    );
+    assert!(error.message.contains("priority"), "{error:#?}");
+    single_error(
+        &with_server("{ srv = \"_ws._tcp.chat\", address = \"127.0.0.1:1\" }"),
+        "upstream[0].servers[0].srv",
+    );
+    let error = single_error(&with_server("{ drain = true }"), "upstream[0].servers[0]");
+    assert!(error.message.contains("`srv`"), "{error:#?}");
+    single_error(
+        &with_server("{ srv = \"_ws._tcp.chat:8080\" }"),
+        "upstream[0].servers[0].srv",
+    );
+
+    let resolver = |value: &str| replace(BASE, "[global]", &format!("[global]\nresolver = {value}"));
+    let text = resolver("\"consul.internal:8600\"");
+    let error = single_error(&text, "global.resolver");
+    assert!(error.message.contains("IP:PORT"), "{error:#?}");
+    assert_eq!(error.line, line_of(&text, "resolver =", 0));
+    single_error(&resolver("[\"127.0.0.1:8600\", \"127.0.0.1\"]"), "global.resolver[1]");
+    single_error(&resolver("[]"), "global.resolver");
+    single_error(&resolver("8600"), "global.resolver");
+}

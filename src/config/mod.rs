@@ -107,6 +107,21 @@ pub struct Global {
     /// One `request` line per plain HTTP request (default true): a busy
     /// HTTP route can log more than an operator wants to keep.
     pub http_log: bool,
+    /// Where upstream host names and SRV records are looked up (default:
+    /// the name servers of `/etc/resolv.conf`).
+    pub resolver: Nameservers,
+}
+
+/// The DNS servers that upstream names are asked of.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Nameservers {
+    /// Those of `/etc/resolv.conf` (its search domains and options too),
+    /// read again by each reload.
+    #[default]
+    System,
+    /// `[global] resolver`: these, over UDP and TCP, in order (Consul's
+    /// DNS, CoreDNS, a local unbound).
+    Listed(Vec<SocketAddr>),
 }
 
 /// An address wsgate accepts connections on.
@@ -305,8 +320,13 @@ pub struct Upstream {
     /// Other servers tried when a connect fails before the handshake was
     /// sent (default 2).
     pub retries: u32,
-    /// How often host names in `address` are resolved again (default 30s).
+    /// The longest a DNS answer (host names in `address`, `srv` records)
+    /// is used before it is asked again (default 30s); a shorter TTL asks
+    /// sooner.
     pub resolve_interval: Duration,
+    /// `[global] resolver`, the same for every upstream: each pool asks it
+    /// for its own names.
+    pub resolver: Nameservers,
     /// A failed connect keeps a server out for this long, doubling per
     /// failure in a row (default 1s) …
     pub passive_backoff: Duration,
@@ -360,13 +380,45 @@ impl Rebalance {
 /// One entry of an upstream's `servers`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamServer {
-    pub address: ServerAddress,
-    /// Relative share of new tunnels (default 1).
+    pub target: ServerTarget,
+    /// Relative share of new tunnels (default 1); an SRV record's targets
+    /// carry their own.
     pub weight: u32,
-    /// Gets traffic only when no primary server is available.
+    /// Gets traffic only when no primary server is available; an SRV
+    /// record's targets take their tier from their priority.
     pub backup: bool,
     /// Gets no new tunnels; keeps its open ones.
     pub drain: bool,
+}
+
+/// Where an entry of `servers` finds its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTarget {
+    /// `address`: an IP address, or a host name whose A/AAAA records are
+    /// the servers (each with this port).
+    Address(ServerAddress),
+    /// `srv`: a DNS name whose SRV records are the servers, each with its
+    /// own port, priority and weight.
+    Srv(String),
+}
+
+impl ServerTarget {
+    /// Whether the entry needs DNS: a host name or an SRV record.
+    pub fn is_dns(&self) -> bool {
+        match self {
+            ServerTarget::Address(address) => address.host.parse::<std::net::IpAddr>().is_err(),
+            ServerTarget::Srv(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for ServerTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerTarget::Address(address) => address.fmt(f),
+            ServerTarget::Srv(name) => f.write_str(name),
+        }
+    }
 }
 
 /// Where the key of `balance = "hash"` comes from.

@@ -67,6 +67,9 @@ pub struct RawGlobal {
     pub log_format: Option<LogFormat>,
     pub log_filter: Option<Spanned<String>>,
     pub http_log: Option<bool>,
+    /// `"IP:PORT"` or a list of them; checked in `validate`, which names
+    /// the key of a value of the wrong shape.
+    pub resolver: Option<Spanned<toml::Value>>,
 }
 
 /// How log lines are written to standard error.
@@ -194,7 +197,7 @@ pub struct RawRouteLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: Spanned<String>,
-    pub servers: Spanned<Vec<RawServer>>,
+    pub servers: Spanned<Vec<Spanned<RawServer>>>,
     pub connect_timeout: Option<Spanned<HumanDuration>>,
     pub response_timeout: Option<Spanned<HumanDuration>>,
     pub balance: Option<Balance>,
@@ -232,9 +235,11 @@ pub struct RawUpstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub address: Spanned<String>,
+    /// Either `address` or `srv`.
+    pub address: Option<Spanned<String>>,
+    pub srv: Option<Spanned<String>>,
     pub weight: Option<Spanned<u32>>,
-    pub backup: Option<bool>,
+    pub backup: Option<Spanned<bool>>,
     pub drain: Option<bool>,
 }
 

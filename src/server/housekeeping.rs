@@ -9,8 +9,9 @@ use crate::admission::refusal_log;
 use crate::proxy::Proxy;
 
 /// Periodic work: forgetting idle rate-limiter keys (the memory bound),
-/// active health checks, rebalancing, resolving upstream host names again,
-/// and summarising refusals that were not logged one by one.
+/// active health checks, rebalancing, resolving upstream names again as
+/// their answers run out, and summarising refusals that were not logged
+/// one by one.
 pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for limiter in proxy.keyed_limiters() {
@@ -51,13 +52,19 @@ pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<
             )));
         }
         if pool.has_host_names() {
-            let every = upstream.config.resolve_interval;
+            // Each name is asked again when its answer runs out (its TTL,
+            // at most `resolve_interval`); a reload asks at once for the
+            // names it carried over.
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
+                    let next = tokio::select! {
+                        next = pool.resolve_due() => next,
+                        () = stop.cancelled() => return,
+                    };
+                    let Some(next) = next else { return };
                     tokio::select! {
-                        _ = ticks.tick() => pool.resolve().await,
+                        () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
                         () = stop.cancelled() => return,
                     }
                 }

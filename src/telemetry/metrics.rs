@@ -91,6 +91,18 @@ struct ServerLabels {
     server: String,
 }
 
+/// One address of an upstream now, and where it came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabels {
+    upstream: String,
+    server: String,
+    address: String,
+    /// `static`, `dns` or `srv`.
+    source: &'static str,
+    /// 0 for primaries, then backups in order.
+    tier: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterLabels {
     op: &'static str,
@@ -152,6 +164,7 @@ struct Inner {
     configured: Mutex<Option<Configured>>,
     server_healthy: Family<ServerLabels, Gauge>,
     server_failures: Family<ServerLabels, Gauge>,
+    upstream_servers: Family<AddressLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     cluster_round_trips: Family<ClusterLabels, Counter>,
@@ -258,6 +271,13 @@ impl Metrics {
             "Health checks and connects of a backend server that failed in a row",
             server_failures.clone(),
         );
+        let upstream_servers = Family::default();
+        registry.register(
+            "upstream_servers",
+            "1 for each address an upstream has now, by server, address, where it came from (static, dns, srv) \
+             and tier (0 primary, then backups in order)",
+            upstream_servers.clone(),
+        );
         let reloads: Family<ResultLabels, Counter> = Family::default();
         registry.register("reloads", "Configuration reloads by result", reloads.clone());
         let generation = Gauge::default();
@@ -309,6 +329,7 @@ impl Metrics {
                 configured: Mutex::new(None),
                 server_healthy,
                 server_failures,
+                upstream_servers,
                 reloads,
                 generation,
                 cluster_round_trips,
@@ -495,15 +516,25 @@ impl Metrics {
     /// Rebuilds the server gauges: servers gone from the pools (a reload, a
     /// name that resolves elsewhere now) disappear. Several addresses of one
     /// name are one series: healthy only when all are, failures the most of
-    /// any.
+    /// any. `upstream_servers` has one series per address.
     fn refresh_servers(&self, pools: &[Arc<Pool>]) {
         let (healthy, failures) = (&self.inner.server_healthy, &self.inner.server_failures);
+        let addresses = &self.inner.upstream_servers;
         healthy.clear();
         failures.clear();
+        addresses.clear();
         for pool in pools {
             let mut seen: Vec<(&str, bool, u32)> = Vec::new();
             let backends = pool.backends();
             for backend in backends.iter() {
+                let labels = AddressLabels {
+                    upstream: pool.name.to_string(),
+                    server: backend.name.to_string(),
+                    address: backend.addr.to_string(),
+                    source: backend.source.as_str(),
+                    tier: backend.tier().to_string(),
+                };
+                addresses.get_or_create(&labels).set(1);
                 let (up, failed) = (backend.is_healthy(), backend.consecutive_failures());
                 match seen.iter_mut().find(|(name, ..)| *name == &*backend.name) {
                     Some(entry) => {

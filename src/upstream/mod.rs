@@ -7,6 +7,7 @@
 
 pub mod balance;
 pub mod connect;
+pub mod discovery;
 pub mod handshake;
 pub mod health;
 pub mod rebalance;

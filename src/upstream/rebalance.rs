@@ -185,18 +185,23 @@ impl Round {
 
 /// Each server with the most tunnels it may hold: `ceil(max_skew × share)`,
 /// its share being the upstream's open tunnels times its weight over the
-/// weights of the servers that can take tunnels (up and not draining: the
-/// primaries, or the backups while no primary is). A server that cannot
+/// weights of the servers that can take tunnels (up and not draining, in the
+/// lowest tier that has one: the primaries, or the first backups while no
+/// primary is). A server that cannot
 /// take tunnels has no share: everything it holds is excess once another
 /// can take it, and nothing at all is shed while none can.
 fn limits(backends: &[Arc<Backend>], max_skew: f64) -> Vec<(Arc<Backend>, usize)> {
     let total: usize = backends.iter().map(|backend| backend.open_tunnels()).sum();
-    let primaries_up = backends.iter().any(|backend| !backend.backup && backend.is_up());
-    let takes = |backend: &Backend| backend.is_up() && backend.backup != primaries_up;
+    let tier_in_use = backends
+        .iter()
+        .filter(|backend| backend.is_up())
+        .map(|b| b.tier())
+        .min();
+    let takes = |backend: &Backend| backend.is_up() && Some(backend.tier()) == tier_in_use;
     let weights: u64 = backends
         .iter()
         .filter(|backend| takes(backend))
-        .map(|backend| u64::from(backend.weight))
+        .map(|backend| u64::from(backend.weight()))
         .sum();
     backends
         .iter()
@@ -204,7 +209,7 @@ fn limits(backends: &[Arc<Backend>], max_skew: f64) -> Vec<(Arc<Backend>, usize)
             let limit = if weights == 0 {
                 usize::MAX
             } else if takes(backend) {
-                let share = total as f64 * f64::from(backend.weight) / weights as f64;
+                let share = total as f64 * f64::from(backend.weight()) / weights as f64;
                 (max_skew * share).ceil() as usize
             } else {
                 0

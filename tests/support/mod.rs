@@ -15,6 +15,7 @@ pub mod hostile;
 
 pub mod hostile_peers;
 
+pub mod dns;
 pub mod netns;
 pub mod redis_server;
 

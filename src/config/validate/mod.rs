@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::raw::{DurationOrOff, RawAdmin, RawConfig, RawGlobal, RawListener};
 use super::units::HumanDuration;
-use super::{Admin, Config, ConfigError, ConfigErrors, Global, KeepaliveProbes, TcpLiveness};
+use super::{Admin, Config, ConfigError, ConfigErrors, Global, KeepaliveProbes, Nameservers, TcpLiveness};
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +50,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         file: path,
         text,
         errors: Vec::new(),
+        system_resolver: None,
     };
     let config = check.config(raw);
     if check.errors.is_empty() {
@@ -87,6 +88,10 @@ struct Checker<'a> {
     file: &'a Path,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Whether `/etc/resolv.conf` can be used, read once when a server
+    /// needs DNS and `[global] resolver` is not set; `Err` after it was
+    /// reported, so the problem is said once.
+    system_resolver: Option<Result<(), ()>>,
 }
 
 impl Checker<'_> {
@@ -124,7 +129,7 @@ impl Checker<'_> {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, u)| self.upstream(i, u))
+            .map(|(i, u)| self.upstream(i, u, &global.resolver))
             .collect::<Vec<_>>();
         let routes = raw
             .routes
@@ -170,6 +175,68 @@ impl Checker<'_> {
             return None;
         }
         Some(Admin { listen: addr })
+    }
+
+    /// `Err` with the reason the first time `/etc/resolv.conf` cannot be
+    /// used; `Ok` when it can, or when that was already reported.
+    fn system_resolver(&mut self) -> Result<(), String> {
+        if self.system_resolver.is_some() {
+            return Ok(());
+        }
+        match hickory_resolver::system_conf::read_system_conf() {
+            Ok(_) => {
+                self.system_resolver = Some(Ok(()));
+                Ok(())
+            }
+            Err(why) => {
+                self.system_resolver = Some(Err(()));
+                Err(why.to_string())
+            }
+        }
+    }
+
+    /// `global.resolver`: one `IP:PORT` or a list of them.
+    fn resolver(&mut self, raw: Option<Spanned<toml::Value>>) -> Nameservers {
+        let Some(raw) = raw else {
+            return Nameservers::System;
+        };
+        let explain = |text: &str| {
+            format!("{text:?} is not a name server address; write IP:PORT such as \"127.0.0.1:8600\" or \"[::1]:53\"")
+        };
+        let shape = "must be \"IP:PORT\" or a list of them (leave it out to use /etc/resolv.conf)";
+        let (values, listed) = match raw.get_ref() {
+            toml::Value::String(one) => (vec![one.clone()], false),
+            toml::Value::Array(many) if !many.is_empty() => {
+                let mut values = Vec::with_capacity(many.len());
+                for (k, value) in many.iter().enumerate() {
+                    match value.as_str() {
+                        Some(text) => values.push(text.to_owned()),
+                        None => self.error(&raw, format!("global.resolver[{k}]"), shape),
+                    }
+                }
+                (values, true)
+            }
+            _ => {
+                self.error(&raw, "global.resolver", shape);
+                return Nameservers::System;
+            }
+        };
+        let mut addrs = Vec::with_capacity(values.len());
+        for (k, text) in values.iter().enumerate() {
+            let key = if listed {
+                format!("global.resolver[{k}]")
+            } else {
+                "global.resolver".to_owned()
+            };
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => addrs.push(addr),
+                _ => self.error(&raw, key, explain(text)),
+            }
+        }
+        if addrs.is_empty() {
+            return Nameservers::System;
+        }
+        Nameservers::Listed(addrs)
     }
 
     fn global(&mut self, raw: RawGlobal) -> Global {
@@ -225,6 +292,7 @@ impl Checker<'_> {
             None => DEFAULT_LOG_FILTER.to_owned(),
         };
         Global {
+            resolver: self.resolver(raw.resolver),
             log_format: raw.log_format.unwrap_or_default(),
             log_filter,
             http_log: raw.http_log.unwrap_or(true),

@@ -8,11 +8,13 @@ use toml::Spanned;
 
 use super::route::normalize_host_pattern;
 use super::{Checker, RawTcpKeys, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
-use crate::config::raw::{Balance, RawHealthCheck, RawRebalance, RawUpstream, RawUpstreamTls};
-use crate::config::{HashKey, HealthCheck, Rebalance, ServerAddress, Upstream, UpstreamServer};
+use crate::config::raw::{Balance, RawHealthCheck, RawRebalance, RawServer, RawUpstream, RawUpstreamTls};
+use crate::config::{
+    HashKey, HealthCheck, Nameservers, Rebalance, ServerAddress, ServerTarget, Upstream, UpstreamServer,
+};
 
 impl Checker<'_> {
-    pub(super) fn upstream(&mut self, i: usize, raw: &RawUpstream) -> Upstream {
+    pub(super) fn upstream(&mut self, i: usize, raw: &RawUpstream, resolver: &Nameservers) -> Upstream {
         if raw.servers.get_ref().is_empty() {
             self.error(
                 &raw.servers,
@@ -22,23 +24,20 @@ impl Checker<'_> {
         }
         let mut servers = Vec::new();
         for (j, server) in raw.servers.get_ref().iter().enumerate() {
-            let weight = match &server.weight {
-                Some(w) if *w.get_ref() == 0 => {
-                    let message = "must be at least 1 (use drain = true to stop new tunnels to a server)";
-                    self.error(w, format!("upstream[{i}].servers[{j}].weight"), message);
-                    1
-                }
-                Some(w) => *w.get_ref(),
-                None => 1,
-            };
-            match parse_server_address(server.address.get_ref()) {
-                Ok(address) => servers.push(UpstreamServer {
-                    address,
-                    weight,
-                    backup: server.backup.unwrap_or(false),
+            if let Some(target) = self.server_target(i, j, server, resolver) {
+                let server = server.get_ref();
+                // Reported above for `srv`, whose records carry them.
+                let srv = matches!(target, ServerTarget::Srv(_));
+                servers.push(UpstreamServer {
+                    target,
+                    weight: server
+                        .weight
+                        .as_ref()
+                        .filter(|_| !srv)
+                        .map_or(1, |w| (*w.get_ref()).max(1)),
+                    backup: !srv && server.backup.as_ref().is_some_and(|b| *b.get_ref()),
                     drain: server.drain.unwrap_or(false),
-                }),
-                Err(why) => self.error(&server.address, format!("upstream[{i}].servers[{j}].address"), why),
+                });
             }
         }
         if !servers.is_empty() && servers.iter().all(|s| s.backup) {
@@ -112,6 +111,7 @@ impl Checker<'_> {
                 &format!("upstream[{i}].resolve_interval"),
                 Duration::from_secs(30),
             ),
+            resolver: resolver.clone(),
             passive_backoff,
             passive_backoff_max: passive_backoff_max.max(passive_backoff),
             health_check,
@@ -155,6 +155,72 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or_else(Rebalance::default_rate, |rate| *rate.get_ref()),
         }
+    }
+
+    /// One entry of `servers`: `address` or `srv` (one of them), with the
+    /// keys that apply to it. `None` after an error.
+    fn server_target(
+        &mut self,
+        i: usize,
+        j: usize,
+        entry: &Spanned<RawServer>,
+        resolver: &Nameservers,
+    ) -> Option<ServerTarget> {
+        let key = |name: &str| format!("upstream[{i}].servers[{j}].{name}");
+        let server = entry.get_ref();
+        if let Some(w) = server.weight.as_ref().filter(|w| *w.get_ref() == 0) {
+            let message = "must be at least 1 (use drain = true to stop new tunnels to a server)";
+            self.error(w, key("weight"), message);
+        }
+        let target = match (&server.address, &server.srv) {
+            (None, None) => {
+                let message = "needs `address` (HOST:PORT) or `srv` (a DNS name with SRV records)";
+                self.error(entry, format!("upstream[{i}].servers[{j}]"), message);
+                return None;
+            }
+            (Some(_), Some(srv)) => {
+                self.error(srv, key("srv"), "give either `address` or `srv`, not both");
+                return None;
+            }
+            (Some(address), None) => match parse_server_address(address.get_ref()) {
+                Ok(address) => ServerTarget::Address(address),
+                Err(why) => {
+                    self.error(address, key("address"), why);
+                    return None;
+                }
+            },
+            (None, Some(srv)) => {
+                // SRV records carry each target's weight and priority.
+                let carried = "not used with `srv`: each target's comes from its SRV record";
+                if let Some(weight) = &server.weight {
+                    self.error(weight, key("weight"), format!("{carried} (its weight)"));
+                }
+                if let Some(backup) = &server.backup {
+                    self.error(backup, key("backup"), format!("{carried} (its priority)"));
+                }
+                match parse_srv_name(srv.get_ref()) {
+                    Ok(name) => ServerTarget::Srv(name),
+                    Err(why) => {
+                        self.error(srv, key("srv"), why);
+                        return None;
+                    }
+                }
+            }
+        };
+        if target.is_dns() && *resolver == Nameservers::System {
+            if let Err(why) = self.system_resolver() {
+                let at = server.address.as_ref().or(server.srv.as_ref());
+                let name = if server.srv.is_some() { "srv" } else { "address" };
+                if let Some(at) = at {
+                    let message = format!(
+                        "needs DNS, and /etc/resolv.conf cannot be used ({why}); \
+                         set [global] resolver = \"IP:PORT\""
+                    );
+                    self.error(at, key(name), message);
+                }
+            }
+        }
+        Some(target)
     }
 
     /// Loads the CA (or the system's roots) now: a bad file is a config
@@ -234,6 +300,30 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     }
 }
 
+/// An SRV record's name, such as `_ws._tcp.chat.service.internal`: a DNS
+/// name without a port (each target has its own). Lower-cased, without a
+/// final dot.
+fn parse_srv_name(text: &str) -> Result<String, String> {
+    let explain = |why: &str| {
+        format!("{text:?} is not an SRV name ({why}); write a DNS name such as \"_ws._tcp.chat.service.internal\"")
+    };
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() || name.contains(':') || name.contains('/') || name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(explain("a name, no port or scheme"));
+    }
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !labels_ok || name.len() > 253 {
+        return Err(explain("labels of letters, digits, '-' and '_', separated by dots"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
 /// `host:port` or `[v6]:port`, where host is an IP address or a DNS name.
 fn parse_server_address(text: &str) -> Result<ServerAddress, String> {
     let explain = || {
@@ -274,5 +364,17 @@ mod tests {
         assert!(parse_server_address("backend.internal").is_err());
         assert!(parse_server_address("backend:0").is_err());
         assert!(parse_server_address("http://backend:80").is_err());
+    }
+
+    #[test]
+    fn srv_names() {
+        assert_eq!(
+            parse_srv_name("_WS._tcp.Chat.service.internal.").unwrap(),
+            "_ws._tcp.chat.service.internal"
+        );
+        assert!(parse_srv_name("_ws._tcp.chat:8080").is_err());
+        assert!(parse_srv_name("10.0.0.1").is_err());
+        assert!(parse_srv_name("a..b").is_err());
+        assert!(parse_srv_name("").is_err());
     }
 }

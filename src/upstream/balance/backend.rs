@@ -15,15 +15,20 @@ use tokio::sync::watch;
 /// One server address of an upstream.
 #[derive(Debug)]
 pub struct Backend {
-    /// As configured (`backend.internal:8080`): for logs, and the TLS server
-    /// name when the upstream speaks TLS.
+    /// As configured (`backend.internal:8080`), or an SRV target with its
+    /// port: for logs, and the TLS server name when the upstream speaks TLS.
     pub name: Arc<str>,
     /// The resolved address connections go to.
     pub addr: SocketAddr,
-    /// Relative share of new tunnels (default 1).
-    pub weight: u32,
-    /// Used only when no primary server is available.
-    pub backup: bool,
+    /// The entry of `servers` it came from, as written (an address, or an
+    /// SRV name).
+    pub entry: Arc<str>,
+    pub source: Source,
+    /// Relative share of new tunnels (default 1); an SRV answer may change it.
+    weight: AtomicU32,
+    /// 0: a primary; backups serve, lowest tier first, only when no server
+    /// of a lower tier is available. An SRV answer may change it.
+    tier: AtomicU32,
     draining: AtomicBool,
     open: AtomicUsize,
     healthy: AtomicBool,
@@ -57,6 +62,27 @@ struct HealthStreak {
     connect_failures: u32,
 }
 
+/// Where a server's address came from, as `/metrics` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An IP address in `address`.
+    Static,
+    /// The A/AAAA records of a host name in `address`.
+    Dns,
+    /// The SRV records of `srv`.
+    Srv,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Dns => "dns",
+            Source::Srv => "srv",
+        }
+    }
+}
+
 /// A health change worth logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthChange {
@@ -65,12 +91,35 @@ pub enum HealthChange {
 }
 
 impl Backend {
+    /// A configured address (`backup` is tier 1).
     pub fn new(name: Arc<str>, addr: SocketAddr, weight: u32, backup: bool, drain: bool) -> Arc<Backend> {
+        Backend::from_entry(
+            name.clone(),
+            Source::Static,
+            name,
+            addr,
+            weight,
+            u32::from(backup),
+            drain,
+        )
+    }
+
+    pub(super) fn from_entry(
+        entry: Arc<str>,
+        source: Source,
+        name: Arc<str>,
+        addr: SocketAddr,
+        weight: u32,
+        tier: u32,
+        drain: bool,
+    ) -> Arc<Backend> {
         Arc::new(Backend {
             name,
             addr,
-            weight: weight.max(1),
-            backup,
+            entry,
+            source,
+            weight: AtomicU32::new(weight.max(1)),
+            tier: AtomicU32::new(tier),
             draining: AtomicBool::new(drain),
             open: AtomicUsize::new(0),
             // Servers start up: refusing all traffic until a first check
@@ -81,6 +130,28 @@ impl Backend {
             health: Mutex::new(HealthStreak::default()),
             sheddable: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Relative share of new tunnels, at least 1.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// 0 for a primary; backups are 1 and up, tried lowest first.
+    pub fn tier(&self) -> u32 {
+        self.tier.load(Ordering::Relaxed)
+    }
+
+    pub fn is_backup(&self) -> bool {
+        self.tier() > 0
+    }
+
+    /// A new answer (a reload, an SRV record) for a server already known:
+    /// it keeps its open tunnels and health, and takes these.
+    pub(super) fn update(&self, weight: u32, tier: u32, drain: bool) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+        self.tier.store(tier, Ordering::Relaxed);
+        self.set_draining(drain);
     }
 
     /// Tunnels open to this server now.

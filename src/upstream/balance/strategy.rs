@@ -125,7 +125,7 @@ impl Picker {
 
 /// A server's weight, never 0 (so shares and divisions stay defined).
 fn weight(backend: &Backend) -> u64 {
-    u64::from(backend.weight.max(1))
+    u64::from(backend.weight().max(1))
 }
 
 /// A server's load as a fraction: open tunnels per weight.
