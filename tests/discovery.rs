@@ -241,6 +241,17 @@ async fn a_resolver_that_stops_answering_leaves_the_last_answer_said_once() {
     assert_eq!(a.accepts(), 2);
     let metrics = scrape(wsgate.admin_addr()).await;
     assert_eq!(servers_of(&metrics).len(), 1, "a is still the server");
+
+    // A reload keeps the resolved set until the next answer, which does not come.
+    wsgate.signal(libc::SIGHUP);
+    wsgate
+        .wait_for_log("the reload", |l| l["message"] == "configuration reloaded")
+        .await;
+    let mut after_reload = open(&wsgate).await;
+    echoes(&mut after_reload, "after the reload").await;
+    assert_eq!(a.accepts(), 3, "the reloaded upstream still knows a");
+    let metrics = scrape(wsgate.admin_addr()).await;
+    assert_eq!(servers_of(&metrics).len(), 1, "a is still the server after the reload");
 }
 
 #[tokio::test]
