@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use support::hostile_peers::{raise_nofile_limit, WsgateChild};
 use support::{
-    bind_proxy, next_message, refused_addr, run_proxy, scrape, scrape_until, within, ws_connect, Backend, Exposition,
+    bind_proxy, next_message, run_proxy, scrape, scrape_until, within, ws_connect, Backend, Behavior, Exposition,
+    ReservedAddr,
 };
 
 const SOCKETS: usize = 200;
@@ -179,7 +180,9 @@ fn check_reports(reports: &[ClientReport]) -> usize {
 async fn the_excess_moves_to_a_server_back_from_being_down() {
     raise_nofile_limit();
     let a = Backend::echo().await;
-    let b_addr = refused_addr().await;
+    // Held, not listening: b is down, and its port stays its own.
+    let b_reserved = ReservedAddr::new();
+    let b_addr = b_reserved.addr;
     let toml = format!(
         "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
@@ -212,16 +215,19 @@ async fn the_excess_moves_to_a_server_back_from_being_down() {
     tokio::time::sleep(AFTER * 2).await;
     assert_eq!(scrape(admin).await.sum("wsgate_rebalanced_tunnels_total", &[]), 0.0);
 
-    let b = Backend::echo_at(b_addr).await;
+    let b = Backend::on(b_reserved.listen(), Behavior::Echo);
     let back = Instant::now();
     let excess = SOCKETS as f64 - limit(SOCKETS);
     let allowed = AFTER + Duration::from_secs_f64(excess / RATE_PER_SECOND) + Duration::from_secs(3);
     let balanced = scrape_until(
         admin,
         allowed,
-        "both servers within max_skew of their share",
+        "both servers within max_skew of their share, and the round reported",
         |m| {
+            // The round is reported once its last asked tunnel has ended:
+            // the counts can be within max_skew a moment before.
             clients.connected() == SOCKETS
+                && m.sum("wsgate_rebalanced_tunnels_total", &[]) > 0.0
                 && open_on(m, a.addr) <= limit(SOCKETS)
                 && open_on(m, b.addr) <= limit(SOCKETS)
                 && open_on(m, a.addr) + open_on(m, b.addr) == SOCKETS as f64
@@ -253,7 +259,9 @@ async fn the_excess_moves_to_a_server_back_from_being_down() {
 async fn two_instances_each_balance_their_own_and_the_fleet_converges() {
     raise_nofile_limit();
     let a = Backend::echo().await;
-    let b_addr = refused_addr().await;
+    // Held, not listening: b is down, and its port stays its own.
+    let b_reserved = ReservedAddr::new();
+    let b_addr = b_reserved.addr;
     let toml = format!(
         "[global]\nshutdown_timeout = \"2s\"\nlog_format = \"json\"\n\n\
          [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
@@ -285,7 +293,7 @@ async fn two_instances_each_balance_their_own_and_the_fleet_converges() {
     for wsgate in instances {
         clients.open(wsgate.addr("plain"), each).await;
     }
-    let b = Backend::echo_at(b_addr).await;
+    let b = Backend::on(b_reserved.listen(), Behavior::Echo);
     let excess_each = each as f64 - limit(each);
     let allowed = AFTER + Duration::from_secs_f64(2.0 * excess_each / RATE_PER_SECOND) + Duration::from_secs(4);
     for wsgate in instances {
@@ -306,12 +314,14 @@ async fn two_instances_each_balance_their_own_and_the_fleet_converges() {
     // The fleet: each instance rounds its limit up, by one tunnel at most.
     let mut on_a = 0.0;
     for wsgate in instances {
-        let m = scrape(wsgate.admin_addr()).await;
-        on_a += open_on(&m, a.addr);
-        assert_eq!(m.sum("wsgate_rebalanced_tunnels_total", &[]), excess_each);
+        // The round is reported once its last asked tunnel has ended: the
+        // counts can be within max_skew a moment before.
         let round = wsgate
             .wait_for_log("the rebalancing round's line", |line| line["message"] == "rebalanced")
             .await;
+        let m = scrape(wsgate.admin_addr()).await;
+        on_a += open_on(&m, a.addr);
+        assert_eq!(m.sum("wsgate_rebalanced_tunnels_total", &[]), excess_each);
         assert_eq!(round["level"], "INFO", "{round}");
         assert_eq!(round["upstream"], "backends", "{round}");
         assert_eq!(round["closed"].as_f64(), Some(excess_each), "{round}");
