@@ -530,6 +530,61 @@ fn per_socket_rates_are_checked() {
 }
 
 #[test]
+fn rebalance_keys_are_checked() {
+    let with = |table: &str| format!("{BASE}\n[upstream.rebalance]\n{table}\n");
+    let config = Config::from_toml(&with(""), Path::new(FILE)).expect("an empty table turns it on");
+    let rebalance = config.upstreams[0].rebalance.expect("on");
+    assert_eq!(rebalance.max_skew, 1.25);
+    assert_eq!(rebalance.after, std::time::Duration::from_secs(30));
+    assert_eq!(rebalance.rate.to_string(), "20/s");
+    assert!(Config::from_toml(BASE, Path::new(FILE)).unwrap().upstreams[0]
+        .rebalance
+        .is_none());
+
+    for (table, key, why) in [
+        ("max_skew = 1.0", "upstream[0].rebalance.max_skew", "above 1.0"),
+        ("max_skew = 0.5", "upstream[0].rebalance.max_skew", "above 1.0"),
+        ("after = \"0s\"", "upstream[0].rebalance.after", "longer than zero"),
+        ("after = \"soon\"", "upstream[0].rebalance.after", "invalid duration"),
+        ("rate = \"20\"", "upstream[0].rebalance.rate", "missing '/'"),
+        ("rate = \"0/s\"", "upstream[0].rebalance.rate", "at least 1"),
+        ("max_skw = 2.0", "upstream[0].rebalance.max_skw", "unknown field"),
+    ] {
+        let text = with(table);
+        let error = single_error(&text, key);
+        assert!(error.message.contains(why), "{table}: {error:#?}");
+        let (name, _) = table.split_once(" =").unwrap();
+        assert_eq!(error.line, line_of(&text, name, 0), "{table}: {error:#?}");
+    }
+}
+
+#[test]
+fn wsgate_check_warns_about_rebalancing_an_upstream_with_only_plain_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let origins = "upstream = \"chat-backends\"\nallowed_origins = [\"https://chat.example.com\"]";
+    let plain = replace(BASE, "upstream = \"chat-backends\"", origins) + "\n[upstream.rebalance]\n";
+    let path = dir.path().join("plain.toml");
+    std::fs::write(&path, &plain).unwrap();
+    let (ok, output) = wsgate_check(&path);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("warning") && output.contains("\"chat-backends\"") && output.contains("[route.inspect]"),
+        "no warning about rebalancing plain splices:\n{output}"
+    );
+
+    let inspected = replace(
+        &plain,
+        "allowed_origins = [\"https://chat.example.com\"]",
+        "allowed_origins = [\"https://chat.example.com\"]\ninspect = {}",
+    );
+    let path = dir.path().join("inspected.toml");
+    std::fs::write(&path, inspected).unwrap();
+    let (ok, output) = wsgate_check(&path);
+    assert!(ok, "{output}");
+    assert!(!output.contains("warning"), "unexpected warning:\n{output}");
+}
+
+#[test]
 fn srv_servers_and_the_resolver_are_checked() {
     let server = "{ address = \"127.0.0.1:9001\" }";
     let with_server = |entry: &str| replace(BASE, server, entry);

@@ -21,7 +21,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use raw::{Balance, HealthCheckKind, LogFormat, MissingOrigin, OnUnavailable};
 
 use crate::admission::origin::OriginPattern;
-use crate::admission::rate_limit::LimitSpec;
+use crate::admission::rate_limit::{LimitSpec, Rate};
 
 /// The default place of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/wsgate/wsgate.toml";
@@ -343,6 +343,38 @@ pub struct Upstream {
     pub response_timeout: Duration,
     /// Finding servers that vanished (default [`TcpLiveness::default`]).
     pub tcp: TcpLiveness,
+    /// `[upstream.rebalance]`: over-full servers shed inspected tunnels
+    /// (see [`crate::upstream::rebalance`]); `None`: off (the default).
+    pub rebalance: Option<Rebalance>,
+}
+
+/// `[upstream.rebalance]`: a WebSocket lives for hours, so a server that
+/// joins or comes back gets only new tunnels while the others stay loaded;
+/// this moves the excess over, a few at a time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rebalance {
+    /// A server holding more than this times its weighted share of the
+    /// upstream's tunnels sheds the excess (default 1.25, above 1.0).
+    pub max_skew: f64,
+    /// Only once the imbalance has lasted this long (default 30s): a
+    /// passing blip (a restart, a health check flapping) moves nobody.
+    pub after: Duration,
+    /// At most this many tunnels closed for the whole upstream (default
+    /// 20/s), so the reconnects do not arrive as a herd.
+    pub rate: Rate,
+}
+
+impl Rebalance {
+    pub const DEFAULT_MAX_SKEW: f64 = 1.25;
+    pub const DEFAULT_AFTER: Duration = Duration::from_secs(30);
+
+    /// The default rate: 20 a second.
+    pub fn default_rate() -> Rate {
+        Rate {
+            count: std::num::NonZeroU32::new(20).expect("20 is not zero"),
+            per: Duration::from_secs(1),
+        }
+    }
 }
 
 /// One entry of an upstream's `servers`.
@@ -453,7 +485,8 @@ impl Config {
 
     /// Things that load but that an operator should hear about.
     pub fn warnings(&self) -> Vec<String> {
-        self.routes
+        let mut warnings: Vec<String> = self
+            .routes
             .iter()
             .filter(|route| route.admission.allowed_origins.is_none())
             .map(|route| {
@@ -464,6 +497,20 @@ impl Config {
                     route.name
                 )
             })
-            .collect()
+            .collect();
+        // Only inspected tunnels can be told to close between frames.
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let mut routes = self.routes.iter().filter(|route| route.upstream == i).peekable();
+            let has_routes = routes.peek().is_some();
+            if upstream.rebalance.is_some() && has_routes && routes.all(|route| route.inspect.is_none()) {
+                warnings.push(format!(
+                    "{}: upstream {:?} has [upstream.rebalance] but every route to it is a plain splice: only \
+                     tunnels of routes with [route.inspect] can be closed to rebalance, so nothing will move",
+                    self.path.display(),
+                    upstream.name
+                ));
+            }
+        }
+        warnings
     }
 }

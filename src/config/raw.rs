@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{parse_duration, ByteSize, HumanDuration};
-use crate::admission::rate_limit::LimitSpec;
+use crate::admission::rate_limit::{LimitSpec, Rate};
 use crate::tls::UnknownSni;
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +213,15 @@ pub struct RawUpstream {
     pub tcp_keepalive_interval: Option<Spanned<HumanDuration>>,
     pub tcp_keepalive_count: Option<Spanned<u32>>,
     pub tcp_user_timeout: Option<Spanned<DurationOrOff>>,
+    pub rebalance: Option<RawRebalance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    pub max_skew: Option<Spanned<f64>>,
+    pub after: Option<Spanned<HumanDuration>>,
+    pub rate: Option<Spanned<Rate>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -115,6 +115,7 @@ impl Proxy {
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
         let client_bytes = route.client_bytes;
         let drain = self.drain.signal();
+        let server_of_tunnel = backend.backend().clone();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
         // The wait for the client's upgrade (its 101 written), boxed and
@@ -129,14 +130,18 @@ impl Proxy {
             Ok(match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as
                 // an inspected one's.
-                Some(settings) => TunnelState::Inspected(Box::pin(inspect::tunnel::run(
-                    client.split(),
-                    backend.split(),
-                    settings,
-                    drain,
-                    metrics,
-                    identity,
-                ))),
+                Some(settings) => {
+                    // An inspected tunnel can be closed between frames:
+                    // rebalancing may pick it ([`crate::upstream::rebalance`]).
+                    let (ticket, asked) = server_of_tunnel.sheddable();
+                    let drain = drain.or_when(asked);
+                    let run = inspect::tunnel::run(client.split(), backend.split(), settings, drain, metrics, identity);
+                    TunnelState::Inspected(Box::pin(async move {
+                        // On the list until the tunnel has ended.
+                        let _ticket = ticket;
+                        run.await
+                    }))
+                }
                 None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics, Box::new(identity))),
             })
         });

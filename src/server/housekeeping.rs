@@ -9,8 +9,9 @@ use crate::admission::refusal_log;
 use crate::proxy::Proxy;
 
 /// Periodic work: forgetting idle rate-limiter keys (the memory bound),
-/// active health checks, resolving upstream names again as their answers
-/// run out, and summarising refusals that were not logged one by one.
+/// active health checks, rebalancing, resolving upstream names again as
+/// their answers run out, and summarising refusals that were not logged
+/// one by one.
 pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for limiter in proxy.keyed_limiters() {
@@ -39,6 +40,14 @@ pub(crate) fn housekeeping(proxy: &Arc<Proxy>, stop: &CancellationToken) -> Vec<
                 check,
                 upstream.config.tls.clone(),
                 backends,
+                stop.clone(),
+            )));
+        }
+        if let Some(settings) = upstream.config.rebalance {
+            tasks.push(tokio::spawn(crate::upstream::rebalance::run(
+                pool.clone(),
+                settings,
+                proxy.stats.metrics().clone(),
                 stop.clone(),
             )));
         }

@@ -158,6 +158,7 @@ struct Inner {
     ping_rtt: Tracked<RouteLabels, Histogram, fn() -> Histogram>,
     unreachable: Tracked<SideLabels, Counter>,
     message_rate_exceeded: Tracked<RouteLabels, Counter>,
+    rebalanced: Tracked<ServerLabels, Counter>,
     /// The routes and upstreams configured now, once a reload said so:
     /// series of others go once none of their tunnels is open.
     configured: Mutex<Option<Configured>>,
@@ -251,6 +252,13 @@ impl Metrics {
             "Tunnels of inspected routes ended with 1008 because the client sent past max_messages_per_second, by route",
             message_rate_exceeded.family.clone(),
         );
+        let rebalanced = Tracked::new(Family::default());
+        registry.register(
+            "rebalanced_tunnels",
+            "Inspected tunnels [upstream.rebalance] asked to close with 1012 because their server held more than \
+             its share, by upstream and server",
+            rebalanced.family.clone(),
+        );
         let server_healthy = Family::default();
         registry.register(
             "server_healthy",
@@ -317,6 +325,7 @@ impl Metrics {
                 ping_rtt,
                 unreachable,
                 message_rate_exceeded,
+                rebalanced,
                 configured: Mutex::new(None),
                 server_healthy,
                 server_failures,
@@ -392,6 +401,17 @@ impl Metrics {
                 })
             }),
         }
+    }
+
+    /// `count` tunnels of `server` were asked to close to rebalance `upstream`.
+    pub fn rebalanced(&self, upstream: &str, server: &str, count: usize) {
+        self.inner
+            .rebalanced
+            .get_or_create_owned(&ServerLabels {
+                upstream: upstream.to_owned(),
+                server: server.to_owned(),
+            })
+            .inc_by(count as u64);
     }
 
     /// A reload was applied.
@@ -490,6 +510,7 @@ impl Metrics {
         inner.ping_rtt.remove_where(|l| route_gone(&l.route));
         inner.unreachable.remove_where(|l| route_gone(&l.route));
         inner.message_rate_exceeded.remove_where(|l| route_gone(&l.route));
+        inner.rebalanced.remove_where(|l| upstream_gone(&l.upstream));
     }
 
     /// Rebuilds the server gauges: servers gone from the pools (a reload, a

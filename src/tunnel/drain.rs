@@ -36,6 +36,12 @@ impl DrainClose {
         code: close::SERVICE_RESTART,
         reason: "service restart",
     };
+    /// 1012 too for a tunnel rebalancing closes: reconnect now, and the
+    /// balancer places the new tunnel on a server with room.
+    pub const REBALANCE: DrainClose = DrainClose {
+        code: close::SERVICE_RESTART,
+        reason: "rebalancing",
+    };
 }
 
 /// A request to end: why, and the window the tunnels spread their ends over.
@@ -82,6 +88,7 @@ impl Drain {
     pub fn signal(&self) -> DrainSignal {
         DrainSignal {
             receiver: self.sender.subscribe(),
+            alone: None,
         }
     }
 }
@@ -90,17 +97,50 @@ impl Drain {
 #[derive(Debug, Clone)]
 pub struct DrainSignal {
     receiver: watch::Receiver<Option<DrainRequest>>,
+    /// This tunnel alone asked to end, by rebalancing
+    /// ([`crate::upstream::rebalance`]): turns true once.
+    alone: Option<watch::Receiver<bool>>,
 }
 
 impl DrainSignal {
+    /// Also completes when `alone` turns true: this tunnel alone is asked
+    /// to end, at once, with [`DrainClose::REBALANCE`].
+    pub fn or_when(self, alone: watch::Receiver<bool>) -> DrainSignal {
+        DrainSignal {
+            alone: Some(alone),
+            ..self
+        }
+    }
+
     /// Completes once drain is asked for (at once if it already was). If
     /// the proxy is gone without asking, never completes.
     pub async fn requested(&mut self) -> DrainRequest {
-        // The guard `wait_for` returns must not live across an await.
-        let why = self.receiver.wait_for(Option::is_some).await.ok().and_then(|why| *why);
-        match why {
-            Some(why) => why,
-            None => std::future::pending().await,
+        let DrainSignal { receiver, alone } = self;
+        let everyone = async {
+            // The guard `wait_for` returns must not live across an await.
+            match receiver.wait_for(Option::is_some).await.ok().and_then(|why| *why) {
+                Some(why) => why,
+                None => std::future::pending().await,
+            }
+        };
+        let Some(alone) = alone else {
+            return everyone.await;
+        };
+        let this_one = async {
+            // The guard `wait_for` returns must not live across an await.
+            let asked = alone.wait_for(|asked| *asked).await.is_ok();
+            if !asked {
+                // The ticket is gone: nobody can ask any more.
+                std::future::pending::<()>().await;
+            }
+            DrainRequest {
+                why: DrainClose::REBALANCE,
+                spread: Duration::ZERO,
+            }
+        };
+        tokio::select! {
+            why = everyone => why,
+            why = this_one => why,
         }
     }
 }
@@ -124,6 +164,21 @@ mod tests {
         let mut late = drain.signal();
         assert_eq!(late.requested().await, restart);
         assert_eq!(drain.requested(), Some(restart));
+    }
+
+    #[tokio::test]
+    async fn one_tunnel_alone_can_be_asked_to_end() {
+        let drain = Drain::default();
+        let (ask, asked) = watch::channel(false);
+        let mut alone = drain.signal().or_when(asked);
+        let mut other = drain.signal();
+        ask.send_replace(true);
+        let request = alone.requested().await;
+        assert_eq!(request.why, DrainClose::REBALANCE);
+        assert_eq!(request.why.code, close::SERVICE_RESTART);
+        assert_eq!(request.spread, Duration::ZERO);
+        let waited = tokio::time::timeout(Duration::from_millis(20), other.requested()).await;
+        assert!(waited.is_err(), "the others go on");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod discovery;
 pub mod handshake;
 pub mod health;
+pub mod rebalance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -164,6 +164,38 @@ impl Drop for Backend {
 
 /// A listener on `addr` again, once the socket that had it is gone (a
 /// dropped listener may not have been closed yet).
+/// An address held for a backend that is not up yet: bound, so no other
+/// socket on the machine (another test's listener) can take the port, but
+/// not listening, so connects to it are refused until [`ReservedAddr::listen`].
+/// (An address bound and released, like [`super::refused_addr`]'s, can be
+/// handed to another test's listener in between.)
+pub struct ReservedAddr {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ReservedAddr {
+    pub fn new() -> ReservedAddr {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("a bound address");
+        ReservedAddr { socket, addr }
+    }
+
+    /// Starts listening on the held address.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listen");
+        self.socket.set_nonblocking(true).expect("nonblocking");
+        TcpListener::from_std(self.socket.into()).expect("a tokio listener")
+    }
+}
+
 pub async fn bind_again(addr: SocketAddr) -> TcpListener {
     within("binding the old address again", async {
         loop {

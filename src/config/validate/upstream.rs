@@ -8,8 +8,10 @@ use toml::Spanned;
 
 use super::route::normalize_host_pattern;
 use super::{Checker, RawTcpKeys, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
-use crate::config::raw::{Balance, RawHealthCheck, RawServer, RawUpstream, RawUpstreamTls};
-use crate::config::{HashKey, HealthCheck, Nameservers, ServerAddress, ServerTarget, Upstream, UpstreamServer};
+use crate::config::raw::{Balance, RawHealthCheck, RawRebalance, RawServer, RawUpstream, RawUpstreamTls};
+use crate::config::{
+    HashKey, HealthCheck, Nameservers, Rebalance, ServerAddress, ServerTarget, Upstream, UpstreamServer,
+};
 
 impl Checker<'_> {
     pub(super) fn upstream(&mut self, i: usize, raw: &RawUpstream, resolver: &Nameservers) -> Upstream {
@@ -77,6 +79,7 @@ impl Checker<'_> {
         };
         let health_check = raw.health_check.as_ref().map(|check| self.health_check(i, check));
         let tls = raw.tls.as_ref().and_then(|tls| self.upstream_tls(i, tls));
+        let rebalance = raw.rebalance.as_ref().map(|table| self.rebalance(i, table));
         let passive_backoff = self.timeout(
             raw.passive_backoff.clone(),
             &format!("upstream[{i}].passive_backoff"),
@@ -124,6 +127,33 @@ impl Checker<'_> {
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
             tcp,
+            rebalance,
+        }
+    }
+
+    /// `[upstream.rebalance]`: a skew of 1.0 or less would shed from a
+    /// server holding exactly its share, back and forth for ever.
+    fn rebalance(&mut self, i: usize, raw: &RawRebalance) -> Rebalance {
+        let key = |name: &str| format!("upstream[{i}].rebalance.{name}");
+        let max_skew = match &raw.max_skew {
+            Some(skew) if !(skew.get_ref().is_finite() && *skew.get_ref() > 1.0) => {
+                self.error(
+                    skew,
+                    key("max_skew"),
+                    "must be above 1.0 (1.25 lets a server hold 25% above its weighted share)",
+                );
+                Rebalance::DEFAULT_MAX_SKEW
+            }
+            Some(skew) => *skew.get_ref(),
+            None => Rebalance::DEFAULT_MAX_SKEW,
+        };
+        Rebalance {
+            max_skew,
+            after: self.timeout(raw.after.clone(), &key("after"), Rebalance::DEFAULT_AFTER),
+            rate: raw
+                .rate
+                .as_ref()
+                .map_or_else(Rebalance::default_rate, |rate| *rate.get_ref()),
         }
     }
 

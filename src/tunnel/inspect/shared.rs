@@ -82,6 +82,7 @@ impl Ending {
             Ending::Unresponsive(Side::Backend) => "backend_unresponsive",
             Ending::IdleTimeout => "idle_timeout",
             Ending::CloseTimeout => "close_timeout",
+            Ending::Drained(DrainClose::REBALANCE) => "rebalanced",
             Ending::Drained(_) => "drained",
         }
     }

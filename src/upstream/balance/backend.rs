@@ -4,10 +4,13 @@
 //! health streaks, changed only by checks and failed connects, sit behind a
 //! small mutex.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 /// One server address of an upstream.
 #[derive(Debug)]
@@ -37,6 +40,18 @@ pub struct Backend {
     /// success.
     failures: AtomicU32,
     health: Mutex<HealthStreak>,
+    /// The inspected tunnels open here, which rebalancing may ask to close
+    /// ([`crate::upstream::rebalance`]), by when they opened: the keys grow
+    /// with each registration, so the last entry is the newest tunnel.
+    sheddable: Mutex<BTreeMap<u64, Sheddable>>,
+}
+
+/// One inspected tunnel rebalancing may ask to close.
+#[derive(Debug)]
+struct Sheddable {
+    /// Turned true to ask the tunnel to close; it listens through its
+    /// drain signal ([`crate::tunnel::drain::DrainSignal::or_when`]).
+    ask: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +128,7 @@ impl Backend {
             down_until: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             health: Mutex::new(HealthStreak::default()),
+            sheddable: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -257,6 +273,63 @@ impl Backend {
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthStreak> {
         self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Registers a tunnel that can be closed cleanly (an inspected one:
+    /// wsgate can send its close frames between frames) as one rebalancing
+    /// may shed. The receiver turns true when it is asked to close; the
+    /// ticket, dropped as the tunnel ends, takes it off the list.
+    pub fn sheddable(self: &Arc<Self>) -> (ShedTicket, watch::Receiver<bool>) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (ask, asked) = watch::channel(false);
+        self.tunnels().insert(id, Sheddable { ask });
+        let ticket = ShedTicket {
+            backend: self.clone(),
+            id,
+        };
+        (ticket, asked)
+    }
+
+    /// Asks up to `n` of the newest tunnels not asked yet to close;
+    /// returns how many were asked.
+    pub fn shed_newest(&self, n: usize) -> usize {
+        let tunnels = self.tunnels();
+        let mut asked = 0;
+        for tunnel in tunnels.values().rev() {
+            if asked == n {
+                break;
+            }
+            if !*tunnel.ask.borrow() {
+                tunnel.ask.send_replace(true);
+                asked += 1;
+            }
+        }
+        asked
+    }
+
+    /// Tunnels asked to close that have not ended yet: they still count as
+    /// open, and must not be asked for twice.
+    pub fn shedding(&self) -> usize {
+        self.tunnels().values().filter(|tunnel| *tunnel.ask.borrow()).count()
+    }
+
+    fn tunnels(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Sheddable>> {
+        // A map of handles: a panic elsewhere cannot leave it half-written.
+        self.sheddable.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An inspected tunnel on the list rebalancing picks from, until dropped.
+#[derive(Debug)]
+pub struct ShedTicket {
+    backend: Arc<Backend>,
+    id: u64,
+}
+
+impl Drop for ShedTicket {
+    fn drop(&mut self) {
+        self.backend.tunnels().remove(&self.id);
+    }
 }
 
 /// One open tunnel on a backend, counted until dropped.
@@ -361,6 +434,21 @@ mod tests {
         );
         b.record_check(true, 2, 3);
         assert_eq!(b.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn shedding_asks_the_newest_tunnels_once_each() {
+        let b = backend();
+        let tunnels: Vec<_> = (0..4).map(|_| b.sheddable()).collect();
+        assert_eq!(b.shed_newest(2), 2);
+        let asked: Vec<bool> = tunnels.iter().map(|(_, asked)| *asked.borrow()).collect();
+        assert_eq!(asked, [false, false, true, true], "the two newest");
+        assert_eq!(b.shedding(), 2);
+        assert_eq!(b.shed_newest(1), 1, "an asked tunnel is not asked again");
+        assert!(*tunnels[1].1.borrow() && !*tunnels[0].1.borrow());
+        drop(tunnels);
+        assert_eq!(b.shedding(), 0, "ended tunnels leave the list");
+        assert_eq!(b.shed_newest(5), 0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::{debug, info, warn};
 
-pub use backend::{Backend, BackendGuard, HealthChange, Source};
+pub use backend::{Backend, BackendGuard, HealthChange, ShedTicket, Source};
 
 use super::discovery::{Answer, Found, Resolver};
 use crate::config::{Balance, HashKey, ServerTarget, Upstream, UpstreamServer};
@@ -396,6 +396,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             tcp: crate::config::TcpLiveness::default(),
+            rebalance: None,
         }
     }
 
