@@ -65,6 +65,7 @@ pub mod lifecycle;
 pub mod proxy;
 pub mod refusal;
 pub mod server;
+pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
 pub mod tools;

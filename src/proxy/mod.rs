@@ -29,6 +29,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Global};
 use crate::telemetry::stats::Stats;
 use crate::tunnel::drain::Drain;
+use crate::tunnel::relocate::Relocation;
 use crate::upstream::balance::BackendGuard;
 use crate::upstream::UpstreamPool;
 pub use connection::{serve_connection, ConnectionInfo, ConnectionSlot};
@@ -58,6 +59,8 @@ pub struct Proxy {
     tunnels: TaskTracker,
     /// Asks open tunnels to end gracefully (inspected ones with a close code).
     pub(crate) drain: Arc<Drain>,
+    /// Asks open tunnels to move to the next process (a binary upgrade).
+    pub(crate) relocation: Arc<Relocation>,
     pub(crate) stats: Stats,
     pub(crate) refusal_log: Arc<RefusalLog>,
     /// `[cluster]`: kept for the server's life (a reload cannot change it).
@@ -103,6 +106,7 @@ impl Proxy {
             upstreams,
             tunnels,
             drain: previous.map_or_else(Default::default, |p| p.drain.clone()),
+            relocation: previous.map_or_else(Default::default, |p| p.relocation.clone()),
             stats,
             refusal_log: previous.map_or_else(Default::default, |p| p.refusal_log.clone()),
             cluster,

@@ -23,7 +23,14 @@ use crate::admission::{RouteGate, SubprotocolOffer};
 use crate::body::{self, ProxyBody};
 use crate::config::Route;
 use crate::error::ProxyError;
+use crate::admission::rate_limit::ClientKey;
+use crate::tunnel::copy::Copy;
+use crate::tunnel::halves::{Prefixed, Side};
+use crate::tunnel::identity::Client;
+use crate::tunnel::inspect::tunnel::Start;
 use crate::tunnel::inspect::{self, Settings};
+use crate::tunnel::relocate::moved::{MovedSocket, MovedState};
+use crate::tunnel::relocate::MovedTunnel;
 use crate::tunnel::{self, halves};
 use crate::upstream::balance::BackendGuard;
 use crate::upstream::handshake::Answered;
@@ -115,6 +122,7 @@ impl Proxy {
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
         let client_bytes = route.client_bytes;
         let drain = self.drain.signal();
+        let relocation = self.relocation.clone();
         let server_of_tunnel = backend.backend().clone();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
@@ -135,23 +143,130 @@ impl Proxy {
                     // rebalancing may pick it ([`crate::upstream::rebalance`]).
                     let (ticket, asked) = server_of_tunnel.sheddable();
                     let drain = drain.or_when(asked);
-                    let run = inspect::tunnel::run(client.split(), backend.split(), settings, drain, metrics, identity);
+                    let run = inspect::tunnel::run(
+                        client.split(),
+                        backend.split(),
+                        Start::Fresh(settings),
+                        drain,
+                        metrics,
+                        identity,
+                        Some(relocation),
+                    );
                     TunnelState::Inspected(Box::pin(async move {
                         // On the list until the tunnel has ended.
                         let _ticket = ticket;
                         run.await
                     }))
                 }
-                None => TunnelState::Plain(tunnel::Splice::new(client, backend, metrics, Box::new(identity))),
+                None => TunnelState::Plain(
+                    tunnel::Splice::new(client, backend, metrics, Box::new(identity))
+                        .movable_with(|| relocation.ticket()),
+                ),
             })
         });
         let task = TunnelTask {
             // All three are released when the tunnel ends, however it ends.
-            _held: (permit, slot, backend),
+            _held: (Some(permit), slot, Some(backend)),
             state: TunnelState::Opening(opening),
         };
         self.tunnels.spawn(task.instrument(span));
         Ok(answer)
+    }
+}
+
+impl Proxy {
+    /// Runs a tunnel moved from the process this one took over from
+    /// ([`crate::tunnel::relocate`]), from where it stopped: counted as if
+    /// it had opened here (its route's caps, its server's tunnels, the
+    /// listener's connections, `connection` under `max_connections`), and
+    /// able to move again.
+    pub(crate) fn adopt(&self, moved: MovedTunnel, connection: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let MovedTunnel {
+            identity,
+            age,
+            client,
+            backend,
+            state,
+        } = moved;
+        let side = |moved: MovedSocket| -> std::io::Result<Side> {
+            moved.socket.set_nonblocking(true)?;
+            let socket = tokio::net::TcpStream::from_std(moved.socket)?;
+            Ok(Side::Tcp(Prefixed::new(moved.unread, socket)))
+        };
+        let (client, backend) = match side(client).and_then(|client| Ok((client, side(backend)?))) {
+            Ok(sides) => sides,
+            Err(error) => {
+                tracing::warn!(%error, route = &*identity.route, "moved tunnel lost: its sockets cannot be used");
+                return;
+            }
+        };
+        let route = self.routes.iter().position(|route| route.name == identity.route);
+        let client_ip = match identity.client {
+            Client::Direct(address) => address.ip(),
+            Client::Forwarded(ip) => ip,
+        };
+        let permit = route.map(|index| {
+            self.gates[index]
+                .caps
+                .count(ClientKey::new(client_ip, self.global.ipv6_client_prefix), None)
+        });
+        let server = self
+            .upstreams
+            .iter()
+            .find(|upstream| *upstream.config.name == *identity.upstream)
+            .and_then(|upstream| {
+                upstream
+                    .pool
+                    .backends()
+                    .iter()
+                    .find(|server| server.name == identity.server)
+                    .cloned()
+            });
+        let slot = Arc::new(ConnectionSlot {
+            _permit: connection,
+            _open: self.stats.connection_opened(&identity.listener),
+        });
+        let span = identity.debug_span();
+        let metrics = self.stats.metrics().tunnel(&identity);
+        let state = match state {
+            MovedState::Plain { upstream, downstream } => TunnelState::Plain(
+                tunnel::Splice::resume(
+                    client,
+                    backend,
+                    (Copy::restore(upstream), Copy::restore(downstream)),
+                    metrics,
+                    Box::new(identity),
+                    age,
+                )
+                .movable_with(|| self.relocation.ticket()),
+            ),
+            MovedState::Inspected(saved) => {
+                let mut drain = self.drain.signal();
+                let ticket = server.as_ref().map(|server| {
+                    let (ticket, asked) = server.sheddable();
+                    drain = drain.clone().or_when(asked);
+                    ticket
+                });
+                let run = inspect::tunnel::run(
+                    client.split(),
+                    backend.split(),
+                    Start::Moved { saved, age },
+                    drain,
+                    metrics,
+                    identity,
+                    Some(self.relocation.clone()),
+                );
+                TunnelState::Inspected(Box::pin(async move {
+                    let _ticket = ticket;
+                    run.await
+                }))
+            }
+        };
+        let task = TunnelTask {
+            _held: (permit, slot, server.map(|server| server.acquire())),
+            state,
+        };
+        self.tunnels.spawn(task.instrument(span));
     }
 }
 
@@ -182,7 +297,9 @@ fn set_upgrade_headers(headers: &mut http::HeaderMap) {
 /// is over, and an inspected tunnel (whose pumps run in tasks of their own)
 /// is boxed as well. What an idle plain tunnel costs is mostly this.
 struct TunnelTask {
-    _held: (TunnelPermit, Arc<ConnectionSlot>, BackendGuard),
+    /// A moved tunnel whose route or server is gone from this
+    /// configuration is counted under neither.
+    _held: (Option<TunnelPermit>, Arc<ConnectionSlot>, Option<BackendGuard>),
     state: TunnelState,
 }
 

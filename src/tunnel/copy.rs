@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::pool::{Lent, Sizing};
+use super::pool::{self, Lent, Sizing};
+use super::relocate::moved::CopyState;
 
 /// The state of one direction. The streams are lent by the caller at each
 /// poll: a side is read by one direction and written by the other, and the
@@ -36,6 +37,48 @@ pub struct Copy {
 impl Copy {
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Where this direction stands, for a move to another process: what
+    /// was read and not yet written goes with it.
+    pub fn save(&self) -> CopyState {
+        CopyState {
+            unwritten: match &self.held {
+                Some((buffer, start, end)) => buffer[*start..*end].to_vec(),
+                None => Vec::new(),
+            },
+            source_ended: self.source_ended,
+            done: self.done,
+            bytes: self.bytes,
+            ended_ago: self.ended_at.map(|at| at.elapsed()),
+        }
+    }
+
+    /// The direction [`Copy::save`] described, its unwritten bytes first.
+    pub fn restore(saved: CopyState) -> Copy {
+        let held = (!saved.unwritten.is_empty()).then(|| {
+            let n = saved.unwritten.len();
+            let mut buffer = if n > pool::BUFFER_SIZE {
+                pool::lend_large()
+            } else {
+                pool::lend()
+            };
+            // A read never brought more than a large buffer holds.
+            let n = n.min(buffer.len());
+            buffer[..n].copy_from_slice(&saved.unwritten[..n]);
+            (buffer, 0, n)
+        });
+        let now = Instant::now();
+        Copy {
+            held,
+            unflushed: false,
+            source_ended: saved.source_ended,
+            done: saved.done,
+            read_failed: false,
+            sizing: Sizing::default(),
+            bytes: saved.bytes,
+            ended_at: saved.ended_ago.map(|ago| now.checked_sub(ago).unwrap_or(now)),
+        }
     }
 
     /// Copies until the source ends and the destination is shut down (a

@@ -11,6 +11,7 @@
 //! directions share one session) behind tokio's locked split.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -56,6 +57,31 @@ impl Side {
                 let (read, write) = tokio::io::split(stream);
                 (ReadHalf::Shared(read), WriteHalf::Shared(write))
             }
+        }
+    }
+}
+
+/// A side whose connection can be handed to another process
+/// ([`super::relocate`]): a plain TCP socket, with the bytes read from it
+/// before the tunnel started that are still to be handed out.
+pub trait Movable {
+    fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])>;
+}
+
+impl Movable for Side {
+    fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])> {
+        match self {
+            Side::Tcp(Prefixed { prefix, io }) => Some((io.as_fd(), prefix)),
+            Side::Other(_) => None,
+        }
+    }
+}
+
+impl Movable for ReadHalf {
+    fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])> {
+        match self {
+            ReadHalf::Tcp(Prefixed { prefix, io }) => Some((io.as_ref().as_fd(), prefix)),
+            ReadHalf::Shared(_) => None,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Who a tunnel connects, for its log lines and its metrics' labels.
+#[derive(Clone)]
 pub struct Identity {
     pub client: Client,
     pub listener: Arc<str>,

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod linger;
 pub mod pace;
 pub mod pool;
+pub mod relocate;
 
 use std::future::Future;
 use std::io;
@@ -22,9 +23,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use copy::Copy;
-use halves::Side;
+use halves::{Movable, Side};
 use identity::tunnel_info;
 pub use identity::Identity;
+use relocate::moved::{MovedSocket, MovedState};
+use relocate::{MovedTunnel, Ticket};
 
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::TunnelMetrics;
@@ -47,6 +50,9 @@ pub struct Splice {
     /// grow by a whole cell (memory per idle tunnel).
     identity: Box<Identity>,
     started: Instant,
+    /// Set when both sides are plain TCP: the tunnel can move to the next
+    /// process at a binary upgrade.
+    ticket: Option<Ticket>,
 }
 
 impl Splice {
@@ -61,6 +67,81 @@ impl Splice {
             metrics,
             identity,
             started: Instant::now(),
+            ticket: None,
+        }
+    }
+
+    /// The splice of a tunnel moved from another process, where its
+    /// description left it.
+    pub fn resume(
+        client: Side,
+        backend: Side,
+        (upstream, downstream): (Copy, Copy),
+        metrics: TunnelMetrics,
+        identity: Box<Identity>,
+        age: std::time::Duration,
+    ) -> Self {
+        let now = Instant::now();
+        Splice {
+            client,
+            backend,
+            upstream,
+            downstream,
+            metrics,
+            identity,
+            started: now.checked_sub(age).unwrap_or(now),
+            ticket: None,
+        }
+    }
+
+    /// Lets the tunnel move at a binary upgrade, if both sides can.
+    pub fn movable_with(mut self, ticket: impl FnOnce() -> Ticket) -> Self {
+        if self.client.movable().is_some() && self.backend.movable().is_some() {
+            self.ticket = Some(ticket());
+        }
+        self
+    }
+
+    /// Asked to move: describes the tunnel (with copies of its sockets) and
+    /// hands it over. True when it went: this splice must then never touch
+    /// its sockets again, but close its copies.
+    fn moved(&mut self) -> bool {
+        let Some(ticket) = self.ticket.take() else {
+            return false;
+        };
+        let described = (|| {
+            let side = |side: &Side| -> std::io::Result<MovedSocket> {
+                let (fd, unread) = side.movable().ok_or(std::io::ErrorKind::Unsupported)?;
+                Ok(MovedSocket {
+                    socket: fd.try_clone_to_owned()?.into(),
+                    unread: bytes::Bytes::copy_from_slice(unread),
+                })
+            };
+            Ok::<_, std::io::Error>(MovedTunnel {
+                identity: (*self.identity).clone(),
+                age: self.started.elapsed(),
+                client: side(&self.client)?,
+                backend: side(&self.backend)?,
+                state: MovedState::Plain {
+                    upstream: self.upstream.save(),
+                    downstream: self.downstream.save(),
+                },
+            })
+        })();
+        let tunnel = match described {
+            Ok(tunnel) => tunnel,
+            Err(error) => {
+                tracing::warn!(%error, "tunnel cannot move: it stays");
+                return false;
+            }
+        };
+        match ticket.relocation().hand_over(tunnel) {
+            Ok(()) => {
+                tracing::debug!("tunnel handed over");
+                true
+            }
+            // The upgrade is over: the tunnel stays, and is not asked again.
+            Err(_) => false,
         }
     }
 
@@ -126,6 +207,11 @@ impl Future for Splice {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if let Some(ticket) = &mut this.ticket {
+            if ticket.poll_asked(cx).is_ready() && this.moved() {
+                return Poll::Ready(());
+            }
+        }
         let mut error = None;
         if let Poll::Ready(Err(e)) = this.upstream.poll_copy(cx, &mut this.client, &mut this.backend) {
             error = Some((e, if this.upstream.read_failed { "client" } else { "backend" }));

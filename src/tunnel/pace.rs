@@ -61,6 +61,20 @@ impl TokenBucket {
         }
     }
 
+    /// What the bucket holds at `now`, fractions included: a bucket moved
+    /// to another process ([`super::relocate`]) goes on from there.
+    pub fn level(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    /// A bucket for `rate` holding `tokens` (at most its burst) at `now`.
+    pub fn at_level(rate: SocketRate, tokens: f64, now: Instant) -> TokenBucket {
+        let mut bucket = TokenBucket::new(rate, now);
+        bucket.tokens = tokens.min(bucket.burst);
+        bucket
+    }
+
     /// The whole tokens the bucket holds at `now`.
     pub fn available(&mut self, now: Instant) -> u64 {
         self.refill(now);

@@ -23,6 +23,7 @@
 
 use super::close;
 
+mod saved;
 mod wire;
 pub use wire::{close_payload, encode_control, encode_frame, ControlPayload, FrameHeader, OpCode};
 

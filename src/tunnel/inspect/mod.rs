@@ -7,7 +7,9 @@
 //! `shared` is what both pumps read and write.
 
 mod pump;
+mod saved;
 mod shared;
 pub mod tunnel;
 
+pub use saved::Saved;
 pub use shared::Settings;

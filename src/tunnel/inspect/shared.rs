@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::saved::{Saved, SavedPump};
 use crate::config::Inspect;
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
@@ -108,6 +110,17 @@ pub(super) struct Shared {
     drain_place: f32,
     /// Cancelled when the tunnel must end at once.
     pub(super) end: CancellationToken,
+    /// The two directions meeting to move ([`super::pump`]'s `park`).
+    pub(super) rendezvous: watch::Sender<Rendezvous>,
+}
+
+/// Where the two directions stand in a move.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Rendezvous {
+    /// Directions stopped and waiting for the other.
+    pub(super) parked: u8,
+    /// The tunnel stays: one direction could not stop, or did not come.
+    pub(super) cancelled: bool,
 }
 
 /// What changes a few times per tunnel.
@@ -154,6 +167,57 @@ impl Closer {
 }
 
 impl Shared {
+    /// The shared part of a tunnel moved from another process, `age` old.
+    pub(super) fn restore(saved: &Saved, age: Duration, metrics: TunnelMetrics, identity: Identity) -> Shared {
+        let now = Instant::now();
+        let mut shared = Shared::new(saved.settings.clone(), metrics, identity);
+        shared.started = now.checked_sub(age).unwrap_or(now);
+        shared.heard = saved.heard.map(AtomicU64::new);
+        shared.data = AtomicU64::new(saved.data);
+        shared.bytes = saved.bytes.map(AtomicU64::new);
+        shared.frames = saved.frames.map(AtomicU64::new);
+        shared.drain_place = saved.drain_place;
+        {
+            let state = shared.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.ping = saved
+                .ping
+                .map(|ping| ping.map(|(id, ago)| (id, now.checked_sub(ago).unwrap_or(now))));
+            state.next_ping = saved.next_ping;
+            state.last_rtt = saved.last_rtt;
+            state.pongs = saved.pongs;
+        }
+        shared
+    }
+
+    /// What [`Shared::restore`] takes back, with the two directions' parts.
+    pub(super) fn save(&self, pumps: [SavedPump; 2]) -> Saved {
+        let load = |counters: &[AtomicU64; 2]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let state = self.state();
+        Saved {
+            settings: self.settings.clone(),
+            heard: load(&self.heard),
+            data: self.data.load(Ordering::Relaxed),
+            bytes: load(&self.bytes),
+            frames: load(&self.frames),
+            ping: state.ping.map(|ping| ping.map(|(id, at)| (id, at.elapsed()))),
+            next_ping: state.next_ping,
+            last_rtt: state.last_rtt,
+            pongs: state.pongs,
+            drain_place: self.drain_place,
+            pumps,
+        }
+    }
+
+    /// How long the tunnel has been open.
+    pub(super) fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The tunnel's own parts, once both pumps are done with it.
+    pub(super) fn into_parts(self) -> (TunnelMetrics, Identity) {
+        (self.metrics, self.identity)
+    }
+
     pub(super) fn new(settings: Settings, metrics: TunnelMetrics, identity: Identity) -> Shared {
         Shared {
             settings,
@@ -167,7 +231,52 @@ impl Shared {
             identity,
             drain_place: rand::random(),
             end: CancellationToken::new(),
+            rendezvous: watch::Sender::new(Rendezvous::default()),
         }
+    }
+
+    /// A direction asked to move joins the other if it can (`mine`), the
+    /// tunnel is not closing and the move was not called off; otherwise it
+    /// calls the move off. True when it joined.
+    pub(super) fn join_move(&self, mine: bool) -> bool {
+        let state = self.state();
+        let tunnel = state.close_started.is_none() && state.ending.is_none();
+        let mut joined = false;
+        self.rendezvous.send_modify(|r| {
+            if r.cancelled || !mine || !tunnel {
+                r.cancelled = true;
+            } else {
+                r.parked += 1;
+                joined = true;
+            }
+        });
+        joined
+    }
+
+    /// After waiting: true when both directions are parked (the tunnel
+    /// moves); otherwise the move is called off and this one goes on.
+    pub(super) fn leave_move(&self) -> bool {
+        let mut moving = false;
+        self.rendezvous.send_modify(|r| {
+            if r.parked == 2 && !r.cancelled {
+                moving = true;
+            } else {
+                r.cancelled = true;
+                r.parked = r.parked.saturating_sub(1);
+            }
+        });
+        moving
+    }
+
+    /// A direction is ending: the tunnel cannot move any more.
+    pub(super) fn cancel_move(&self) {
+        self.rendezvous.send_if_modified(|r| {
+            let changed = !r.cancelled && r.parked < 2;
+            if changed {
+                r.cancelled = true;
+            }
+            changed
+        });
     }
 
     pub(super) fn state(&self) -> MutexGuard<'_, State> {

@@ -4,6 +4,7 @@
 
 mod keepalive;
 mod message_rate;
+mod park;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -15,17 +16,19 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::saved::{reader_config, SavedPump};
 use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
+use crate::tunnel::relocate::Ticket;
 use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
 use crate::ws::close;
-use crate::ws::frame::{self, Direction, Event, FrameReader, OpCode, ReaderConfig, Violation};
+use crate::ws::frame::{self, Event, FrameReader, OpCode, Violation};
 
 /// The most a pump holds back between reads: a whole control frame, its
 /// header (2 + 4 bytes) and payload (125), or a data frame's header (14).
-const HELD_MAX: usize = 2 + 4 + 125;
+pub(super) const HELD_MAX: usize = 2 + 4 + 125;
 /// What woke a pump.
 enum Woke {
     /// A read, in a buffer lent for it ([`crate::tunnel::pool`]).
@@ -35,6 +38,22 @@ enum Woke {
     Drain(DrainRequest),
     DrainTurn(DrainClose),
     Tick,
+    /// A binary upgrade asks the tunnel to move.
+    Relocate,
+}
+
+/// How a pump's run ended.
+pub(super) enum PumpEnd<R, W> {
+    Ended,
+    /// Stopped between two reads, with the other direction, to move to
+    /// another process: its halves and where it stood.
+    Parked(Box<Parked<R, W>>),
+}
+
+pub(super) struct Parked<R, W> {
+    pub(super) src: R,
+    pub(super) dst: W,
+    pub(super) saved: SavedPump,
 }
 
 /// One read, as a poll, into a buffer lent for it behind the `held` bytes;
@@ -119,16 +138,7 @@ where
         shared: &Arc<Shared>,
     ) -> Self {
         let inspect = &shared.settings.inspect;
-        let reader = FrameReader::new(ReaderConfig {
-            direction: match from {
-                Side::Client => Direction::ClientToServer,
-                Side::Backend => Direction::ServerToClient,
-            },
-            enforce_masking: inspect.enforce_masking,
-            allow_rsv1: shared.settings.deflate,
-            max_frame_size: Some(inspect.max_frame_size),
-            max_message_size: Some(inspect.max_message_size),
-        });
+        let reader = FrameReader::new(reader_config(from, &shared.settings));
         Pump {
             from,
             src,
@@ -146,16 +156,37 @@ where
         }
     }
 
+    /// The pump [`Pump::run`] parked, where it stood.
+    pub(super) fn resume(
+        from: Side,
+        (src, dst): (R, W),
+        (inbox, to_source): (mpsc::Receiver<Order>, mpsc::Sender<Order>),
+        shared: &Arc<Shared>,
+        saved: SavedPump,
+    ) -> Self {
+        let mut pump = Pump::new(from, src, dst, inbox, to_source, shared);
+        pump.reader = saved.reader;
+        if let (Some(bucket), Some(tokens)) = (&mut pump.message_rate, saved.message_tokens) {
+            *bucket = message_rate::bucket_at(&shared.settings.inspect, tokens);
+        }
+        pump
+    }
+
     /// The side this pump writes to.
     pub(super) fn to(&self) -> Side {
         self.from.other()
     }
 
-    pub(super) async fn run(mut self, mut drain: DrainSignal) {
+    /// Runs until the tunnel ends, or, when `relocating` asks, until both
+    /// directions stop together to move (`held`: bytes a moved pump held
+    /// back, to go in front of its first read).
+    pub(super) async fn run(mut self, mut drain: DrainSignal, mut relocating: Option<Ticket>, held: &[u8]) -> PumpEnd<R, W> {
         // Bytes kept back from the last read: the start of a frame not yet
         // complete enough to judge. They go in front of the next read.
+        let mut kept = held.len().min(HELD_MAX);
+        let held_before = held;
         let mut held = [0u8; HELD_MAX];
-        let mut kept = 0;
+        held[..kept].copy_from_slice(&held_before[..kept]);
         let mut ticks = tokio::time::interval(keepalive::tick_period(&self.shared.settings.inspect));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
@@ -199,6 +230,11 @@ where
                 }
                 if ticks.poll_tick(cx).is_ready() {
                     return Poll::Ready(Woke::Tick);
+                }
+                if let Some(ticket) = &mut relocating {
+                    if !draining && ticket.poll_asked(cx).is_ready() {
+                        return Poll::Ready(Woke::Relocate);
+                    }
                 }
                 if !busy_turn {
                     if let Poll::Ready(woke) = poll_lent_read(&mut self.src, self.sizing, cx, &held[..kept]) {
@@ -245,11 +281,21 @@ where
                     self.close_at_boundary(why.code, why.reason).await
                 }
                 Woke::Tick => self.timers().await,
+                Woke::Relocate => {
+                    // Asked once: whether it moves or stays, not again.
+                    relocating = None;
+                    if self.park(draining).await {
+                        return self.parked(&held[..kept]);
+                    }
+                    Flow::Go
+                }
             };
             if flow == Flow::Stop {
                 break;
             }
         }
+        // Ending here: the other direction cannot move without this one.
+        self.shared.cancel_move();
         if let Some((code, reason)) = self.after_answer.take() {
             if self.can_inject() {
                 let _ = self.send_close(code, reason).await;
@@ -258,6 +304,7 @@ where
         let _ = self.dst.shutdown().await;
         self.shared.state().write_shut[self.to().index()].get_or_insert_with(Instant::now);
         self.linger().await;
+        PumpEnd::Ended
     }
 
     /// An order from the other pump: a close to wait for the source's answer

@@ -1,0 +1,152 @@
+//! Open tunnels stopping where they can be described, to be handed to the
+//! next process at a binary upgrade ([`crate::lifecycle::handover`]).
+//!
+//! One [`Relocation`] per process. A tunnel that can move (both sides plain
+//! TCP) holds a [`Ticket`]; when the upgrade asks, each such tunnel stops at
+//! a point where nothing it read is half-handled (a plain splice between
+//! two polls; an inspected tunnel between two reads of each direction, at
+//! the same time), writes itself down as a [`MovedTunnel`] and gives it to
+//! [`Relocation::hand_over`]. If the upgrade is over by then, the tunnel
+//! gets its description back and goes on as it was.
+//!
+//! A ticket costs an idle tunnel its 24 bytes and one registration of its
+//! task's waker; the data path reads one atomic per poll.
+
+pub mod moved;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::mpsc;
+
+pub use moved::MovedTunnel;
+
+/// Asks the tunnels that can move to stop and describe themselves.
+#[derive(Default)]
+pub struct Relocation {
+    asked: AtomicBool,
+    next_ticket: AtomicU64,
+    /// The tasks of the tickets not yet used, to wake when asked.
+    waiting: Mutex<HashMap<u64, Option<Waker>>>,
+    /// Where stopped tunnels go while an upgrade takes them.
+    taker: Mutex<Option<mpsc::UnboundedSender<MovedTunnel>>>,
+}
+
+impl Relocation {
+    /// A ticket for a tunnel that can move.
+    pub fn ticket(self: &Arc<Self>) -> Ticket {
+        let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        lock(&self.waiting).insert(id, None);
+        Ticket {
+            relocation: self.clone(),
+            id,
+        }
+    }
+
+    /// Asks every tunnel holding a ticket, now or later, to stop and go to
+    /// `taker`.
+    pub fn start(&self, taker: mpsc::UnboundedSender<MovedTunnel>) {
+        *lock(&self.taker) = Some(taker);
+        self.asked.store(true, Ordering::Release);
+        for waker in lock(&self.waiting).values().flatten() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// The upgrade is over: tunnels stay where they are from now on.
+    pub fn stop(&self) {
+        self.asked.store(false, Ordering::Release);
+        lock(&self.taker).take();
+    }
+
+    /// Tickets not yet used: tunnels that could still move.
+    pub fn waiting(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+
+    /// Gives a stopped tunnel to the upgrade; back if it is over.
+    pub fn hand_over(&self, tunnel: MovedTunnel) -> Result<(), MovedTunnel> {
+        match &*lock(&self.taker) {
+            Some(taker) => taker.send(tunnel).map_err(|refused| refused.0),
+            None => Err(tunnel),
+        }
+    }
+}
+
+/// Bookkeeping only: a panic elsewhere cannot leave it half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A tunnel's place on the list of those that can move.
+pub struct Ticket {
+    relocation: Arc<Relocation>,
+    id: u64,
+}
+
+impl Ticket {
+    /// Ready once the tunnel is asked to move. The first poll registers
+    /// the task; after that a poll reads one atomic.
+    pub fn poll_asked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.relocation.asked.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        {
+            let mut waiting = lock(&self.relocation.waiting);
+            if let Some(slot @ None) = waiting.get_mut(&self.id) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        // Asked between the first look and the registration: seen now.
+        match self.relocation.asked.load(Ordering::Acquire) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Whether an upgrade is asking now (without registering).
+    pub fn asked(&self) -> bool {
+        self.relocation.asked.load(Ordering::Acquire)
+    }
+
+    pub fn relocation(&self) -> &Arc<Relocation> {
+        &self.relocation
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        lock(&self.relocation.waiting).remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test]
+    async fn a_ticket_wakes_when_asked_and_leaves_the_list_when_dropped() {
+        let relocation = Arc::new(Relocation::default());
+        let mut ticket = relocation.ticket();
+        assert_eq!(relocation.waiting(), 1);
+        let waiter = tokio::spawn(async move {
+            poll_fn(|cx| ticket.poll_asked(cx)).await;
+            ticket
+        });
+        tokio::task::yield_now().await;
+        let (taker, _taken) = mpsc::unbounded_channel();
+        relocation.start(taker);
+        let ticket = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(ticket.asked());
+        drop(ticket);
+        assert_eq!(relocation.waiting(), 0);
+        relocation.stop();
+        assert!(!relocation.ticket().asked());
+    }
+}
