@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{self, Config, LogFormat};
-use wsgate::lifecycle::{descriptors, notify};
+use wsgate::lifecycle::handover::{self, Channel};
+use wsgate::lifecycle::{descriptors, notify, version};
 use wsgate::server::reload::Reloader;
 use wsgate::server::Server;
 use wsgate::tools::{certgen, client, demo};
@@ -17,7 +18,7 @@ use wsgate::tunnel::drain::DrainClose;
 
 /// A TLS-terminating reverse proxy for WebSocket backends.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = version::version(), about)]
 struct Cli {
     /// The configuration file.
     #[arg(short, long, global = true, default_value = config::DEFAULT_PATH)]
@@ -67,6 +68,8 @@ fn main() -> ExitCode {
     if matches!(cli.command, None | Some(Command::Demo { .. })) {
         // Before any thread starts: the proxy gives memory back after a burst.
         wsgate::lifecycle::memory::without_thread_caches();
+        // Before anything can replace the file: an upgrade starts what is there then.
+        handover::remember_executable();
         // Each tunnel holds two descriptors: all the hard limit allows.
         raised = Some(descriptors::raise_nofile_limit());
     }
@@ -75,6 +78,11 @@ fn main() -> ExitCode {
     if !matches!(cli.command, None | Some(Command::Demo { .. })) {
         init_logging(LogFormat::Text, "warn");
     }
+    // Started by a running wsgate to take over from it (a binary upgrade).
+    let inherited = match cli.command {
+        None => handover::inherited(),
+        _ => None,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -83,8 +91,8 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        None => runtime.block_on(run(&cli.config, None, raised)),
-        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend), raised)),
+        None => runtime.block_on(run(&cli.config, None, raised, inherited)),
+        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend), raised, None)),
         Some(Command::Check) => check(&cli.config),
         Some(Command::Cert {
             out_dir,
@@ -147,16 +155,42 @@ async fn run(
     path: &Path,
     demo_backend: Option<SocketAddr>,
     raised: Option<std::io::Result<descriptors::Raised>>,
+    predecessor: Option<Channel>,
 ) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
+            if let Some(channel) = predecessor {
+                let reason = format!("{}: {} problem(s) found", path.display(), errors.errors().len());
+                handover::refuse(&channel, &reason);
+            }
             return ExitCode::FAILURE;
         }
     };
     // Read once: a reload does not change how or what is logged.
     init_logging(config.global.log_format, &config.global.log_filter);
+    tracing::info!(version = version::version(), "wsgate starting");
+    // Taking over from a running wsgate: its listeners, then its tunnels.
+    let (predecessor, passed, admin) = match predecessor {
+        Some(channel) => {
+            let taken = tokio::task::spawn_blocking(move || {
+                let taken = wsgate::server::handover::take(&channel);
+                (channel, taken)
+            })
+            .await;
+            match taken {
+                Ok((channel, Ok(taken))) => {
+                    tracing::info!(pid = taken.predecessor, "taking over from the running process");
+                    let passed = wsgate::lifecycle::listen_fds::Activated::from_sockets(taken.listeners);
+                    (Some(channel), passed, taken.admin)
+                }
+                Ok((_, Err(why))) => return fail(format!("cannot take over: {why}")),
+                Err(error) => return fail(format!("cannot take over: {error}")),
+            }
+        }
+        None => (None, wsgate::lifecycle::listen_fds::Activated::from_env(), None),
+    };
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -169,13 +203,24 @@ async fn run(
         tracing::info!(%address, "demo echo backend listening");
         tokio::spawn(demo::serve(listener));
     }
-    let server = match Server::bind(config.clone()).await {
+    let server = match Server::bind_with(config.clone(), passed, admin).await {
         Ok(server) => server,
-        Err(error) => return fail(error),
+        Err(error) => {
+            if let Some(channel) = &predecessor {
+                handover::refuse(channel, &error.to_string());
+            }
+            return fail(error);
+        }
     };
+    if let Some(channel) = predecessor {
+        if let Err(error) = server.take_tunnels_from(channel) {
+            return fail(format!("cannot take over: {error}"));
+        }
+    }
     // Signals are handled from here on, so a SIGTERM right after readiness drains.
     let shutdown = shutdown_signal();
     reload_on_hangup(path, server.reloader());
+    upgrade_on_user1(server.upgrader());
     // Bound, so connections are accepted from here on (queued until the
     // accept loops run): systemd may start what is ordered after us.
     notify::ready();
@@ -257,6 +302,27 @@ fn reload_on_hangup(path: &Path, reloader: Reloader) {
             notify::reloading();
             let _ = reloader.reload_file(&path).await;
             notify::ready();
+        }
+    });
+}
+
+/// Upgrades the binary on every SIGUSR1 (`systemctl kill -s USR1 wsgate`):
+/// the binary now at the path this one started from takes over
+/// ([`handover`]). A failed upgrade is logged and this process serves on.
+fn upgrade_on_user1(upgrader: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut user1 = match signal(SignalKind::user_defined1()) {
+        Ok(user1) => user1,
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGUSR1: upgrade by signal is off");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while user1.recv().await.is_some() {
+            if upgrader.try_send(()).is_err() {
+                tracing::warn!("SIGUSR1: an upgrade is already under way");
+            }
         }
     });
 }

@@ -95,6 +95,22 @@ impl Activated {
         }
     }
 
+    /// Listening sockets handed over by the process this one takes over
+    /// from at a binary upgrade ([`super::handover`]), by listener name.
+    pub fn from_sockets(sockets: Vec<(String, TcpListener)>) -> Activated {
+        let sockets = sockets
+            .into_iter()
+            .filter_map(|(name, listener)| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+                Passed::new(fd, Some(name), Socket::from(listener))
+            })
+            .collect();
+        Activated {
+            sockets,
+            listener_names: HashSet::new(),
+        }
+    }
+
     /// Keeps each socket named after one of `names` (the configured
     /// listeners) for that listener: matching by address never hands it to
     /// another one.

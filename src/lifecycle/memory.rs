@@ -103,7 +103,10 @@ pub fn without_thread_caches() {
     };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
-    let _failed = std::process::Command::new("/proc/self/exe")
+    // By its own path, not /proc/self/exe: the kernel names the process
+    // after the file it runs (`ps`, `pgrep wsgate`, the journal's `_COMM`).
+    let binary = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let _failed = std::process::Command::new(binary)
         .arg0(arg0)
         .args(args)
         .env("GLIBC_TUNABLES", tunables)

@@ -42,6 +42,13 @@ pub fn reloading() {
     }
 }
 
+/// `MAINPID=<pid>`: the process that took over at a binary upgrade is the
+/// service's main process from now on (its notifications count, and
+/// `systemctl kill`, `reload` and the watchdog address it).
+pub fn main_pid(pid: u32) {
+    send(&[NotifyState::MainPid(pid)]);
+}
+
 /// `STOPPING=1`: shutdown began (no new connections; open ones are drained).
 /// systemd shows the unit as "deactivating" from here on instead of
 /// "active" while the drain lasts.

@@ -41,7 +41,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The admin listener's socket, bound with the proxy's listeners so a busy
 /// address fails the start the same way.
 pub struct AdminListener {
-    socket: TcpListener,
+    /// Shared: a binary upgrade sends it to the new process.
+    socket: Arc<TcpListener>,
 }
 
 impl AdminListener {
@@ -50,7 +51,21 @@ impl AdminListener {
         let socket = TcpListener::bind(addr)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("admin listener: cannot bind {addr}: {e}")))?;
-        Ok(AdminListener { socket })
+        Ok(AdminListener {
+            socket: Arc::new(socket),
+        })
+    }
+
+    /// The admin listener on a socket the process this one took over from
+    /// was serving it on.
+    pub fn from_socket(socket: TcpListener) -> AdminListener {
+        AdminListener {
+            socket: Arc::new(socket),
+        }
+    }
+
+    pub(crate) fn socket(&self) -> Arc<TcpListener> {
+        self.socket.clone()
     }
 
     /// The bound address (the real port when the configuration asked for port 0).

@@ -102,7 +102,7 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) async fn run(self, socket: TcpListener) {
+    pub(crate) async fn run(self, socket: Arc<TcpListener>) {
         // Failed accepts (out of descriptors or memory) since the last line
         // about them, when that line was written, whether one was written
         // since the last accept, and the next wait. The interval holds

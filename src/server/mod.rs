@@ -7,6 +7,7 @@
 //! metrics, health and readiness.
 
 pub mod admin;
+pub mod handover;
 mod housekeeping;
 mod listener;
 pub mod reload;
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::lifecycle::memory;
@@ -46,6 +47,9 @@ pub struct Server {
     tasks: TaskTracker,
     reloads: mpsc::Receiver<Reload>,
     reload_sender: mpsc::Sender<Reload>,
+    /// Binary upgrades asked for (SIGUSR1).
+    upgrades: mpsc::Receiver<()>,
+    upgrade_sender: mpsc::Sender<()>,
     /// Metrics, health and readiness (`[admin]`), when configured.
     admin: Option<AdminListener>,
     /// What a reload cannot change.
@@ -56,11 +60,21 @@ impl Server {
     /// Binds every listener of `config`; an address that cannot be bound is
     /// an error naming the listener.
     pub async fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_with(config, crate::lifecycle::listen_fds::Activated::from_env(), None).await
+    }
+
+    /// Binds like [`Server::bind`], serving the listeners `passed` names
+    /// (and the admin listener on `admin`) on those sockets: systemd's
+    /// (socket activation) or the old process's at a binary upgrade.
+    pub async fn bind_with(
+        config: Config,
+        passed: crate::lifecycle::listen_fds::Activated,
+        admin: Option<std::net::TcpListener>,
+    ) -> io::Result<Server> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        // Sockets systemd passed (socket activation) serve their listeners
-        // instead of binding; the rest are bound here.
-        let mut passed = crate::lifecycle::listen_fds::Activated::from_env()
-            .for_listeners(config.listeners.iter().map(|l| l.name.as_str()));
+        // Sockets passed serve their listeners instead of binding; the
+        // rest are bound here.
+        let mut passed = passed.for_listeners(config.listeners.iter().map(|l| l.name.as_str()));
         for listener in &config.listeners {
             let socket = match passed.take(&listener.name, listener.listen) {
                 Some(socket) => TcpListener::from_std(socket).map_err(|e| {
@@ -78,9 +92,10 @@ impl Server {
                 settings: ListenerSettings::new(listener),
             });
         }
-        let admin = match &config.admin {
-            Some(admin) => Some(AdminListener::bind(admin.listen).await?),
-            None => None,
+        let admin = match (&config.admin, admin) {
+            (Some(_), Some(socket)) => Some(AdminListener::from_socket(TcpListener::from_std(socket)?)),
+            (Some(admin), None) => Some(AdminListener::bind(admin.listen).await?),
+            (None, _) => None,
         };
         let tasks = TaskTracker::new();
         let stats = Stats::default();
@@ -94,6 +109,7 @@ impl Server {
         let proxy = Proxy::new(&config, tasks.clone(), stats, None, cluster).await;
         let max_connections = config.global.max_connections.min(Semaphore::MAX_PERMITS);
         let (reload_sender, reloads) = mpsc::channel(1);
+        let (upgrade_sender, upgrades) = mpsc::channel(1);
         Ok(Server {
             current: Arc::new(ArcSwap::from_pointee(proxy)),
             listeners,
@@ -102,6 +118,8 @@ impl Server {
             tasks,
             reloads,
             reload_sender,
+            upgrades,
+            upgrade_sender,
             admin,
             fixed: Fixed::new(&config),
         })
@@ -131,6 +149,18 @@ impl Server {
         Reloader::new(self.reload_sender.clone())
     }
 
+    /// A handle that asks the running server for a binary upgrade
+    /// ([`handover`]); a request while one is under way is dropped.
+    pub fn upgrader(&self) -> mpsc::Sender<()> {
+        self.upgrade_sender.clone()
+    }
+
+    /// Tells the process this one takes over from that its listeners are
+    /// served, then runs the tunnels it hands over ([`handover`]).
+    pub fn take_tunnels_from(&self, channel: crate::lifecycle::handover::Channel) -> io::Result<()> {
+        handover::serve_handed_over(channel, self.current.clone(), self.connection_permits.clone())
+    }
+
     /// Serves until `shutdown` completes, switching configurations when a
     /// [`Reloader`] asks; then stops accepting, lets requests in flight
     /// finish, asks every tunnel to end with the close code `shutdown` gave,
@@ -145,11 +175,13 @@ impl Server {
             tasks,
             mut reloads,
             reload_sender,
+            mut upgrades,
+            upgrade_sender,
             admin,
             fixed,
         } = self;
-        // Only the handles given out keep the channel open.
-        drop(reload_sender);
+        // Only the handles given out keep the channels open.
+        drop((reload_sender, upgrade_sender));
         let stop = CancellationToken::new();
         let mut running = Running {
             current,
@@ -171,13 +203,25 @@ impl Server {
         ));
         // Started after the listeners, so it is never ready before they accept.
         let admin_done = CancellationToken::new();
+        let admin_socket = admin.as_ref().map(AdminListener::socket);
         let admin =
             admin.map(|admin| tokio::spawn(admin.serve(running.current.clone(), stop.clone(), admin_done.clone())));
         tokio::pin!(shutdown);
+        // After a binary upgrade went through, the process that took over
+        // serves everything new: this one drains what stayed, and exits.
+        let mut handed_over = None;
         let why = loop {
             tokio::select! {
                 why = &mut shutdown => break why,
                 Some(reload) = reloads.recv() => running.answer(reload, &fixed).await,
+                Some(()) = upgrades.recv() => match handover::give(&mut running, admin_socket.clone()).await {
+                    Ok(given) => {
+                        admin_done.cancel();
+                        handed_over = Some(given);
+                        break DrainClose::RESTART;
+                    }
+                    Err(why) => error!("upgrade failed, this process goes on serving: {why}"),
+                },
             }
         };
         info!(close_code = why.code, "shutting down: no new connections");
@@ -197,9 +241,18 @@ impl Server {
                 "shutdown timeout reached with connections still open"
             );
         }
-        // The fleet gets this instance's places back now, not when its lease ends.
-        if let Some(cluster) = proxy.cluster() {
+        // The fleet gets this instance's places back now, not when its lease
+        // ends; after an upgrade the new process holds them.
+        if let Some(cluster) = proxy.cluster().filter(|_| handed_over.is_none()) {
             cluster.leave().await;
+        }
+        if let Some(given) = handed_over {
+            info!(
+                moved = given.moved,
+                stayed = given.stayed,
+                successor = given.successor,
+                "upgraded: the new process serves"
+            );
         }
         admin_done.cancel();
         if let Some(admin) = admin {

@@ -32,10 +32,12 @@ pub(crate) struct Running {
 }
 
 pub(crate) struct RunningListener {
-    pub(super) name: String,
+    pub(crate) name: String,
     pub(super) listen: SocketAddr,
     pub(super) local_addr: SocketAddr,
     pub(super) settings: Arc<ArcSwap<ListenerSettings>>,
+    /// Shared with the acceptor: a binary upgrade sends it to the new process.
+    pub(crate) socket: Arc<tokio::net::TcpListener>,
     /// Stops this listener alone (it was removed from the configuration).
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<()>,
@@ -55,12 +57,14 @@ impl Running {
             tasks: self.tasks.clone(),
         };
         let span = tracing::info_span!("listener", name = %listener.name);
-        let task = tokio::spawn(acceptor.run(listener.socket).instrument(span));
+        let socket = Arc::new(listener.socket);
+        let task = tokio::spawn(acceptor.run(socket.clone()).instrument(span));
         self.listeners.push(RunningListener {
             name: listener.name,
             listen: listener.listen,
             local_addr,
             settings,
+            socket,
             stop,
             task,
         });
