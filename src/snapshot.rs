@@ -57,7 +57,8 @@ impl Writer {
     /// Length first (32 bits), then the bytes.
     pub fn bytes(&mut self, value: &[u8]) -> &mut Self {
         self.u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
-        self.bytes.extend_from_slice(&value[..value.len().min(u32::MAX as usize)]);
+        self.bytes
+            .extend_from_slice(&value[..value.len().min(u32::MAX as usize)]);
         self
     }
 

@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 const SLOT_LEN: usize = 24 + 32;
 
 #[used]
-static BUILD_LABEL_SLOT: [u8; SLOT_LEN] = *b"wsgate-build-label-slot:\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+static BUILD_LABEL_SLOT: [u8; SLOT_LEN] =
+    *b"wsgate-build-label-slot:\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 
 /// The marker the slot starts with: a stamp writes the label right after it.
 pub const BUILD_LABEL_MARKER: &[u8; 24] = b"wsgate-build-label-slot:";

@@ -93,7 +93,10 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
     let (moved, unsent) = forward.await.unwrap_or((0, Vec::new()));
     if !unsent.is_empty() {
         // The new process stopped taking them: they go on here.
-        error!(tunnels = unsent.len(), "the new process stopped taking tunnels; they stay in this one");
+        error!(
+            tunnels = unsent.len(),
+            "the new process stopped taking tunnels; they stay in this one"
+        );
         for tunnel in unsent {
             proxy.adopt(tunnel, None);
         }
@@ -106,10 +109,7 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
     }
     info!(
         moved,
-        stayed,
-        stayed_movable,
-        pid,
-        "tunnels handed over; those that stayed (TLS, closing, held up) drain here"
+        stayed, stayed_movable, pid, "tunnels handed over; those that stayed (TLS, closing, held up) drain here"
     );
     Ok(Given {
         moved,
@@ -125,7 +125,10 @@ fn start_successor(
     sockets: &[Arc<TcpListener>],
     admin: Option<&TcpListener>,
 ) -> Result<(String, u32), String> {
-    let broken = |e: std::io::Error| format!("hand-over channel: {e}");
+    let broken = |e: std::io::Error| match gone(&e) {
+        true => EXITED.to_owned(),
+        false => format!("hand-over channel: {e}"),
+    };
     channel.set_receive_timeout(Some(START_LIMIT)).map_err(broken)?;
     let hello = Message::Hello {
         protocol: handover::protocol(),
@@ -150,6 +153,16 @@ fn start_successor(
     }
 }
 
+const EXITED: &str = "the new binary exited before it took over";
+
+/// The other end is closed: its process exited.
+fn gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 /// The next message from the new process; its refusal or its exit as an error.
 fn answer(channel: &Channel) -> Result<Message, String> {
     match channel.receive() {
@@ -158,7 +171,8 @@ fn answer(channel: &Channel) -> Result<Message, String> {
             Ok(message) => Ok(message),
             Err(error) => Err(error.to_string()),
         },
-        Ok(None) => Err("the new binary exited before it took over".into()),
+        Ok(None) => Err(EXITED.into()),
+        Err(error) if gone(&error) => Err(EXITED.into()),
         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
             Err(format!("the new binary did not answer within {START_LIMIT:?}"))
         }
@@ -292,7 +306,10 @@ pub fn serve_handed_over(
                         }
                     }
                     Ok(Message::Summary { moved, stayed }) => {
-                        info!(moved, received, stayed, "hand-over done: tunnels received; the rest drain in the old process");
+                        info!(
+                            moved,
+                            received, stayed, "hand-over done: tunnels received; the rest drain in the old process"
+                        );
                     }
                     Ok(other) => debug!(?other, "unexpected hand-over message ignored"),
                     Err(error) => warn!(%error, "unreadable hand-over message ignored"),

@@ -184,6 +184,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wsgate");
+        registry.register(
+            "build",
+            "The running binary's version (a stamped build label after the +): which binary serves after an upgrade",
+            prometheus_client::metrics::info::Info::new(vec![("version", crate::lifecycle::version::version())]),
+        );
         let open_connections = Family::default();
         registry.register(
             "open_connections",

@@ -86,6 +86,23 @@ impl Movable for ReadHalf {
     }
 }
 
+/// A writing half let go of once its socket moved to another process.
+pub trait LetGo {
+    /// Closes this process's copy without shutting the connection down:
+    /// tokio's TCP write half sends a FIN when dropped, which would end
+    /// the connection the other process now serves.
+    fn let_go(self);
+}
+
+impl LetGo for WriteHalf {
+    fn let_go(self) {
+        match self {
+            WriteHalf::Tcp(write) => write.forget(),
+            WriteHalf::Shared(write) => drop(write),
+        }
+    }
+}
+
 impl AsyncRead for Side {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

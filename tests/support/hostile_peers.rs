@@ -5,7 +5,7 @@
 //! and a backend that sends as fast as the tunnel takes it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,10 +118,27 @@ impl WsgateLaunch {
     /// that way.
     pub fn new(toml: &str, log_filter: &str, shell_prefix: Option<&str>) -> WsgateLaunch {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::in_dir(
+            dir,
+            toml,
+            log_filter,
+            shell_prefix,
+            Path::new(env!("CARGO_BIN_EXE_wsgate")),
+        )
+    }
+
+    /// [`WsgateLaunch::new`] running the binary at `binary`, in `dir` (which
+    /// may hold that binary: a binary upgrade replaces it there).
+    pub fn in_dir(
+        dir: tempfile::TempDir,
+        toml: &str,
+        log_filter: &str,
+        shell_prefix: Option<&str>,
+        binary: &Path,
+    ) -> WsgateLaunch {
         let config = dir.path().join("wsgate.toml");
         std::fs::write(&config, toml).expect("write config");
         let log = std::fs::File::create(dir.path().join("wsgate.log")).expect("log file");
-        let binary = env!("CARGO_BIN_EXE_wsgate");
         let mut command = match shell_prefix {
             Some(prefix) => {
                 let mut command = Command::new("sh");
@@ -163,6 +180,9 @@ impl WsgateLaunch {
     }
 
     /// Starts the child, without waiting for anything.
+    ///
+    /// (A binary upgrade's new process inherits the log file: both write
+    /// whole lines to one shared offset.)
     pub fn spawn(mut self) -> WsgateChild {
         let child = self.command.spawn().expect("start wsgate");
         let pid = child.id().expect("a running child") as libc::pid_t;
@@ -708,4 +728,36 @@ pub async fn tcp_connect_small_window(addr: SocketAddr, bytes: u32) -> TcpStream
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
     within("TCP connect", socket.connect(addr)).await.expect("TCP connect")
+}
+
+/// Copies the wsgate binary to `to`, its build label stamped `label`, so
+/// that it reports version `X.Y.Z+label` (`wsgate::lifecycle::version`).
+/// Written beside `to` and renamed over it, as a package manager replaces
+/// a binary, so a process running the old file is not disturbed.
+pub fn stamped_binary(to: &Path, label: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_wsgate")).expect("read the wsgate binary");
+    let marker = wsgate::lifecycle::version::BUILD_LABEL_MARKER;
+    let at = bytes
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .expect("the build label slot")
+        + marker.len();
+    assert!(label.len() < 32);
+    bytes[at..at + 32].fill(0);
+    bytes[at..at + label.len()].copy_from_slice(label.as_bytes());
+    let staged = to.with_extension("new");
+    std::fs::write(&staged, bytes).expect("write the stamped binary");
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, to).expect("install the stamped binary");
+}
+
+/// Puts a script at `to` that exits at once with an error: a broken
+/// upgrade.
+pub fn broken_binary(to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let staged = to.with_extension("new");
+    std::fs::write(&staged, "#!/bin/sh\necho 'this binary is broken' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, to).expect("install the broken binary");
 }

@@ -93,7 +93,10 @@ impl Channel {
     /// Sends one message with `fds` beside it.
     pub fn send(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         if fds.len() > MAX_FDS || message.len() > MAX_MESSAGE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "hand-over message too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "hand-over message too large",
+            ));
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut iov = libc::iovec {
@@ -180,7 +183,10 @@ impl Channel {
             }
         }
         if header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "hand-over message truncated"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "hand-over message truncated",
+            ));
         }
         if received == 0 && fds.is_empty() {
             return Ok(None);

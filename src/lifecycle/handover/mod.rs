@@ -61,16 +61,31 @@ pub fn protocol() -> u32 {
 /// One message between the two processes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Hello { protocol: u32, version: String, pid: u32 },
-    Accept { version: String, pid: u32 },
-    Refuse { reason: String },
+    Hello {
+        protocol: u32,
+        version: String,
+        pid: u32,
+    },
+    Accept {
+        version: String,
+        pid: u32,
+    },
+    Refuse {
+        reason: String,
+    },
     /// The listeners' names, in the order of the sockets sent beside, then
     /// the admin listener's socket when `admin`.
-    Listeners { names: Vec<String>, admin: bool },
+    Listeners {
+        names: Vec<String>,
+        admin: bool,
+    },
     Taken,
     /// A tunnel's description ([`crate::tunnel::relocate::MovedTunnel`]).
     Tunnel(Vec<u8>),
-    Summary { moved: u64, stayed: u64 },
+    Summary {
+        moved: u64,
+        stayed: u64,
+    },
 }
 
 impl Message {
@@ -249,7 +264,10 @@ mod tests {
             assert_eq!(Message::decode(&message.encode()).unwrap(), message);
         }
         let mut future = Writer::default();
-        future.u8(1).u32(PROTOCOL + 1).bytes(b"a layout this binary does not know");
+        future
+            .u8(1)
+            .u32(PROTOCOL + 1)
+            .bytes(b"a layout this binary does not know");
         match Message::decode(&future.into_bytes()).unwrap() {
             Message::Hello { protocol, .. } => assert_eq!(protocol, PROTOCOL + 1),
             other => panic!("{other:?}"),

@@ -23,7 +23,7 @@ use super::saved::Saved;
 use super::shared::{log_end, Settings, Shared, Side};
 use crate::telemetry::TunnelMetrics;
 use crate::tunnel::drain::DrainSignal;
-use crate::tunnel::halves::Movable;
+use crate::tunnel::halves::{LetGo, Movable};
 use crate::tunnel::identity::Identity;
 use crate::tunnel::relocate::moved::{MovedSocket, MovedState};
 use crate::tunnel::relocate::{MovedTunnel, Relocation};
@@ -56,15 +56,25 @@ pub async fn run<CR, CW, BR, BW>(
     mut relocation: Option<Arc<Relocation>>,
 ) where
     CR: AsyncRead + Movable + Unpin + Send + 'static,
-    CW: AsyncWrite + Unpin + Send + 'static,
+    CW: AsyncWrite + LetGo + Unpin + Send + 'static,
     BR: AsyncRead + Movable + Unpin + Send + 'static,
-    BW: AsyncWrite + Unpin + Send + 'static,
+    BW: AsyncWrite + LetGo + Unpin + Send + 'static,
 {
     if client.0.movable().is_none() || backend.0.movable().is_none() {
         relocation = None;
     }
     loop {
-        let Some(stopped) = drive(client, backend, start, drain.clone(), metrics, identity, relocation.take()).await else {
+        let Some(stopped) = drive(
+            client,
+            backend,
+            start,
+            drain.clone(),
+            metrics,
+            identity,
+            relocation.take(),
+        )
+        .await
+        else {
             return;
         };
         let Stopped {
@@ -88,6 +98,8 @@ pub async fn run<CR, CW, BR, BW>(
         match r.hand_over(tunnel) {
             Ok(()) => {
                 tracing::debug!("tunnel handed over");
+                c.1.let_go();
+                b.1.let_go();
                 return;
             }
             Err(tunnel) => {
@@ -134,8 +146,22 @@ where
     let (shared, upstream, downstream, held) = match start {
         Start::Fresh(settings) => {
             let shared = Arc::new(Shared::new(settings, metrics, identity));
-            let upstream = Pump::new(Side::Client, client_read, backend_write, backend_inbox, to_client, &shared);
-            let downstream = Pump::new(Side::Backend, backend_read, client_write, client_inbox, to_backend, &shared);
+            let upstream = Pump::new(
+                Side::Client,
+                client_read,
+                backend_write,
+                backend_inbox,
+                to_client,
+                &shared,
+            );
+            let downstream = Pump::new(
+                Side::Backend,
+                backend_read,
+                client_write,
+                client_inbox,
+                to_backend,
+                &shared,
+            );
             (shared, upstream, downstream, [Vec::new(), Vec::new()])
         }
         Start::Moved { saved, age } => {
@@ -159,7 +185,10 @@ where
             (shared, upstream, downstream, held)
         }
     };
-    let tickets = [relocation.as_ref().map(|r| r.ticket()), relocation.as_ref().map(|r| r.ticket())];
+    let tickets = [
+        relocation.as_ref().map(|r| r.ticket()),
+        relocation.as_ref().map(|r| r.ticket()),
+    ];
     let [up_ticket, down_ticket] = tickets;
     let [up_held, down_held] = held;
 

@@ -67,10 +67,10 @@ impl Relocation {
     }
 
     /// Gives a stopped tunnel to the upgrade; back if it is over.
-    pub fn hand_over(&self, tunnel: MovedTunnel) -> Result<(), MovedTunnel> {
+    pub fn hand_over(&self, tunnel: MovedTunnel) -> Result<(), Box<MovedTunnel>> {
         match &*lock(&self.taker) {
-            Some(taker) => taker.send(tunnel).map_err(|refused| refused.0),
-            None => Err(tunnel),
+            Some(taker) => taker.send(tunnel).map_err(|refused| Box::new(refused.0)),
+            None => Err(Box::new(tunnel)),
         }
     }
 }

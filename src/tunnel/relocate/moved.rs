@@ -67,7 +67,10 @@ impl MovedTunnel {
                 state.save(&mut out);
             }
         }
-        (out.into_bytes(), [self.client.socket.as_fd(), self.backend.socket.as_fd()])
+        (
+            out.into_bytes(),
+            [self.client.socket.as_fd(), self.backend.socket.as_fd()],
+        )
     }
 
     /// The tunnel `message` describes, with the two sockets sent beside it.

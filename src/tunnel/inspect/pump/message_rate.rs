@@ -28,7 +28,10 @@ pub(super) fn bucket(from: Side, inspect: &Inspect) -> Option<TokenBucket> {
 
 /// The client's bucket as it was when its tunnel moved.
 pub(super) fn bucket_at(inspect: &Inspect, tokens: f64) -> TokenBucket {
-    let rate = inspect.client_messages.unwrap_or(crate::config::SocketRate { per_second: 1, burst: 1 });
+    let rate = inspect.client_messages.unwrap_or(crate::config::SocketRate {
+        per_second: 1,
+        burst: 1,
+    });
     TokenBucket::at_level(rate, tokens, Instant::now())
 }
 

@@ -19,10 +19,10 @@ use tracing::debug;
 use super::saved::{reader_config, SavedPump};
 use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
-use crate::tunnel::relocate::Ticket;
 use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
+use crate::tunnel::relocate::Ticket;
 use crate::ws::close;
 use crate::ws::frame::{self, Event, FrameReader, OpCode, Violation};
 
@@ -180,7 +180,12 @@ where
     /// Runs until the tunnel ends, or, when `relocating` asks, until both
     /// directions stop together to move (`held`: bytes a moved pump held
     /// back, to go in front of its first read).
-    pub(super) async fn run(mut self, mut drain: DrainSignal, mut relocating: Option<Ticket>, held: &[u8]) -> PumpEnd<R, W> {
+    pub(super) async fn run(
+        mut self,
+        mut drain: DrainSignal,
+        mut relocating: Option<Ticket>,
+        held: &[u8],
+    ) -> PumpEnd<R, W> {
         // Bytes kept back from the last read: the start of a frame not yet
         // complete enough to judge. They go in front of the next read.
         let mut kept = held.len().min(HELD_MAX);

@@ -1,0 +1,346 @@
+//! A binary upgrade (SIGUSR1) with the real binary: the binary now at the
+//! path wsgate started from takes over its listeners and its open tunnels;
+//! a broken or refusing binary leaves the running process serving.
+//!
+//! Each test copies the binary into a scratch directory and starts it from
+//! there, stamped with a build label (so the version says which binary
+//! serves), then puts another binary at that path and sends SIGUSR1.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::hostile_peers::*;
+use support::*;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const PLAIN_SOCKETS: usize = 1000;
+const INSPECTED_SOCKETS: usize = 200;
+/// How long a chatting client waits between two messages.
+const PACE: Duration = Duration::from_millis(100);
+
+fn toml(backend: SocketAddr) -> String {
+    format!(
+        "[global]\nshutdown_timeout = \"4s\"\nlog_format = \"json\"\nmax_connections = 5000\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\nname = \"inspected\"\npath_prefix = \"/inspected\"\nupstream = \"backends\"\n\
+         allowed_origins = [\"https://example.com\"]\n[route.inspect]\n\n\
+         [[route]]\nname = \"plain\"\nupstream = \"backends\"\nallowed_origins = [\"https://example.com\"]\n\n\
+         [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{backend}\" }}]\n"
+    )
+}
+
+/// What the old process logs once the new one serves the listeners.
+const SERVES: &str = "the new process serves the listeners; handing the tunnels over";
+
+/// The running binary, started from a path the test can replace.
+struct Upgradable {
+    wsgate: WsgateChild,
+    binary: PathBuf,
+}
+
+impl Upgradable {
+    async fn start(toml: &str, label: &str) -> Upgradable {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("wsgate");
+        stamped_binary(&binary, label);
+        let mut wsgate = WsgateLaunch::in_dir(dir, toml, "info", None, &binary).spawn();
+        wsgate.wait_listening(&["plain"], true).await;
+        Upgradable { wsgate, binary }
+    }
+
+    /// The `message` lines of the log, from any of the processes.
+    fn lines(&self, message: &str) -> Vec<Value> {
+        self.wsgate
+            .log_lines()
+            .into_iter()
+            .filter(|line| line["message"] == message)
+            .collect()
+    }
+
+    /// Sends SIGUSR1 to the process serving now (`pid`), and waits for the
+    /// new process to serve: its pid.
+    async fn upgrade(&self, pid: i32) -> i32 {
+        let outcome = |line: &Value| {
+            line["message"] == SERVES
+                || line["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("upgrade failed"))
+        };
+        let before = self.wsgate.log_lines().iter().filter(|line| outcome(line)).count();
+        // SAFETY: kill(2) on a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+        poll_until(TIMEOUT, "the upgrade's outcome", || {
+            self.wsgate.log_lines().iter().filter(|line| outcome(line)).count() > before
+        })
+        .await;
+        let lines = self.wsgate.log_lines();
+        let line = lines.iter().filter(|line| outcome(line)).nth(before).unwrap();
+        assert!(
+            line["message"].as_str().unwrap().starts_with("the new process"),
+            "upgrade failed: {line}\n{}",
+            self.wsgate.log_tail(40)
+        );
+        line["pid"].as_i64().expect("the new process's pid") as i32
+    }
+}
+
+/// Ends a process this test started indirectly (a binary upgrade's new
+/// process is the old one's child): SIGTERM now, SIGKILL if the test fails.
+struct Serving(i32);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a process this test started.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (exited, not yet reaped) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+        .unwrap_or(false)
+}
+
+async fn gone(pid: i32) {
+    poll_until(Duration::from_secs(20), "the old process to exit", || !alive(pid)).await;
+}
+
+/// A client sending numbered messages through an echo backend, each after
+/// the echo of the last: every echo must come back once, in order.
+struct Chatter {
+    echoes: Arc<AtomicU64>,
+    task: JoinHandle<Result<u64, String>>,
+}
+
+impl Chatter {
+    fn start(mut ws: WebSocketStream<TcpStream>, stop: Arc<AtomicBool>) -> Chatter {
+        let echoes = Arc::new(AtomicU64::new(0));
+        let counted = echoes.clone();
+        let task = tokio::spawn(async move {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = format!("message {n}");
+                ws.send(Message::text(sent.clone()))
+                    .await
+                    .map_err(|e| format!("send {n}: {e}"))?;
+                let echo = tokio::time::timeout(TIMEOUT, ws.next())
+                    .await
+                    .map_err(|_| format!("no echo of {n} within {TIMEOUT:?}"))?;
+                match echo {
+                    Some(Ok(Message::Text(text))) if *text == *sent => {}
+                    other => return Err(format!("echo of {n}: {other:?}")),
+                }
+                n += 1;
+                counted.store(n, Ordering::Relaxed);
+                tokio::time::sleep(PACE).await;
+            }
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "done".into(),
+            }))
+            .await
+            .map_err(|e| format!("close: {e}"))?;
+            Ok(n)
+        });
+        Chatter { echoes, task }
+    }
+
+    fn echoes(&self) -> u64 {
+        self.echoes.load(Ordering::Relaxed)
+    }
+}
+
+async fn open(addr: SocketAddr, path: &str, count: usize) -> Vec<WebSocketStream<TcpStream>> {
+    let mut sockets = Vec::with_capacity(count);
+    for batch in 0..count.div_ceil(50) {
+        let opened = futures_util::future::join_all(
+            (batch * 50..count.min(batch * 50 + 50)).map(|_| async { ws_connect(addr, path, &[]).await.0 }),
+        )
+        .await;
+        sockets.extend(opened);
+    }
+    sockets
+}
+
+/// Waits until every chatter has had `more` echoes since `from`.
+async fn each_echoes(chatters: &[Chatter], from: &[u64], more: u64, what: &str) {
+    poll_until(Duration::from_secs(30), what, || {
+        chatters
+            .iter()
+            .zip(from)
+            .all(|(chatter, from)| chatter.echoes() >= from + more)
+    })
+    .await;
+}
+
+fn counts(chatters: &[Chatter]) -> Vec<u64> {
+    chatters.iter().map(Chatter::echoes).collect()
+}
+
+/// 1,000 plain and 200 inspected sockets keep chatting through an upgrade:
+/// none is closed, every echo arrives once and in order, and the new
+/// binary's version serves afterwards; the old process exits on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_inspected_tunnels_move_to_the_new_binary_without_a_lost_message() {
+    raise_nofile_limit();
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let (addr, old_pid) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut chatters: Vec<Chatter> = open(addr, "/plain", PLAIN_SOCKETS)
+        .await
+        .into_iter()
+        .map(|ws| Chatter::start(ws, stop.clone()))
+        .collect();
+    chatters.extend(
+        open(addr, "/inspected", INSPECTED_SOCKETS)
+            .await
+            .into_iter()
+            .map(|ws| Chatter::start(ws, stop.clone())),
+    );
+    each_echoes(&chatters, &vec![0; chatters.len()], 2, "every socket chatting").await;
+
+    stamped_binary(&proxy.binary, "second");
+    let new_pid = proxy.upgrade(old_pid).await;
+    let _serving = Serving(new_pid);
+    gone(old_pid).await;
+    let moved = proxy.lines("upgraded: the new process serves");
+    assert_eq!(moved.len(), 1, "{}", proxy.wsgate.log_tail(30));
+    assert_eq!(
+        moved[0]["moved"].as_u64(),
+        Some((PLAIN_SOCKETS + INSPECTED_SOCKETS) as u64),
+        "every tunnel moved: {}",
+        moved[0]
+    );
+    // Chatting on, through the new process alone.
+    let after = counts(&chatters);
+    let chatting = tokio::time::timeout(
+        Duration::from_secs(30),
+        each_echoes(&chatters, &after, 3, "every socket chatting after the upgrade"),
+    )
+    .await;
+    if chatting.is_err() {
+        let stalled: Vec<usize> = (0..chatters.len())
+            .filter(|&i| chatters[i].echoes() < after[i] + 3)
+            .collect();
+        let notable: Vec<String> = proxy
+            .wsgate
+            .log_lines()
+            .iter()
+            .filter(|l| {
+                l["level"] != "INFO"
+                    || !l["message"].as_str().unwrap_or("").starts_with("tunnel") && l["message"] != "request"
+            })
+            .map(|l| l.to_string())
+            .collect();
+        panic!(
+            "stalled after the upgrade: {} of them, e.g. {:?}\n{}",
+            stalled.len(),
+            &stalled[..stalled.len().min(20)],
+            notable.join("\n")
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for chatter in chatters {
+        let result = within("a chatter to finish", chatter.task).await.unwrap();
+        assert!(result.is_ok(), "{result:?}\n{}", proxy.wsgate.log_tail(30));
+    }
+    let started: Vec<Value> = proxy.lines("wsgate starting");
+    let versions: Vec<&str> = started.iter().filter_map(|line| line["version"].as_str()).collect();
+    assert_eq!(versions, ["0.1.0+first", "0.1.0+second"]);
+    let metrics = scrape_text(proxy.wsgate.admin_addr()).await;
+    assert!(
+        metrics.contains("wsgate_build_info{version=\"0.1.0+second\"} 1"),
+        "the admin listener is the new process's:\n{metrics}"
+    );
+    // SAFETY: kill(2) on the process the upgrade started.
+    unsafe { libc::kill(new_pid, libc::SIGTERM) };
+    gone(new_pid).await;
+}
+
+/// A binary that exits at once: the running process keeps serving with
+/// every tunnel open, and says why; a good binary then upgrades it.
+#[tokio::test]
+async fn a_broken_binary_leaves_the_running_process_serving() {
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let (addr, old_pid) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let (mut plain, _) = ws_connect(addr, "/plain", &[]).await;
+    let (mut inspected, _) = ws_connect(addr, "/inspected", &[]).await;
+
+    broken_binary(&proxy.binary);
+    proxy.wsgate.signal(libc::SIGUSR1);
+    let failed = proxy
+        .wsgate
+        .wait_for_log("the failed upgrade", |line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upgrade failed"))
+        })
+        .await;
+    let why = failed["message"].as_str().unwrap();
+    assert!(
+        why.contains("exited before it took over") && why.contains("exit status: 3"),
+        "{why}"
+    );
+    for ws in [&mut plain, &mut inspected] {
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(next_message(ws).await, Message::text("still here"));
+    }
+    let (mut fresh, _) = ws_connect(addr, "/plain", &[]).await;
+    fresh.send(Message::text("new")).await.unwrap();
+    assert_eq!(next_message(&mut fresh).await, Message::text("new"));
+
+    stamped_binary(&proxy.binary, "second");
+    let new_pid = proxy.upgrade(old_pid).await;
+    let _serving = Serving(new_pid);
+    gone(old_pid).await;
+    for ws in [&mut plain, &mut inspected, &mut fresh] {
+        ws.send(Message::text("moved")).await.unwrap();
+        assert_eq!(next_message(ws).await, Message::text("moved"));
+    }
+}
+
+/// A new binary that does not speak the running one's hand-over protocol
+/// refuses it; the running process serves on.
+#[tokio::test]
+async fn a_binary_that_does_not_understand_the_hand_over_refuses_it() {
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("wsgate");
+    stamped_binary(&binary, "first");
+    let mut launch = WsgateLaunch::in_dir(dir, &toml(backend.addr), "info", None, &binary);
+    // The running process announces a layout no binary knows.
+    launch.command().env("WSGATE_HANDOVER_PROTOCOL", "999");
+    let mut wsgate = launch.spawn();
+    wsgate.wait_listening(&["plain"], true).await;
+    let (mut ws, _) = ws_connect(wsgate.addr("plain"), "/inspected", &[]).await;
+    stamped_binary(&binary, "second");
+    wsgate.signal(libc::SIGUSR1);
+    let failed = wsgate
+        .wait_for_log("the refused upgrade", |line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upgrade failed"))
+        })
+        .await;
+    let why = failed["message"].as_str().unwrap();
+    assert!(why.contains("refused") && why.contains("protocol 999"), "{why}");
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+    wsgate.stop().await;
+}
