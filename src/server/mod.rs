@@ -93,6 +93,7 @@ impl Server {
         };
         let proxy = Proxy::new(&config, tasks.clone(), stats, None, cluster).await;
         let max_connections = config.global.max_connections.min(Semaphore::MAX_PERMITS);
+        proxy.stats.metrics().set_max_connections(max_connections);
         let (reload_sender, reloads) = mpsc::channel(1);
         Ok(Server {
             current: Arc::new(ArcSwap::from_pointee(proxy)),
