@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wsgate::config::{self, Config, LogFormat};
 use wsgate::lifecycle::handover::{self, Channel};
 use wsgate::lifecycle::{descriptors, notify, version};
 use wsgate::server::reload::Reloader;
 use wsgate::server::Server;
-use wsgate::tools::{certgen, client, demo};
+use wsgate::tools::{certgen, client, demo, manual};
 use wsgate::tunnel::drain::DrainClose;
 
 /// A TLS-terminating reverse proxy for WebSocket backends.
@@ -59,6 +59,13 @@ enum Command {
         /// CA certificate (PEM) to trust for wss://, e.g. certs/dev-ca.pem.
         #[arg(long)]
         ca: Option<PathBuf>,
+    },
+    /// Write shell completions and man pages into a directory (for packagers).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write completions/ and man/ into.
+        #[arg(long)]
+        out_dir: PathBuf,
     },
 }
 
@@ -107,6 +114,15 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(error) => fail(error),
+        },
+        Some(Command::Generate { out_dir }) => match manual::write(Cli::command(), &out_dir) {
+            Ok(paths) => {
+                for path in paths {
+                    println!("wrote {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(format!("{}: {error}", out_dir.display())),
         },
         Some(Command::Client { url, ca }) => {
             let options = client::ClientOptions { url, ca };

@@ -7,6 +7,7 @@
 //! each other) fails here, at load time, never at the first request.
 
 mod error;
+pub mod placeholder;
 mod raw;
 pub mod units;
 mod validate;
@@ -473,9 +474,19 @@ impl Config {
     }
 
     /// Validates configuration text; `path` names the file in errors and is
-    /// the base for relative certificate paths.
+    /// the base for relative certificate paths. A value still holding the
+    /// packaged template's placeholder is an error too, beside the others.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        validate::parse(text, path)
+        let mut unfilled = placeholder::unfilled(text, path);
+        match validate::parse(text, path) {
+            Ok(config) if unfilled.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(unfilled)),
+            Err(ConfigErrors(errors)) => {
+                unfilled.extend(errors);
+                unfilled.sort_by_key(|e| (e.line, e.column));
+                Err(ConfigErrors(unfilled))
+            }
+        }
     }
 
     /// The listener with this name.

@@ -231,6 +231,7 @@ impl Running {
             removed.stop.cancel();
         }
         self.resize_connection_cap(config.global.max_connections);
+        previous.stats.metrics().set_max_connections(self.max_connections);
         self.start_housekeeping();
         self.generation += 1;
         Ok(Reloaded {

@@ -167,6 +167,7 @@ struct Inner {
     upstream_servers: Family<AddressLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
+    max_connections: Gauge,
     cluster_round_trips: Family<ClusterLabels, Counter>,
     cluster_latency: HistogramFamily<ClusterOpLabels>,
     cluster_unreachable: Gauge,
@@ -297,6 +298,12 @@ impl Metrics {
             let _ = reloads.get_or_create(&ResultLabels { result });
         }
         generation.set(1);
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "global.max_connections in force: the cap on open client connections, across listeners",
+            max_connections.clone(),
+        );
         let cluster_round_trips = Family::default();
         registry.register(
             "cluster_round_trips",
@@ -337,6 +344,7 @@ impl Metrics {
                 upstream_servers,
                 reloads,
                 generation,
+                max_connections,
                 cluster_round_trips,
                 cluster_latency,
                 cluster_unreachable,
@@ -453,6 +461,14 @@ impl Metrics {
     /// The configuration generation now in use.
     pub fn set_generation(&self, generation: u64) {
         self.inner.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// The cap on open client connections now in force, so dashboards and
+    /// alerts can compare `open_connections` with it.
+    pub fn set_max_connections(&self, max_connections: usize) {
+        self.inner
+            .max_connections
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     }
 
     /// Every metric in the Prometheus text format, the servers' health read
@@ -798,5 +814,7 @@ mod tests {
         assert!(text.contains("wsgate_tunnel_duration_seconds_count{route=\"chat\"} 1"));
         assert!(text.contains("wsgate_reloads_total{result=\"failed\"} 0"));
         assert!(text.contains("wsgate_config_generation 1"));
+        metrics.set_max_connections(5000);
+        assert!(metrics.encode(&[]).contains("wsgate_max_connections 5000"));
     }
 }
