@@ -20,7 +20,7 @@ use wsgate::tunnel::drain::DrainClose;
 #[command(version, about)]
 struct Cli {
     /// The configuration file.
-    #[arg(short, long, global = true, default_value = config::DEFAULT_PATH)]
+    #[arg(short, long, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -29,9 +29,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load and validate the configuration (files, certificates, addresses); print every problem.
-    Check,
+    Check {
+        /// The configuration file (the same as `wsgate --config FILE check`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Run the proxy and, beside it, a small echo backend: a working demo in one command.
     Demo {
+        /// The configuration file (the same as `wsgate --config FILE demo`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Where the echo backend listens (the example configuration's upstream points here).
         #[arg(long, default_value = "127.0.0.1:9001")]
         backend: SocketAddr,
@@ -58,6 +65,9 @@ enum Command {
         /// CA certificate (PEM) to trust for wss://, e.g. certs/dev-ca.pem.
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// After standard input ends, close once no reply has arrived for this long.
+        #[arg(long, default_value = "2s", value_parser = config::units::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 
@@ -84,8 +94,10 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         None => runtime.block_on(run(&cli.config, None, raised)),
-        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend), raised)),
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Demo { config, backend }) => {
+            runtime.block_on(run(&config.unwrap_or(cli.config), Some(backend), raised))
+        }
+        Some(Command::Check { config }) => check(&config.unwrap_or(cli.config)),
         Some(Command::Cert {
             out_dir,
             base,
@@ -100,8 +112,8 @@ fn main() -> ExitCode {
             }
             Err(error) => fail(error),
         },
-        Some(Command::Client { url, ca }) => {
-            let options = client::ClientOptions { url, ca };
+        Some(Command::Client { url, ca, wait }) => {
+            let options = client::ClientOptions { url, ca, wait };
             let input = tokio::io::BufReader::new(tokio::io::stdin());
             match runtime.block_on(client::run(options, input, tokio::io::stdout())) {
                 Ok(()) => ExitCode::SUCCESS,

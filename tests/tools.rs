@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use wsgate::tools::client::{self, ClientError, ClientOptions};
 use wsgate::tools::{certgen, demo};
 
@@ -72,15 +74,149 @@ async fn raw_request(addr: SocketAddr, request: &str) -> String {
 }
 
 async fn run_client(url: String, ca: Option<&Path>, input: &str) -> Result<String, ClientError> {
+    run_client_waiting(url, ca, input, Duration::from_secs(2)).await.1
+}
+
+/// Runs the client; returns what it printed even when it ends in an error.
+async fn run_client_waiting(
+    url: String,
+    ca: Option<&Path>,
+    input: &str,
+    wait: Duration,
+) -> (String, Result<String, ClientError>) {
     let options = ClientOptions {
         url,
         ca: ca.map(Path::to_path_buf),
+        wait,
     };
     let mut output = Vec::new();
-    timeout(LIMIT, client::run(options, input.as_bytes(), &mut output))
+    let result = timeout(LIMIT, client::run(options, input.as_bytes(), &mut output))
         .await
-        .expect("client finished in time")?;
-    Ok(String::from_utf8(output).expect("utf-8 output"))
+        .expect("client finished in time");
+    let printed = String::from_utf8(output).expect("utf-8 output");
+    (printed.clone(), result.map(|()| printed))
+}
+
+/// A WebSocket server on 127.0.0.1 that hands its first connection to `peer`.
+async fn one_ws_peer<F, Fut>(peer: F) -> SocketAddr
+where
+    F: FnOnce(WebSocketStream<TcpStream>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        peer(tokio_tungstenite::accept_async(tcp).await.expect("handshake")).await;
+    });
+    addr
+}
+
+/// A backend that answers only once the client has been quiet for 100 ms
+/// (as one that batches, or thinks), and answers nothing once it has seen
+/// a close: a client that closes as soon as its input ends gets no reply.
+async fn thinking_backend() -> SocketAddr {
+    one_ws_peer(|mut ws| async move {
+        let mut pending = Vec::new();
+        for _ in 0..100 {
+            match timeout(Duration::from_millis(100), ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => pending.push(format!("reply to {}", text.as_str())),
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
+                Ok(Some(Ok(_))) => {}
+                Err(_) => {
+                    for reply in pending.drain(..) {
+                        ws.send(Message::text(reply)).await.expect("send reply");
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_waits_for_replies_after_input_ends() {
+    let addr = thinking_backend().await;
+    let output = run_client(format!("ws://{addr}/"), None, "hi\nthere\n")
+        .await
+        .expect("a clean close");
+    assert_eq!(output, "reply to hi\nreply to there\n");
+}
+
+#[tokio::test]
+async fn client_reports_a_connection_dropped_without_close() {
+    let addr = one_ws_peer(|mut ws| async move {
+        let _ = ws.next().await;
+        ws.send(Message::text("last words")).await.expect("send");
+        // Dropped without a close frame.
+    })
+    .await;
+    let (printed, result) = run_client_waiting(format!("ws://{addr}/"), None, "hi\n", Duration::from_secs(5)).await;
+    assert_eq!(printed, "last words\n");
+    match result {
+        Err(error @ ClientError::Dropped) => assert!(error.to_string().contains("1006"), "{error}"),
+        other => panic!("expected Dropped, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_reports_an_abnormal_close_code() {
+    let addr = one_ws_peer(|mut ws| async move {
+        let _ = ws.next().await;
+        let close = CloseFrame {
+            code: CloseCode::Error,
+            reason: "backend broke".into(),
+        };
+        ws.send(Message::Close(Some(close))).await.expect("send close");
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    match run_client(format!("ws://{addr}/"), None, "hi\n").await {
+        Err(error @ ClientError::Closed { code: 1011, .. }) => {
+            assert!(error.to_string().contains("backend broke"), "{error}")
+        }
+        other => panic!("expected Closed with 1011, got {other:?}"),
+    }
+}
+
+/// The binary: a dropped connection is a failed run, and `client --help`
+/// lists only what the client uses.
+#[tokio::test]
+async fn client_command_exits_non_zero_when_dropped_and_has_no_config_flag() {
+    let binary = env!("CARGO_BIN_EXE_wsgate");
+    let help = std::process::Command::new(binary)
+        .args(["client", "--help"])
+        .output()
+        .expect("run client --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--wait"), "{help}");
+    assert!(!help.contains("--config"), "{help}");
+
+    let addr = one_ws_peer(|mut ws| async move {
+        let _ = ws.next().await;
+    })
+    .await;
+    let mut child = tokio::process::Command::new(binary)
+        .args(["client", &format!("ws://{addr}/")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wsgate client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"hi\n").await.expect("write stdin");
+    drop(stdin);
+    let output = timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("client exits in time")
+        .expect("client output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("without a close frame"), "{stderr}");
 }
 
 #[tokio::test]
