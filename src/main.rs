@@ -203,6 +203,7 @@ async fn run(
     server
         .run(async move {
             let why = shutdown.await;
+            wsgate::lifecycle::shutdown::stop_at_once_on_second_signal();
             notify::stopping();
             why
         })

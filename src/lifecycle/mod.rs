@@ -6,7 +6,8 @@
 //! systemd passes to a socket-activated service; [`memory`] gives the
 //! memory of a burst of handshakes back once it is over; [`descriptors`]
 //! raises the open-file limit at start and says what running out of
-//! descriptors means. (Drain lives with
+//! descriptors means; [`shutdown`] says what a shutdown waits for and
+//! stops at once on a second signal. (Drain lives with
 //! the tunnels it ends, `crate::tunnel::drain`; reload with the server it
 //! reloads, `crate::server::reload`.)
 
@@ -14,3 +15,4 @@ pub mod descriptors;
 pub mod listen_fds;
 pub mod memory;
 pub mod notify;
+pub mod shutdown;
