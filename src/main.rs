@@ -139,11 +139,11 @@ fn check(path: &Path) -> ExitCode {
                 }
             }
             println!(
-                "{}: ok ({} listeners, {} routes, {} upstreams)",
+                "{}: ok ({}, {}, {})",
                 path.display(),
-                config.listeners.len(),
-                config.routes.len(),
-                config.upstreams.len()
+                count(config.listeners.len(), "listener"),
+                count(config.routes.len(), "route"),
+                count(config.upstreams.len(), "upstream")
             );
             ExitCode::SUCCESS
         }
@@ -152,6 +152,15 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{}: {} problem(s) found", path.display(), errors.errors().len());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 
@@ -178,7 +187,7 @@ async fn run(
             Ok(listener) => listener,
             Err(error) => return fail(format!("demo backend: cannot bind {address}: {error}")),
         };
-        tracing::info!(%address, "demo echo backend listening");
+        // demo::serve says where it listens.
         tokio::spawn(demo::serve(listener));
     }
     let server = match Server::bind(config.clone()).await {

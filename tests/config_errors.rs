@@ -323,6 +323,7 @@ fn wsgate_check_reports_a_bad_config_and_accepts_a_good_one() {
     std::fs::write(&good, with_tls(Path::new("server.pem"), Path::new("server-key.pem"))).unwrap();
     let (ok, output) = wsgate_check(&good);
     assert!(ok, "wsgate check failed on a good config:\n{output}");
+    assert!(output.contains("ok (1 listener, 1 route, 1 upstream)"), "{output}");
 
     let bad = certs.dir().join("bad.toml");
     std::fs::write(

@@ -247,6 +247,56 @@ async fn demo_page_is_served() {
         "{response}"
     );
     assert!(response.contains("new WebSocket"), "{response}");
+    // The echo shows at once: the page greets the backend when the socket opens.
+    let on_open = response.split("ws.onopen").nth(1).expect("an onopen handler");
+    let on_open = on_open.split("};").next().unwrap_or_default();
+    assert!(on_open.contains("ws.send("), "{on_open}");
+}
+
+/// `wsgate demo`: the backend's start line once, peers as plain addresses.
+#[tokio::test]
+async fn demo_logs_its_backend_once_and_peers_as_addresses() {
+    let toml = "[global]\nlog_format = \"json\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+                [[route]]\nname = \"all\"\nupstream = \"demo\"\n\n\
+                [[upstream]]\nname = \"demo\"\nservers = [{ address = \"127.0.0.1:9\" }]\n";
+    let mut launch = support::hostile_peers::WsgateLaunch::new(toml, "info", None);
+    launch.command().args(["demo", "--backend", "127.0.0.1:0"]);
+    let mut wsgate = launch.spawn();
+    wsgate.wait_listening(&["plain"], false).await;
+    let started = wsgate
+        .wait_for_log("the demo backend's start line", |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("demo") && m.contains("listening"))
+        })
+        .await;
+    let backend: SocketAddr = started["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("an address");
+    let response = raw_request(
+        backend,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let request = wsgate
+        .wait_for_log("the demo request line", |l| l["message"] == "demo request")
+        .await;
+    let peer = request["peer"].as_str().expect("a peer");
+    assert!(peer.parse::<SocketAddr>().is_ok(), "{request}");
+    let starts = wsgate
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("demo") && m.contains("listening"))
+        })
+        .count();
+    assert_eq!(starts, 1, "{}", wsgate.log());
+    wsgate.stop().await;
 }
 
 #[tokio::test]
