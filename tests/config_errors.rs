@@ -234,6 +234,18 @@ fn unreadable_certificate_file() {
 }
 
 #[test]
+fn a_missing_certificate_at_a_relative_path_says_where_relative_paths_are_looked_for() {
+    let text = with_tls(Path::new("certs/localhost.pem"), Path::new("/etc/wsgate/key.pem"));
+    let error = single_error(&text, "listener[0].tls.certificates[0].cert");
+    assert!(
+        error
+            .message
+            .contains("relative to the configuration file's directory, /etc/wsgate"),
+        "{error:#?}"
+    );
+}
+
+#[test]
 fn key_that_does_not_match_its_certificate() {
     let certs = TestCerts::generate();
     let text = with_tls(&certs.server_cert(), &certs.other_key());

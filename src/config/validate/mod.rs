@@ -593,6 +593,25 @@ impl Checker<'_> {
         dir.join(path)
     }
 
+    /// For a file that cannot be read at a relative path as written: where
+    /// such a path is looked for (a copied example configuration keeps its
+    /// relative paths, which then point next to the copy).
+    fn relative_path_hint(&self, written: &str) -> String {
+        if Path::new(written).is_absolute() {
+            return String::new();
+        }
+        let dir = self
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        format!(
+            " (a relative path is relative to the configuration file's directory, {}: \
+             write an absolute path, or put the file there)",
+            dir.display()
+        )
+    }
+
     /// A count that must be at least 1: a cap of 0 would refuse everything.
     fn positive(&mut self, value: &Option<Spanned<u64>>, key: &str) -> Option<usize> {
         let value = value.as_ref()?;
