@@ -21,7 +21,7 @@ use wsgate::tunnel::drain::DrainClose;
 #[command(version = version::version(), about)]
 struct Cli {
     /// The configuration file.
-    #[arg(short, long, global = true, default_value = config::DEFAULT_PATH)]
+    #[arg(short, long, default_value = config::DEFAULT_PATH)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,9 +30,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load and validate the configuration (files, certificates, addresses); print every problem.
-    Check,
+    Check {
+        /// The configuration file (the same as `wsgate --config FILE check`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Run the proxy and, beside it, a small echo backend: a working demo in one command.
     Demo {
+        /// The configuration file (the same as `wsgate --config FILE demo`).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
         /// Where the echo backend listens (the example configuration's upstream points here).
         #[arg(long, default_value = "127.0.0.1:9001")]
         backend: SocketAddr,
@@ -59,6 +66,9 @@ enum Command {
         /// CA certificate (PEM) to trust for wss://, e.g. certs/dev-ca.pem.
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// After standard input ends, close once no reply has arrived for this long.
+        #[arg(long, default_value = "2s", value_parser = config::units::parse_duration)]
+        wait: std::time::Duration,
     },
     /// Write shell completions and man pages into a directory (for packagers).
     #[command(hide = true)]
@@ -99,8 +109,10 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         None => runtime.block_on(run(&cli.config, None, raised, inherited)),
-        Some(Command::Demo { backend }) => runtime.block_on(run(&cli.config, Some(backend), raised, None)),
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Demo { config, backend }) => {
+            runtime.block_on(run(&config.unwrap_or(cli.config), Some(backend), raised, None))
+        }
+        Some(Command::Check { config }) => check(&config.unwrap_or(cli.config)),
         Some(Command::Cert {
             out_dir,
             base,
@@ -124,8 +136,8 @@ fn main() -> ExitCode {
             }
             Err(error) => fail(format!("{}: {error}", out_dir.display())),
         },
-        Some(Command::Client { url, ca }) => {
-            let options = client::ClientOptions { url, ca };
+        Some(Command::Client { url, ca, wait }) => {
+            let options = client::ClientOptions { url, ca, wait };
             let input = tokio::io::BufReader::new(tokio::io::stdin());
             match runtime.block_on(client::run(options, input, tokio::io::stdout())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -151,11 +163,11 @@ fn check(path: &Path) -> ExitCode {
                 }
             }
             println!(
-                "{}: ok ({} listeners, {} routes, {} upstreams)",
+                "{}: ok ({}, {}, {})",
                 path.display(),
-                config.listeners.len(),
-                config.routes.len(),
-                config.upstreams.len()
+                count(config.listeners.len(), "listener"),
+                count(config.routes.len(), "route"),
+                count(config.upstreams.len(), "upstream")
             );
             ExitCode::SUCCESS
         }
@@ -164,6 +176,15 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{}: {} problem(s) found", path.display(), errors.errors().len());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 
@@ -216,7 +237,7 @@ async fn run(
             Ok(listener) => listener,
             Err(error) => return fail(format!("demo backend: cannot bind {address}: {error}")),
         };
-        tracing::info!(%address, "demo echo backend listening");
+        // demo::serve says where it listens.
         tokio::spawn(demo::serve(listener));
     }
     let server = match Server::bind_with(config.clone(), passed, admin).await {
@@ -252,6 +273,7 @@ async fn run(
     server
         .run(async move {
             let why = shutdown.await;
+            wsgate::lifecycle::shutdown::stop_at_once_on_second_signal();
             notify::stopping();
             why
         })

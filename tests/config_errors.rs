@@ -102,6 +102,92 @@ fn unknown_key_names_its_table_and_the_field() {
 }
 
 #[test]
+fn every_unknown_key_bad_value_and_type_error_is_reported_in_one_run() {
+    let text = replace(BASE, "connect_timeout", "connect_timout");
+    let text = replace(&text, "handshake_timeout = \"10s\"", "handshake_timeout = true");
+    let text = replace(&text, "name = \"public\"", "name = \"public\"\nlisen = \"x\"");
+    let text = replace(
+        &text,
+        "hosts = [\"localhost\"]",
+        "hosts = [\"localhost\"]\nstrip_prefx = true",
+    );
+    let text = replace(&text, "max_connections = 100", "max_connections = \"many\"");
+    let errors = errors(&text);
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("global.handshake_timeout", line_of(&text, "handshake_timeout", 0)),
+            ("global.max_connections", line_of(&text, "max_connections", 0)),
+            ("listener[0].lisen", line_of(&text, "lisen", 0)),
+            ("route[0].strip_prefx", line_of(&text, "strip_prefx", 0)),
+            ("upstream[0].connect_timout", line_of(&text, "connect_timout", 0)),
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors.iter().all(|e| e.column > 0), "{errors:#?}");
+    // Through `wsgate check`: one line each, file:line:column: key: why.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typos.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, output) = wsgate_check(&file);
+    assert!(!ok, "{output}");
+    for error in &errors {
+        let start = format!("{}:{}:{}: {}: ", file.display(), error.line, error.column, error.key);
+        assert!(
+            output.lines().any(|l| l.starts_with(&start)),
+            "no {start:?} in:\n{output}"
+        );
+    }
+    assert!(output.contains("5 problem(s)"), "{output}");
+}
+
+#[test]
+fn a_required_key_of_the_wrong_type_is_reported_once_with_the_rest() {
+    let text = replace(BASE, "name = \"public\"", "name = 7");
+    let text = replace(&text, "connect_timeout", "connect_timout");
+    let errors = errors(&text);
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["listener[0].name", "upstream[0].connect_timout"], "{errors:#?}");
+}
+
+#[test]
+fn a_bare_number_for_a_duration_gets_the_hint_a_unitless_string_gets() {
+    for (written, shown) in [("10", "10"), ("\"10\"", "\"10\""), ("2.5", "2.5")] {
+        let text = replace(
+            BASE,
+            "handshake_timeout = \"10s\"",
+            &format!("handshake_timeout = {written}"),
+        );
+        let error = single_error(&text, "global.handshake_timeout");
+        assert!(
+            error.message.contains(&format!("invalid duration {shown}"))
+                && error.message.contains("write a number and a unit, such as \"500ms\""),
+            "{written}: {error:#?}"
+        );
+    }
+    let text = replace(BASE, "[[listener]]\n", "[[listener]]\ntcp_keepalive = 60\n");
+    let error = single_error(&text, "listener[0].tcp_keepalive");
+    assert!(error.message.contains("such as \"500ms\""), "{error:#?}");
+}
+
+#[test]
+fn long_unit_names_are_accepted() {
+    let text = replace(
+        BASE,
+        "handshake_timeout = \"10s\"",
+        "handshake_timeout = \"10 seconds\"",
+    );
+    let text = replace(
+        &text,
+        "connect_timeout = \"3s\"",
+        "connect_timeout = \"1 minute 30 seconds\"",
+    );
+    let config = Config::from_toml(&text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.global.handshake_timeout, std::time::Duration::from_secs(10));
+}
+
+#[test]
 fn route_naming_a_missing_upstream() {
     let text = replace(BASE, "upstream = \"chat-backends\"", "upstream = \"chat-backend\"");
     let error = single_error(&text, "route[0].upstream");
@@ -145,6 +231,18 @@ fn unreadable_certificate_file() {
     let error = single_error(&text, "listener[0].tls.certificates[0].cert");
     assert_eq!(error.line, line_of(&text, "missing.pem", 0));
     assert!(error.message.contains(&missing.display().to_string()), "{error:#?}");
+}
+
+#[test]
+fn a_missing_certificate_at_a_relative_path_says_where_relative_paths_are_looked_for() {
+    let text = with_tls(Path::new("certs/localhost.pem"), Path::new("/etc/wsgate/key.pem"));
+    let error = single_error(&text, "listener[0].tls.certificates[0].cert");
+    assert!(
+        error
+            .message
+            .contains("relative to the configuration file's directory, /etc/wsgate"),
+        "{error:#?}"
+    );
 }
 
 #[test]
@@ -237,6 +335,7 @@ fn wsgate_check_reports_a_bad_config_and_accepts_a_good_one() {
     std::fs::write(&good, with_tls(Path::new("server.pem"), Path::new("server-key.pem"))).unwrap();
     let (ok, output) = wsgate_check(&good);
     assert!(ok, "wsgate check failed on a good config:\n{output}");
+    assert!(output.contains("ok (1 listener, 1 route, 1 upstream)"), "{output}");
 
     let bad = certs.dir().join("bad.toml");
     std::fs::write(

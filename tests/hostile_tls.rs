@@ -416,3 +416,40 @@ async fn with_unknown_sni_refuse_a_client_without_sni_is_refused_too() {
     fixture.others_are_served("after a client without SNI").await;
     fixture.stop().await;
 }
+
+/// A browser closing a wss tab sends no TLS close_notify: its TCP
+/// connection just ends. That is the client ending the tunnel, not an
+/// error, whether a WebSocket close handshake came first or not.
+#[tokio::test]
+async fn a_tls_client_gone_without_close_notify_ends_the_tunnel_as_the_client() {
+    let certs = TestCerts::generate();
+    let echo = Backend::echo().await;
+    let toml = config(echo.addr, Some(&certs)).replace("[global]\n", "[global]\nlog_format = \"json\"\n");
+    let wsgate = WsgateChild::start(&toml, &["tls"], "info", None).await;
+    let addr = wsgate.addr("tls");
+
+    // One closes the WebSocket first (as a closing tab does), one does not.
+    let mut clients = Vec::new();
+    for with_close_frame in [true, false] {
+        let (mut ws, _) = wss_connect(addr, "localhost", "/", &certs).await;
+        assert_echo(&mut ws, Message::text("hello")).await;
+        let port = ws.get_ref().get_ref().0.local_addr().expect("local addr").port();
+        if with_close_frame {
+            send(&mut ws, close_message(1001, "")).await;
+            assert!(matches!(next_message(&mut ws).await, Message::Close(_)));
+        }
+        // Dropped: the TCP connection ends with no close_notify before it.
+        drop(ws);
+        clients.push(format!("127.0.0.1:{port}"));
+    }
+    for client in clients {
+        let closed = wsgate
+            .wait_for_log("the tunnel closed line", |line| {
+                line["message"] == "tunnel closed" && line["client"] == client.as_str()
+            })
+            .await;
+        assert_eq!(closed["ended_by"], "client", "{closed}");
+        assert!(closed.get("error").is_none(), "{closed}");
+    }
+    wsgate.stop().await;
+}

@@ -403,3 +403,47 @@ async fn sigterm_tells_every_inspected_client_1001_before_its_connection_ends_an
         signalled.elapsed()
     );
 }
+
+/// A plain tunnel ends only when its peers end it: the shutdown says what
+/// it waits for, and a second signal stops the process at once.
+#[tokio::test]
+async fn a_shutdown_says_what_it_waits_for_and_a_second_sigint_stops_at_once() {
+    let backend = Backend::echo().await;
+    let toml = format!(
+        "[global]\nshutdown_timeout = \"60s\"\nlog_format = \"json\"\n\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route_and_upstream(backend.addr, "")
+    );
+    let mut wsgate = WsgateChild::start(&toml, &["plain"], "info", None).await;
+    let (mut ws, _) = ws_connect(wsgate.addr("plain"), "/", &[]).await;
+    assert_echo(&mut ws, Message::text("before the signal")).await;
+
+    wsgate.signal(libc::SIGINT);
+    let waiting = wsgate
+        .wait_for_log("saying what the shutdown waits for", |line| {
+            line["message"].as_str().is_some_and(|m| m.contains("waiting up to 1m"))
+        })
+        .await;
+    assert_eq!(
+        (waiting["connections"].as_u64(), waiting["tunnels"].as_u64()),
+        (Some(1), Some(1)),
+        "{waiting}"
+    );
+    assert_eq!(waiting["timeout_s"].as_f64(), Some(60.0), "{waiting}");
+
+    let signalled = std::time::Instant::now();
+    wsgate.signal(libc::SIGINT);
+    let status = wsgate.exits().await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exit {:?} after the second SIGINT",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{}", wsgate.log_tail(20));
+    assert!(
+        wsgate.log().contains("second SIGINT: stopping now"),
+        "{}",
+        wsgate.log_tail(20)
+    );
+    drop(ws);
+}

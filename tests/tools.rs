@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use wsgate::tools::client::{self, ClientError, ClientOptions};
 use wsgate::tools::{certgen, demo};
 
@@ -72,15 +74,149 @@ async fn raw_request(addr: SocketAddr, request: &str) -> String {
 }
 
 async fn run_client(url: String, ca: Option<&Path>, input: &str) -> Result<String, ClientError> {
+    run_client_waiting(url, ca, input, Duration::from_secs(2)).await.1
+}
+
+/// Runs the client; returns what it printed even when it ends in an error.
+async fn run_client_waiting(
+    url: String,
+    ca: Option<&Path>,
+    input: &str,
+    wait: Duration,
+) -> (String, Result<String, ClientError>) {
     let options = ClientOptions {
         url,
         ca: ca.map(Path::to_path_buf),
+        wait,
     };
     let mut output = Vec::new();
-    timeout(LIMIT, client::run(options, input.as_bytes(), &mut output))
+    let result = timeout(LIMIT, client::run(options, input.as_bytes(), &mut output))
         .await
-        .expect("client finished in time")?;
-    Ok(String::from_utf8(output).expect("utf-8 output"))
+        .expect("client finished in time");
+    let printed = String::from_utf8(output).expect("utf-8 output");
+    (printed.clone(), result.map(|()| printed))
+}
+
+/// A WebSocket server on 127.0.0.1 that hands its first connection to `peer`.
+async fn one_ws_peer<F, Fut>(peer: F) -> SocketAddr
+where
+    F: FnOnce(WebSocketStream<TcpStream>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        peer(tokio_tungstenite::accept_async(tcp).await.expect("handshake")).await;
+    });
+    addr
+}
+
+/// A backend that answers only once the client has been quiet for 100 ms
+/// (as one that batches, or thinks), and answers nothing once it has seen
+/// a close: a client that closes as soon as its input ends gets no reply.
+async fn thinking_backend() -> SocketAddr {
+    one_ws_peer(|mut ws| async move {
+        let mut pending = Vec::new();
+        for _ in 0..100 {
+            match timeout(Duration::from_millis(100), ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => pending.push(format!("reply to {}", text.as_str())),
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
+                Ok(Some(Ok(_))) => {}
+                Err(_) => {
+                    for reply in pending.drain(..) {
+                        ws.send(Message::text(reply)).await.expect("send reply");
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_waits_for_replies_after_input_ends() {
+    let addr = thinking_backend().await;
+    let output = run_client(format!("ws://{addr}/"), None, "hi\nthere\n")
+        .await
+        .expect("a clean close");
+    assert_eq!(output, "reply to hi\nreply to there\n");
+}
+
+#[tokio::test]
+async fn client_reports_a_connection_dropped_without_close() {
+    let addr = one_ws_peer(|mut ws| async move {
+        let _ = ws.next().await;
+        ws.send(Message::text("last words")).await.expect("send");
+        // Dropped without a close frame.
+    })
+    .await;
+    let (printed, result) = run_client_waiting(format!("ws://{addr}/"), None, "hi\n", Duration::from_secs(5)).await;
+    assert_eq!(printed, "last words\n");
+    match result {
+        Err(error @ ClientError::Dropped) => assert!(error.to_string().contains("1006"), "{error}"),
+        other => panic!("expected Dropped, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_reports_an_abnormal_close_code() {
+    let addr = one_ws_peer(|mut ws| async move {
+        let _ = ws.next().await;
+        let close = CloseFrame {
+            code: CloseCode::Error,
+            reason: "backend broke".into(),
+        };
+        ws.send(Message::Close(Some(close))).await.expect("send close");
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    match run_client(format!("ws://{addr}/"), None, "hi\n").await {
+        Err(error @ ClientError::Closed { code: 1011, .. }) => {
+            assert!(error.to_string().contains("backend broke"), "{error}")
+        }
+        other => panic!("expected Closed with 1011, got {other:?}"),
+    }
+}
+
+/// The binary: a dropped connection is a failed run, and `client --help`
+/// lists only what the client uses.
+#[tokio::test]
+async fn client_command_exits_non_zero_when_dropped_and_has_no_config_flag() {
+    let binary = env!("CARGO_BIN_EXE_wsgate");
+    let help = std::process::Command::new(binary)
+        .args(["client", "--help"])
+        .output()
+        .expect("run client --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--wait"), "{help}");
+    assert!(!help.contains("--config"), "{help}");
+
+    let addr = one_ws_peer(|mut ws| async move {
+        let _ = ws.next().await;
+    })
+    .await;
+    let mut child = tokio::process::Command::new(binary)
+        .args(["client", &format!("ws://{addr}/")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wsgate client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"hi\n").await.expect("write stdin");
+    drop(stdin);
+    let output = timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("client exits in time")
+        .expect("client output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("without a close frame"), "{stderr}");
 }
 
 #[tokio::test]
@@ -111,6 +247,56 @@ async fn demo_page_is_served() {
         "{response}"
     );
     assert!(response.contains("new WebSocket"), "{response}");
+    // The echo shows at once: the page greets the backend when the socket opens.
+    let on_open = response.split("ws.onopen").nth(1).expect("an onopen handler");
+    let on_open = on_open.split("};").next().unwrap_or_default();
+    assert!(on_open.contains("ws.send("), "{on_open}");
+}
+
+/// `wsgate demo`: the backend's start line once, peers as plain addresses.
+#[tokio::test]
+async fn demo_logs_its_backend_once_and_peers_as_addresses() {
+    let toml = "[global]\nlog_format = \"json\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+                [[route]]\nname = \"all\"\nupstream = \"demo\"\n\n\
+                [[upstream]]\nname = \"demo\"\nservers = [{ address = \"127.0.0.1:9\" }]\n";
+    let mut launch = support::hostile_peers::WsgateLaunch::new(toml, "info", None);
+    launch.command().args(["demo", "--backend", "127.0.0.1:0"]);
+    let mut wsgate = launch.spawn();
+    wsgate.wait_listening(&["plain"], false).await;
+    let started = wsgate
+        .wait_for_log("the demo backend's start line", |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("demo") && m.contains("listening"))
+        })
+        .await;
+    let backend: SocketAddr = started["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("an address");
+    let response = raw_request(
+        backend,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let request = wsgate
+        .wait_for_log("the demo request line", |l| l["message"] == "demo request")
+        .await;
+    let peer = request["peer"].as_str().expect("a peer");
+    assert!(peer.parse::<SocketAddr>().is_ok(), "{request}");
+    let starts = wsgate
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("demo") && m.contains("listening"))
+        })
+        .count();
+    assert_eq!(starts, 1, "{}", wsgate.log());
+    wsgate.stop().await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{parse_duration, ByteSize, HumanDuration};
+use super::units::{duration_text, parse_duration, ByteSize, HumanDuration};
 use crate::admission::rate_limit::{LimitSpec, Rate};
 use crate::tls::UnknownSni;
 
@@ -108,7 +108,7 @@ pub enum DurationOrOff {
 
 impl<'de> Deserialize<'de> for DurationOrOff {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
+        let text = duration_text(deserializer)?;
         if text.trim() == "off" {
             return Ok(DurationOrOff::Off);
         }

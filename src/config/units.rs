@@ -14,9 +14,43 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
+        let text = duration_text(deserializer)?;
         parse_duration(&text).map(HumanDuration).map_err(de::Error::custom)
     }
+}
+
+/// What every duration error ends with.
+const DURATION_HINT: &str = "write a number and a unit, such as \"500ms\", \"10s\" or \"5m\"";
+
+/// The text of a duration as written. A bare number (`timeout = 10`) gets
+/// the hint a unitless string (`"10"`) gets, not serde's "expected a string".
+pub(crate) fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a duration: {DURATION_HINT}")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Err(bare_number(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Err(bare_number(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+            Err(bare_number(v))
+        }
+    }
+    deserializer.deserialize_any(Text)
+}
+
+fn bare_number<E: de::Error>(number: impl fmt::Display) -> E {
+    E::custom(format!(
+        "invalid duration {number} (a number without a unit: seconds or milliseconds?); {DURATION_HINT}"
+    ))
 }
 
 /// The longest duration a setting may have: 100 years, far beyond any
@@ -26,9 +60,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60)
 
 /// Parses a duration such as `"10s"`; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("invalid duration {text:?} ({e}); write a number and a unit, such as \"500ms\", \"10s\" or \"5m\"")
-    })?;
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); {DURATION_HINT}"))?;
     if duration > MAX_DURATION {
         return Err(format!(
             "duration {text:?} is longer than 100 years, the longest a setting may have"
@@ -83,6 +116,10 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        // Long unit names, as the configuration reference promises.
+        assert_eq!(parse_duration("10 seconds"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2 minutes 30 seconds"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse_duration("1 hour"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ten seconds").is_err());
     }

@@ -6,9 +6,10 @@
 //! systemd passes to a socket-activated service; [`memory`] gives the
 //! memory of a burst of handshakes back once it is over; [`descriptors`]
 //! raises the open-file limit at start and says what running out of
-//! descriptors means; [`handover`] gives the listeners and the open tunnels
-//! to a new binary at an upgrade; [`version`] is what the binary calls
-//! itself. (Drain lives with
+//! descriptors means; [`shutdown`] says what a shutdown waits for and
+//! stops at once on a second signal; [`handover`] gives the listeners and
+//! the open tunnels to a new binary at an upgrade; [`version`] is what the
+//! binary calls itself. (Drain lives with
 //! the tunnels it ends, `crate::tunnel::drain`; reload with the server it
 //! reloads, `crate::server::reload`.)
 
@@ -17,4 +18,5 @@ pub mod handover;
 pub mod listen_fds;
 pub mod memory;
 pub mod notify;
+pub mod shutdown;
 pub mod version;

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::lifecycle::memory;
+use crate::lifecycle::{memory, shutdown};
 use crate::proxy::Proxy;
 use crate::telemetry::stats::Stats;
 use crate::tunnel::drain::DrainClose;
@@ -233,6 +233,10 @@ impl Server {
         proxy.drain.start(why, proxy.shutdown_timeout() / 2);
         running.join().await;
         tasks.close();
+        let connections = proxy.stats.open_connections();
+        if connections > 0 {
+            shutdown::log_waiting(connections, proxy.stats.open_tunnels(), proxy.shutdown_timeout());
+        }
         if tokio::time::timeout(proxy.shutdown_timeout(), tasks.wait())
             .await
             .is_err()

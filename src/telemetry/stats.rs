@@ -91,6 +91,16 @@ impl Stats {
         self.route(route).map_or(0, |caps| caps.client_entries())
     }
 
+    /// Tunnels open now, on every route.
+    pub fn open_tunnels(&self) -> usize {
+        let routes = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes.values().map(|caps| caps.open()).sum()
+    }
+
     fn route(&self, name: &str) -> Option<Arc<RouteCaps>> {
         let routes = self
             .inner

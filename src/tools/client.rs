@@ -2,7 +2,11 @@
 //!
 //! Trying a proxy needs a client that speaks `wss://` and can be scripted:
 //! `echo hello | wsgate client wss://...` sends one message per input line and
-//! prints one line per message received. TLS trusts only the CA file given with
+//! prints one line per message received. A backend often answers after the
+//! input has ended, so the client keeps reading until the server closes or
+//! nothing has arrived for a grace period (`--wait`), and only then closes
+//! with 1000; a connection that ends any other way is an error, so a script
+//! sees a non-zero exit. TLS trusts only the CA file given with
 //! `--ca`, so the development certificate works without touching the system
 //! trust store, and a misconfigured server is never silently trusted.
 
@@ -26,7 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Bounds TCP connect, TLS and the opening handshake together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for the server's close reply once input has ended.
+/// How long to wait for the server's close reply once the client has closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `wsgate client` was asked to do.
@@ -36,6 +40,10 @@ pub struct ClientOptions {
     pub url: String,
     /// PEM file of CA certificates to trust for `wss://`; nothing else is trusted.
     pub ca: Option<PathBuf>,
+    /// After input ends, close once nothing has arrived for this long
+    /// (`--wait`, 2 s: long enough for a backend that thinks a moment,
+    /// short enough that a script does not hang).
+    pub wait: Duration,
 }
 
 /// Why the client failed; each message says what to check.
@@ -82,15 +90,22 @@ pub enum ClientError {
     },
     #[error("WebSocket connection failed: {0}")]
     WebSocket(#[source] Box<tungstenite::Error>),
+    #[error("the server ended the connection without a close frame (1006)")]
+    Dropped,
+    #[error("the server closed the connection with {code}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    Closed { code: u16, reason: String },
+    #[error("no close reply from the server within {}s", CLOSE_TIMEOUT.as_secs())]
+    NoCloseReply,
     #[error("cannot read input: {0}")]
     Input(#[source] std::io::Error),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
 }
 
-/// Connects to `url` (ws:// or wss://), sends each line of `input` as a text message, writes
-/// every message received to `output` one per line, and after input ends sends a close (1000)
-/// and waits (bounded, 5 s) for the close reply, printing every message that arrives before it.
+/// Connects to `url` (ws:// or wss://), sends each line of `input` as a text message and writes
+/// every message received to `output`, one per line. After input ends it keeps printing until
+/// the server closes or nothing has arrived for `options.wait`, then closes with 1000 and waits
+/// (bounded, 5 s) for the reply. Ends in an error unless the close was clean (1000 or no code).
 pub async fn run<R, W>(options: ClientOptions, input: R, output: W) -> Result<(), ClientError>
 where
     R: AsyncBufRead + Unpin,
@@ -138,8 +153,8 @@ where
     .map_err(|_| ClientError::ConnectTimeout { addr: addr.clone() })??;
     tracing::info!(url = %options.url, "connected");
     match connected {
-        Connected::Plain(ws) => session(*ws, input, output).await,
-        Connected::Tls(ws) => session(*ws, input, output).await,
+        Connected::Plain(ws) => session(*ws, input, output, options.wait).await,
+        Connected::Tls(ws) => session(*ws, input, output, options.wait).await,
     }
 }
 
@@ -230,7 +245,12 @@ where
 }
 
 /// Pumps input lines out and received messages to `output` until both sides are done.
-async fn session<S, R, W>(mut ws: WebSocketStream<S>, input: R, mut output: W) -> Result<(), ClientError>
+async fn session<S, R, W>(
+    mut ws: WebSocketStream<S>,
+    input: R,
+    mut output: W,
+    wait: Duration,
+) -> Result<(), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     R: AsyncBufRead + Unpin,
@@ -246,20 +266,26 @@ where
                 None => break,
             },
             message = ws.next() => match message {
-                Some(Ok(Message::Close(frame))) => {
-                    log_close("server closed the connection", frame.as_ref());
-                    // Let tungstenite send its close reply before returning.
-                    drain(&mut ws, Instant::now() + CLOSE_TIMEOUT).await;
-                    return output.flush().await.map_err(ClientError::Output);
-                }
+                Some(Ok(Message::Close(frame))) => return server_closed(&mut ws, &mut output, frame).await,
                 Some(Ok(message)) => print(&message, &mut output).await?,
-                Some(Err(error)) => return Err(ws_error(error)),
-                None => return output.flush().await.map_err(ClientError::Output),
+                Some(Err(error)) => return Err(ended(error)),
+                None => return Err(ClientError::Dropped),
             },
         }
     }
 
-    // Input ended: close, but keep printing echoes still on their way.
+    // Input ended: replies may still be on their way (or not yet written by
+    // a backend that is thinking), so print them until the server has been
+    // quiet for `wait`.
+    loop {
+        match timeout(wait, ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Close(frame)))) => return server_closed(&mut ws, &mut output, frame).await,
+            Ok(Some(Ok(message))) => print(&message, &mut output).await?,
+            Ok(Some(Err(error))) => return Err(ended(error)),
+            Ok(None) => return Err(ClientError::Dropped),
+        }
+    }
     let close = CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),
@@ -268,10 +294,7 @@ where
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     loop {
         match timeout_at(deadline, ws.next()).await {
-            Err(_) => {
-                tracing::warn!("no close reply within {}s; giving up", CLOSE_TIMEOUT.as_secs());
-                break;
-            }
+            Err(_) => return Err(ClientError::NoCloseReply),
             Ok(None) | Ok(Some(Err(tungstenite::Error::ConnectionClosed))) => break,
             Ok(Some(Ok(Message::Close(frame)))) => {
                 log_close("close acknowledged", frame.as_ref());
@@ -279,10 +302,56 @@ where
                 break;
             }
             Ok(Some(Ok(message))) => print(&message, &mut output).await?,
-            Ok(Some(Err(error))) => return Err(ws_error(error)),
+            Ok(Some(Err(error))) => return Err(ended(error)),
         }
     }
     output.flush().await.map_err(ClientError::Output)
+}
+
+/// The server sent a close: let tungstenite send its reply, then say
+/// whether the close was a clean one (1000, or no code at all).
+async fn server_closed<S, W>(
+    ws: &mut WebSocketStream<S>,
+    output: &mut W,
+    frame: Option<CloseFrame>,
+) -> Result<(), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    log_close("server closed the connection", frame.as_ref());
+    drain(ws, Instant::now() + CLOSE_TIMEOUT).await;
+    output.flush().await.map_err(ClientError::Output)?;
+    match frame {
+        Some(frame) if frame.code != CloseCode::Normal => Err(ClientError::Closed {
+            code: frame.code.into(),
+            reason: frame.reason.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A read error: a connection cut without a close frame says so; anything
+/// else (a protocol violation, an I/O error) as it is.
+fn ended(error: tungstenite::Error) -> ClientError {
+    match error {
+        tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            ClientError::Dropped
+        }
+        tungstenite::Error::Io(ref io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            ClientError::Dropped
+        }
+        error => ws_error(error),
+    }
 }
 
 /// Polls until the connection ends so queued close frames get written.

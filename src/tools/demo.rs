@@ -58,7 +58,13 @@ function show(cls, text) {
 const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/echo';
 const ws = new WebSocket(url);
 show('info', 'connecting to ' + url);
-ws.onopen = () => show('info', 'open');
+// One greeting on open, so the echo shows at once.
+ws.onopen = () => {
+  show('info', 'open');
+  const greeting = 'hello from the demo page';
+  ws.send(greeting);
+  show('sent', '> ' + greeting);
+};
 ws.onmessage = (event) => show('received', '< ' + event.data);
 ws.onerror = () => show('info', 'error');
 ws.onclose = (event) => show('info', 'closed with code ' + event.code + (event.reason ? ' (' + event.reason + ')' : ''));
@@ -82,7 +88,7 @@ type Body = Full<Bytes>;
 /// Connections live in a [`JoinSet`], so dropping this future also ends them.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "demo backend listening");
+        tracing::info!(address = %addr, "demo backend listening");
     }
     let mut connections = JoinSet::new();
     loop {
@@ -131,27 +137,27 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(error) = connection.await {
-        tracing::debug!(?peer, %error, "demo connection ended with an error");
+        tracing::debug!(peer = peer.map(tracing::field::display), %error, "demo connection ended with an error");
         return;
     }
     let pending = upgrade.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(pending) = pending {
         match pending.await {
             Ok(upgraded) => echo(TokioIo::new(upgraded), peer).await,
-            Err(error) => tracing::debug!(?peer, %error, "upgrade did not complete"),
+            Err(error) => tracing::debug!(peer = peer.map(tracing::field::display), %error, "upgrade did not complete"),
         }
     }
 }
 
 fn handle(mut req: Request<Incoming>, peer: Option<SocketAddr>, slot: &Mutex<Option<OnUpgrade>>) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    tracing::info!(?peer, method = %req.method(), %path, "demo request");
+    tracing::info!(peer = peer.map(tracing::field::display), method = %req.method(), %path, "demo request");
     if wants_upgrade(req.headers()) {
         return match accept_key(&req) {
             Ok(accept) => {
                 let pending = hyper::upgrade::on(&mut req);
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending);
-                tracing::info!(?peer, %path, "websocket accepted");
+                tracing::info!(peer = peer.map(tracing::field::display), %path, "websocket accepted");
                 // No Sec-WebSocket-Protocol: the echo speaks no subprotocol.
                 Response::builder()
                     .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -162,7 +168,7 @@ fn handle(mut req: Request<Incoming>, peer: Option<SocketAddr>, slot: &Mutex<Opt
                     .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"))
             }
             Err(reason) => {
-                tracing::info!(?peer, %path, reason, "bad websocket handshake");
+                tracing::info!(peer = peer.map(tracing::field::display), %path, reason, "bad websocket handshake");
                 let mut response = plain(StatusCode::BAD_REQUEST, reason);
                 let headers = response.headers_mut();
                 headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
@@ -252,17 +258,21 @@ where
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => message,
             Ok(Message::Close(frame)) => {
                 let code = frame.as_ref().map(|f| u16::from(f.code));
-                tracing::info!(?peer, ?code, "websocket closed by client");
+                tracing::info!(
+                    peer = peer.map(tracing::field::display),
+                    code,
+                    "websocket closed by client"
+                );
                 continue;
             }
             Ok(_) => continue,
             Err(error) => {
-                tracing::debug!(?peer, %error, "websocket ended");
+                tracing::debug!(peer = peer.map(tracing::field::display), %error, "websocket ended");
                 return;
             }
         };
         if let Err(error) = ws.send(reply).await {
-            tracing::debug!(?peer, %error, "websocket send failed");
+            tracing::debug!(peer = peer.map(tracing::field::display), %error, "websocket send failed");
             return;
         }
     }

@@ -158,7 +158,12 @@ impl Splice {
         let mut bytes = [0; 2];
         bytes[CLIENT_TO_BACKEND] = self.upstream.bytes;
         bytes[BACKEND_TO_CLIENT] = self.downstream.bytes;
+        // A TLS client that just closes its connection is ending it, as
+        // browsers do (they never send close_notify): not an error.
+        let client_left = matches!(&error, Some((error, "client")) if is_end_without_close_notify(error));
+        let error = error.filter(|_| !client_left);
         let ended_by = match &error {
+            _ if client_left => "client",
             None => "peers",
             Some((error, side)) if is_unreachable(error) => {
                 self.metrics.unreachable(&self.identity.route, side);
@@ -189,6 +194,12 @@ impl Splice {
 /// that wsgate's timers make up is theirs to name.
 pub(crate) fn is_unreachable(error: &io::Error) -> bool {
     error.raw_os_error() == Some(libc::ETIMEDOUT)
+}
+
+/// The client's TLS connection ended without a `close_notify` alert:
+/// rustls reports that as an unexpected end of file.
+fn is_end_without_close_notify(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::UnexpectedEof
 }
 
 /// Splices until both directions have ended. An end of stream on one side

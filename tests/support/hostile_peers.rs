@@ -364,6 +364,17 @@ impl WsgateChild {
             .collect()
     }
 
+    /// Waits (at most 20 s) for the child to exit; its exit status.
+    pub async fn exits(&mut self) -> std::process::ExitStatus {
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!(
+                "wsgate still running 20s after the signal\n--- log:\n{}",
+                self.log_tail(200)
+            ),
+        }
+    }
+
     /// SIGTERM, then the exit, which must be a success.
     pub async fn stop(self) {
         self.signal(libc::SIGTERM);
@@ -372,13 +383,7 @@ impl WsgateChild {
 
     /// Waits (at most 20 s) for the child to exit, which must be a success.
     pub async fn exits_successfully(mut self) {
-        let status = match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(status) => status.expect("wait"),
-            Err(_) => panic!(
-                "wsgate still running 20s after SIGTERM\n--- log:\n{}",
-                self.log_tail(200)
-            ),
-        };
+        let status = self.exits().await;
         assert!(
             status.success(),
             "wsgate exited with {status}\n--- log:\n{}",

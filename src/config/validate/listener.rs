@@ -65,7 +65,12 @@ impl Checker<'_> {
                     match tls::load_certified_key(&cert_path, &key_path) {
                         Ok(key) => keys.push(key),
                         Err(e @ CertificateError::Certificate { .. }) => {
-                            self.error(&pair.cert, format!("{key_prefix}.cert"), e.to_string())
+                            let hint = self.relative_path_hint(pair.cert.get_ref());
+                            self.error(&pair.cert, format!("{key_prefix}.cert"), format!("{e}{hint}"))
+                        }
+                        Err(e @ CertificateError::Key { .. }) => {
+                            let hint = self.relative_path_hint(pair.key.get_ref());
+                            self.error(&pair.key, format!("{key_prefix}.key"), format!("{e}{hint}"))
                         }
                         Err(e) => self.error(&pair.key, format!("{key_prefix}.key"), e.to_string()),
                     }

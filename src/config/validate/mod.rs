@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::raw::{DurationOrOff, RawAdmin, RawConfig, RawGlobal, RawListener};
@@ -61,27 +62,182 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Syntax and shape: a TOML error, an unknown key or a value of the wrong
-/// type, reported with the key's full path (`upstream[0].connect_timeout`).
+/// Syntax and shape: TOML errors, unknown keys and values of the wrong type,
+/// each reported with the key's full path (`upstream[0].connect_timeout`).
+///
+/// serde stops at the first problem, so each one found is taken out of the
+/// parsed document (the key removed, as if it had not been written) and the
+/// document deserialized again, until it goes through: one run reports
+/// them all.
 fn deserialize(text: &str, path: &Path) -> Result<RawConfig, ConfigErrors> {
-    let syntax_error = |e: toml::de::Error, key: String| {
+    let error_at = |e: &toml::de::Error, key: String| {
         let at = e.span().map_or(0, |s| s.start);
-        ConfigErrors::single(ConfigError::at(path, text, at, key, e.message().trim_end()))
+        ConfigError::at(path, text, at, key, e.message().trim_end())
     };
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| syntax_error(e, String::new()))?;
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = clean_key_path(&e.path().to_string());
-        syntax_error(e.into_inner(), key)
-    })
+    let (mut document, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        return Err(ConfigErrors(
+            syntax.iter().map(|e| error_at(e, String::new())).collect(),
+        ));
+    }
+    let mut errors = Vec::new();
+    // Keys taken out, with where their values were.
+    let mut removed: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+    // Each pass removes one key, so the count of keys bounds the passes;
+    // the cap keeps a pathological file from taking long.
+    'passes: for _ in 0..MAX_SHAPE_ERRORS {
+        let (segments, key, error) = match shape_error(&document) {
+            None if errors.is_empty() => {
+                let deserializer = toml::Deserializer::from(document);
+                return serde_path_to_error::deserialize(deserializer)
+                    .map_err(|e| ConfigErrors::single(error_at(e.inner(), key_path(&key_segments(e.path())))));
+            }
+            None => break,
+            Some(found) => found,
+        };
+        // A required key taken out in an earlier pass is now "missing": it
+        // was reported as what it was. A stand-in of the right type lets
+        // the rest of the file be checked.
+        if let Some((missing, span)) = missing_removed_key(&error, &key, &removed) {
+            for stand_in in ["\"\"", "0", "false", "[]", "{}"] {
+                let Ok(value) = DeValue::parse(stand_in) else {
+                    continue;
+                };
+                let mut tried = document.clone();
+                let Some(table) = table_at(tried.get_mut(), &segments) else {
+                    break;
+                };
+                table.insert(
+                    Spanned::new(span.clone(), std::borrow::Cow::Owned(missing.clone())),
+                    Spanned::new(span.clone(), value.into_inner()),
+                );
+                let full = if key.is_empty() {
+                    missing.clone()
+                } else {
+                    format!("{key}.{missing}")
+                };
+                let still_wrong = shape_error(&tried).is_some_and(|(_, next, _)| next == full);
+                if !still_wrong {
+                    document = tried;
+                    continue 'passes;
+                }
+            }
+            break;
+        }
+        errors.push(error_at(&error, key.clone()));
+        let span = error.span().unwrap_or_default();
+        if !remove_key(document.get_mut(), &segments) {
+            break;
+        }
+        removed.push((key, span));
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors.dedup();
+    Err(ConfigErrors(errors))
 }
 
-/// serde_path_to_error sees `Spanned`'s private field names; the user never wrote them.
-fn clean_key_path(path: &str) -> String {
-    let cleaned: Vec<&str> = path
-        .split('.')
-        .filter(|part| !part.starts_with("$__serde_spanned") && *part != "?")
-        .collect();
-    cleaned.join(".")
+/// The first shape error in `document`: its key as segments and as text.
+fn shape_error(document: &toml::Spanned<DeTable<'_>>) -> Option<(Vec<KeySegment>, String, toml::de::Error)> {
+    let deserializer = toml::Deserializer::from(document.clone());
+    let e = serde_path_to_error::deserialize::<_, RawConfig>(deserializer).err()?;
+    let segments = key_segments(e.path());
+    let key = key_path(&segments);
+    Some((segments, key, e.into_inner()))
+}
+
+/// When `error` says a key of the table at `table` is missing and an
+/// earlier pass took that key out: its name and where it was.
+fn missing_removed_key(
+    error: &toml::de::Error,
+    table: &str,
+    removed: &[(String, std::ops::Range<usize>)],
+) -> Option<(String, std::ops::Range<usize>)> {
+    let name = error.message().strip_prefix("missing field `")?.split('`').next()?;
+    let full = if table.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{table}.{name}")
+    };
+    let (_, span) = removed.iter().find(|(key, _)| *key == full)?;
+    Some((name.to_owned(), span.clone()))
+}
+
+/// More shape errors than this in one file stop the search for more.
+const MAX_SHAPE_ERRORS: usize = 100;
+
+/// One step of a key's path, as the user wrote it.
+enum KeySegment {
+    Key(String),
+    Index(usize),
+}
+
+/// The path serde_path_to_error saw, without `Spanned`'s private field
+/// names (the user never wrote them).
+fn key_segments(path: &serde_path_to_error::Path) -> Vec<KeySegment> {
+    path.iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } if !key.starts_with("$__serde_spanned") => {
+                Some(KeySegment::Key(key.clone()))
+            }
+            serde_path_to_error::Segment::Seq { index } => Some(KeySegment::Index(*index)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `upstream[0].servers[1].address`.
+fn key_path(segments: &[KeySegment]) -> String {
+    let mut path = String::new();
+    for segment in segments {
+        match segment {
+            KeySegment::Key(key) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            KeySegment::Index(index) => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
+}
+
+/// Removes the deepest key on `segments` from `table`: the unknown key, or
+/// the key whose value is wrong (an array with a wrong element goes whole).
+/// False when there is nothing to remove.
+fn remove_key(table: &mut DeTable<'_>, segments: &[KeySegment]) -> bool {
+    let Some(last_key) = segments.iter().rposition(|s| matches!(s, KeySegment::Key(_))) else {
+        return false;
+    };
+    let KeySegment::Key(key) = &segments[last_key] else {
+        return false;
+    };
+    table_at(table, &segments[..last_key]).is_some_and(|table| table.remove(key.as_str()).is_some())
+}
+
+/// The table at the end of `segments` (keys and array indices) from `table`.
+fn table_at<'t, 'i>(table: &'t mut DeTable<'i>, segments: &[KeySegment]) -> Option<&'t mut DeTable<'i>> {
+    let mut current = table;
+    let mut i = 0;
+    while i < segments.len() {
+        let KeySegment::Key(key) = &segments[i] else {
+            return None;
+        };
+        let mut value = current.get_mut(key.as_str())?.get_mut();
+        i += 1;
+        while let Some(KeySegment::Index(index)) = segments.get(i) {
+            let DeValue::Array(array) = value else {
+                return None;
+            };
+            value = array.get_mut(*index)?.get_mut();
+            i += 1;
+        }
+        let DeValue::Table(inner) = value else {
+            return None;
+        };
+        current = inner;
+    }
+    Some(current)
 }
 
 struct Checker<'a> {
@@ -435,6 +591,25 @@ impl Checker<'_> {
     fn relative_to_config(&self, path: &str) -> PathBuf {
         let dir = self.file.parent().unwrap_or(Path::new("."));
         dir.join(path)
+    }
+
+    /// For a file that cannot be read at a relative path as written: where
+    /// such a path is looked for (a copied example configuration keeps its
+    /// relative paths, which then point next to the copy).
+    fn relative_path_hint(&self, written: &str) -> String {
+        if Path::new(written).is_absolute() {
+            return String::new();
+        }
+        let dir = self
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        format!(
+            " (a relative path is relative to the configuration file's directory, {}: \
+             write an absolute path, or put the file there)",
+            dir.display()
+        )
     }
 
     /// A count that must be at least 1: a cap of 0 would refuse everything.
