@@ -31,9 +31,14 @@ const INSPECTED_SOCKETS: usize = 200;
 const PACE: Duration = Duration::from_millis(100);
 
 fn toml(backend: SocketAddr) -> String {
+    toml_with(backend, "")
+}
+
+/// With `listeners`, more listeners after `plain`.
+fn toml_with(backend: SocketAddr, listeners: &str) -> String {
     format!(
         "[global]\nshutdown_timeout = \"4s\"\nlog_format = \"json\"\nmax_connections = 5000\n\
-         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n{listeners}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [[route]]\nname = \"inspected\"\npath_prefix = \"/inspected\"\nupstream = \"backends\"\n\
          allowed_origins = [\"https://example.com\"]\n[route.inspect]\n\n\
@@ -270,6 +275,90 @@ async fn plain_and_inspected_tunnels_move_to_the_new_binary_without_a_lost_messa
     // SAFETY: kill(2) on the process the upgrade started.
     unsafe { libc::kill(new_pid, libc::SIGTERM) };
     gone(new_pid).await;
+}
+
+/// Two upgrades in a row: the process an upgrade started upgrades again,
+/// and the tunnels move twice.
+#[tokio::test]
+async fn tunnels_move_again_at_the_next_upgrade() {
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let (addr, first) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let (mut plain, _) = ws_connect(addr, "/plain", &[]).await;
+    let (mut inspected, _) = ws_connect(addr, "/inspected", &[]).await;
+    // Whichever process serves now; ended if the test fails.
+    let mut serving = Serving(first);
+    for (round, label) in ["second", "third"].into_iter().enumerate() {
+        stamped_binary(&proxy.binary, label);
+        let next = proxy.upgrade(serving.0).await;
+        let old = std::mem::replace(&mut serving.0, next);
+        gone(old).await;
+        for ws in [&mut plain, &mut inspected] {
+            let text = format!("after upgrade {round}");
+            ws.send(Message::text(text.clone())).await.unwrap();
+            assert_eq!(next_message(ws).await, Message::text(text));
+        }
+    }
+    let versions: Vec<String> = proxy
+        .lines("wsgate starting")
+        .iter()
+        .filter_map(|line| Some(line["version"].as_str()?.to_owned()))
+        .collect();
+    assert_eq!(versions, ["0.1.0+first", "0.1.0+second", "0.1.0+third"]);
+}
+
+/// TLS tunnels cannot move (their session lives in the process): inspected
+/// ones are told 1012 "service restart", plain ones are closed, and both
+/// reconnect to the new process; plain TCP tunnels beside them move.
+#[tokio::test]
+async fn tls_tunnels_are_told_1012_and_reconnect() {
+    let backend = Backend::echo().await;
+    let certs = TestCerts::generate();
+    let tls = format!(
+        "[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\n{}",
+        tls_entry(&certs.server_cert(), &certs.server_key())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("wsgate");
+    stamped_binary(&binary, "first");
+    let mut wsgate = WsgateLaunch::in_dir(dir, &toml_with(backend.addr, &tls), "info", None, &binary).spawn();
+    wsgate.wait_listening(&["plain", "tls"], true).await;
+    let proxy = Upgradable { wsgate, binary };
+    let (addr, tls_addr, old_pid) = (proxy.wsgate.addr("plain"), proxy.wsgate.addr("tls"), proxy.wsgate.pid());
+    let (mut secure_inspected, _) = wss_connect(tls_addr, "localhost", "/inspected", &certs).await;
+    let (mut secure_plain, _) = wss_connect(tls_addr, "localhost", "/plain", &certs).await;
+    let (mut plain, _) = ws_connect(addr, "/plain", &[]).await;
+
+    stamped_binary(&proxy.binary, "second");
+    let new_pid = proxy.upgrade(old_pid).await;
+    let _serving = Serving(new_pid);
+    match next_message(&mut secure_inspected).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1012);
+            assert_eq!(frame.reason, "service restart");
+        }
+        other => panic!("expected 1012, got {other:?}"),
+    }
+    // The plain TLS tunnel cannot be told: it is closed by the deadline.
+    let ended = within_for(
+        Duration::from_secs(15),
+        "the plain TLS tunnel to end",
+        secure_plain.next(),
+    )
+    .await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    gone(old_pid).await;
+    let (mut again, _) = wss_connect(tls_addr, "localhost", "/inspected", &certs).await;
+    again.send(Message::text("back")).await.unwrap();
+    assert_eq!(next_message(&mut again).await, Message::text("back"));
+    plain.send(Message::text("moved")).await.unwrap();
+    assert_eq!(next_message(&mut plain).await, Message::text("moved"));
+    let line = &proxy.lines("upgraded: the new process serves")[0];
+    assert_eq!(
+        (line["moved"].as_u64(), line["stayed"].as_u64()),
+        (Some(1), Some(2)),
+        "{line}"
+    );
 }
 
 /// A binary that exits at once: the running process keeps serving with
