@@ -249,6 +249,7 @@ async fn run(
             return fail(error);
         }
     };
+    let taking_over = predecessor.is_some();
     if let Some(channel) = predecessor {
         if let Err(error) = server.take_tunnels_from(channel) {
             return fail(format!("cannot take over: {error}"));
@@ -260,8 +261,15 @@ async fn run(
     upgrade_on_user1(server.upgrader());
     // Bound, so connections are accepted from here on (queued until the
     // accept loops run): systemd may start what is ordered after us.
-    notify::ready();
-    let _watchdog = notify::spawn_watchdog();
+    // Taking over, this process speaks to systemd only once the old one
+    // has made it the main process (`server::handover`).
+    let _watchdog = match taking_over {
+        false => {
+            notify::ready();
+            notify::spawn_watchdog()
+        }
+        true => None,
+    };
     if demo_backend.is_some() {
         for listener in &config.listeners {
             if let Some(address) = server.local_addr(&listener.name) {

@@ -433,3 +433,130 @@ async fn a_binary_that_does_not_understand_the_hand_over_refuses_it() {
     assert_eq!(next_message(&mut ws).await, Message::text("still here"));
     wsgate.stop().await;
 }
+
+/// systemd's notification socket, played by the test: each datagram with
+/// the process that sent it (`SO_PASSCRED`).
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    fn bind(path: &std::path::Path) -> NotifySocket {
+        use std::os::fd::AsRawFd;
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind the notify socket");
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option value.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "SO_PASSCRED");
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        NotifySocket { socket }
+    }
+
+    /// The next datagram's sender and lines (blocking, at most [`TIMEOUT`]).
+    fn next(&self) -> (i32, Vec<String>) {
+        use std::os::fd::AsRawFd;
+        let mut data = vec![0u8; 4096];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut control = [0u8; 64];
+        // SAFETY: msghdr is plain data; the fields used are set below.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = control.len() as _;
+        // SAFETY: the buffers outlive the call.
+        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut header, 0) };
+        assert!(
+            n >= 0,
+            "no notification within {TIMEOUT:?}: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut pid = 0;
+        // SAFETY: the kernel filled the control buffer; SCM_CREDENTIALS
+        // carries a ucred.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&header);
+            if !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                pid = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>()).pid;
+            }
+        }
+        let lines = String::from_utf8_lossy(&data[..n as usize])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (pid, lines)
+    }
+
+    /// Reads until a datagram from `pid` holds `line`; every datagram read
+    /// before it (sender, lines).
+    async fn expect(self: &Arc<Self>, pid: i32, line: &str) -> Vec<(i32, Vec<String>)> {
+        let (socket, line) = (self.clone(), line.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut before = Vec::new();
+            for _ in 0..1000 {
+                let (from, lines) = socket.next();
+                if from == pid && lines.iter().any(|l| *l == line) {
+                    return before;
+                }
+                before.push((from, lines));
+            }
+            panic!("no {line} from {pid} in 1,000 notifications: {before:?}");
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// Under systemd: the old process names the new one the main process
+/// (`MAINPID=`) and says nothing after that; the new one then sends
+/// `READY=1` and feeds the watchdog, and `STOPPING=1` when it stops.
+#[tokio::test]
+async fn systemd_follows_the_main_process_and_its_watchdog_across_the_upgrade() {
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("wsgate");
+    stamped_binary(&binary, "first");
+    let notify = Arc::new(NotifySocket::bind(&dir.path().join("notify.sock")));
+    let notify_path = dir.path().join("notify.sock");
+    let mut launch = WsgateLaunch::in_dir(dir, &toml(backend.addr), "info", Some("WATCHDOG_PID=$$"), &binary);
+    launch
+        .command()
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000");
+    let mut wsgate = launch.spawn();
+    wsgate.wait_listening(&["plain"], true).await;
+    let old = wsgate.pid();
+    notify.expect(old, "READY=1").await;
+    notify.expect(old, "WATCHDOG=1").await;
+    let proxy = Upgradable { wsgate, binary };
+
+    stamped_binary(&proxy.binary, "second");
+    let new = proxy.upgrade(old).await;
+    let _serving = Serving(new);
+    notify.expect(old, &format!("MAINPID={new}")).await;
+    let before_ready = notify.expect(new, "READY=1").await;
+    let mut after = notify.expect(new, "WATCHDOG=1").await;
+    after.extend(notify.expect(new, "WATCHDOG=1").await);
+    let from_old: Vec<_> = before_ready
+        .iter()
+        .chain(&after)
+        .filter(|(pid, _)| *pid == old)
+        .collect();
+    assert!(from_old.is_empty(), "the old process spoke after MAINPID: {from_old:?}");
+    gone(old).await;
+    // SAFETY: kill(2) on the process the upgrade started.
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    notify.expect(new, "STOPPING=1").await;
+    gone(new).await;
+}

@@ -13,6 +13,7 @@
 //! to stop proxying. The environment is left as it is, so that later
 //! notifications (a reload's `RELOADING=1` and `READY=1`) reach systemd too.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -45,9 +46,16 @@ pub fn reloading() {
 /// `MAINPID=<pid>`: the process that took over at a binary upgrade is the
 /// service's main process from now on (its notifications count, and
 /// `systemctl kill`, `reload` and the watchdog address it).
+///
+/// This process says nothing more afterwards: systemd would only log each
+/// message of a process that is no longer the main one.
 pub fn main_pid(pid: u32) {
     send(&[NotifyState::MainPid(pid)]);
+    HANDED_OVER.store(true, Ordering::Release);
 }
+
+/// Set once [`main_pid`] named another process.
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
 
 /// `STOPPING=1`: shutdown began (no new connections; open ones are drained).
 /// systemd shows the unit as "deactivating" from here on instead of
@@ -79,6 +87,9 @@ pub fn spawn_watchdog() -> Option<JoinHandle<()>> {
 }
 
 fn send(states: &[NotifyState]) {
+    if HANDED_OVER.load(Ordering::Acquire) {
+        return;
+    }
     if let Err(error) = sd_notify::notify(states) {
         let states: Vec<String> = states.iter().map(ToString::to_string).collect();
         debug!(%error, ?states, "systemd notification not sent");

@@ -76,6 +76,9 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
         listener.stop.cancel();
     }
     notify::main_pid(pid);
+    if let Err(error) = channel.send(&Message::Main.encode(), &[]) {
+        debug!(%error, "hand-over: the new process was not told it is the main one");
+    }
     info!(%version, pid, "the new process serves the listeners; handing the tunnels over");
     let proxy = running.current.load_full();
     let (taker, taken) = mpsc::unbounded_channel();
@@ -264,12 +267,16 @@ pub fn take(channel: &Channel) -> Result<Taken, String> {
 }
 
 /// Tells the old process this one serves the listeners, then runs every
-/// tunnel it sends, in `current`'s configuration, until it is done.
+/// tunnel it sends, in `current`'s configuration, until it is done; once
+/// systemd knows this process as the main one, starts speaking to it
+/// (`READY=1`, the watchdog).
 pub fn serve_handed_over(
     channel: Channel,
     current: Arc<ArcSwap<Proxy>>,
     permits: Arc<Semaphore>,
 ) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let metrics = current.load().stats.metrics().clone();
     channel.send(&Message::Taken.encode(), &[])?;
     channel.set_receive_timeout(None)?;
     let (adopt, mut adopted) = mpsc::unbounded_channel::<MovedTunnel>();
@@ -306,10 +313,18 @@ pub fn serve_handed_over(
                         }
                     }
                     Ok(Message::Summary { moved, stayed }) => {
+                        metrics.upgraded(received, stayed);
                         info!(
                             moved,
                             received, stayed, "hand-over done: tunnels received; the rest drain in the old process"
                         );
+                    }
+                    Ok(Message::Main) => {
+                        runtime.spawn(async {
+                            notify::ready();
+                            // Runs for the process's life.
+                            drop(notify::spawn_watchdog());
+                        });
                     }
                     Ok(other) => debug!(?other, "unexpected hand-over message ignored"),
                     Err(error) => warn!(%error, "unreadable hand-over message ignored"),

@@ -119,6 +119,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -171,6 +176,7 @@ struct Inner {
     cluster_round_trips: Family<ClusterLabels, Counter>,
     cluster_latency: HistogramFamily<ClusterOpLabels>,
     cluster_unreachable: Gauge,
+    upgrade_tunnels: Family<OutcomeLabels, Counter>,
     /// One scrape at a time: the server gauges are rebuilt from the pools
     /// right before encoding, and a second scrape must not see them half-built.
     scrape: Mutex<()>,
@@ -324,6 +330,12 @@ impl Metrics {
             "1 while [cluster] is set and the shared store does not answer (on_unavailable applies), else 0",
             cluster_unreachable.clone(),
         );
+        let upgrade_tunnels = Family::default();
+        registry.register(
+            "upgrade_tunnels",
+            "Tunnels at the binary upgrade that started this process: moved here, or stayed in the old process to drain",
+            upgrade_tunnels.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -348,8 +360,20 @@ impl Metrics {
                 cluster_round_trips,
                 cluster_latency,
                 cluster_unreachable,
+                upgrade_tunnels,
                 scrape: Mutex::new(()),
             }),
+        }
+    }
+
+    /// What the binary upgrade that started this process did: tunnels
+    /// moved here, and those that stayed in the old process to drain.
+    pub fn upgraded(&self, moved: u64, stayed: u64) {
+        for (outcome, n) in [("moved", moved), ("stayed", stayed)] {
+            self.inner
+                .upgrade_tunnels
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n);
         }
     }
 

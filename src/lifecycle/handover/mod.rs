@@ -15,6 +15,7 @@
 //! Listeners {names} + sockets     ──▶   binds nothing: serves these
 //!                                 ◀──   Taken (accepting), or Refuse
 //! stops accepting, MAINPID=new to systemd
+//! Main                            ──▶   READY=1, the watchdog from here on
 //! Tunnel {description} + 2 sockets ──▶  runs it from where it stopped
 //! …                                     (one message per tunnel)
 //! Summary {moved, stayed}         ──▶
@@ -80,6 +81,9 @@ pub enum Message {
         admin: bool,
     },
     Taken,
+    /// systemd was told the new process is the main one: it may speak to
+    /// systemd now (readiness, the watchdog).
+    Main,
     /// A tunnel's description ([`crate::tunnel::relocate::MovedTunnel`]).
     Tunnel(Vec<u8>),
     Summary {
@@ -103,6 +107,7 @@ impl Message {
                 out.bool(*admin)
             }
             Message::Taken => out.u8(5),
+            Message::Main => out.u8(8),
             Message::Tunnel(description) => out.u8(6).bytes(description),
             Message::Summary { moved, stayed } => out.u8(7).u64(*moved).u64(*stayed),
         };
@@ -147,6 +152,7 @@ impl Message {
                 }
             }
             5 => Message::Taken,
+            8 => Message::Main,
             6 => Message::Tunnel(input.bytes()?.to_vec()),
             7 => Message::Summary {
                 moved: input.u64()?,
@@ -257,6 +263,7 @@ mod tests {
                 admin: true,
             },
             Message::Taken,
+            Message::Main,
             Message::Tunnel(vec![1, 2, 3]),
             Message::Summary { moved: 10, stayed: 2 },
         ];
