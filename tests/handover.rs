@@ -506,7 +506,7 @@ impl NotifySocket {
             let mut before = Vec::new();
             for _ in 0..1000 {
                 let (from, lines) = socket.next();
-                if from == pid && lines.iter().any(|l| *l == line) {
+                if from == pid && lines.contains(&line) {
                     return before;
                 }
                 before.push((from, lines));
