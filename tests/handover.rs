@@ -18,6 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::hostile_peers::*;
 use support::*;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -61,7 +62,7 @@ impl Upgradable {
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("wsgate");
         stamped_binary(&binary, label);
-        let mut wsgate = WsgateLaunch::in_dir(dir, toml, "info", None, &binary).spawn();
+        let mut wsgate = WsgateLaunch::in_dir(dir, toml, "info,wsgate::tunnel=debug", None, &binary).spawn();
         wsgate.wait_listening(&["plain"], true).await;
         Upgradable { wsgate, binary }
     }
@@ -73,6 +74,12 @@ impl Upgradable {
             .into_iter()
             .filter(|line| line["message"] == message)
             .collect()
+    }
+
+    /// Waits for the new process of an upgrade already asked for: its pid.
+    async fn upgrade_finished(&self) -> i32 {
+        poll_until(TIMEOUT, "the upgrade", || !self.lines(SERVES).is_empty()).await;
+        self.lines(SERVES)[0]["pid"].as_i64().expect("the new process's pid") as i32
     }
 
     /// Sends SIGUSR1 to the process serving now (`pid`), and waits for the
@@ -87,7 +94,7 @@ impl Upgradable {
         let before = self.wsgate.log_lines().iter().filter(|line| outcome(line)).count();
         // SAFETY: kill(2) on a process this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-        poll_until(TIMEOUT, "the upgrade's outcome", || {
+        poll_until(Duration::from_secs(30), "the upgrade's outcome", || {
             self.wsgate.log_lines().iter().filter(|line| outcome(line)).count() > before
         })
         .await;
@@ -225,11 +232,19 @@ async fn plain_and_inspected_tunnels_move_to_the_new_binary_without_a_lost_messa
     gone(old_pid).await;
     let moved = proxy.lines("upgraded: the new process serves");
     assert_eq!(moved.len(), 1, "{}", proxy.wsgate.log_tail(30));
+    let stayed: Vec<String> = proxy
+        .wsgate
+        .log_lines()
+        .iter()
+        .filter(|l| l["level"] != "INFO" || l["message"] == "tunnel closed")
+        .map(|l| l.to_string())
+        .collect();
     assert_eq!(
         moved[0]["moved"].as_u64(),
         Some((PLAIN_SOCKETS + INSPECTED_SOCKETS) as u64),
-        "every tunnel moved: {}",
-        moved[0]
+        "every tunnel moved: {}\n{}",
+        moved[0],
+        stayed.join("\n")
     );
     // Chatting on, through the new process alone.
     let after = counts(&chatters);
@@ -559,4 +574,162 @@ async fn systemd_follows_the_main_process_and_its_watchdog_across_the_upgrade() 
     unsafe { libc::kill(new, libc::SIGTERM) };
     notify.expect(new, "STOPPING=1").await;
     gone(new).await;
+}
+
+/// A 4 MiB message in flight across the upgrade, on an inspected tunnel:
+/// its first fragment and part of its second are read by the old process,
+/// the rest by the new one, and the echo comes back whole.
+#[tokio::test]
+async fn a_message_in_flight_across_the_upgrade_arrives_whole() {
+    const HALF: usize = 2 << 20;
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let (addr, old) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let mut client = tcp_connect(addr).await;
+    let host = format!("localhost:{}", addr.port());
+    client
+        .write_all(valid_upgrade(&host, "/inspected", &[]).as_bytes())
+        .await
+        .unwrap();
+    let head = within("101", read_head_bytes(&mut client)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let message: Vec<u8> = (0..2 * HALF).map(|i| (i % 251) as u8).collect();
+    let mut wire = masked_frame(0x2, false, &message[..HALF]);
+    wire.extend(masked_frame(0x0, true, &message[HALF..]));
+    // Three MiB now, in many writes; the rest once the tunnel has moved.
+    let cut = 3 << 20;
+    for chunk in wire[..cut].chunks(32 << 10) {
+        client.write_all(chunk).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    stamped_binary(&proxy.binary, "second");
+    let new = proxy.upgrade(old).await;
+    let _serving = Serving(new);
+    let upgraded = proxy
+        .wsgate
+        .wait_for_log("the tunnel moved", |line| {
+            line["message"] == "upgraded: the new process serves"
+        })
+        .await;
+    assert_eq!(upgraded["moved"].as_u64(), Some(1), "{upgraded}");
+    for chunk in wire[cut..].chunks(32 << 10) {
+        client.write_all(chunk).await.unwrap();
+    }
+    let echo = within_for(Duration::from_secs(20), "the 4 MiB echo", read_wire(&mut client))
+        .await
+        .unwrap();
+    assert_eq!(echo.b0 & 0x0f, 0x2, "a binary message");
+    assert!(echo.payload == message, "the echo is the message, byte for byte");
+}
+
+/// An upgrade asked for right behind a reload, whichever the running
+/// process answers first: the new process serves the file as it is now,
+/// and the tunnels moved.
+#[tokio::test]
+async fn an_upgrade_right_behind_a_reload() {
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let (addr, old) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let (mut plain, _) = ws_connect(addr, "/plain", &[]).await;
+    let (mut inspected, _) = ws_connect(addr, "/inspected", &[]).await;
+    // The reload adds a route that refuses every origin but one.
+    let config = proxy.wsgate.config_path();
+    let added = "[[route]]\nname = \"strict\"\npath_prefix = \"/strict\"\nupstream = \"backends\"\n\
+                 allowed_origins = [\"https://strict.example\"]\nmissing_origin = \"reject\"\n\n";
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("[[route]]", &format!("{added}[[route]]"), 1)).unwrap();
+    stamped_binary(&proxy.binary, "second");
+    proxy.wsgate.signal(libc::SIGHUP);
+    let new = proxy.upgrade(old).await;
+    let _serving = Serving(new);
+    gone(old).await;
+    for ws in [&mut plain, &mut inspected] {
+        ws.send(Message::text("moved")).await.unwrap();
+        assert_eq!(next_message(ws).await, Message::text("moved"));
+    }
+    let (mut fresh, _) = ws_connect(addr, "/plain", &[]).await;
+    fresh.send(Message::text("new")).await.unwrap();
+    assert_eq!(
+        next_message(&mut fresh).await,
+        Message::text("new"),
+        "the other routes as before"
+    );
+    let mut refused = tcp_connect(addr).await;
+    refused
+        .write_all(valid_upgrade(&format!("localhost:{}", addr.port()), "/strict", &[]).as_bytes())
+        .await
+        .unwrap();
+    let head = within("the strict route's answer", read_head_bytes(&mut refused)).await;
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "the new process serves the new file: {head}"
+    );
+    // Whichever came first, the upgrade went through and nothing failed.
+    let failed: Vec<Value> = proxy
+        .wsgate
+        .log_lines()
+        .into_iter()
+        .filter(|line| line["level"] == "ERROR")
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// Handshakes arriving at 100 per second while the binary is upgraded:
+/// none is refused, every one is answered with 101 and echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_arriving_during_the_upgrade_are_all_answered() {
+    const HANDSHAKES: usize = 300;
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let (addr, old) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let mut clients = Vec::with_capacity(HANDSHAKES);
+    let mut upgraded = None;
+    for n in 0..HANDSHAKES {
+        ticks.tick().await;
+        let path = if n % 2 == 0 { "/plain" } else { "/inspected" };
+        clients.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("{n}: connect: {e}"))?;
+            let url = format!("ws://localhost:{}{path}", addr.port());
+            let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(url, stream))
+                .await
+                .map_err(|_| format!("{n}: no answer"))?
+                .map_err(|e| format!("{n}: handshake: {e}"))?;
+            let text = format!("handshake {n}");
+            ws.send(Message::text(text.clone()))
+                .await
+                .map_err(|e| format!("{n}: {e}"))?;
+            match tokio::time::timeout(TIMEOUT, ws.next()).await {
+                Ok(Some(Ok(Message::Text(echo)))) if *echo == *text => {}
+                other => return Err(format!("{n}: echo: {other:?}")),
+            }
+            ws.close(None).await.map_err(|e| format!("{n}: close: {e}"))
+        }));
+        if n == HANDSHAKES / 3 {
+            stamped_binary(&proxy.binary, "second");
+            // SAFETY: kill(2) on the process this test started.
+            assert_eq!(unsafe { libc::kill(old, libc::SIGUSR1) }, 0);
+        }
+        if upgraded.is_none() {
+            upgraded = proxy.lines(SERVES).first().and_then(|line| line["pid"].as_i64());
+        }
+    }
+    let new = match upgraded {
+        Some(pid) => pid as i32,
+        None => proxy.upgrade_finished().await,
+    };
+    let _serving = Serving(new);
+    let mut failures = Vec::new();
+    for client in clients {
+        if let Err(why) = within("a client", client).await.unwrap() {
+            failures.push(why);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}\n{}", proxy.wsgate.log_tail(30));
+    assert!(
+        proxy.lines(SERVES).len() == 1,
+        "the upgrade went through during the handshakes"
+    );
 }

@@ -86,9 +86,19 @@ pub async fn serve_connection<IO>(
 {
     let first = current.load_full();
     let io = Lingering::new(io, info.slot.clone());
-    let service = service_fn(move |request| {
+    // An upgrade under way: hyper answers every request after a graceful
+    // shutdown with `Connection: close`, which would turn its 101 into a
+    // broken handshake, so shutdown waits for it (`upgrading` is cleared
+    // when the answer is not a 101; after a 101 the connection is a tunnel).
+    let (upgrading, mut upgrade_done) = tokio::sync::watch::channel(false);
+    let upgrading = Arc::new(upgrading);
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let proxy = current.load_full();
         let info = info.clone();
+        let upgrading = upgrading.clone();
+        if request.headers().contains_key(http::header::UPGRADE) {
+            upgrading.send_replace(true);
+        }
         let span = tracing::info_span!(
             "request",
             route = tracing::field::Empty,
@@ -96,7 +106,13 @@ pub async fn serve_connection<IO>(
             server = tracing::field::Empty,
             attempts = tracing::field::Empty
         );
-        async move { Ok::<_, Infallible>(proxy.handle(request, &info).instrument(span).await) }
+        async move {
+            let answer = proxy.handle(request, &info).instrument(span).await;
+            if answer.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                upgrading.send_replace(false);
+            }
+            Ok::<_, Infallible>(answer)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -117,8 +133,17 @@ pub async fn serve_connection<IO>(
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            let upgraded = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                _ = upgrade_done.wait_for(|upgrading| !*upgrading) => None,
+            };
+            match upgraded {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     match result {

@@ -50,6 +50,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = handshake::validate(&request)?;
         let admitted = gate.admit_websocket(request.headers(), ctx.key).await?;
+        // An upgrade of the binary waits for this tunnel to start, to move it.
+        let undecided = self.relocation.opening();
         let upstream = &self.upstreams[route.upstream];
         let hash_key = upstream.pool.key_of(ctx.client, request.headers(), request.uri());
         let mut backend_request = handshake_request(&request, ctx);
@@ -130,7 +132,9 @@ impl Proxy {
         // freed once it is over: an idle tunnel's task then holds only what
         // its splice needs (memory per idle tunnel).
         let opening = Box::pin(async move {
-            let client = client_upgrade.await?;
+            let client = client_upgrade.await;
+            let _started = undecided;
+            let client = client?;
             tunnel::identity::tunnel_info!(&identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
             let client = tunnel::pace::paced(connection::unwrap(client), client_bytes);

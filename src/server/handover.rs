@@ -87,8 +87,19 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
         let channel = channel.clone();
         tokio::task::spawn_blocking(move || forward_tunnels(&channel, taken))
     };
+    // Until every tunnel that can move went: those open, those whose
+    // handshake was under way, and those of the requests still served here
+    // (each connection ends after its request in flight).
     let deadline = Instant::now() + MOVE_LIMIT;
-    while proxy.relocation.waiting() > 0 && Instant::now() < deadline {
+    let unsettled = || {
+        let relocation = &proxy.relocation;
+        let requests = proxy
+            .stats
+            .open_connections()
+            .saturating_sub(proxy.stats.open_tunnels());
+        relocation.waiting() + relocation.undecided() + requests > 0
+    };
+    while unsettled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stayed_movable = proxy.relocation.waiting();

@@ -254,18 +254,23 @@ impl Shared {
     }
 
     /// After waiting: true when both directions are parked (the tunnel
-    /// moves); otherwise the move is called off and this one goes on.
+    /// moves); otherwise this one goes on (and may come back to try again,
+    /// unless the move was called off).
     pub(super) fn leave_move(&self) -> bool {
         let mut moving = false;
         self.rendezvous.send_modify(|r| {
             if r.parked == 2 && !r.cancelled {
                 moving = true;
             } else {
-                r.cancelled = true;
                 r.parked = r.parked.saturating_sub(1);
             }
         });
         moving
+    }
+
+    /// The move was called off: one direction cannot stop now.
+    pub(super) fn move_called_off(&self) -> bool {
+        self.rendezvous.borrow().cancelled
     }
 
     /// A direction is ending: the tunnel cannot move any more.

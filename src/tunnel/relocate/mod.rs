@@ -15,7 +15,7 @@
 pub mod moved;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -32,6 +32,9 @@ pub struct Relocation {
     waiting: Mutex<HashMap<u64, Option<Waker>>>,
     /// Where stopped tunnels go while an upgrade takes them.
     taker: Mutex<Option<mpsc::UnboundedSender<MovedTunnel>>>,
+    /// Tunnels admitted and not yet started: whether they can move is not
+    /// known yet, and an upgrade waits for them.
+    opening: AtomicUsize,
 }
 
 impl Relocation {
@@ -66,6 +69,20 @@ impl Relocation {
         lock(&self.waiting).len()
     }
 
+    /// Counts a tunnel as opening until the guard is dropped (it started,
+    /// with a ticket or without, or it failed).
+    pub fn opening(self: &Arc<Self>) -> Opening {
+        self.opening.fetch_add(1, Ordering::Relaxed);
+        Opening {
+            relocation: self.clone(),
+        }
+    }
+
+    /// Tunnels admitted and not yet started.
+    pub fn undecided(&self) -> usize {
+        self.opening.load(Ordering::Relaxed)
+    }
+
     /// Gives a stopped tunnel to the upgrade; back if it is over.
     pub fn hand_over(&self, tunnel: MovedTunnel) -> Result<(), Box<MovedTunnel>> {
         match &*lock(&self.taker) {
@@ -78,6 +95,17 @@ impl Relocation {
 /// Bookkeeping only: a panic elsewhere cannot leave it half-written.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A tunnel on its way from admission to its start ([`Relocation::opening`]).
+pub struct Opening {
+    relocation: Arc<Relocation>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.relocation.opening.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A tunnel's place on the list of those that can move.

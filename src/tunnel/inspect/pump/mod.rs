@@ -287,10 +287,11 @@ where
                 }
                 Woke::Tick => self.timers().await,
                 Woke::Relocate => {
-                    // Asked once: whether it moves or stays, not again.
-                    relocating = None;
-                    if self.park(draining).await {
-                        return self.parked(&held[..kept]);
+                    match self.park(draining).await {
+                        park::Parking::Moved => return self.parked(&held[..kept]),
+                        // Whether it moves or stays is settled: not asked again.
+                        park::Parking::Stay => relocating = None,
+                        park::Parking::Again => {}
                     }
                     Flow::Go
                 }

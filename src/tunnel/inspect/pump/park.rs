@@ -5,16 +5,29 @@
 //! A pump asked to move parks at the top of its loop: it has written all
 //! it read but the bytes held back for the frame reader. It waits there for
 //! the other pump. If the other finds the tunnel cannot move (a close
-//! handshake under way, an order in flight) or does not come within
-//! [`PARK_LIMIT`] (a write held up by a peer that does not read), the
-//! parked pump goes on as if nothing had happened, and the tunnel stays.
+//! handshake under way, an order in flight), the parked pump goes on as if
+//! nothing had happened, and the tunnel stays. If the other does not come
+//! within [`PARK_LIMIT`] (busy, or a write held up by a peer that does not
+//! read), the parked pump goes on too, and parks again at its next turn,
+//! for as long as the upgrade asks.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
 
 use super::super::saved::SavedPump;
 use super::{Parked, Pump, PumpEnd};
+
+/// What became of a direction that parked.
+pub(super) enum Parking {
+    /// Both directions stopped: the tunnel moves.
+    Moved,
+    /// The tunnel cannot move: it stays, and is not asked again.
+    Stay,
+    /// The other direction did not come in time: go on, park again later.
+    Again,
+}
 
 /// How long a parked direction waits for the other.
 const PARK_LIMIT: Duration = Duration::from_millis(500);
@@ -24,8 +37,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// True once both directions are parked: the tunnel moves.
-    pub(super) async fn park(&mut self, draining: bool) -> bool {
+    /// Whether both directions parked (the tunnel moves), or this one goes
+    /// on and may try again, or never.
+    pub(super) async fn park(&mut self, draining: bool) -> Parking {
         let mine = !draining
             && self.pending.is_none()
             && self.after_answer.is_none()
@@ -33,7 +47,8 @@ where
             && self.inbox.is_empty()
             && self.reader.can_save();
         if !self.shared.join_move(mine) {
-            return false;
+            debug!(side = self.from.as_str(), mine, "tunnel stays: it cannot move now");
+            return Parking::Stay;
         }
         let mut both = self.shared.rendezvous.subscribe();
         let end = self.shared.end.clone();
@@ -42,7 +57,11 @@ where
             () = tokio::time::sleep(PARK_LIMIT) => {}
             () = end.cancelled() => {}
         }
-        self.shared.leave_move()
+        match (self.shared.leave_move(), self.shared.move_called_off()) {
+            (true, _) => Parking::Moved,
+            (false, true) => Parking::Stay,
+            (false, false) => Parking::Again,
+        }
     }
 
     /// Hands the halves and the state of a parked pump to the tunnel.
