@@ -83,6 +83,30 @@ enum Command {
     Handshake(HandshakeArgs),
     /// Memory per idle socket of the processes given with --pid.
     Idle(IdleArgs),
+    /// Sockets chatting through a binary upgrade (SIGUSR1 to --proxy-pid):
+    /// errors, and the round trips the upgrade held up.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Args)]
+struct UpgradeArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Sockets held open through the upgrade.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Time between two messages of one socket (each waits for its echo).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pace: Duration,
+    /// The wsgate process to send SIGUSR1 to.
+    #[arg(long)]
+    proxy_pid: i32,
+    /// Traffic before the signal: the round trips it holds are the baseline.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    before: Duration,
+    /// Traffic after the signal.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    after: Duration,
 }
 
 #[derive(Args)]
@@ -176,6 +200,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => runtime.block_on(echo(args)),
         Command::Handshake(args) => runtime.block_on(handshake(args)),
         Command::Idle(args) => runtime.block_on(idle(args)),
+        Command::Upgrade(args) => runtime.block_on(upgrade(args)),
     };
     // Sockets still closing must not hold the exit up.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -1009,4 +1034,83 @@ async fn idle(args: IdleArgs) -> Result<String, String> {
         .raw("pids", &pids)
         .num("kib_per_socket", per_socket(total_delta))
         .finish())
+}
+
+// ---------------------------------------------------------------------------
+// Through a binary upgrade
+
+/// Every socket sends a message each `pace` and waits for its echo; after
+/// `before`, the proxy is sent SIGUSR1. Reports, per socket, the longest
+/// round trip before the signal (the baseline) and after it (what the
+/// upgrade held up), as percentiles over the sockets, and every error: a
+/// socket the upgrade closed or a message it lost is one.
+async fn upgrade(args: UpgradeArgs) -> Result<String, String> {
+    raise_fd_limit();
+    let target = Arc::new(Target::new(&args.target)?);
+    let (sockets, connect_errors) = connect_many(&target, args.connections, 100).await;
+    if let Some(error) = connect_errors.first() {
+        return Err(format!("{} connection(s) failed, first: {error}", connect_errors.len()));
+    }
+    let start = Instant::now();
+    let signal_at = start + args.before;
+    let end = signal_at + args.after;
+    let payload = Bytes::from_static(b"through the upgrade");
+    let mut workers = JoinSet::new();
+    for (n, mut ws) in sockets.into_iter().enumerate() {
+        let (payload, pace) = (payload.clone(), args.pace);
+        // Spread over one pace, so the sends do not come in waves.
+        let phase = pace.mul_f64((n as f64 * 0.618_034) % 1.0);
+        workers.spawn(async move {
+            let (mut before, mut after, mut messages) = (Duration::ZERO, Duration::ZERO, 0u64);
+            let mut next = start + phase;
+            while next < end {
+                sleep_until(next).await;
+                let sent = Instant::now();
+                round_trip(&mut ws, &payload).await?;
+                let took = sent.elapsed();
+                messages += 1;
+                match sent < signal_at {
+                    true => before = before.max(took),
+                    false => after = after.max(took),
+                }
+                next += pace;
+            }
+            close(ws).await;
+            Ok::<_, String>((before, after, messages))
+        });
+    }
+    sleep_until(signal_at).await;
+    // SAFETY: kill(2) with a pid the caller named.
+    if unsafe { libc::kill(args.proxy_pid, libc::SIGUSR1) } != 0 {
+        return Err(format!("SIGUSR1 to {}: {}", args.proxy_pid, io::Error::last_os_error()));
+    }
+    let (mut before, mut after, mut messages, mut errors) = (histogram(), histogram(), 0u64, Vec::new());
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok((b, a, m))) => {
+                record(&mut before, b);
+                record(&mut after, a);
+                messages += m;
+            }
+            Ok(Err(error)) => errors.push(error),
+            Err(error) => errors.push(format!("worker: {error}")),
+        }
+    }
+    if let Some(error) = errors.first() {
+        eprintln!("loadgen upgrade: {} error(s), first: {error}", errors.len());
+    }
+    let json = Json::new()
+        .str("workload", "upgrade")
+        .str("url", &args.target.url)
+        .int("connections", args.connections as u64)
+        .num("pace_ms", args.pace.as_secs_f64() * 1000.0)
+        .int("messages", messages)
+        .int("errors", errors.len() as u64)
+        .int("before_p50_us", before.value_at_quantile(0.5))
+        .int("before_p99_us", before.value_at_quantile(0.99))
+        .int("before_max_us", before.max())
+        .int("after_p50_us", after.value_at_quantile(0.5))
+        .int("after_p99_us", after.value_at_quantile(0.99))
+        .int("after_max_us", after.max());
+    Ok(json.finish())
 }

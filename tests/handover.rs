@@ -733,3 +733,93 @@ async fn handshakes_arriving_during_the_upgrade_are_all_answered() {
         "the upgrade went through during the handshakes"
     );
 }
+
+/// With `[cluster]`, tunnels that moved keep their places in the fleet's
+/// caps, whether the upgraded instance has a name of its own or the default
+/// one: another instance still refuses a client at its cap after the
+/// upgrade, and admits it again as soon as one of the moved tunnels ends.
+#[tokio::test]
+async fn moved_tunnels_keep_their_places_in_the_fleets_caps() {
+    use support::redis_server::RedisServer;
+    let redis = RedisServer::start();
+    let backend = Backend::echo().await;
+    let toml = |instance: &str| {
+        format!(
+            "[global]\nlog_format = \"json\"\nshutdown_timeout = \"2s\"\n\n\
+             [cluster]\nredis = \"{}\"\nlease = \"1s\"\n{instance}\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+             [[route]]\nname = \"shared\"\nupstream = \"backends\"\nallowed_origins = [\"https://example.com\"]\n\
+             limits = {{ max_websockets_per_client = 3 }}\n\n\
+             [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{}\" }}]\n",
+            redis.url(),
+            backend.addr
+        )
+    };
+    let shares = |line: &Value| {
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shared limits available"))
+    };
+    let other = WsgateChild::start(&toml("instance = \"other\""), &["plain"], "info", None).await;
+    other.wait_for_log("the other instance sharing", shares).await;
+    let status = || upgrade_status(other.addr("plain"), "https://example.com");
+    for instance in ["instance = \"upgraded\"", ""] {
+        redis.flush();
+        let proxy = Upgradable::start(&toml(instance), "first").await;
+        proxy.wsgate.wait_for_log("sharing", shares).await;
+        let (addr, old) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+        let mut tunnels = Vec::new();
+        for _ in 0..3 {
+            tunnels.push(ws_connect(addr, "/", &[("Origin", "https://example.com")]).await.0);
+        }
+        assert_eq!(status().await, 429, "{instance}: the cap counts across instances");
+
+        stamped_binary(&proxy.binary, "second");
+        let new = proxy.upgrade(old).await;
+        let _serving = Serving(new);
+        gone(old).await;
+        // The new process writes its counts whole: the client's three.
+        let name = match instance {
+            "" => format!("{}-{new}", hostname()),
+            _ => "upgraded".to_owned(),
+        };
+        let mut connection = redis.connection();
+        poll_until(TIMEOUT, "the new process's counts in the store", || {
+            redis::cmd("HGET")
+                .arg(format!("wsgate:caps:shared:{name}"))
+                .arg("c:127.0.0.1")
+                .query::<Option<u64>>(&mut connection)
+                .ok()
+                .flatten()
+                == Some(3)
+        })
+        .await;
+        assert_eq!(status().await, 429, "{instance}: the moved tunnels still count");
+        for ws in &mut tunnels {
+            ws.send(Message::text("moved")).await.unwrap();
+            assert_eq!(next_message(ws).await, Message::text("moved"));
+        }
+        close(tunnels.pop().unwrap()).await;
+        let mut admitted = false;
+        for _ in 0..50 {
+            if status().await == 101 {
+                admitted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(admitted, "{instance}: a moved tunnel's end gives its place back");
+        // SAFETY: kill(2) on the process the upgrade started.
+        unsafe { libc::kill(new, libc::SIGTERM) };
+        gone(new).await;
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    assert_eq!(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) }, 0);
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

@@ -171,6 +171,18 @@ impl RouteGate {
         Ok(Admitted { permit, subprotocols })
     }
 
+    /// The place of a tunnel that moved here at a binary upgrade: counted
+    /// like one admitted here, never refused (it is open already).
+    pub fn adopt(&self, client: ClientKey) -> TunnelPermit {
+        let lease = self.shared.as_ref().and_then(|shared| {
+            let rules = &shared.rules;
+            let per_client = rules.max_websockets_per_client.is_some();
+            (rules.max_websockets.is_some() || per_client)
+                .then(|| shared.cluster.adopted(&shared.route, &client.to_string(), per_client))
+        });
+        self.caps.count(client, lease)
+    }
+
     /// Plain HTTP requests meet only the rate limits, and only if asked.
     pub async fn admit_http(&self, client: ClientKey) -> Result<(), Refusal> {
         if !self.limit_http {

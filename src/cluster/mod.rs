@@ -90,6 +90,8 @@ pub struct Cluster {
     /// Places of ended tunnels on their way back ([`give_back`]).
     releases: mpsc::UnboundedSender<(String, String)>,
     metrics: Metrics,
+    /// A binary upgrade gave this process's tunnels to another one.
+    handed_over: AtomicBool,
 }
 
 struct Scripts {
@@ -130,6 +132,7 @@ impl Cluster {
             routes: Mutex::new(HashMap::new()),
             releases,
             metrics,
+            handed_over: AtomicBool::new(false),
         });
         cluster.metrics.cluster_unreachable(true);
         tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
@@ -227,6 +230,35 @@ impl Cluster {
         let _ = self
             .round_trip::<i64>("leave", self.heartbeat_timeout(), call.invoke_async(&mut connection))
             .await;
+    }
+
+    /// A lease for a tunnel that moved here at a binary upgrade: given back
+    /// like any other when the tunnel ends, and counted by the next
+    /// heartbeat, which writes this instance's counts whole.
+    pub fn adopted(self: &Arc<Self>, route: &str, client: &str, per_client: bool) -> Lease {
+        self.dirty.store(true, Ordering::Relaxed);
+        Lease {
+            cluster: self.clone(),
+            key: self.caps_key(route),
+            field: match per_client {
+                true => format!("c:{client}"),
+                false => String::new(),
+            },
+        }
+    }
+
+    /// This process gave its tunnels to another at a binary upgrade. Under
+    /// a configured `instance` both share one name, and so one set of
+    /// counts, which the new process writes whole: this one gives nothing
+    /// back from now on, and does not leave. Under the default name (host
+    /// and process ID) each has its own, and this one leaves as usual.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this process's exit takes its counts out of the store.
+    pub fn leaves_at_exit(&self) -> bool {
+        !(self.handed_over.load(Ordering::Relaxed) && self.settings.instance.is_some())
     }
 
     fn caps_key(&self, route: &str) -> String {
@@ -355,6 +387,9 @@ impl Cluster {
     /// Lost while the store is unreachable: the rewrite after the outage
     /// accounts for it.
     fn release(&self, key: String, field: String) {
+        if !self.leaves_at_exit() {
+            return;
+        }
         if !self.is_reachable() || self.releases.send((key, field)).is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }

@@ -191,6 +191,7 @@ impl Proxy {
             client,
             backend,
             state,
+            ..
         } = moved;
         let side = |moved: MovedSocket| -> std::io::Result<Side> {
             moved.socket.set_nonblocking(true)?;
@@ -209,11 +210,8 @@ impl Proxy {
             Client::Direct(address) => address.ip(),
             Client::Forwarded(ip) => ip,
         };
-        let permit = route.map(|index| {
-            self.gates[index]
-                .caps
-                .count(ClientKey::new(client_ip, self.global.ipv6_client_prefix), None)
-        });
+        let permit =
+            route.map(|index| self.gates[index].adopt(ClientKey::new(client_ip, self.global.ipv6_client_prefix)));
         let server = self
             .upstreams
             .iter()

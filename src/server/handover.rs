@@ -15,6 +15,7 @@ use super::running::Running;
 use crate::lifecycle::handover::{self, Channel, Message};
 use crate::lifecycle::{notify, version};
 use crate::proxy::Proxy;
+use crate::tunnel::relocate::moved::monotonic_now;
 use crate::tunnel::relocate::MovedTunnel;
 
 /// How long the new process may take from its start to serving the
@@ -72,6 +73,9 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
     };
     // Its own: it outlives this process.
     drop(child);
+    if let Some(cluster) = running.current.load().cluster() {
+        cluster.hand_over();
+    }
     for listener in &running.listeners {
         listener.stop.cancel();
     }
@@ -300,6 +304,8 @@ pub fn serve_handed_over(
         .name("wsgate-handover".into())
         .spawn(move || {
             let mut received = 0u64;
+            // How long each tunnel was stopped, in microseconds.
+            let mut pauses: Vec<u64> = Vec::new();
             loop {
                 let (bytes, fds) = match channel.receive() {
                     Ok(Some(message)) => message,
@@ -318,6 +324,8 @@ pub fn serve_handed_over(
                         match MovedTunnel::decode(&description, sockets) {
                             Ok(tunnel) => {
                                 received += 1;
+                                let paused = monotonic_now().saturating_sub(tunnel.stopped_at);
+                                pauses.push(u64::try_from(paused.as_micros()).unwrap_or(u64::MAX));
                                 let _ = adopt.send(tunnel);
                             }
                             Err(error) => warn!(%error, "a moved tunnel could not be read; lost"),
@@ -325,9 +333,15 @@ pub fn serve_handed_over(
                     }
                     Ok(Message::Summary { moved, stayed }) => {
                         metrics.upgraded(received, stayed);
+                        let [p50, p99, max] = percentiles(&mut pauses, [0.5, 0.99, 1.0]);
                         info!(
                             moved,
-                            received, stayed, "hand-over done: tunnels received; the rest drain in the old process"
+                            received,
+                            stayed,
+                            pause_p50_ms = p50,
+                            pause_p99_ms = p99,
+                            pause_max_ms = max,
+                            "hand-over done: tunnels received; the rest drain in the old process"
                         );
                     }
                     Ok(Message::Main) => {
@@ -343,4 +357,28 @@ pub fn serve_handed_over(
             }
         })?;
     Ok(())
+}
+
+/// The `quantiles` (0 to 1) of `micros`, in milliseconds (0 when empty).
+fn percentiles<const N: usize>(micros: &mut [u64], quantiles: [f64; N]) -> [f64; N] {
+    micros.sort_unstable();
+    quantiles.map(|q| {
+        let Some(last) = micros.len().checked_sub(1) else {
+            return 0.0;
+        };
+        let at = ((last as f64) * q).round() as usize;
+        micros[at.min(last)] as f64 / 1000.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentiles;
+
+    #[test]
+    fn percentiles_of_pauses() {
+        let mut micros: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentiles(&mut micros, [0.5, 0.99, 1.0]), [51.0, 99.0, 100.0]);
+        assert_eq!(percentiles(&mut [], [0.5]), [0.0]);
+    }
 }

@@ -247,8 +247,9 @@ impl Server {
             );
         }
         // The fleet gets this instance's places back now, not when its lease
-        // ends; after an upgrade the new process holds them.
-        if let Some(cluster) = proxy.cluster().filter(|_| handed_over.is_none()) {
+        // ends (after an upgrade under a shared instance name, the new
+        // process holds them).
+        if let Some(cluster) = proxy.cluster().filter(|cluster| cluster.leaves_at_exit()) {
             cluster.leave().await;
         }
         if let Some(given) = handed_over {

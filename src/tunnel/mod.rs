@@ -126,6 +126,7 @@ impl Splice {
                     upstream: self.upstream.save(),
                     downstream: self.downstream.save(),
                 },
+                stopped_at: relocate::moved::monotonic_now(),
             })
         })();
         let tunnel = match described {

@@ -5,10 +5,19 @@
 
 use std::time::Duration;
 
-use super::shared::{Settings, Side};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::shared::{Settings, Shared, Side};
 use crate::config::{Inspect, SocketRate};
 use crate::snapshot::{Reader, SnapshotError, Writer};
+use crate::telemetry::TunnelMetrics;
+use crate::tunnel::identity::Identity;
 use crate::ws::frame::{Direction, FrameReader, ReaderConfig};
+
+/// The most a pump holds back between reads: a whole control frame, its
+/// header (2 + 4 bytes) and payload (125), or a data frame's header (14).
+pub(super) const HELD_MAX: usize = 2 + 4 + 125;
 
 /// Everything an inspected tunnel needs to go on elsewhere.
 pub struct Saved {
@@ -100,7 +109,7 @@ impl Saved {
         let mut pump = |from: Side| -> Result<SavedPump, SnapshotError> {
             let reader = FrameReader::load(reader_config(from, &settings), input)?;
             let held = input.bytes()?.to_vec();
-            if held.len() > super::pump::HELD_MAX {
+            if held.len() > HELD_MAX {
                 return Err(SnapshotError("held bytes over the limit"));
             }
             let message_tokens = input.option(Reader::f64)?;
@@ -164,4 +173,47 @@ fn read_settings(input: &mut Reader<'_>) -> Result<Settings, SnapshotError> {
         })?,
     };
     Ok(Settings { inspect, deflate })
+}
+
+impl Shared {
+    /// The shared part of a tunnel moved from another process, `age` old.
+    pub(super) fn restore(saved: &Saved, age: Duration, metrics: TunnelMetrics, identity: Identity) -> Shared {
+        let now = Instant::now();
+        let mut shared = Shared::new(saved.settings.clone(), metrics, identity);
+        shared.started = now.checked_sub(age).unwrap_or(now);
+        shared.heard = saved.heard.map(AtomicU64::new);
+        shared.data = AtomicU64::new(saved.data);
+        shared.bytes = saved.bytes.map(AtomicU64::new);
+        shared.frames = saved.frames.map(AtomicU64::new);
+        shared.drain_place = saved.drain_place;
+        {
+            let state = shared.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.ping = saved
+                .ping
+                .map(|ping| ping.map(|(id, ago)| (id, now.checked_sub(ago).unwrap_or(now))));
+            state.next_ping = saved.next_ping;
+            state.last_rtt = saved.last_rtt;
+            state.pongs = saved.pongs;
+        }
+        shared
+    }
+
+    /// What [`Shared::restore`] takes back, with the two directions' parts.
+    pub(super) fn save(&self, pumps: [SavedPump; 2]) -> Saved {
+        let load = |counters: &[AtomicU64; 2]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let state = self.state();
+        Saved {
+            settings: self.settings.clone(),
+            heard: load(&self.heard),
+            data: self.data.load(Ordering::Relaxed),
+            bytes: load(&self.bytes),
+            frames: load(&self.frames),
+            ping: state.ping.map(|ping| ping.map(|(id, at)| (id, at.elapsed()))),
+            next_ping: state.next_ping,
+            last_rtt: state.last_rtt,
+            pongs: state.pongs,
+            drain_place: self.drain_place,
+            pumps,
+        }
+    }
 }

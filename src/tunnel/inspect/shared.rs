@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::saved::{Saved, SavedPump};
 use crate::config::Inspect;
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
@@ -93,21 +92,21 @@ impl Ending {
 /// What both pumps read and write.
 pub(super) struct Shared {
     pub(super) settings: Settings,
-    started: Instant,
+    pub(super) started: Instant,
     /// Per side: when its last bytes arrived, in milliseconds since
     /// `started` (anything a peer sends proves it is alive).
-    heard: [AtomicU64; 2],
+    pub(super) heard: [AtomicU64; 2],
     /// When a data frame last passed either way, for `idle_timeout`.
-    data: AtomicU64,
-    bytes: [AtomicU64; 2],
-    frames: [AtomicU64; 2],
-    state: Mutex<State>,
+    pub(super) data: AtomicU64,
+    pub(super) bytes: [AtomicU64; 2],
+    pub(super) frames: [AtomicU64; 2],
+    pub(super) state: Mutex<State>,
     /// Recorded into at the tunnel's end (and per answered ping).
     pub(super) metrics: TunnelMetrics,
     /// For the `tunnel closed` line.
     identity: Identity,
     /// This tunnel's place in a spread drain, from 0 to 1.
-    drain_place: f32,
+    pub(super) drain_place: f32,
     /// Cancelled when the tunnel must end at once.
     pub(super) end: CancellationToken,
     /// The two directions meeting to move ([`super::pump`]'s `park`).
@@ -167,47 +166,6 @@ impl Closer {
 }
 
 impl Shared {
-    /// The shared part of a tunnel moved from another process, `age` old.
-    pub(super) fn restore(saved: &Saved, age: Duration, metrics: TunnelMetrics, identity: Identity) -> Shared {
-        let now = Instant::now();
-        let mut shared = Shared::new(saved.settings.clone(), metrics, identity);
-        shared.started = now.checked_sub(age).unwrap_or(now);
-        shared.heard = saved.heard.map(AtomicU64::new);
-        shared.data = AtomicU64::new(saved.data);
-        shared.bytes = saved.bytes.map(AtomicU64::new);
-        shared.frames = saved.frames.map(AtomicU64::new);
-        shared.drain_place = saved.drain_place;
-        {
-            let state = shared.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-            state.ping = saved
-                .ping
-                .map(|ping| ping.map(|(id, ago)| (id, now.checked_sub(ago).unwrap_or(now))));
-            state.next_ping = saved.next_ping;
-            state.last_rtt = saved.last_rtt;
-            state.pongs = saved.pongs;
-        }
-        shared
-    }
-
-    /// What [`Shared::restore`] takes back, with the two directions' parts.
-    pub(super) fn save(&self, pumps: [SavedPump; 2]) -> Saved {
-        let load = |counters: &[AtomicU64; 2]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
-        let state = self.state();
-        Saved {
-            settings: self.settings.clone(),
-            heard: load(&self.heard),
-            data: self.data.load(Ordering::Relaxed),
-            bytes: load(&self.bytes),
-            frames: load(&self.frames),
-            ping: state.ping.map(|ping| ping.map(|(id, at)| (id, at.elapsed()))),
-            next_ping: state.next_ping,
-            last_rtt: state.last_rtt,
-            pongs: state.pongs,
-            drain_place: self.drain_place,
-            pumps,
-        }
-    }
-
     /// How long the tunnel has been open.
     pub(super) fn age(&self) -> Duration {
         self.started.elapsed()

@@ -26,7 +26,7 @@ use crate::tunnel::drain::DrainSignal;
 use crate::tunnel::halves::{LetGo, Movable};
 use crate::tunnel::identity::Identity;
 use crate::tunnel::relocate::moved::{MovedSocket, MovedState};
-use crate::tunnel::relocate::{MovedTunnel, Relocation};
+use crate::tunnel::relocate::{MovedTunnel, Opening, Relocation};
 
 /// After one direction ended, how long the other gets to deliver its close
 /// when no close handshake is under way.
@@ -85,6 +85,7 @@ pub async fn run<CR, CW, BR, BW>(
             metrics: m,
             identity: i,
             relocation: r,
+            moving: _moving,
         } = stopped;
         let tunnel = match describe(&c.0, &b.0, &i, saved, age) {
             Ok(tunnel) => tunnel,
@@ -123,6 +124,8 @@ struct Stopped<CR, CW, BR, BW> {
     metrics: TunnelMetrics,
     identity: Identity,
     relocation: Arc<Relocation>,
+    /// The two directions' places as undecided, until the tunnel went.
+    moving: [Option<Opening>; 2],
 }
 
 /// The tunnel's two pumps, until they end (`None`) or stop together to move.
@@ -224,6 +227,7 @@ where
             };
             let (metrics, identity) = shared.into_parts();
             Some(Stopped {
+                moving: [up.moving, down.moving],
                 client: (up.src, down.dst),
                 backend: (down.src, up.dst),
                 saved,
@@ -263,6 +267,7 @@ fn describe(
             client,
             backend,
             state: MovedState::Inspected(saved),
+            stopped_at: crate::tunnel::relocate::moved::monotonic_now(),
         }),
         Err(error) => Err((error, saved)),
     }

@@ -142,6 +142,13 @@ impl Ticket {
     pub fn relocation(&self) -> &Arc<Relocation> {
         &self.relocation
     }
+
+    /// The tunnel stopped to move: it leaves the list, and is counted as
+    /// undecided until the returned guard goes (once it was handed over,
+    /// or went on here), so an upgrade does not end while it is on its way.
+    pub fn moving(self) -> Opening {
+        self.relocation.opening()
+    }
 }
 
 impl Drop for Ticket {

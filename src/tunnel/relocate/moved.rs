@@ -20,6 +20,18 @@ pub struct MovedTunnel {
     pub client: MovedSocket,
     pub backend: MovedSocket,
     pub state: MovedState,
+    /// When it stopped, on the system's monotonic clock (the same in both
+    /// processes): the new one knows how long the tunnel paused.
+    pub stopped_at: Duration,
+}
+
+/// The system's monotonic clock (`CLOCK_MONOTONIC`, which `Instant` reads
+/// too, but cannot be carried to another process as).
+pub fn monotonic_now() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// One side's connection, and what was read from it before the tunnel
@@ -54,7 +66,7 @@ impl MovedTunnel {
     pub fn encode(&self) -> (Vec<u8>, [BorrowedFd<'_>; 2]) {
         let mut out = Writer::default();
         write_identity(&mut out, &self.identity);
-        out.duration(self.age);
+        out.duration(self.age).duration(self.stopped_at);
         out.bytes(&self.client.unread).bytes(&self.backend.unread);
         match &self.state {
             MovedState::Plain { upstream, downstream } => {
@@ -78,6 +90,7 @@ impl MovedTunnel {
         let mut input = Reader::new(message);
         let identity = read_identity(&mut input)?;
         let age = input.duration()?;
+        let stopped_at = input.duration()?;
         let client_unread = Bytes::copy_from_slice(input.bytes()?);
         let backend_unread = Bytes::copy_from_slice(input.bytes()?);
         let state = match input.u8()? {
@@ -102,6 +115,7 @@ impl MovedTunnel {
                 unread: backend_unread,
             },
             state,
+            stopped_at,
         })
     }
 }

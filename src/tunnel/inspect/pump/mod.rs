@@ -16,19 +16,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::saved::{reader_config, SavedPump};
+use super::saved::{reader_config, SavedPump, HELD_MAX};
 use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
 use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
-use crate::tunnel::relocate::Ticket;
+use crate::tunnel::relocate::{Opening, Ticket};
 use crate::ws::close;
 use crate::ws::frame::{self, Event, FrameReader, OpCode, Violation};
 
-/// The most a pump holds back between reads: a whole control frame, its
-/// header (2 + 4 bytes) and payload (125), or a data frame's header (14).
-pub(super) const HELD_MAX: usize = 2 + 4 + 125;
 /// What woke a pump.
 enum Woke {
     /// A read, in a buffer lent for it ([`crate::tunnel::pool`]).
@@ -54,6 +51,8 @@ pub(super) struct Parked<R, W> {
     pub(super) src: R,
     pub(super) dst: W,
     pub(super) saved: SavedPump,
+    /// Keeps the upgrade waiting until the tunnel has gone (or stayed).
+    pub(super) moving: Option<Opening>,
 }
 
 /// One read, as a poll, into a buffer lent for it behind the `held` bytes;
@@ -288,7 +287,10 @@ where
                 Woke::Tick => self.timers().await,
                 Woke::Relocate => {
                     match self.park(draining).await {
-                        park::Parking::Moved => return self.parked(&held[..kept]),
+                        park::Parking::Moved => {
+                            let moving = relocating.take().map(Ticket::moving);
+                            return self.parked(&held[..kept], moving);
+                        }
                         // Whether it moves or stays is settled: not asked again.
                         park::Parking::Stay => relocating = None,
                         park::Parking::Again => {}

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::super::saved::SavedPump;
 use super::{Parked, Pump, PumpEnd};
+use crate::tunnel::relocate::Opening;
 
 /// What became of a direction that parked.
 pub(super) enum Parking {
@@ -65,7 +66,7 @@ where
     }
 
     /// Hands the halves and the state of a parked pump to the tunnel.
-    pub(super) fn parked(self, held: &[u8]) -> PumpEnd<R, W> {
+    pub(super) fn parked(self, held: &[u8], moving: Option<Opening>) -> PumpEnd<R, W> {
         let Pump {
             src,
             dst,
@@ -79,6 +80,7 @@ where
         PumpEnd::Parked(Box::new(Parked {
             src,
             dst,
+            moving,
             saved: SavedPump {
                 reader,
                 held: held.to_vec(),
