@@ -310,3 +310,54 @@ async fn http2_false_offers_only_http11() {
     assert!(!answer.starts_with(&[0, 0]), "not an HTTP/2 SETTINGS frame: {answer:?}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_inspected_websocket_over_h2_gets_1001_both_ways_at_shutdown() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let addr = proxy.addr("plain");
+    let mut client = h2c_connect(addr).await;
+    let (response, ws) = client.websocket(&format!("localhost:{}", addr.port()), "/", &[]).await;
+    assert_eq!(response.status(), 200);
+    let mut ws = ws.unwrap();
+    ws.send(Message::text("inspected")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("inspected"));
+    let stopping = tokio::spawn(proxy.stop());
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected 1001, got {other:?}"),
+    }
+    assert_eq!(backend.wait_close().await.0, 1001);
+    within("proxy stop", stopping).await.expect("proxy stop");
+}
+
+#[tokio::test]
+async fn admission_refuses_over_h2_as_over_http11_and_metrics_name_the_protocol() {
+    let backend = Backend::echo().await;
+    let toml = listeners(None)
+        + "[admin]\nlisten = \"127.0.0.1:0\"\n\n"
+        + &route_and_upstream(backend.addr, "").replace(
+            "upstream = \"backends\"\n\n",
+            "upstream = \"backends\"\nallowed_origins = [\"https://ok.example\"]\n\n",
+        );
+    let (server, names) = bind_proxy(&toml).await;
+    let admin = server.admin_addr().expect("[admin]");
+    let proxy = run_proxy(server, names);
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut client = h2c_connect(addr).await;
+    let (refused, _) = client
+        .websocket(&authority, "/", &[("origin", "https://evil.example")])
+        .await;
+    assert_eq!(refused.status(), 403);
+    let (admitted, ws) = client
+        .websocket(&authority, "/", &[("origin", "https://ok.example")])
+        .await;
+    assert_eq!(admitted.status(), 200);
+    drop(ws);
+    assert_eq!(backend.requests().len(), 1, "the refusal never reached the backend");
+    let metrics = scrape(admin).await;
+    let h2_websockets = [("listener", "plain"), ("protocol", "h2"), ("kind", "websocket")];
+    assert_eq!(metrics.get("wsgate_requests_total", &h2_websockets), 2.0);
+    proxy.stop().await;
+}

@@ -28,6 +28,7 @@ impl Proxy {
         let path = request.uri().path().to_owned();
         let upgrade = websocket::asked(&request);
         let protocol = protocol_name(request.version());
+        self.stats.metrics().request(&info.listener, protocol, upgrade);
         let mut matched = None;
         let ctx = self.context(info, request.headers());
         let result = self.dispatch(request, &ctx, upgrade, &mut matched).await;

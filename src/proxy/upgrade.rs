@@ -87,6 +87,7 @@ impl Proxy {
         let answer = opening.answer(backend_headers);
 
         let client_upgrade = hyper::upgrade::on(&mut request);
+        let protocol = opening.protocol();
         let client_end = opening.client_end();
         // The connection's facts, for the tunnel's open and closed lines
         // (and, at debug, a span around what it logs in between).
@@ -105,6 +106,7 @@ impl Proxy {
                 .and_then(|value| value.to_str().ok())
                 .map(Into::into),
             inspected: route.inspect.is_some(),
+            protocol,
         };
         let span = identity.debug_span();
         let metrics = self.stats.metrics().clone();

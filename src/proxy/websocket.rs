@@ -110,6 +110,14 @@ impl Opening {
         answer
     }
 
+    /// What the client spoke, as logs and metrics name it (the ALPN names).
+    pub(super) fn protocol(&self) -> &'static str {
+        match self.end {
+            ClientEnd::Upgrade => "http/1.1",
+            ClientEnd::ExtendedConnect(_) => "h2",
+        }
+    }
+
     /// How the client's stream comes out of hyper once it has its answer.
     pub(super) fn client_end(self) -> impl FnOnce(Upgraded) -> Side + Send + 'static {
         move |upgraded| match self.end {
