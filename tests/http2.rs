@@ -361,3 +361,53 @@ async fn admission_refuses_over_h2_as_over_http11_and_metrics_name_the_protocol(
     assert_eq!(metrics.get("wsgate_requests_total", &h2_websockets), 2.0);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_reset_by_the_client_ends_its_tunnel_only() {
+    let backend = Backend::echo().await;
+    let proxy = inspect_proxy(&[backend.addr], "").await;
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut client = h2c_connect(addr).await;
+    let (_, gone) = client.websocket(&authority, "/", &[]).await;
+    let (_, stays) = client.websocket(&authority, "/", &[]).await;
+    let (mut gone, mut stays) = (gone.unwrap(), stays.unwrap());
+    gone.send(Message::text("first")).await.unwrap();
+    assert_eq!(next_message(&mut gone).await, Message::text("first"));
+    // Dropped without a close frame: its stream is reset (RST_STREAM).
+    drop(gone);
+    let (code, _) = backend.wait_close().await;
+    assert_eq!(code, 1001, "the backend is told the client went away");
+    stays.send(Message::text("still open")).await.unwrap();
+    assert_eq!(next_message(&mut stays).await, Message::text("still open"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_but_not_while_a_websocket_is_open() {
+    let backend = Backend::echo().await;
+    let toml = config(backend.addr, None).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nhttp2_idle_timeout = \"1s\"\n",
+    );
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addr("plain");
+    let mut client = h2c_connect(addr).await;
+    let (response, ws) = client.websocket(&format!("localhost:{}", addr.port()), "/", &[]).await;
+    assert_eq!(response.status(), 200);
+    let mut ws = ws.unwrap();
+    // Twice the idle timeout with the WebSocket open and silent: still served.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!client.task.is_finished(), "an open WebSocket keeps its connection");
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+    ws.send(Message::Close(None)).await.unwrap();
+    assert!(matches!(next_message(&mut ws).await, Message::Close(_)));
+    drop(ws);
+    // No stream open: GOAWAY after the idle timeout, and the connection ends.
+    let ended = within("the idle connection's end", client.task)
+        .await
+        .expect("the connection task");
+    assert!(ended.is_ok(), "a graceful GOAWAY: {ended:?}");
+    proxy.stop().await;
+}
