@@ -10,6 +10,9 @@
 //! - `idle`: N open sockets doing nothing; resident memory per socket of the
 //!   processes named with `--pid`.
 //!
+//! Each opens its sockets as HTTP/1.1 upgrades, or with `--h2-streams N` as
+//! WebSockets over HTTP/2 (RFC 8441), N to each HTTP/2 connection.
+//!
 //! `echo` and `handshake` take `--proxy-pid` to report the proxy's CPU time
 //! per million messages (or per thousand handshakes) over the measured window.
 //! Every workload prints exactly one line of JSON on standard output; progress
@@ -117,6 +120,11 @@ struct TargetArgs {
     /// CA certificate (PEM) to trust for wss://, e.g. certs/dev-ca.pem.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// WebSockets over HTTP/2 (RFC 8441 extended CONNECT), this many per
+    /// HTTP/2 connection (ALPN h2 for wss://, prior knowledge for ws://);
+    /// 0: HTTP/1.1 upgrades, one connection each.
+    #[arg(long, default_value_t = 0)]
+    h2_streams: usize,
 }
 
 #[derive(Args)]
@@ -283,7 +291,13 @@ struct Target {
     url: String,
     addr: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// `--h2-streams`, and the HTTP/2 connection being filled with sockets
+    /// (its handle and how many it has carried).
+    h2_streams: usize,
+    h2: std::sync::Mutex<Option<(H2Sender, usize)>>,
 }
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>;
 
 impl Target {
     fn new(args: &TargetArgs) -> Result<Target, String> {
@@ -311,7 +325,7 @@ impl Target {
                 .as_deref()
                 .ok_or_else(|| format!("{}: wss:// needs --ca with the CA certificate to trust", args.url))?;
             let name = ServerName::try_from(host).map_err(|e| format!("bad TLS server name: {e}"))?;
-            Some((tls_connector(ca)?, name))
+            Some((tls_connector(ca, args.h2_streams > 0)?, name))
         } else {
             None
         };
@@ -319,26 +333,89 @@ impl Target {
             url: args.url.clone(),
             addr,
             tls,
+            h2_streams: args.h2_streams,
+            h2: std::sync::Mutex::new(None),
         })
+    }
+
+    /// TCP (no Nagle), then TLS for wss://.
+    async fn stream(&self) -> Result<Stream, String> {
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| format!("connect {}: {e}", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => Stream::Tls(Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {}: {e}", self.addr))?,
+            )),
+        })
+    }
+
+    /// An HTTP/2 connection with room for one more socket: the one being
+    /// filled, or a new one.
+    async fn h2_sender(&self) -> Result<H2Sender, String> {
+        {
+            let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((sender, carried)) = slot.as_mut() {
+                if *carried < self.h2_streams && !sender.is_closed() {
+                    *carried += 1;
+                    return Ok(sender.clone());
+                }
+                *slot = None;
+            }
+        }
+        let stream = self.stream().await?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 with {}: {e}", self.addr))?;
+        tokio::spawn(connection);
+        if self.h2_streams > 1 {
+            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some((sender.clone(), 1));
+        }
+        Ok(sender)
+    }
+
+    /// A WebSocket over HTTP/2: an extended CONNECT on a shared connection.
+    async fn connect_h2(&self) -> Result<Ws, String> {
+        let mut sender = self.h2_sender().await?;
+        let url = self.url.replacen("ws", "http", 1);
+        let mut request = http::Request::connect(url)
+            .header("sec-websocket-version", "13")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        sender.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+        let mut response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("extended CONNECT: {e}"))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("handshake refused: {}", response.status()));
+        }
+        let upgraded = hyper::upgrade::on(&mut response)
+            .await
+            .map_err(|e| format!("the CONNECT stream: {e}"))?;
+        let stream = Stream::H2(hyper_util::rt::TokioIo::new(upgraded));
+        Ok(WebSocketStream::from_raw_socket(stream, tungstenite::protocol::Role::Client, Some(socket_config())).await)
     }
 
     /// TCP (no Nagle), TLS for wss://, then the opening handshake, all within
     /// [`CONNECT_TIMEOUT`].
     async fn connect(&self) -> Result<Ws, String> {
         let connecting = async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| format!("connect {}: {e}", self.addr))?;
-            let _ = tcp.set_nodelay(true);
-            let stream = match &self.tls {
-                None => Stream::Plain(tcp),
-                Some((connector, name)) => Stream::Tls(Box::new(
-                    connector
-                        .connect(name.clone(), tcp)
-                        .await
-                        .map_err(|e| format!("TLS with {}: {e}", self.addr))?,
-                )),
-            };
+            if self.h2_streams > 0 {
+                return self.connect_h2().await;
+            }
+            let stream = self.stream().await?;
             let config = socket_config();
             match tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await {
                 Ok((ws, _)) => Ok(ws),
@@ -352,7 +429,7 @@ impl Target {
     }
 }
 
-fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
+fn tls_connector(ca: &Path, h2: bool) -> Result<TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
     for cert in certs {
@@ -366,16 +443,17 @@ fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
 type Ws = WebSocketStream<Stream>;
 
-/// A plain or TLS client connection.
+/// A plain or TLS client connection, or an HTTP/2 stream on one.
 enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    H2(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>),
 }
 
 impl AsyncRead for Stream {
@@ -383,6 +461,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::H2(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -392,6 +471,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::H2(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -403,6 +483,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::H2(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -410,6 +491,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::H2(s) => s.is_write_vectored(),
         }
     }
 
@@ -417,6 +499,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::H2(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -424,6 +507,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::H2(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -431,7 +515,7 @@ impl AsyncWrite for Stream {
 /// Whether a wss:// connection's TLS handshake resumed an earlier session.
 fn tls_resumed(ws: &Ws) -> bool {
     match ws.get_ref() {
-        Stream::Plain(_) => false,
+        Stream::Plain(_) | Stream::H2(_) => false,
         Stream::Tls(tls) => tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     }
 }

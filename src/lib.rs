@@ -7,8 +7,10 @@
 //! ```text
 //! client ─TCP─▶ server ─────────▶ proxy ──────────────────────────▶ admission
 //!               listener: accept,   connection: hyper HTTP/1.1       Origin, subprotocols,
-//!                global cap, PROXY   over the framing guard          rate limits, caps
-//!                header, tls         dispatch: route, real_ip,             │
+//!                global cap, PROXY   over the framing guard, or      rate limits, caps
+//!                header, tls         HTTP/2 (http2); websocket:            │
+//!                                     an upgrade or extended CONNECT       │
+//!                                   dispatch: route, real_ip,             │
 //!                                     headers; upgrade ◀──────────────────┘
 //!                                          │
 //!        ┌─────────────────────────────────┘
@@ -25,7 +27,8 @@
 //!   reloading the configuration on request, with housekeeping and the admin
 //!   listener beside it.
 //! - [`proxy`] serves a client connection with hyper: the framing guard
-//!   refuses smuggling shapes below it, each request is routed and either
+//!   refuses smuggling shapes below it (or with HTTP/2, each stream is a
+//!   request), each request is routed and either
 //!   forwarded as HTTP or, as an upgrade, turned into a tunnel. The code
 //!   that wraps the client's stream and the code that unwraps it for the
 //!   tunnel sit together in `proxy::connection`.

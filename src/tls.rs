@@ -86,14 +86,20 @@ pub enum UnknownSni {
 /// The rustls server configuration for a listener with these certificates;
 /// the first is the default for clients that send no SNI or an unknown name.
 pub fn server_config(certificates: Vec<Arc<CertifiedKey>>) -> Arc<ServerConfig> {
-    server_config_with(certificates, UnknownSni::Default)
+    server_config_with(certificates, UnknownSni::Default, false)
 }
 
 /// [`server_config`] with the listener's `unknown_sni` policy: with
 /// [`UnknownSni::Refuse`], a client whose SNI matches no certificate, or
 /// that sends none, is refused during the handshake instead of being shown
-/// the first certificate.
-pub fn server_config_with(certificates: Vec<Arc<CertifiedKey>>, unknown_sni: UnknownSni) -> Arc<ServerConfig> {
+/// the first certificate. With `http2`, ALPN offers `h2` first (RFC 9113
+/// §3.2: a TLS client speaks HTTP/2 only when ALPN chose it), then
+/// `http/1.1`; a client that offers neither is served HTTP/1.1.
+pub fn server_config_with(
+    certificates: Vec<Arc<CertifiedKey>>,
+    unknown_sni: UnknownSni,
+    http2: bool,
+) -> Arc<ServerConfig> {
     let resolver = SniResolver {
         certificates,
         unknown_sni,
@@ -105,7 +111,10 @@ pub fn server_config_with(certificates: Vec<Arc<CertifiedKey>>, unknown_sni: Unk
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     Arc::new(config)
 }
 

@@ -140,6 +140,45 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Finding clients that vanished (default [`TcpLiveness::default`]).
     pub tcp: TcpLiveness,
+    /// HTTP/2 (ALPN `h2` with TLS, prior knowledge without); `None`: off
+    /// (`http2 = false`), HTTP/1.1 only.
+    pub http2: Option<Http2>,
+}
+
+/// A listener's HTTP/2 limits. Each bounds what one client connection can
+/// make the proxy hold: streams multiply tunnels behind one connection (and
+/// one place under `max_connections`), header blocks are memory before any
+/// route is known, and a connection with nothing open is a descriptor and
+/// a session kept for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS,
+    /// default 100 as HAProxy's `tune.h2.max-concurrent-streams`; nginx has 128).
+    /// A stream past it is refused with `REFUSED_STREAM`.
+    pub max_concurrent_streams: u32,
+    /// A request's header list, decoded (SETTINGS_MAX_HEADER_LIST_SIZE);
+    /// `None`: `global.max_request_header_size`, the HTTP/1.1 bound.
+    pub max_header_list_size: Option<u32>,
+    /// A connection with no stream open for this long is closed with GOAWAY
+    /// (default 3 minutes, as nginx's former `http2_idle_timeout`).
+    pub idle_timeout: Duration,
+    /// PING a connection silent for this long, and close it when the answer
+    /// does not come within `keepalive_timeout` (default 60s and 20s);
+    /// `None`: no PINGs.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Http2 {
+            max_concurrent_streams: 100,
+            max_header_list_size: None,
+            idle_timeout: Duration::from_secs(180),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
 }
 
 /// How the kernel finds a peer that vanished without a FIN or a reset (a

@@ -96,6 +96,12 @@ pub struct RawListener {
     pub tcp_keepalive_interval: Option<Spanned<HumanDuration>>,
     pub tcp_keepalive_count: Option<Spanned<u32>>,
     pub tcp_user_timeout: Option<Spanned<DurationOrOff>>,
+    pub http2: Option<Spanned<bool>>,
+    pub http2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub http2_max_header_list_size: Option<Spanned<ByteSize>>,
+    pub http2_idle_timeout: Option<Spanned<HumanDuration>>,
+    pub http2_keepalive_interval: Option<Spanned<DurationOrOff>>,
+    pub http2_keepalive_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// A duration, or `"off"` for a setting that can be turned off

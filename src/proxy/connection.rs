@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 use super::framing::FramingGuard;
+use super::http2;
 use super::real_ip::TrustedProxies;
 use super::Proxy;
 use crate::refusal::RefusalReason;
@@ -60,30 +61,103 @@ pub struct ConnectionSlot {
 }
 
 /// The streams a listener hands to [`serve_connection`]: plain TCP, or TLS
-/// over it. Each has its way back out of hyper's box in [`unwrap`].
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl ClientStream for TcpStream {}
-impl ClientStream for ServerTlsStream<TcpStream> {}
+/// over it. Each has its way back out of hyper's box in [`unwrap`], and its
+/// way of telling that the client speaks HTTP/2.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the client speaks HTTP/2 on this connection.
+    fn speaks_http2(&self) -> impl std::future::Future<Output = io::Result<bool>> + Send;
+}
+
+impl ClientStream for TcpStream {
+    /// Prior knowledge (RFC 9113 §3.3): the connection opens with the
+    /// HTTP/2 preface, which no HTTP/1.1 request line can (`PRI` is a
+    /// method reserved for it, RFC 9113 §11.6). Peeked, not read: either
+    /// protocol's server reads the bytes itself.
+    async fn speaks_http2(&self) -> io::Result<bool> {
+        let mut start = [0; http2::PREFACE.len()];
+        loop {
+            let peeked = self.peek(&mut start).await?;
+            if peeked == 0 || start[..peeked] != http2::PREFACE[..peeked] {
+                return Ok(false);
+            }
+            if peeked == start.len() {
+                return Ok(true);
+            }
+            // The preface cut across segments (clients send it in one
+            // write): a peek returns at once while any byte waits, so wait
+            // a moment for the rest. Bounded by the handshake timeout.
+            tokio::time::sleep(PREFACE_RETRY).await;
+        }
+    }
+}
+
+impl ClientStream for ServerTlsStream<TcpStream> {
+    /// ALPN chose `h2` (RFC 9113 §3.2); offered only when the listener has HTTP/2 on.
+    async fn speaks_http2(&self) -> io::Result<bool> {
+        Ok(self.get_ref().1.alpn_protocol() == Some(http2::ALPN))
+    }
+}
+
+/// How long to wait before looking again at a preface that arrived cut short.
+const PREFACE_RETRY: Duration = Duration::from_millis(5);
 
 /// What hyper reads and writes: the client's stream behind the framing
 /// guard, read out before it closes.
 type Wrapped<IO> = TokioIo<FramingGuard<Lingering<IO>>>;
 
-/// Serves HTTP/1.1 on `io` until the client leaves or `shutdown` fires,
-/// after which the request in flight is finished and the connection closed.
+/// Serves HTTP/1.1, or HTTP/2 when `http2` is on and the client speaks it
+/// ([`ClientStream::speaks_http2`]), on `io` until the client leaves or
+/// `shutdown` fires, after which the requests in flight are finished and
+/// the connection closed.
 /// `shutdown` is the stop of the listener that accepted the connection: it
 /// fires at server shutdown, and when a reload removes that listener.
 /// Each request is served by the configuration current when it arrives, so
 /// a keep-alive connection follows a reload.
+///
+/// The protocol is decided here rather than by hyper-util's auto builder,
+/// which reads the first bytes into a wrapper of its own: the framing guard
+/// belongs under HTTP/1.1 alone, and an HTTP/1.1 tunnel's stream must come
+/// back out of hyper by its exact type ([`unwrap`]).
 pub async fn serve_connection<IO>(
     current: Arc<ArcSwap<Proxy>>,
     io: IO,
     info: ConnectionInfo,
     header_timeout: std::time::Duration,
+    http2: Option<crate::config::Http2>,
     shutdown: CancellationToken,
 ) where
     IO: ClientStream,
 {
+    if let Some(settings) = http2 {
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(header_timeout, io.speaks_http2()).await {
+            Ok(Ok(true)) => {
+                let left = header_timeout.saturating_sub(started.elapsed());
+                let io = Lingering::new(io, info.slot.clone());
+                let stats = current.load().stats.clone();
+                let max_header_list_size = settings.max_header_list_size.unwrap_or_else(|| {
+                    u32::try_from(current.load().global.max_request_header_size).unwrap_or(u32::MAX)
+                });
+                let handle = move |request| {
+                    let proxy = current.load_full();
+                    let info = info.clone();
+                    async move { proxy.handle(request, &info).instrument(request_span()).await }
+                };
+                let unserved = http2::serve(io, handle, left, settings, max_header_list_size, shutdown).await;
+                if unserved {
+                    stats.count_refusal(RefusalReason::HandshakeTimeout);
+                    debug!("no HTTP/2 request within the handshake timeout");
+                }
+                return;
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => return debug!(%error, "client connection ended with an error"),
+            Err(_) => {
+                current.load().stats.count_refusal(RefusalReason::HandshakeTimeout);
+                return debug!("nothing sent within the handshake timeout");
+            }
+        }
+    }
     let first = current.load_full();
     let io = Lingering::new(io, info.slot.clone());
     // An upgrade under way: hyper answers every request after a graceful
@@ -99,15 +173,8 @@ pub async fn serve_connection<IO>(
         if request.headers().contains_key(http::header::UPGRADE) {
             upgrading.send_replace(true);
         }
-        let span = tracing::info_span!(
-            "request",
-            route = tracing::field::Empty,
-            upstream = tracing::field::Empty,
-            server = tracing::field::Empty,
-            attempts = tracing::field::Empty
-        );
         async move {
-            let answer = proxy.handle(request, &info).instrument(span).await;
+            let answer = proxy.handle(request, &info).instrument(request_span()).await;
             if answer.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrading.send_replace(false);
             }
@@ -154,6 +221,17 @@ pub async fn serve_connection<IO>(
         Err(error) => debug!(%error, "client connection ended with an error"),
         Ok(()) => {}
     }
+}
+
+/// The span of one request, whose fields dispatch fills in as it learns them.
+fn request_span() -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        route = tracing::field::Empty,
+        upstream = tracing::field::Empty,
+        server = tracing::field::Empty,
+        attempts = tracing::field::Empty
+    )
 }
 
 /// The client's side of a tunnel, out of hyper's box: plain TCP as itself

@@ -13,12 +13,12 @@ use tracing::{info, Span};
 
 use super::connection::ConnectionInfo;
 use super::headers::{self, Forwarded};
+use super::websocket;
 use super::{record_server, Proxy, RequestContext};
 use crate::body::ProxyBody;
 use crate::config::Route;
 use crate::error::{outcome, ProxyError};
 use crate::telemetry::access::{LoggedBody, RequestLine};
-use crate::ws::handshake;
 
 impl Proxy {
     /// Answers one request; every error becomes its response here.
@@ -26,7 +26,9 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let upgrade = handshake::wants_websocket(request.headers());
+        let upgrade = websocket::asked(&request);
+        let protocol = protocol_name(request.version());
+        self.stats.metrics().request(&info.listener, protocol, upgrade);
         let mut matched = None;
         let ctx = self.context(info, request.headers());
         let result = self.dispatch(request, &ctx, upgrade, &mut matched).await;
@@ -61,10 +63,11 @@ impl Proxy {
                 error.into_response()
             }
         };
-        if close && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if close && response.status() != StatusCode::SWITCHING_PROTOCOLS && protocol != H2 {
             // A refused upgrade ends the connection: whatever the client sent
             // behind it was meant for a tunnel and must not be read as the
-            // next request.
+            // next request. (An HTTP/2 stream ends alone: its answer
+            // ends it, and the other streams go on.)
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -73,6 +76,7 @@ impl Proxy {
             info!(
                 %method,
                 %path,
+                protocol,
                 status = response.status().as_u16(),
                 websocket = upgrade,
                 duration_ms = started.elapsed().as_millis() as u64,
@@ -82,6 +86,7 @@ impl Proxy {
         } else if self.global.http_log {
             // Logged once the body has gone: bytes and the whole duration.
             let line = RequestLine {
+                protocol,
                 method,
                 path,
                 status: response.status().as_u16(),
@@ -101,6 +106,7 @@ impl Proxy {
         matched: &mut Option<usize>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         check_transfer_coding(request.headers())?;
+        websocket::refuse_other_connect(&request)?;
         let host = request_host(&request)?;
         let (index, route) = self
             .routes
@@ -140,6 +146,19 @@ impl Proxy {
         let mut response = answer.response;
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response.map(BodyExt::boxed))
+    }
+}
+
+const H2: &str = "h2";
+
+/// The protocol a request came in, as logs and metrics name it (the ALPN
+/// names, RFC 7301).
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => H2,
+        Version::HTTP_10 => "http/1.0",
+        Version::HTTP_09 => "http/0.9",
+        _ => "http/1.1",
     }
 }
 
@@ -208,7 +227,8 @@ fn request_host<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
     if from_target.is_some_and(|a| a.as_str().contains('@')) {
         return Err(ProxyError::BadRequest("user information in the request target"));
     }
-    if from_header.is_none() && request.version() >= Version::HTTP_11 {
+    // HTTP/2 names the host in :authority, the target's (RFC 9113 §8.3.1).
+    if from_header.is_none() && request.version() == Version::HTTP_11 {
         return Err(ProxyError::BadRequest("missing Host header"));
     }
     let authority = match (from_target, &from_header) {

@@ -3,19 +3,23 @@
 //! else is forwarded as HTTP.
 //!
 //! `connection` wraps the client's stream (under the [`framing`] guard)
-//! and serves it, and unwraps it again for the tunnel; `dispatch` answers
+//! and serves it, and unwraps it again for the tunnel; [`http2`] serves a
+//! connection whose client speaks HTTP/2; `dispatch` answers
 //! one request (routing by [`route`], the client's address by [`real_ip`],
 //! forwarding headers by [`headers`]); `upgrade` opens the tunnel for a
-//! WebSocket request. [`Proxy`] is what they all serve with: one
+//! WebSocket request, which `websocket` makes the same whether it came as
+//! an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT. [`Proxy`] is what they all serve with: one
 //! configuration generation.
 
 mod connection;
 mod dispatch;
 pub mod framing;
 pub mod headers;
+pub mod http2;
 pub mod real_ip;
 pub mod route;
 mod upgrade;
+mod websocket;
 
 use std::sync::Arc;
 

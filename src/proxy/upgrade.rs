@@ -10,13 +10,14 @@ use std::task::{ready, Context, Poll};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tracing::{debug, Instrument};
 
-use super::connection::{self, ConnectionSlot};
+use super::connection::ConnectionSlot;
 use super::dispatch::prepare_headers;
 use super::headers;
+use super::websocket::{set_upgrade_headers, Opening};
 use super::{record_server, Proxy, RequestContext};
 use crate::admission::caps::TunnelPermit;
 use crate::admission::rate_limit::ClientKey;
@@ -48,13 +49,13 @@ impl Proxy {
         route: &Route,
         gate: &RouteGate,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let key = handshake::validate(&request)?;
+        let opening = Opening::of(&mut request)?;
         let admitted = gate.admit_websocket(request.headers(), ctx.key).await?;
         // An upgrade of the binary waits for this tunnel to start, to move it.
         let undecided = self.relocation.opening();
         let upstream = &self.upstreams[route.upstream];
         let hash_key = upstream.pool.key_of(ctx.client, request.headers(), request.uri());
-        let mut backend_request = handshake_request(&request, ctx);
+        let mut backend_request = handshake_request(&request, ctx, &opening.key);
         match admitted.subprotocols {
             SubprotocolOffer::Unchanged => {}
             SubprotocolOffer::Replace(offer) => {
@@ -75,7 +76,7 @@ impl Proxy {
         } = upstream.send_handshake(hash_key.as_deref(), backend_request).await?;
         let server = backend.backend().name.clone();
         record_server(&upstream.config.name, &backend, attempts);
-        let (mut backend_headers, backend_rest) = match answered {
+        let (backend_headers, backend_rest) = match answered {
             Answered::Switched { headers, rest } => (headers, rest),
             Answered::Refused(mut refusal) => {
                 debug!(status = refusal.status().as_u16(), "backend refused the upgrade");
@@ -85,20 +86,18 @@ impl Proxy {
                 return Ok(refusal.map(body::full));
             }
         };
-        handshake::check_upstream_answer(&key, &offered, &backend_headers).map_err(|reason| {
+        handshake::check_upstream_answer(&opening.key, &offered, &backend_headers).map_err(|reason| {
             ProxyError::UpstreamHandshake {
                 server: server.to_string(),
                 reason,
             }
         })?;
 
-        let mut answer = Response::new(body::empty());
-        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *answer.headers_mut() = std::mem::take(&mut backend_headers);
-        headers::strip_hop_by_hop(answer.headers_mut());
-        set_upgrade_headers(answer.headers_mut());
+        let answer = opening.answer(backend_headers);
 
         let client_upgrade = hyper::upgrade::on(&mut request);
+        let protocol = opening.protocol();
+        let client_end = opening.client_end();
         // The connection's facts, for the tunnel's open and closed lines
         // (and, at debug, a span around what it logs in between).
         let identity = tunnel::Identity {
@@ -116,6 +115,7 @@ impl Proxy {
                 .and_then(|value| value.to_str().ok())
                 .map(Into::into),
             inspected: route.inspect.is_some(),
+            protocol,
         };
         let span = identity.debug_span();
         let metrics = self.stats.metrics().clone();
@@ -137,7 +137,7 @@ impl Proxy {
             let client = client?;
             tunnel::identity::tunnel_info!(&identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
-            let client = tunnel::pace::paced(connection::unwrap(client), client_bytes);
+            let client = tunnel::pace::paced(client_end(client), client_bytes);
             let backend = halves::backend(backend_stream, backend_rest);
             Ok(match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as
@@ -275,7 +275,8 @@ impl Proxy {
 /// The handshake as the backend gets it: origin-form target, end-to-end
 /// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
 /// hop-by-hop headers replaced by the two an upgrade needs.
-fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>) -> Request<()> {
+/// `key` is the client's own over HTTP/1.1, wsgate's over HTTP/2.
+fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>, key: &HeaderValue) -> Request<()> {
     let target = request
         .uri()
         .path_and_query()
@@ -286,12 +287,8 @@ fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>) -> R
     *forwarded.headers_mut() = request.headers().clone();
     prepare_headers(forwarded.headers_mut(), request.uri(), ctx);
     set_upgrade_headers(forwarded.headers_mut());
+    forwarded.headers_mut().insert(header::SEC_WEBSOCKET_KEY, key.clone());
     forwarded
-}
-
-fn set_upgrade_headers(headers: &mut http::HeaderMap) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// The task of one tunnel, written by hand so that it is no larger than the

@@ -42,6 +42,8 @@ pub(crate) struct ListenerSettings {
     proxy_protocol: bool,
     /// Keepalive and user timeout, so a client that vanished is noticed.
     tcp: config::TcpLiveness,
+    /// HTTP/2's limits; `None`: HTTP/1.1 only.
+    http2: Option<config::Http2>,
 }
 
 impl ListenerSettings {
@@ -53,6 +55,7 @@ impl ListenerSettings {
             trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
             proxy_protocol: listener.proxy_protocol,
             tcp: listener.tcp,
+            http2: listener.http2,
         }
     }
 }
@@ -192,6 +195,7 @@ impl Acceptor {
         let trusted = settings.trusted_proxies.clone();
         let proxy_protocol = settings.proxy_protocol;
         let handshake_timeout = settings.handshake_timeout;
+        let http2 = settings.http2;
         let stop = self.stop.clone();
         let accepted_at = Instant::now();
         async move {
@@ -239,14 +243,14 @@ impl Acceptor {
                     .max(Duration::from_millis(1))
             };
             match tls {
-                None => serve_connection(current, stream, info(false), left(), stop).await,
+                None => serve_connection(current, stream, info(false), left(), http2, stop).await,
                 Some(acceptor) => {
                     let handshake = async move {
                         crate::tls::refuse_legacy_versions(&mut stream).await?;
                         acceptor.accept(stream).await
                     };
                     match tokio::time::timeout(left(), handshake).await {
-                        Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), stop).await,
+                        Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), http2, stop).await,
                         Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                         Err(_) => {
                             proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);

@@ -18,6 +18,8 @@ use crate::body::ProxyBody;
 /// What a request's line says besides what its span carries (route,
 /// upstream, server, attempts; listener and client from the connection's).
 pub(crate) struct RequestLine {
+    /// `http/1.1` or `h2` (the ALPN names).
+    pub protocol: &'static str,
     pub method: Method,
     pub path: String,
     pub status: u16,
@@ -84,6 +86,7 @@ impl Drop for LoggedBody {
             info!(
                 method = %line.method,
                 path = %line.path,
+                protocol = line.protocol,
                 status = line.status,
                 duration_ms = line.started.elapsed().as_millis() as u64,
                 bytes = self.bytes,

@@ -49,6 +49,13 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    protocol: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TunnelLabels {
     route: String,
     upstream: String,
@@ -154,6 +161,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     open_connections: Family<ListenerLabels, Gauge>,
+    requests: Family<RequestLabels, Counter>,
     open_tunnels: Tracked<TunnelLabels, Gauge>,
     handshakes: Tracked<HandshakeLabels, Counter>,
     tunnel_duration: Tracked<RouteLabels, Histogram, fn() -> Histogram>,
@@ -201,6 +209,12 @@ impl Metrics {
             "open_connections",
             "Client connections open now, by listener (a tunnel keeps its connection open)",
             open_connections.clone(),
+        );
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests answered, by listener, protocol (http/1.1, h2) and kind (websocket: an upgrade or an extended CONNECT; http)",
+            requests.clone(),
         );
         let open_tunnels = Tracked::new(Family::default());
         registry.register(
@@ -340,6 +354,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 open_connections,
+                requests,
                 open_tunnels,
                 handshakes,
                 tunnel_duration,
@@ -385,6 +400,19 @@ impl Metrics {
         });
         gauge.inc();
         OpenGauge(gauge)
+    }
+
+    /// One request on `listener`, in `protocol` (`http/1.1`, `h2`), asking
+    /// for a WebSocket or not.
+    pub fn request(&self, listener: &str, protocol: &'static str, websocket: bool) {
+        self.inner
+            .requests
+            .get_or_create_owned(&RequestLabels {
+                listener: listener.to_owned(),
+                protocol,
+                kind: if websocket { "websocket" } else { "http" },
+            })
+            .inc();
     }
 
     /// One opening handshake on `route` (empty when refused before a route
@@ -813,6 +841,7 @@ mod tests {
             server: "10.0.0.1:80".into(),
             subprotocol: None,
             inspected: true,
+            protocol: "http/1.1",
         });
         let text = metrics.encode(&[]);
         assert!(

@@ -24,6 +24,8 @@ pub struct Identity {
     /// handshake so that no read buffer of hyper's is held by the tunnel.
     pub subprotocol: Option<Box<str>>,
     pub inspected: bool,
+    /// What the client spoke: `http/1.1` (an upgrade) or `h2` (an extended CONNECT).
+    pub protocol: &'static str,
 }
 
 /// The client as the logs name it.
@@ -57,7 +59,8 @@ impl Identity {
             upstream = &*self.upstream,
             server = &*self.server,
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
-            inspected = self.inspected
+            inspected = self.inspected,
+            protocol = self.protocol
         )
     }
 }
@@ -75,6 +78,7 @@ macro_rules! tunnel_info {
             server = &*identity.server,
             subprotocol = identity.subprotocol.as_deref().unwrap_or(""),
             inspected = identity.inspected,
+            protocol = identity.protocol,
             $($fields_and_message)+
         )
     }};

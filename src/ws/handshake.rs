@@ -34,6 +34,17 @@ pub enum HandshakeError {
     /// bytes from the proxy that the backend may read as frames.
     #[error("a WebSocket handshake must not have a body")]
     HasBody,
+    /// RFC 8441 §4: an extended CONNECT carries `:scheme` and `:path` (h2
+    /// itself resets a stream without them) and names its host in
+    /// `:authority` (RFC 9113 §8.5).
+    #[error("an extended CONNECT needs :authority (RFC 8441 §4)")]
+    NoAuthority,
+    /// RFC 8441 §5: over HTTP/2 "the Sec-WebSocket-Key and
+    /// Sec-WebSocket-Accept header fields are not used"; a client that sends
+    /// one is not speaking RFC 8441, and the key the backend sees is the
+    /// proxy's own.
+    #[error("Sec-WebSocket-Key has no place in a WebSocket over HTTP/2 (RFC 8441 §5)")]
+    KeyOverHttp2,
 }
 
 /// Whether the client asks for a WebSocket: `Upgrade` names `websocket`.
@@ -72,6 +83,36 @@ pub fn validate<B>(request: &Request<B>) -> Result<HeaderValue, HandshakeError> 
         return Err(HandshakeError::HasBody);
     }
     Ok(key)
+}
+
+/// Checks an HTTP/2 extended CONNECT whose `:protocol` is `websocket`
+/// against RFC 8441 §4–5: `:authority`, `Sec-WebSocket-Version: 13`, no
+/// `Sec-WebSocket-Key`. The rest of RFC 6455 §4.2.1 (`Upgrade`,
+/// `Connection`, the GET) is HTTP/1.1's way of saying what
+/// `:protocol` says here.
+pub fn validate_extended_connect<B>(request: &Request<B>) -> Result<(), HandshakeError> {
+    if request.uri().authority().is_none() {
+        return Err(HandshakeError::NoAuthority);
+    }
+    let headers = request.headers();
+    let mut versions = headers.get_all(http::header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => {}
+        _ => return Err(HandshakeError::UnsupportedVersion),
+    }
+    if headers.contains_key(http::header::SEC_WEBSOCKET_KEY) {
+        return Err(HandshakeError::KeyOverHttp2);
+    }
+    Ok(())
+}
+
+/// A fresh `Sec-WebSocket-Key` (RFC 6455 §4.1: 16 random bytes, base64),
+/// for a backend handshake the client did not make itself (RFC 8441).
+pub fn fresh_key() -> HeaderValue {
+    let bytes: [u8; 16] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(bytes);
+    // Base64 is always a valid header value.
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
 }
 
 fn is_valid_key(key: &[u8]) -> bool {
@@ -268,6 +309,43 @@ mod tests {
         let mut old = request(|_| {});
         *old.version_mut() = Version::HTTP_10;
         assert_eq!(validate(&old), Err(HandshakeError::OldHttpVersion));
+    }
+
+    #[test]
+    fn an_extended_connect_is_held_to_rfc_8441() {
+        let connect = |edit: fn(&mut http::request::Builder)| {
+            let mut builder = Request::connect("https://example.com/chat").header("Sec-WebSocket-Version", "13");
+            edit(&mut builder);
+            builder.version(Version::HTTP_2).body(()).unwrap()
+        };
+        assert_eq!(validate_extended_connect(&connect(|_| {})), Ok(()));
+        assert!(is_valid_key(fresh_key().as_bytes()));
+        assert_ne!(fresh_key(), fresh_key());
+        assert_eq!(
+            validate_extended_connect(&connect(|b| {
+                b.headers_mut()
+                    .unwrap()
+                    .insert("sec-websocket-version", HeaderValue::from_static("8"));
+            })),
+            Err(HandshakeError::UnsupportedVersion)
+        );
+        assert_eq!(
+            validate_extended_connect(&connect(|b| {
+                b.headers_mut().unwrap().insert(
+                    "sec-websocket-key",
+                    HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+                );
+            })),
+            Err(HandshakeError::KeyOverHttp2)
+        );
+        let no_authority = Request::connect("/chat")
+            .header("Sec-WebSocket-Version", "13")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            validate_extended_connect(&no_authority),
+            Err(HandshakeError::NoAuthority)
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum Behavior {
     CloseAfterHandshake(u16, &'static str),
     /// Accept TCP connections, read everything, never answer.
     Silent,
+    /// Like `Echo`, but a GET of `/` answers this HTML page (for a browser).
+    Page(&'static str),
 }
 
 /// The head of a request the backend received.
@@ -276,6 +278,12 @@ fn backend_answer(mut req: Request<Incoming>, behavior: Behavior, records: Arc<R
         return status(code, body);
     }
     let upgrade = offers(req.headers(), "upgrade", "websocket");
+    if let (Behavior::Page(html), false, "/") = (&behavior, upgrade, req.uri().path()) {
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(full(*html))
+            .unwrap();
+    }
     if !upgrade {
         return match *req.method() {
             Method::POST => Response::builder()

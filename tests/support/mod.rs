@@ -15,6 +15,8 @@ pub mod hostile;
 
 pub mod hostile_peers;
 
+pub mod http2;
+
 pub mod dns;
 pub mod netns;
 pub mod redis_server;

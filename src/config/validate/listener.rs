@@ -6,9 +6,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Checker, RawTcpKeys};
-use crate::config::raw::RawListener;
-use crate::config::Listener;
+use toml::Spanned;
+
+use crate::config::raw::{DurationOrOff, RawListener};
+use crate::config::{Http2, Listener};
 use crate::tls::{self, CertificateError};
+
+/// `http2_max_concurrent_streams` at most: each stream can be a tunnel
+/// behind one connection's place under `max_connections`.
+const MAX_CONCURRENT_STREAMS: u32 = 10_000;
+/// `http2_max_header_list_size` bounds, as `global.max_request_header_size`'s
+/// upper one: a header block is held whole before any route is known.
+const MIN_HEADER_LIST_SIZE: u64 = 1024;
+const MAX_HEADER_LIST_SIZE: u64 = 1024 * 1024;
 
 impl Checker<'_> {
     pub(super) fn listener(&mut self, i: usize, raw: &RawListener, global_timeout: Duration) -> Option<Listener> {
@@ -46,6 +56,7 @@ impl Checker<'_> {
                 None
             }
         };
+        let http2 = self.http2(i, raw);
         let tls = match &raw.tls {
             None => None,
             Some(tls) if tls.get_ref().certificates.is_empty() => {
@@ -76,7 +87,8 @@ impl Checker<'_> {
                     }
                 }
                 let unknown_sni = tls.get_ref().unknown_sni.unwrap_or_default();
-                (keys.len() == tls.get_ref().certificates.len()).then(|| tls::server_config_with(keys, unknown_sni))
+                (keys.len() == tls.get_ref().certificates.len())
+                    .then(|| tls::server_config_with(keys, unknown_sni, http2.is_some()))
             }
         };
         let tcp = self.tcp_liveness(
@@ -96,6 +108,89 @@ impl Checker<'_> {
             proxy_protocol,
             tls,
             tcp,
+            http2,
+        })
+    }
+
+    /// `http2` and the `http2_*` limits; `None` when `http2 = false`, and
+    /// then a limit set beside it is an error (it would do nothing).
+    fn http2(&mut self, i: usize, raw: &RawListener) -> Option<Http2> {
+        let key = |name: &str| format!("listener[{i}].{name}");
+        let defaults = Http2::default();
+        let max_concurrent_streams = match &raw.http2_max_concurrent_streams {
+            Some(n) if !(1..=MAX_CONCURRENT_STREAMS).contains(n.get_ref()) => {
+                let message = format!("must be from 1 to {MAX_CONCURRENT_STREAMS}");
+                self.error(n, key("http2_max_concurrent_streams"), message);
+                defaults.max_concurrent_streams
+            }
+            Some(n) => *n.get_ref(),
+            None => defaults.max_concurrent_streams,
+        };
+        let max_header_list_size = match &raw.http2_max_header_list_size {
+            Some(size) if !(MIN_HEADER_LIST_SIZE..=MAX_HEADER_LIST_SIZE).contains(&size.get_ref().0) => {
+                let message = format!("must be between 1KiB and 1MiB, not {} bytes", size.get_ref().0);
+                self.error(size, key("http2_max_header_list_size"), message);
+                None
+            }
+            // Bounded to 1MiB just above.
+            Some(size) => Some(size.get_ref().0 as u32),
+            None => None,
+        };
+        let idle_timeout = self.timeout(
+            raw.http2_idle_timeout.clone(),
+            &key("http2_idle_timeout"),
+            defaults.idle_timeout,
+        );
+        let keepalive_interval = match &raw.http2_keepalive_interval {
+            Some(v) => match *v.get_ref() {
+                DurationOrOff::Off => None,
+                DurationOrOff::On(d) if d.is_zero() => {
+                    let message = "must be longer than zero (\"off\" sends no PINGs)";
+                    self.error(v, key("http2_keepalive_interval"), message);
+                    defaults.keepalive_interval
+                }
+                DurationOrOff::On(d) => Some(d),
+            },
+            None => defaults.keepalive_interval,
+        };
+        let keepalive_timeout = self.timeout(
+            raw.http2_keepalive_timeout.clone(),
+            &key("http2_keepalive_timeout"),
+            defaults.keepalive_timeout,
+        );
+        if raw.http2.as_ref().is_some_and(|on| !*on.get_ref()) {
+            let set = [
+                (
+                    "http2_max_concurrent_streams",
+                    raw.http2_max_concurrent_streams.as_ref().map(Spanned::span),
+                ),
+                (
+                    "http2_max_header_list_size",
+                    raw.http2_max_header_list_size.as_ref().map(Spanned::span),
+                ),
+                ("http2_idle_timeout", raw.http2_idle_timeout.as_ref().map(Spanned::span)),
+                (
+                    "http2_keepalive_interval",
+                    raw.http2_keepalive_interval.as_ref().map(Spanned::span),
+                ),
+                (
+                    "http2_keepalive_timeout",
+                    raw.http2_keepalive_timeout.as_ref().map(Spanned::span),
+                ),
+            ];
+            for (name, span) in set {
+                if let Some(span) = span {
+                    self.error(&Spanned::new(span, ()), key(name), "only used when http2 is not false");
+                }
+            }
+            return None;
+        }
+        Some(Http2 {
+            max_concurrent_streams,
+            max_header_list_size,
+            idle_timeout,
+            keepalive_interval,
+            keepalive_timeout,
         })
     }
 

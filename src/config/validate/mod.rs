@@ -653,6 +653,29 @@ servers = [{ address = "127.0.0.1:9001" }]
     }
 
     #[test]
+    fn http2_keys_have_defaults_and_bad_ones_name_their_key() {
+        let config = parse(BASE, Path::new("x.toml")).unwrap();
+        assert_eq!(config.listeners[0].http2, Some(crate::config::Http2::default()));
+        let text = BASE.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nhttp2_max_concurrent_streams = 16\nhttp2_keepalive_interval = \"off\"",
+        );
+        let http2 = parse(&text, Path::new("x.toml")).unwrap().listeners[0].http2.unwrap();
+        assert_eq!((http2.max_concurrent_streams, http2.keepalive_interval), (16, None));
+        let zero = errors(&BASE.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nhttp2_max_concurrent_streams = 0",
+        ));
+        assert_eq!(zero[0].key, "listener[0].http2_max_concurrent_streams", "{zero:?}");
+        let unused = errors(&BASE.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nhttp2 = false\nhttp2_idle_timeout = \"1m\"",
+        ));
+        assert_eq!(unused[0].key, "listener[0].http2_idle_timeout", "{unused:?}");
+        assert!(unused[0].message.contains("http2 is not false"), "{unused:?}");
+    }
+
+    #[test]
     fn unknown_keys_name_their_full_path() {
         let text = BASE.replace("servers =", "connect_timout = \"3s\"\nservers =");
         let errors = errors(&text);

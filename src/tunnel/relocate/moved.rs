@@ -132,7 +132,8 @@ fn write_identity(out: &mut Writer, identity: &Identity) {
         .option(identity.subprotocol.as_deref(), |out, protocol| {
             out.str(protocol);
         })
-        .bool(identity.inspected);
+        .bool(identity.inspected)
+        .str(identity.protocol);
 }
 
 fn read_identity(input: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
@@ -150,6 +151,11 @@ fn read_identity(input: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
         server: name(input)?,
         subprotocol: input.option(|input| Ok(input.str()?.into()))?,
         inspected: input.bool()?,
+        protocol: match input.str()? {
+            "http/1.1" => "http/1.1",
+            "h2" => "h2",
+            _ => return Err(SnapshotError("unknown protocol")),
+        },
     })
 }
 
