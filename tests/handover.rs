@@ -823,3 +823,36 @@ fn hostname() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
+
+/// Tunnels of a route with a byte rate per client move too (they are
+/// plain TCP underneath their pacing), plain and inspected alike, and are
+/// paced by the new process as the route says.
+#[tokio::test]
+async fn paced_tunnels_move_too() {
+    let backend = Backend::echo().await;
+    let toml = format!(
+        "[global]\nshutdown_timeout = \"4s\"\nlog_format = \"json\"\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\nname = \"inspected\"\npath_prefix = \"/inspected\"\nupstream = \"backends\"\n\
+         allowed_origins = [\"https://example.com\"]\nlimits = {{ client_bytes_per_second = \"64KiB\" }}\n[route.inspect]\n\n\
+         [[route]]\nname = \"plain\"\nupstream = \"backends\"\nallowed_origins = [\"https://example.com\"]\n\
+         limits = {{ client_bytes_per_second = \"64KiB\" }}\n\n\
+         [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{}\" }}]\n",
+        backend.addr
+    );
+    let proxy = Upgradable::start(&toml, "first").await;
+    let (addr, old) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let (mut plain, _) = ws_connect(addr, "/plain", &[]).await;
+    let (mut inspected, _) = ws_connect(addr, "/inspected", &[]).await;
+    stamped_binary(&proxy.binary, "second");
+    let new = proxy.upgrade(old).await;
+    let _serving = Serving(new);
+    gone(old).await;
+    let upgraded = &proxy.lines("upgraded: the new process serves")[0];
+    assert_eq!(upgraded["moved"].as_u64(), Some(2), "{upgraded}");
+    for ws in [&mut plain, &mut inspected] {
+        ws.send(Message::text("moved")).await.unwrap();
+        assert_eq!(next_message(ws).await, Message::text("moved"));
+    }
+}

@@ -137,7 +137,7 @@ impl Proxy {
             let client = client?;
             tunnel::identity::tunnel_info!(&identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
-            let client = tunnel::pace::paced(client_end(client), client_bytes);
+            let client = client_end(client).paced(client_bytes);
             let backend = halves::backend(backend_stream, backend_rest);
             Ok(match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as
@@ -206,6 +206,9 @@ impl Proxy {
             }
         };
         let route = self.routes.iter().position(|route| route.name == identity.route);
+        // Its route's byte rate, as this configuration says.
+        let client_bytes = route.and_then(|index| self.routes.iter().nth(index)?.client_bytes);
+        let client = client.paced(client_bytes);
         let client_ip = match identity.client {
             Client::Direct(address) => address.ip(),
             Client::Forwarded(ip) => ip,

@@ -21,6 +21,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::pace::Paced;
+use crate::config::SocketRate;
 use crate::upstream::BackendStream;
 
 /// Any upgraded stream that is not plain TCP.
@@ -33,6 +35,10 @@ pub type Shared = Box<dyn Stream>;
 /// One side of a tunnel, whole.
 pub enum Side {
     Tcp(Prefixed<TcpStream>),
+    /// A client's TCP connection read no faster than its route allows
+    /// ([`super::pace`]); still plain TCP, so it splits without a lock and
+    /// can move at a binary upgrade.
+    PacedTcp(Box<Paced<Prefixed<TcpStream>>>),
     Other(Shared),
 }
 
@@ -46,12 +52,34 @@ pub fn backend(stream: BackendStream, rest: Bytes) -> Side {
 }
 
 impl Side {
+    /// This side read no faster than `rate`; unchanged without one. Only
+    /// paced tunnels pay for the pacing: a plain tunnel's splice is no
+    /// larger for it.
+    pub fn paced(self, rate: Option<SocketRate>) -> Side {
+        match (self, rate) {
+            (side, None) => side,
+            (Side::Tcp(io), Some(rate)) => Side::PacedTcp(Box::new(Paced::new(io, rate))),
+            (side, Some(rate)) => Side::Other(Box::new(Paced::new(side, rate))),
+        }
+    }
+
     /// The reading and the writing half, for pumps in separate tasks.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Side::Tcp(Prefixed { prefix, io }) => {
                 let (read, write) = io.into_split();
                 (ReadHalf::Tcp(Prefixed { prefix, io: read }), WriteHalf::Tcp(write))
+            }
+            Side::PacedTcp(paced) => {
+                let mut write = None;
+                let read = paced.map_io(|Prefixed { prefix, io }| {
+                    let (read, half) = io.into_split();
+                    write = Some(half);
+                    Prefixed { prefix, io: read }
+                });
+                // `map_io` called the closure: the write half is there.
+                let write = write.expect("split");
+                (ReadHalf::PacedTcp(Box::new(read)), WriteHalf::Tcp(write))
             }
             Side::Other(stream) => {
                 let (read, write) = tokio::io::split(stream);
@@ -72,6 +100,7 @@ impl Movable for Side {
     fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])> {
         match self {
             Side::Tcp(Prefixed { prefix, io }) => Some((io.as_fd(), prefix)),
+            Side::PacedTcp(paced) => Some((paced.get_ref().io.as_fd(), &paced.get_ref().prefix)),
             Side::Other(_) => None,
         }
     }
@@ -81,6 +110,7 @@ impl Movable for ReadHalf {
     fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])> {
         match self {
             ReadHalf::Tcp(Prefixed { prefix, io }) => Some((io.as_ref().as_fd(), prefix)),
+            ReadHalf::PacedTcp(paced) => Some((paced.get_ref().io.as_ref().as_fd(), &paced.get_ref().prefix)),
             ReadHalf::Shared(_) => None,
         }
     }
@@ -107,6 +137,7 @@ impl AsyncRead for Side {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Side::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Side::PacedTcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Side::Other(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
@@ -116,6 +147,7 @@ impl AsyncWrite for Side {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Side::Tcp(stream) => Pin::new(stream).poll_write(cx, data),
+            Side::PacedTcp(stream) => Pin::new(stream).poll_write(cx, data),
             Side::Other(stream) => Pin::new(stream).poll_write(cx, data),
         }
     }
@@ -123,6 +155,7 @@ impl AsyncWrite for Side {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Side::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Side::PacedTcp(stream) => Pin::new(stream).poll_flush(cx),
             Side::Other(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
@@ -130,6 +163,7 @@ impl AsyncWrite for Side {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Side::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Side::PacedTcp(stream) => Pin::new(stream).poll_shutdown(cx),
             Side::Other(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
@@ -138,6 +172,7 @@ impl AsyncWrite for Side {
 /// The reading half of one side.
 pub enum ReadHalf {
     Tcp(Prefixed<OwnedReadHalf>),
+    PacedTcp(Box<Paced<Prefixed<OwnedReadHalf>>>),
     Shared(tokio::io::ReadHalf<Shared>),
 }
 
@@ -151,6 +186,7 @@ impl AsyncRead for ReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ReadHalf::Tcp(read) => Pin::new(read).poll_read(cx, buf),
+            ReadHalf::PacedTcp(read) => Pin::new(read).poll_read(cx, buf),
             ReadHalf::Shared(read) => Pin::new(read).poll_read(cx, buf),
         }
     }
@@ -215,35 +251,4 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     }
 }
 
-/// `AsyncWrite` for a wrapper that changes only how its stream is read
-/// (a field `io`): writes, flushes and shutdowns go straight through.
-macro_rules! write_through {
-    ($wrapper:ident) => {
-        impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<T> {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                data: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, data)
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
-            }
-
-            fn poll_shutdown(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-            }
-        }
-    };
-}
-pub(crate) use write_through;
-
-write_through!(Prefixed);
+super::write_through!(Prefixed);

@@ -6,6 +6,37 @@
 //! its route's byte rate; [`linger`] reads a peer out after wsgate's last
 //! word to it, so that word is not lost to a reset.
 
+/// `AsyncWrite` for a wrapper that changes only how its stream is read
+/// (a field `io`): writes, flushes and shutdowns go straight through.
+macro_rules! write_through {
+    ($wrapper:ident) => {
+        impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<T> {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                data: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use write_through;
+
 pub mod copy;
 pub mod drain;
 pub mod halves;
@@ -159,9 +190,8 @@ impl Splice {
         let mut bytes = [0; 2];
         bytes[CLIENT_TO_BACKEND] = self.upstream.bytes;
         bytes[BACKEND_TO_CLIENT] = self.downstream.bytes;
-        // A TLS client that just closes its connection is ending it, as
-        // browsers do (they never send close_notify): not an error.
-        let client_left = matches!(&error, Some((error, "client")) if is_end_without_close_notify(error));
+        // A client that just goes is ending the tunnel, not failing it.
+        let client_left = matches!(&error, Some((error, "client")) if is_leaving(error));
         let error = error.filter(|_| !client_left);
         let ended_by = match &error {
             _ if client_left => "client",
@@ -197,10 +227,16 @@ pub(crate) fn is_unreachable(error: &io::Error) -> bool {
     error.raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
-/// The client's TLS connection ended without a `close_notify` alert:
-/// rustls reports that as an unexpected end of file.
-fn is_end_without_close_notify(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::UnexpectedEof
+/// How a client that goes without a goodbye ends its connection: a TLS
+/// connection closed without a `close_notify` alert (browsers never send
+/// one; rustls reports an unexpected end of file), or a socket closed with
+/// bytes still coming to it, which the kernel answers with a reset (a tab
+/// closed right after its WebSocket's close handshake).
+fn is_leaving(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Splices until both directions have ended. An end of stream on one side

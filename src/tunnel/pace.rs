@@ -25,7 +25,6 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::halves::{write_through, Side};
 use super::pool::LARGE_BUFFER_SIZE;
 use crate::config::SocketRate;
 
@@ -116,16 +115,6 @@ impl TokenBucket {
 /// never more than the burst) rather than reading a byte at a time.
 const WAKE_UPS_PER_SECOND: u64 = 20;
 
-/// `side` read no faster than `rate`; unchanged without one. A paced side
-/// is boxed as any other non-TCP stream: only paced tunnels pay for the
-/// pacing, and a plain tunnel's splice is no larger for it.
-pub fn paced(side: Side, rate: Option<SocketRate>) -> Side {
-    match rate {
-        Some(rate) => Side::Other(Box::new(Paced::new(side, rate))),
-        None => side,
-    }
-}
-
 /// A stream whose reads are held to a rate; its writes pass through.
 pub struct Paced<T> {
     io: T,
@@ -137,6 +126,21 @@ pub struct Paced<T> {
 }
 
 impl<T> Paced<T> {
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The same pacing, the bucket as it is, over what `f` makes of the
+    /// stream (its reading half, when a tunnel splits it).
+    pub fn map_io<U>(self, f: impl FnOnce(T) -> U) -> Paced<U> {
+        Paced {
+            io: f(self.io),
+            bucket: self.bucket,
+            quantum: self.quantum,
+            wait: self.wait,
+        }
+    }
+
     pub fn new(io: T, rate: SocketRate) -> Paced<T> {
         let quantum = (rate.per_second / WAKE_UPS_PER_SECOND)
             .clamp(1, LARGE_BUFFER_SIZE as u64)
@@ -186,7 +190,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
     }
 }
 
-write_through!(Paced);
+super::write_through!(Paced);
 
 #[cfg(test)]
 mod tests {
