@@ -856,3 +856,38 @@ async fn paced_tunnels_move_too() {
         assert_eq!(next_message(ws).await, Message::text("moved"));
     }
 }
+
+/// A new binary that does not accept the configuration as it now is on
+/// disk refuses the hand-over; the running process serves on, with its
+/// tunnels, and says why.
+#[tokio::test]
+async fn a_configuration_the_new_binary_refuses_leaves_the_running_process_serving() {
+    let backend = Backend::echo().await;
+    let proxy = Upgradable::start(&toml(backend.addr), "first").await;
+    let addr = proxy.wsgate.addr("plain");
+    let (mut inspected, _) = ws_connect(addr, "/inspected", &[]).await;
+    let config = proxy.wsgate.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[[upstream]]", "[[upstream]]\nconnect_timout = \"1s\""),
+    )
+    .unwrap();
+    stamped_binary(&proxy.binary, "second");
+    proxy.wsgate.signal(libc::SIGUSR1);
+    let failed = proxy
+        .wsgate
+        .wait_for_log("the refused upgrade", |line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upgrade failed"))
+        })
+        .await;
+    let why = failed["message"].as_str().unwrap();
+    assert!(why.contains("refused") && why.contains("problem(s) found"), "{why}");
+    inspected.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_message(&mut inspected).await, Message::text("still here"));
+    let (mut fresh, _) = ws_connect(addr, "/plain", &[]).await;
+    fresh.send(Message::text("new")).await.unwrap();
+    assert_eq!(next_message(&mut fresh).await, Message::text("new"));
+}

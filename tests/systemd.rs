@@ -78,7 +78,7 @@ async fn within_or_log<F: std::future::Future>(limit: Duration, what: &str, wsga
     }
 }
 
-/// The proxy runs with glibc's per-thread malloc caches off (they keep a
+/// The proxy runs, under its own name, with glibc's per-thread malloc caches off (they keep a
 /// burst's freed chunks, and the pages around them, resident; see
 /// `src/lifecycle/memory.rs`): it restarts its own image with the tunable
 /// set, under the same process ID, so READY=1 comes from the PID systemd
@@ -118,6 +118,10 @@ async fn the_proxy_runs_without_malloc_thread_caches_under_its_own_pid() {
             "{lines:?}"
         );
         assert_eq!(environ(wsgate.pid()), [expected], "given {given:?}");
+        // Restarted under its own name, not /proc/self/exe's: `ps`,
+        // `pgrep wsgate` and the journal's `_COMM` show `wsgate`.
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", wsgate.pid())).expect("comm");
+        assert_eq!(comm.trim(), "wsgate", "given {given:?}");
         echo_through(listen).await;
         wsgate.signal(libc::SIGTERM);
         wsgate.exits_successfully().await;

@@ -137,6 +137,29 @@ impl Channel {
         }
     }
 
+    /// Reads and drops what has arrived and not been read, without waiting:
+    /// a process that exits with unread messages resets the channel, and
+    /// the other end would then lose what was sent to it last.
+    pub fn discard_pending(&self) {
+        let mut scratch = [0u8; 64];
+        loop {
+            // SAFETY: a valid socket and a buffer of the given length; a
+            // message longer than the buffer is dropped whole (SEQPACKET),
+            // and descriptors beside it are closed by the kernel.
+            let read = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if read <= 0 {
+                return;
+            }
+        }
+    }
+
     /// The next message and the descriptors beside it; `None` once the
     /// other process closed its end (or exited).
     pub fn receive(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {

@@ -168,6 +168,7 @@ impl Message {
 /// Tells the old process this one cannot take over, and why: it goes on
 /// serving, and logs the reason.
 pub fn refuse(channel: &Channel, reason: &str) {
+    channel.discard_pending();
     let refusal = Message::Refuse {
         reason: reason.to_owned(),
     };

@@ -111,8 +111,13 @@ impl Drop for Opening {
 /// A tunnel's place on the list of those that can move.
 pub struct Ticket {
     relocation: Arc<Relocation>,
+    /// The place on the list, and in its top bit whether the task's waker
+    /// is registered there (one word: memory per idle tunnel).
     id: u64,
 }
+
+/// The bit of [`Ticket::id`] that says the waker is registered.
+const REGISTERED: u64 = 1 << 63;
 
 impl Ticket {
     /// Ready once the tunnel is asked to move. The first poll registers
@@ -121,12 +126,14 @@ impl Ticket {
         if self.relocation.asked.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        {
-            let mut waiting = lock(&self.relocation.waiting);
-            if let Some(slot @ None) = waiting.get_mut(&self.id) {
-                *slot = Some(cx.waker().clone());
-            }
+        if self.id & REGISTERED != 0 {
+            return Poll::Pending;
         }
+        // Once per ticket: a task's waker wakes it for as long as it lives.
+        if let Some(slot) = lock(&self.relocation.waiting).get_mut(&self.id) {
+            *slot = Some(cx.waker().clone());
+        }
+        self.id |= REGISTERED;
         // Asked between the first look and the registration: seen now.
         match self.relocation.asked.load(Ordering::Acquire) {
             true => Poll::Ready(()),
@@ -153,7 +160,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        lock(&self.relocation.waiting).remove(&self.id);
+        lock(&self.relocation.waiting).remove(&(self.id & !REGISTERED));
     }
 }
 
