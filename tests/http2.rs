@@ -411,3 +411,98 @@ async fn an_idle_h2_connection_is_closed_but_not_while_a_websocket_is_open() {
     assert!(ended.is_ok(), "a graceful GOAWAY: {ended:?}");
     proxy.stop().await;
 }
+
+/// A drain (shutdown or restart) tells an HTTP/2 client with GOAWAY
+/// (NO_ERROR) that no new stream will be served on its connection, after
+/// the requests it had made were answered.
+#[tokio::test]
+async fn a_drain_sends_goaway_to_an_h2_connection() {
+    let backend = Backend::echo().await;
+    let proxy = start_proxy(&config(backend.addr, None)).await;
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut raw = RawH2::connect(addr, &[]).await;
+    let block = request_block("GET", &authority, "/", &[]);
+    raw.send(&raw_frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        1,
+        &block,
+    ))
+    .await
+    .unwrap();
+    let answer = raw
+        .frame_where(|f| f.kind == frame::HEADERS && f.stream == 1)
+        .await
+        .expect("the request answered");
+    assert_eq!(answer.stream, 1);
+    let stopping = tokio::spawn(proxy.stop_with(wsgate::tunnel::drain::DrainClose::RESTART));
+    let goaway = raw
+        .frame_where(|f| f.kind == frame::GOAWAY)
+        .await
+        .expect("a GOAWAY before the connection ends");
+    assert_eq!(goaway.error_code(), 0, "NO_ERROR: a graceful end");
+    within("proxy stop", stopping).await.expect("proxy stop");
+}
+
+/// One WebSocket whose client stops reading holds back only its own
+/// stream: its sender stalls once the windows and buffers along its way are
+/// full (nothing piles up in wsgate), another WebSocket on the same HTTP/2
+/// connection goes on echoing, and once the first reads again every echo
+/// arrives, in order.
+#[tokio::test]
+async fn a_client_that_stops_reading_one_stream_holds_back_only_that_stream() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const MESSAGES: usize = 512;
+    const SIZE: usize = 64 << 10;
+    let backend = Backend::echo().await;
+    let proxy = start_proxy(&config(backend.addr, None)).await;
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut client = h2c_connect(addr).await;
+    let (_, stuck) = client.websocket(&authority, "/", &[]).await;
+    let (_, other) = client.websocket(&authority, "/", &[]).await;
+    let (mut stuck_tx, mut stuck_rx) = stuck.unwrap().split();
+    let mut other = other.unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let sender = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            let mut payload = vec![(n % 251) as u8; SIZE];
+            payload[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            stuck_tx.send(Message::binary(payload)).await.unwrap();
+            counted.store(n + 1, Ordering::Relaxed);
+        }
+        stuck_tx
+    });
+    // Stalled: no progress for a second (at most 30 s of waiting in all).
+    let mut last = usize::MAX;
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let held = sent.load(Ordering::Relaxed);
+    assert!(held < MESSAGES, "the sender is held back ({held} of {MESSAGES} sent)");
+    for i in 0..20 {
+        other.send(Message::text(format!("other {i}"))).await.unwrap();
+        assert_eq!(next_message(&mut other).await, Message::text(format!("other {i}")));
+    }
+    // Reading again: every echo, in order, and the sender finishes.
+    for n in 0..MESSAGES {
+        let echo = within("an echo of the held-back stream", stuck_rx.next())
+            .await
+            .expect("the stream goes on")
+            .expect("no error");
+        let data = echo.into_data();
+        assert_eq!(data.len(), SIZE);
+        assert_eq!(u64::from_be_bytes(data[..8].try_into().unwrap()), n as u64);
+    }
+    within("the sender", sender).await.unwrap();
+    proxy.stop().await;
+}
