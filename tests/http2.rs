@@ -503,6 +503,6 @@ async fn a_client_that_stops_reading_one_stream_holds_back_only_that_stream() {
         assert_eq!(data.len(), SIZE);
         assert_eq!(u64::from_be_bytes(data[..8].try_into().unwrap()), n as u64);
     }
-    within("the sender", sender).await.unwrap();
+    drop(within("the sender", sender).await.unwrap());
     proxy.stop().await;
 }
