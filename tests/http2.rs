@@ -506,3 +506,37 @@ async fn a_client_that_stops_reading_one_stream_holds_back_only_that_stream() {
     drop(within("the sender", sender).await.unwrap());
     proxy.stop().await;
 }
+
+/// A backend that goes away without a close frame: an inspected WebSocket
+/// over HTTP/2 gets 1011 as one over HTTP/1.1 does, and the connection's
+/// other streams go on.
+#[tokio::test]
+async fn a_lost_backend_gets_an_inspected_h2_websocket_1011() {
+    let lost = RawBackend::start(true, None).await;
+    let echo = Backend::echo().await;
+    let toml = format!(
+        "{}[[route]]\nname = \"lost\"\npath_prefix = \"/lost\"\nupstream = \"lost\"\n[route.inspect]\n\n\
+         [[upstream]]\nname = \"lost\"\nservers = [{{ address = \"{}\" }}]\n\n{}",
+        listeners(None),
+        lost.addr,
+        route_and_upstream(echo.addr, "")
+    );
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut client = h2c_connect(addr).await;
+    let (_, ws) = client.websocket(&authority, "/lost", &[]).await;
+    let mut ws = ws.expect("a WebSocket to the backend that goes");
+    let (_, other) = client.websocket(&authority, "/", &[]).await;
+    let mut other = other.expect("a WebSocket to the echo backend");
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("before"));
+    drop(lost); // ends its connection without a close frame
+    assert_eq!(
+        next_message(&mut ws).await,
+        close_message(1011, "backend connection lost")
+    );
+    other.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_message(&mut other).await, Message::text("still here"));
+    proxy.stop().await;
+}
