@@ -540,3 +540,34 @@ async fn a_lost_backend_gets_an_inspected_h2_websocket_1011() {
     assert_eq!(next_message(&mut other).await, Message::text("still here"));
     proxy.stop().await;
 }
+
+/// Ending over HTTP/2: the client's END_STREAM reaches the backend as the
+/// end of its connection's input, and the backend's FIN reaches the client
+/// as END_STREAM, on a plain tunnel (no close frames involved).
+#[tokio::test]
+async fn end_stream_and_fin_cross_the_bridge_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::echo().await;
+    let proxy = start_proxy(&config(backend.addr, None)).await;
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut client = h2c_connect(addr).await;
+    let mut response = client.send_only(extended_connect(&authority, "/", "websocket")).await;
+    assert_eq!(response.status(), 200);
+    let upgraded = within("the CONNECT stream", hyper::upgrade::on(&mut response))
+        .await
+        .expect("the CONNECT stream");
+    let mut stream = hyper_util::rt::TokioIo::new(upgraded);
+    stream.write_all(&masked_frame(0x1, true, b"over h2")).await.unwrap();
+    let echo = within("the echo", read_wire(&mut stream)).await.unwrap();
+    assert_eq!(echo.payload, b"over h2");
+    // END_STREAM: the backend's input ends, it ends its connection, and
+    // that FIN comes back as the end of this stream.
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within("the end of the stream", stream.read_to_end(&mut rest))
+        .await
+        .expect("a clean end, not a reset");
+    assert!(rest.is_empty(), "nothing after the echo: {rest:?}");
+    proxy.stop().await;
+}
