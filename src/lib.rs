@@ -42,21 +42,25 @@
 //!   health checks use the same connect.
 //! - [`tunnel`] splices the two upgraded connections; [`tunnel::inspect`]
 //!   reads the frames as they pass and acts on them (close codes,
-//!   keepalive, limits, drain).
+//!   keepalive, limits, drain); [`tunnel::relocate`] stops a tunnel where
+//!   it can be written down, and runs it again from that description.
 //! - [`ws`] is RFC 6455 itself: the handshake's rules, the frame reader,
 //!   the close codes.
 //!
 //! Beside the flow: [`config`] loads and validates the TOML file;
 //! [`telemetry`] counts what operators read (metrics, stats, the access
 //! log); [`lifecycle`] speaks systemd's notification and socket activation
-//! protocols and gives memory back after a burst; [`tools`] holds the
-//! development tools (certificates, a client, a demo backend).
+//! protocols, gives memory back after a burst, and hands the listeners and
+//! the open tunnels to a new binary at an upgrade
+//! ([`lifecycle::handover`], driven by `server::handover`); [`tools`]
+//! holds the development tools (certificates, a client, a demo backend).
 //!
 //! Vocabulary that several stages share lives below all of them, so that no
 //! stage imports another for it: [`body`] (the response body type),
-//! [`refusal`] (why a client was turned away) and [`error`] (every failure,
-//! and the one place that says what it means: status, body, log level,
-//! metric label, whether the connection closes). No file imports a file
+//! [`refusal`] (why a client was turned away), [`snapshot`] (the binary
+//! layout a tunnel is written down in for a hand-over) and [`error`]
+//! (every failure, and the one place that says what it means: status,
+//! body, log level, metric label, whether the connection closes). No file imports a file
 //! that imports it back; `tests/module_graph.rs` keeps it so.
 
 pub mod admission;

@@ -106,7 +106,7 @@ const PREFACE_RETRY: Duration = Duration::from_millis(5);
 type Wrapped<IO> = TokioIo<FramingGuard<Lingering<IO>>>;
 
 /// Serves HTTP/1.1, or HTTP/2 when `http2` is on and the client speaks it
-/// ([`ClientStream::speaks_http2`]), on `io` until the client leaves or
+/// (`ClientStream::speaks_http2`), on `io` until the client leaves or
 /// `shutdown` fires, after which the requests in flight are finished and
 /// the connection closed.
 /// `shutdown` is the stop of the listener that accepted the connection: it
@@ -117,7 +117,7 @@ type Wrapped<IO> = TokioIo<FramingGuard<Lingering<IO>>>;
 /// The protocol is decided here rather than by hyper-util's auto builder,
 /// which reads the first bytes into a wrapper of its own: the framing guard
 /// belongs under HTTP/1.1 alone, and an HTTP/1.1 tunnel's stream must come
-/// back out of hyper by its exact type ([`unwrap`]).
+/// back out of hyper by its exact type (`unwrap`).
 pub async fn serve_connection<IO>(
     current: Arc<ArcSwap<Proxy>>,
     io: IO,

@@ -1,6 +1,6 @@
 //! A client connection served over HTTP/2 (RFC 9113): each stream is one
 //! request, answered by the same dispatch as an HTTP/1.1 one; an extended
-//! CONNECT (RFC 8441) opens a WebSocket ([`super::websocket`]).
+//! CONNECT (RFC 8441) opens a WebSocket (`super::websocket`).
 //!
 //! hyper's HTTP/2 server (the h2 crate) enforces the protocol's own limits:
 //! streams past SETTINGS_MAX_CONCURRENT_STREAMS are refused with

@@ -63,7 +63,7 @@ use relocate::{MovedTunnel, Ticket};
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::TunnelMetrics;
 
-/// A plain tunnel: the two directions, each a [`Copy`] from one side's
+/// A plain tunnel: the two directions, each a [`struct@Copy`] from one side's
 /// reading half to the other side's writing half, spliced until both have
 /// ended.
 ///

@@ -91,7 +91,7 @@ impl Sizing {
 
     /// After a read of `n` bytes into `room`: large buffers once a read
     /// filled its room, and for as long as reads bring at least what a small
-    /// buffer holds; small ones again after [`LARGE_FOR`] reads that did not.
+    /// buffer holds; small ones again after `LARGE_FOR` reads that did not.
     pub fn saw(&mut self, n: usize, room: usize) {
         if n >= room.min(BUFFER_SIZE) {
             self.large_for = LARGE_FOR;

@@ -171,7 +171,7 @@ impl LimitSpec {
             .allow_burst(burst)
     }
 
-    /// The cell period and the burst, cut to what [`MAX_FILL_NANOS`] allows:
+    /// The cell period and the burst, cut to what `MAX_FILL_NANOS` allows:
     /// the local limiter's and the fleet's shared bucket's (`[cluster]`).
     pub fn cells(&self) -> (Duration, NonZeroU32) {
         let period = self.cell_period();
