@@ -233,9 +233,9 @@ impl TcpLiveness {
         user_timeout: None,
     };
 
-    /// Sets these options on `stream`.
-    pub fn apply(&self, stream: &tokio::net::TcpStream) -> std::io::Result<()> {
-        let socket = socket2::SockRef::from(stream);
+    /// Sets these options on a new connection's `socket`.
+    pub fn apply<S: std::os::fd::AsFd>(&self, socket: &S) -> std::io::Result<()> {
+        let socket = socket2::SockRef::from(socket);
         if let Some(probes) = self.keepalive {
             let keepalive = socket2::TcpKeepalive::new()
                 .with_time(probes.idle)
@@ -248,6 +248,25 @@ impl TcpLiveness {
             socket.set_tcp_user_timeout(Some(timeout))?;
         }
         Ok(())
+    }
+
+    /// Sets these options on a listening socket, whose connections then
+    /// inherit them from the kernel (Linux copies a listener's socket
+    /// options to the connections it accepts) without a system call each;
+    /// what is off here is turned off, so that a reload that turns an
+    /// option off takes effect.
+    pub fn apply_to_listener<S: std::os::fd::AsFd>(&self, listener: &S) -> std::io::Result<()> {
+        self.apply(listener)?;
+        let socket = socket2::SockRef::from(listener);
+        if self.keepalive.is_none() {
+            socket.set_keepalive(false)?;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+        if self.user_timeout.is_none() {
+            socket.set_tcp_user_timeout(None)?;
+        }
+        // Small writes (a handshake's answer, a message) go out at once.
+        socket.set_tcp_nodelay(true)
     }
 }
 

@@ -47,6 +47,17 @@ pub(crate) struct ListenerSettings {
 }
 
 impl ListenerSettings {
+    /// Sets the connections' TCP options (keepalive, user timeout, no
+    /// delay) on the listening socket: every connection it accepts inherits
+    /// them, with no system call of its own. A socket that refuses them is
+    /// served all the same: they only shorten how long a vanished client
+    /// goes unnoticed.
+    pub(crate) fn apply_to(&self, socket: &TcpListener) {
+        if let Err(error) = self.tcp.apply_to_listener(socket) {
+            warn!(listener = %self.name, %error, "TCP keepalive, user timeout or no-delay not set on the listening socket");
+        }
+    }
+
     pub(crate) fn new(listener: &config::Listener) -> ListenerSettings {
         ListenerSettings {
             name: listener.name.as_str().into(),
@@ -203,12 +214,6 @@ impl Acceptor {
                 _permit: Some(permit),
                 _open: proxy.stats.connection_opened(&settings.name),
             });
-            let _ = stream.set_nodelay(true);
-            // Only shortens how long a vanished client goes unnoticed: a
-            // socket that refuses it is served all the same.
-            if let Err(error) = settings.tcp.apply(&stream) {
-                debug!(%error, "TCP keepalive or user timeout not set");
-            }
             let peer_trusted = trusted.contains(peer.ip());
             let mut client = peer;
             if proxy_protocol {
@@ -260,5 +265,45 @@ impl Acceptor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use socket2::SockRef;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::config::TcpLiveness;
+
+    async fn accepted(listener: &TcpListener) -> TcpStream {
+        let address = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        accepted.unwrap().0
+    }
+
+    /// The options set once on the listening socket are on every
+    /// connection it accepts (Linux copies them), and a reload that turns
+    /// them off takes effect for the connections after it.
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_listening_sockets_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TcpLiveness::default().apply_to_listener(&listener).unwrap();
+        let stream = accepted(&listener).await;
+        let socket = SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(Duration::from_secs(60)));
+        assert!(socket.tcp_nodelay().unwrap());
+
+        TcpLiveness::OFF.apply_to_listener(&listener).unwrap();
+        let stream = accepted(&listener).await;
+        let socket = SockRef::from(&stream);
+        assert!(!socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_user_timeout().unwrap(), None);
+        assert!(socket.tcp_nodelay().unwrap());
     }
 }

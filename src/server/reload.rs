@@ -218,6 +218,7 @@ impl Running {
                 Plan::Keep(index, name, settings) => {
                     // Each index is planned once, so it is still there.
                     if let Some(mut listener) = old.get_mut(index).and_then(Option::take) {
+                        settings.apply_to(&listener.socket);
                         listener.settings.store(Arc::new(settings));
                         listener.name = name;
                         self.listeners.push(listener);

@@ -47,6 +47,7 @@ impl Running {
     pub(crate) fn start_listener(&mut self, listener: BoundListener) {
         let local_addr = listener.socket.local_addr().unwrap_or(listener.listen);
         info!(listener = %listener.name, address = %local_addr, "listening");
+        listener.settings.apply_to(&listener.socket);
         let settings = Arc::new(ArcSwap::from_pointee(listener.settings));
         let stop = self.stop.child_token();
         let acceptor = Acceptor {
