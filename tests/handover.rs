@@ -85,12 +85,7 @@ impl Upgradable {
     /// Sends SIGUSR1 to the process serving now (`pid`), and waits for the
     /// new process to serve: its pid.
     async fn upgrade(&self, pid: i32) -> i32 {
-        let outcome = |line: &Value| {
-            line["message"] == SERVES
-                || line["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("upgrade failed"))
-        };
+        let outcome = |line: &Value| line["message"] == SERVES || is_failed_upgrade(line);
         let before = self.wsgate.log_lines().iter().filter(|line| outcome(line)).count();
         // SAFETY: kill(2) on a process this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
@@ -107,6 +102,19 @@ impl Upgradable {
         );
         line["pid"].as_i64().expect("the new process's pid") as i32
     }
+}
+
+/// The line the running process logs when an upgrade fails.
+fn is_failed_upgrade(line: &Value) -> bool {
+    line["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("upgrade failed"))
+}
+
+/// The reason of the upgrade the running process logs as failed.
+async fn failed_upgrade(wsgate: &WsgateChild) -> String {
+    let failed = wsgate.wait_for_log("the failed upgrade", is_failed_upgrade).await;
+    failed["message"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Ends a process this test started indirectly (a binary upgrade's new
@@ -364,10 +372,8 @@ async fn tls_tunnels_are_told_1012_and_reconnect() {
     assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
     gone(old_pid).await;
     let (mut again, _) = wss_connect(tls_addr, "localhost", "/inspected", &certs).await;
-    again.send(Message::text("back")).await.unwrap();
-    assert_eq!(next_message(&mut again).await, Message::text("back"));
-    plain.send(Message::text("moved")).await.unwrap();
-    assert_eq!(next_message(&mut plain).await, Message::text("moved"));
+    assert_echo(&mut again, Message::text("back")).await;
+    assert_echo(&mut plain, Message::text("moved")).await;
     let line = &proxy.lines("upgraded: the new process serves")[0];
     assert_eq!(
         (line["moved"].as_u64(), line["stayed"].as_u64()),
@@ -388,34 +394,23 @@ async fn a_broken_binary_leaves_the_running_process_serving() {
 
     broken_binary(&proxy.binary);
     proxy.wsgate.signal(libc::SIGUSR1);
-    let failed = proxy
-        .wsgate
-        .wait_for_log("the failed upgrade", |line| {
-            line["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("upgrade failed"))
-        })
-        .await;
-    let why = failed["message"].as_str().unwrap();
+    let why = failed_upgrade(&proxy.wsgate).await;
     assert!(
         why.contains("exited before it took over") && why.contains("exit status: 3"),
         "{why}"
     );
     for ws in [&mut plain, &mut inspected] {
-        ws.send(Message::text("still here")).await.unwrap();
-        assert_eq!(next_message(ws).await, Message::text("still here"));
+        assert_echo(ws, Message::text("still here")).await;
     }
     let (mut fresh, _) = ws_connect(addr, "/plain", &[]).await;
-    fresh.send(Message::text("new")).await.unwrap();
-    assert_eq!(next_message(&mut fresh).await, Message::text("new"));
+    assert_echo(&mut fresh, Message::text("new")).await;
 
     stamped_binary(&proxy.binary, "second");
     let new_pid = proxy.upgrade(old_pid).await;
     let _serving = Serving(new_pid);
     gone(old_pid).await;
     for ws in [&mut plain, &mut inspected, &mut fresh] {
-        ws.send(Message::text("moved")).await.unwrap();
-        assert_eq!(next_message(ws).await, Message::text("moved"));
+        assert_echo(ws, Message::text("moved")).await;
     }
 }
 
@@ -435,17 +430,9 @@ async fn a_binary_that_does_not_understand_the_hand_over_refuses_it() {
     let (mut ws, _) = ws_connect(wsgate.addr("plain"), "/inspected", &[]).await;
     stamped_binary(&binary, "second");
     wsgate.signal(libc::SIGUSR1);
-    let failed = wsgate
-        .wait_for_log("the refused upgrade", |line| {
-            line["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("upgrade failed"))
-        })
-        .await;
-    let why = failed["message"].as_str().unwrap();
+    let why = failed_upgrade(&wsgate).await;
     assert!(why.contains("refused") && why.contains("protocol 999"), "{why}");
-    ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+    assert_echo(&mut ws, Message::text("still here")).await;
     wsgate.stop().await;
 }
 
@@ -644,8 +631,7 @@ async fn an_upgrade_right_behind_a_reload() {
     let _serving = Serving(new);
     gone(old).await;
     for ws in [&mut plain, &mut inspected] {
-        ws.send(Message::text("moved")).await.unwrap();
-        assert_eq!(next_message(ws).await, Message::text("moved"));
+        assert_echo(ws, Message::text("moved")).await;
     }
     let (mut fresh, _) = ws_connect(addr, "/plain", &[]).await;
     fresh.send(Message::text("new")).await.unwrap();
@@ -797,8 +783,7 @@ async fn moved_tunnels_keep_their_places_in_the_fleets_caps() {
         .await;
         assert_eq!(status().await, 429, "{instance}: the moved tunnels still count");
         for ws in &mut tunnels {
-            ws.send(Message::text("moved")).await.unwrap();
-            assert_eq!(next_message(ws).await, Message::text("moved"));
+            assert_echo(ws, Message::text("moved")).await;
         }
         close(tunnels.pop().unwrap()).await;
         let mut admitted = false;
@@ -852,8 +837,7 @@ async fn paced_tunnels_move_too() {
     let upgraded = &proxy.lines("upgraded: the new process serves")[0];
     assert_eq!(upgraded["moved"].as_u64(), Some(2), "{upgraded}");
     for ws in [&mut plain, &mut inspected] {
-        ws.send(Message::text("moved")).await.unwrap();
-        assert_eq!(next_message(ws).await, Message::text("moved"));
+        assert_echo(ws, Message::text("moved")).await;
     }
 }
 
@@ -875,19 +859,9 @@ async fn a_configuration_the_new_binary_refuses_leaves_the_running_process_servi
     .unwrap();
     stamped_binary(&proxy.binary, "second");
     proxy.wsgate.signal(libc::SIGUSR1);
-    let failed = proxy
-        .wsgate
-        .wait_for_log("the refused upgrade", |line| {
-            line["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("upgrade failed"))
-        })
-        .await;
-    let why = failed["message"].as_str().unwrap();
+    let why = failed_upgrade(&proxy.wsgate).await;
     assert!(why.contains("refused") && why.contains("problem(s) found"), "{why}");
-    inspected.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_message(&mut inspected).await, Message::text("still here"));
+    assert_echo(&mut inspected, Message::text("still here")).await;
     let (mut fresh, _) = ws_connect(addr, "/plain", &[]).await;
-    fresh.send(Message::text("new")).await.unwrap();
-    assert_eq!(next_message(&mut fresh).await, Message::text("new"));
+    assert_echo(&mut fresh, Message::text("new")).await;
 }

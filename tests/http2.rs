@@ -158,10 +158,8 @@ async fn a_websocket_over_h2_carries_text_binary_16_mib_and_pings_and_closes_fro
     assert_eq!(seen.header("host").as_deref(), Some(authority.as_str()));
     assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
 
-    ws.send(Message::text("hello over h2")).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::text("hello over h2"));
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::binary(vec![0u8, 1, 2, 255]));
+    assert_echo(&mut ws, Message::text("hello over h2")).await;
+    assert_echo(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
     let big: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
     within("send 16 MiB", ws.send(Message::binary(big.clone())))
         .await
@@ -283,8 +281,7 @@ async fn malformed_extended_connects_get_the_rfcs_answers() {
     let (response, ws) = client.websocket(&authority, "/", &[]).await;
     assert_eq!(response.status(), 200);
     let mut ws = ws.unwrap();
-    ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+    assert_echo(&mut ws, Message::text("still here")).await;
     proxy.stop().await;
 }
 
@@ -320,8 +317,7 @@ async fn an_inspected_websocket_over_h2_gets_1001_both_ways_at_shutdown() {
     let (response, ws) = client.websocket(&format!("localhost:{}", addr.port()), "/", &[]).await;
     assert_eq!(response.status(), 200);
     let mut ws = ws.unwrap();
-    ws.send(Message::text("inspected")).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::text("inspected"));
+    assert_echo(&mut ws, Message::text("inspected")).await;
     let stopping = tokio::spawn(proxy.stop());
     match next_message(&mut ws).await {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
@@ -372,14 +368,12 @@ async fn a_stream_reset_by_the_client_ends_its_tunnel_only() {
     let (_, gone) = client.websocket(&authority, "/", &[]).await;
     let (_, stays) = client.websocket(&authority, "/", &[]).await;
     let (mut gone, mut stays) = (gone.unwrap(), stays.unwrap());
-    gone.send(Message::text("first")).await.unwrap();
-    assert_eq!(next_message(&mut gone).await, Message::text("first"));
+    assert_echo(&mut gone, Message::text("first")).await;
     // Dropped without a close frame: its stream is reset (RST_STREAM).
     drop(gone);
     let (code, _) = backend.wait_close().await;
     assert_eq!(code, 1001, "the backend is told the client went away");
-    stays.send(Message::text("still open")).await.unwrap();
-    assert_eq!(next_message(&mut stays).await, Message::text("still open"));
+    assert_echo(&mut stays, Message::text("still open")).await;
     proxy.stop().await;
 }
 
@@ -399,8 +393,7 @@ async fn an_idle_h2_connection_is_closed_but_not_while_a_websocket_is_open() {
     // Twice the idle timeout with the WebSocket open and silent: still served.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(!client.task.is_finished(), "an open WebSocket keeps its connection");
-    ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+    assert_echo(&mut ws, Message::text("still here")).await;
     ws.send(Message::Close(None)).await.unwrap();
     assert!(matches!(next_message(&mut ws).await, Message::Close(_)));
     drop(ws);
@@ -490,8 +483,7 @@ async fn a_client_that_stops_reading_one_stream_holds_back_only_that_stream() {
     let held = sent.load(Ordering::Relaxed);
     assert!(held < MESSAGES, "the sender is held back ({held} of {MESSAGES} sent)");
     for i in 0..20 {
-        other.send(Message::text(format!("other {i}"))).await.unwrap();
-        assert_eq!(next_message(&mut other).await, Message::text(format!("other {i}")));
+        assert_echo(&mut other, Message::text(format!("other {i}"))).await;
     }
     // Reading again: every echo, in order, and the sender finishes.
     for n in 0..MESSAGES {
@@ -529,15 +521,13 @@ async fn a_lost_backend_gets_an_inspected_h2_websocket_1011() {
     let mut ws = ws.expect("a WebSocket to the backend that goes");
     let (_, other) = client.websocket(&authority, "/", &[]).await;
     let mut other = other.expect("a WebSocket to the echo backend");
-    ws.send(Message::text("before")).await.unwrap();
-    assert_eq!(next_message(&mut ws).await, Message::text("before"));
+    assert_echo(&mut ws, Message::text("before")).await;
     drop(lost); // ends its connection without a close frame
     assert_eq!(
         next_message(&mut ws).await,
         close_message(1011, "backend connection lost")
     );
-    other.send(Message::text("still here")).await.unwrap();
-    assert_eq!(next_message(&mut other).await, Message::text("still here"));
+    assert_echo(&mut other, Message::text("still here")).await;
     proxy.stop().await;
 }
 

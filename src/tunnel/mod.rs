@@ -7,31 +7,43 @@
 //! word to it, so that word is not lost to a reset.
 
 /// `AsyncWrite` for a wrapper that changes only how its stream is read
-/// (a field `io`): writes, flushes and shutdowns go straight through.
+/// (a field `io`): writes, flushes and shutdowns go straight through. Also
+/// used by the HTTP/2 stream a WebSocket rides on (`proxy::websocket`).
 macro_rules! write_through {
+    // The three methods, for either form below.
+    (@methods) => {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        }
+    };
+    // A wrapper generic over its stream (`Prefixed<T>`).
     ($wrapper:ident) => {
         impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<T> {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                data: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, data)
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
-            }
-
-            fn poll_shutdown(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-            }
+            $crate::tunnel::write_through!(@methods);
+        }
+    };
+    // A wrapper around one stream type.
+    (concrete $wrapper:ty) => {
+        impl tokio::io::AsyncWrite for $wrapper {
+            $crate::tunnel::write_through!(@methods);
         }
     };
 }

@@ -26,7 +26,7 @@ use crate::tunnel::drain::DrainSignal;
 use crate::tunnel::halves::{LetGo, Movable};
 use crate::tunnel::identity::Identity;
 use crate::tunnel::relocate::moved::{MovedSocket, MovedState};
-use crate::tunnel::relocate::{MovedTunnel, Opening, Relocation};
+use crate::tunnel::relocate::{MovedTunnel, Relocation, Undecided};
 
 /// After one direction ended, how long the other gets to deliver its close
 /// when no close handshake is under way.
@@ -125,7 +125,7 @@ struct Stopped<CR, CW, BR, BW> {
     identity: Identity,
     relocation: Arc<Relocation>,
     /// The two directions' places as undecided, until the tunnel went.
-    moving: [Option<Opening>; 2],
+    moving: [Option<Undecided>; 2],
 }
 
 /// The tunnel's two pumps, until they end (`None`) or stop together to move.

@@ -71,9 +71,9 @@ impl Relocation {
 
     /// Counts a tunnel as opening until the guard is dropped (it started,
     /// with a ticket or without, or it failed).
-    pub fn opening(self: &Arc<Self>) -> Opening {
+    pub fn opening(self: &Arc<Self>) -> Undecided {
         self.opening.fetch_add(1, Ordering::Relaxed);
-        Opening {
+        Undecided {
             relocation: self.clone(),
         }
     }
@@ -98,11 +98,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A tunnel on its way from admission to its start ([`Relocation::opening`]).
-pub struct Opening {
+pub struct Undecided {
     relocation: Arc<Relocation>,
 }
 
-impl Drop for Opening {
+impl Drop for Undecided {
     fn drop(&mut self) {
         self.relocation.opening.fetch_sub(1, Ordering::Relaxed);
     }
@@ -141,11 +141,6 @@ impl Ticket {
         }
     }
 
-    /// Whether an upgrade is asking now (without registering).
-    pub fn asked(&self) -> bool {
-        self.relocation.asked.load(Ordering::Acquire)
-    }
-
     pub fn relocation(&self) -> &Arc<Relocation> {
         &self.relocation
     }
@@ -153,7 +148,7 @@ impl Ticket {
     /// The tunnel stopped to move: it leaves the list, and is counted as
     /// undecided until the returned guard goes (once it was handed over,
     /// or went on here), so an upgrade does not end while it is on its way.
-    pub fn moving(self) -> Opening {
+    pub fn moving(self) -> Undecided {
         self.relocation.opening()
     }
 }
@@ -185,10 +180,13 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
-        assert!(ticket.asked());
         drop(ticket);
         assert_eq!(relocation.waiting(), 0);
         relocation.stop();
-        assert!(!relocation.ticket().asked());
+        let mut fresh = relocation.ticket();
+        assert!(
+            poll_fn(|cx| Poll::Ready(fresh.poll_asked(cx).is_pending())).await,
+            "not asked once the upgrade is over"
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
 use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
-use crate::tunnel::relocate::{Opening, Ticket};
+use crate::tunnel::relocate::{Ticket, Undecided};
 use crate::ws::close;
 use crate::ws::frame::{self, Event, FrameReader, OpCode, Violation};
 
@@ -52,7 +52,7 @@ pub(super) struct Parked<R, W> {
     pub(super) dst: W,
     pub(super) saved: SavedPump,
     /// Keeps the upgrade waiting until the tunnel has gone (or stayed).
-    pub(super) moving: Option<Opening>,
+    pub(super) moving: Option<Undecided>,
 }
 
 /// One read, as a poll, into a buffer lent for it behind the `held` bytes;

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::super::saved::SavedPump;
 use super::{Parked, Pump, PumpEnd};
-use crate::tunnel::relocate::Opening;
+use crate::tunnel::relocate::Undecided;
 
 /// What became of a direction that parked.
 pub(super) enum Parking {
@@ -66,7 +66,7 @@ where
     }
 
     /// Hands the halves and the state of a parked pump to the tunnel.
-    pub(super) fn parked(self, held: &[u8], moving: Option<Opening>) -> PumpEnd<R, W> {
+    pub(super) fn parked(self, held: &[u8], moving: Option<Undecided>) -> PumpEnd<R, W> {
         let Pump {
             src,
             dst,
