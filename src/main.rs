@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     // The proxy logs its traffic as its configuration says, once loaded
     // (see `run`); the one-shot tools only their problems.
     if !matches!(cli.command, None | Some(Command::Demo { .. })) {
-        init_logging(LogFormat::Text, "warn");
+        init_logging(LogFormat::Text, "warn", Writer::Direct);
     }
     // Started by a running wsgate to take over from it (a binary upgrade).
     let inherited = match cli.command {
@@ -147,6 +147,7 @@ fn main() -> ExitCode {
     };
     // Don't wait for a blocking read of standard input the client no longer needs.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    wsgate::telemetry::log_writer::finish();
     code
 }
 
@@ -206,7 +207,7 @@ async fn run(
         }
     };
     // Read once: a reload does not change how or what is logged.
-    init_logging(config.global.log_format, &config.global.log_filter);
+    init_logging(config.global.log_format, &config.global.log_filter, Writer::Buffered);
     tracing::info!(version = version::version(), "wsgate starting");
     // Taking over from a running wsgate: its listeners, then its tunnels.
     let (predecessor, passed, admin) = match predecessor {
@@ -271,6 +272,8 @@ async fn run(
         true => None,
     };
     if demo_backend.is_some() {
+        // After the lines logged so far, not before them.
+        wsgate::telemetry::log_writer::flush();
         for listener in &config.listeners {
             if let Some(address) = server.local_addr(&listener.name) {
                 let scheme = if listener.tls.is_some() { "https" } else { "http" };
@@ -400,13 +403,31 @@ fn shutdown_signal() -> impl Future<Output = DrainClose> + Send + 'static {
     }
 }
 
+/// How log lines reach standard error.
+enum Writer {
+    /// Each line written by whoever logs it: the one-shot tools, whose
+    /// lines interleave with what they print themselves.
+    Direct,
+    /// Through the log writer's thread: the proxy, whose workers must not
+    /// wait on standard error (`telemetry::log_writer`).
+    Buffered,
+}
+
 /// Logs to standard error in `format`, filtered by `WSGATE_LOG` when it is
 /// set (and valid), else by `filter`.
-fn init_logging(format: LogFormat, filter: &str) {
+fn init_logging(format: LogFormat, filter: &str, writer: Writer) {
+    match writer {
+        Writer::Direct => install_logging(format, filter, std::io::stderr),
+        Writer::Buffered => install_logging(format, filter, wsgate::telemetry::log_writer::start()),
+    }
+}
+
+fn install_logging<W>(format: LogFormat, filter: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
@@ -414,6 +435,7 @@ fn init_logging(format: LogFormat, filter: &str) {
 }
 
 fn fail(error: impl std::fmt::Display) -> ExitCode {
+    wsgate::telemetry::log_writer::flush();
     eprintln!("wsgate: {error}");
     ExitCode::FAILURE
 }

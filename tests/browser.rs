@@ -71,10 +71,11 @@ async fn chromium_loads_a_page_over_https_and_echoes_over_a_websocket_through_ws
     };
     let done = wsgate.wait_for_log("the page's report", request_to("/done")).await;
     let page = wsgate.wait_for_log("the page's request", request_to("/")).await;
-    let tunnel = wsgate
-        .wait_for_log("the socket's tunnel", |line| line["message"] == "tunnel open")
-        .await;
+    // The tunnel's line is written when it closes: the browser's end closes it.
     let _ = browser.kill().await;
+    let tunnel = wsgate
+        .wait_for_log("the socket's tunnel", |line| line["message"] == "tunnel closed")
+        .await;
     let reported = backend
         .requests()
         .into_iter()

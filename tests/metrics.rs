@@ -463,11 +463,9 @@ async fn the_binary_logs_json_lines() {
     assert_eq!(request["bytes"], "backend GET /x".len());
     assert_eq!(request["span"]["route"], "all");
 
-    // A tunnel: its open and closing lines carry the connection's fields
-    // themselves (no span lives as long as the tunnel at info).
-    let (mut ws, _) = ws_connect(addr, "/", &[]).await;
-    let open = line("the tunnel open line", "tunnel open").await;
-    assert_eq!(open["route"], "all", "{open}");
+    // A tunnel: one line, when it closes, carrying the connection's and
+    // the handshake's fields itself (no span lives as long as the tunnel at info).
+    let (mut ws, _) = ws_connect(addr, "/chat?token=secret", &[]).await;
     assert_echo(&mut ws, Message::text("over json")).await;
     send(&mut ws, close_message(1000, "done")).await;
     drain(ws).await;
@@ -483,6 +481,19 @@ async fn the_binary_logs_json_lines() {
     assert!(closed["from_client"].as_u64().unwrap() > 0, "{closed}");
     assert!(closed["from_backend"].as_u64().unwrap() > 0, "{closed}");
     assert_eq!(closed["ended_by"], "peers");
+    assert_eq!(closed["path"], "/chat", "the path without its query: {closed}");
+    assert_eq!(closed["protocol"], "http/1.1");
+    assert_eq!(closed["attempts"], 1);
+    assert!(closed["handshake_ms"].as_u64().is_some(), "{closed}");
+    let upgrade_lines: Vec<_> = wsgate
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "tunnel open" || (l["message"] == "request" && l["path"] == "/chat"))
+        .collect();
+    assert!(
+        upgrade_lines.is_empty(),
+        "one line per tunnel at info: {upgrade_lines:?}"
+    );
 
     let log = wsgate.log();
     wsgate.stop().await;

@@ -38,6 +38,7 @@ pub fn stop_at_once_on_second_signal() {
             _ = terminate.recv() => ("SIGTERM", libc::SIGTERM),
         };
         tracing::warn!(signal = name, "second {name}: stopping now, open connections are cut");
+        crate::telemetry::log_writer::flush();
         std::process::exit(128 + number);
     });
 }

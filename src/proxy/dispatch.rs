@@ -9,7 +9,7 @@ use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tracing::{info, Span};
+use tracing::{debug, info, Span};
 
 use super::connection::ConnectionInfo;
 use super::headers::{self, Forwarded};
@@ -30,7 +30,7 @@ impl Proxy {
         let protocol = protocol_name(request.version());
         self.stats.metrics().request(&info.listener, protocol, upgrade);
         let mut matched = None;
-        let ctx = self.context(info, request.headers());
+        let ctx = self.context(info, request.headers(), started);
         let result = self.dispatch(request, &ctx, upgrade, &mut matched).await;
         let route = matched
             .and_then(|index| self.routes.get(index))
@@ -72,7 +72,17 @@ impl Proxy {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if upgrade {
+        if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The tunnel's one line, when it closes, says it all (`tunnel closed`).
+            debug!(
+                %method,
+                %path,
+                protocol,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "upgraded"
+            );
+            response
+        } else if upgrade {
             info!(
                 %method,
                 %path,

@@ -45,6 +45,8 @@ struct RequestContext<'a> {
     client: std::net::IpAddr,
     key: ClientKey,
     via_trusted: Option<std::net::IpAddr>,
+    /// When the request arrived: a tunnel's line says how long its handshake took.
+    started: std::time::Instant,
 }
 
 /// What every request needs: routes, upstream pools, settings, and the
@@ -142,7 +144,12 @@ impl Proxy {
 
     /// Who sent this request, decided once per request: a trusted proxy's
     /// keep-alive connection carries requests of many clients.
-    fn context<'a>(&self, info: &'a ConnectionInfo, headers: &http::HeaderMap) -> RequestContext<'a> {
+    fn context<'a>(
+        &self,
+        info: &'a ConnectionInfo,
+        headers: &http::HeaderMap,
+        started: std::time::Instant,
+    ) -> RequestContext<'a> {
         let (client, via_trusted) = match &info.forwarded_by {
             Some(trusted) => (
                 real_ip::client_from_headers(info.peer.ip(), headers, trusted),
@@ -155,6 +162,7 @@ impl Proxy {
             client,
             key: ClientKey::new(client, self.global.ipv6_client_prefix),
             via_trusted,
+            started,
         }
     }
 }

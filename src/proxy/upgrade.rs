@@ -116,6 +116,9 @@ impl Proxy {
                 .map(Into::into),
             inspected: route.inspect.is_some(),
             protocol,
+            path: Some(request.uri().path().into()),
+            handshake_ms: Some(u32::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u32::MAX)),
+            attempts: Some(attempts),
         };
         let span = identity.debug_span();
         let metrics = self.stats.metrics().clone();
@@ -135,7 +138,7 @@ impl Proxy {
             let client = client_upgrade.await;
             let _started = undecided;
             let client = client?;
-            tunnel::identity::tunnel_info!(&identity, "tunnel open");
+            tunnel::identity::tunnel_event!(tracing::Level::DEBUG, &identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
             let client = client_end(client).paced(client_bytes);
             let backend = halves::backend(backend_stream, backend_rest);

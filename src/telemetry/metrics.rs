@@ -185,6 +185,8 @@ struct Inner {
     cluster_latency: HistogramFamily<ClusterOpLabels>,
     cluster_unreachable: Gauge,
     upgrade_tunnels: Family<OutcomeLabels, Counter>,
+    /// Read from the log writer at each scrape.
+    log_lines_dropped: Counter,
     /// One scrape at a time: the server gauges are rebuilt from the pools
     /// right before encoding, and a second scrape must not see them half-built.
     scrape: Mutex<()>,
@@ -350,6 +352,12 @@ impl Metrics {
             "Tunnels at the binary upgrade that started this process: moved here, or stayed in the old process to drain",
             upgrade_tunnels.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because standard error was not read fast enough (the log writer's buffer was full)",
+            log_lines_dropped.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -376,6 +384,7 @@ impl Metrics {
                 cluster_latency,
                 cluster_unreachable,
                 upgrade_tunnels,
+                log_lines_dropped,
                 scrape: Mutex::new(()),
             }),
         }
@@ -533,6 +542,8 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refresh_servers(pools);
         self.remove_unconfigured();
+        let dropped = &self.inner.log_lines_dropped;
+        dropped.inc_by(super::log_writer::dropped().saturating_sub(dropped.get()));
         let mut text = String::new();
         // Writing to a String cannot fail, and every metric here encodes.
         let _ = prometheus_text::encode(&mut text, &self.inner.registry);
@@ -842,6 +853,9 @@ mod tests {
             subprotocol: None,
             inspected: true,
             protocol: "http/1.1",
+            path: None,
+            handshake_ms: None,
+            attempts: None,
         });
         let text = metrics.encode(&[]);
         assert!(

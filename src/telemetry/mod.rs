@@ -2,9 +2,10 @@
 //! the admin listener that serves them with health and readiness
 //! (served by the admin listener, `crate::server::admin`), the counters
 //! behind them ([`stats`]), and the access log of plain HTTP requests
-//! ([`access`]).
+//! ([`access`]), and the writer every log line goes through ([`log_writer`]).
 
 pub mod access;
+pub mod log_writer;
 pub mod metrics;
 pub mod stats;
 

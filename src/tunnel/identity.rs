@@ -1,5 +1,6 @@
-//! What a tunnel's `tunnel open` and `tunnel closed` lines say about it:
-//! the connection's facts, kept with the tunnel rather than in a span.
+//! What a tunnel's `tunnel closed` line (its one line in the access log)
+//! says about it: the connection's and the handshake's facts, kept with the
+//! tunnel rather than in a span.
 //!
 //! A span that lives as long as its tunnel holds a slot in the log
 //! registry the whole time; with thousands of tunnels those slots are
@@ -26,6 +27,14 @@ pub struct Identity {
     pub inspected: bool,
     /// What the client spoke: `http/1.1` (an upgrade) or `h2` (an extended CONNECT).
     pub protocol: &'static str,
+    /// The request's path (without the query, which may carry secrets).
+    /// `None` for a tunnel moved by a binary upgrade: the handshake's facts
+    /// stay with the process that answered it.
+    pub path: Option<Box<str>>,
+    /// From the request's arrival to the backend's 101, in milliseconds.
+    pub handshake_ms: Option<u32>,
+    /// Servers tried for the handshake (1 when the first answered).
+    pub attempts: Option<u32>,
 }
 
 /// The client as the logs name it.
@@ -60,17 +69,20 @@ impl Identity {
             server = &*self.server,
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
             inspected = self.inspected,
-            protocol = self.protocol
+            protocol = self.protocol,
+            path = self.path.as_deref()
         )
     }
 }
 
-/// An `info` line about a tunnel: its [`Identity`]'s fields, then the
-/// line's own fields and message, as `tracing::info!` takes them.
-macro_rules! tunnel_info {
-    ($identity:expr, $($fields_and_message:tt)+) => {{
+/// A line about a tunnel at `level` (`info` for its access log line): its
+/// [`Identity`]'s fields, then the line's own fields and message, as
+/// `tracing::event!` takes them.
+macro_rules! tunnel_event {
+    ($level:expr, $identity:expr, $($fields_and_message:tt)+) => {{
         let identity: &$crate::tunnel::Identity = $identity;
-        ::tracing::info!(
+        ::tracing::event!(
+            $level,
             client = %identity.client,
             listener = &*identity.listener,
             route = &*identity.route,
@@ -79,8 +91,11 @@ macro_rules! tunnel_info {
             subprotocol = identity.subprotocol.as_deref().unwrap_or(""),
             inspected = identity.inspected,
             protocol = identity.protocol,
+            path = identity.path.as_deref(),
+            handshake_ms = identity.handshake_ms,
+            attempts = identity.attempts,
             $($fields_and_message)+
         )
     }};
 }
-pub(crate) use tunnel_info;
+pub(crate) use tunnel_event;

@@ -67,7 +67,7 @@ use std::time::Instant;
 
 use copy::Copy;
 use halves::{Movable, Side};
-use identity::tunnel_info;
+use identity::tunnel_event;
 pub use identity::Identity;
 use relocate::moved::{MovedSocket, MovedState};
 use relocate::{MovedTunnel, Ticket};
@@ -217,7 +217,8 @@ impl Splice {
             }
             Some(_) => "error",
         };
-        tunnel_info!(
+        tunnel_event!(
+            tracing::Level::INFO,
             &self.identity,
             from_client = bytes[CLIENT_TO_BACKEND],
             from_backend = bytes[BACKEND_TO_CLIENT],

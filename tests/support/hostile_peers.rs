@@ -286,6 +286,11 @@ impl WsgateChild {
         self.dir.path().join("wsgate.log")
     }
 
+    /// Standard error, when the launch piped it (instead of the log file).
+    pub fn take_stderr(&mut self) -> tokio::process::ChildStderr {
+        self.child.stderr.take().expect("standard error piped by the launch")
+    }
+
     /// The log so far, as written.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

@@ -16,7 +16,7 @@ use crate::config::Inspect;
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
 use crate::tunnel::drain::DrainClose;
-use crate::tunnel::identity::{tunnel_info, Identity};
+use crate::tunnel::identity::{tunnel_event, Identity};
 use crate::ws::frame::Violation;
 
 /// A side of the tunnel.
@@ -336,7 +336,8 @@ pub(super) fn log_end(shared: &Shared) {
     let frames = [load(&shared.frames, Side::Client), load(&shared.frames, Side::Backend)];
     let sent = |side: Side| state.close_sent[side.index()];
     let duration = shared.started.elapsed();
-    tunnel_info!(
+    tunnel_event!(
+        tracing::Level::INFO,
         &shared.identity,
         from_client = bytes[CLIENT_TO_BACKEND],
         from_backend = bytes[BACKEND_TO_CLIENT],

@@ -156,6 +156,10 @@ fn read_identity(input: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
             "h2" => "h2",
             _ => return Err(SnapshotError("unknown protocol")),
         },
+        // Not moved: hand-over protocol 1 does not carry them.
+        path: None,
+        handshake_ms: None,
+        attempts: None,
     })
 }
 
