@@ -19,6 +19,25 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A request's body as it is forwarded: hyper's, streamed on; none for a
+/// request read without hyper (an upgrade on the fast path, which never
+/// has one).
+pub trait RequestBody: Send + 'static {
+    fn into_proxy_body(self) -> ProxyBody;
+}
+
+impl RequestBody for hyper::body::Incoming {
+    fn into_proxy_body(self) -> ProxyBody {
+        self.boxed()
+    }
+}
+
+impl RequestBody for () {
+    fn into_proxy_body(self) -> ProxyBody {
+        empty()
+    }
+}
+
 /// A short plain-text response.
 pub fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(body));

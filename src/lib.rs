@@ -26,9 +26,11 @@
 //!   cap ([`tls`] builds the rustls configurations); it runs until shutdown,
 //!   reloading the configuration on request, with housekeeping and the admin
 //!   listener beside it.
-//! - [`proxy`] serves a client connection with hyper: the framing guard
-//!   refuses smuggling shapes below it (or with HTTP/2, each stream is a
-//!   request), each request is routed and either
+//! - [`proxy`] serves a client connection: a first request that is a whole
+//!   WebSocket upgrade is answered without hyper (the heads through
+//!   [`http1`]); anything else is hyper's, with the framing guard refusing
+//!   smuggling shapes below it (or with HTTP/2, each stream is a request).
+//!   Each request is routed and either
 //!   forwarded as HTTP or, as an upgrade, turned into a tunnel. The code
 //!   that wraps the client's stream and the code that unwraps it for the
 //!   tunnel sit together in `proxy::connection`.
@@ -57,6 +59,8 @@
 //!
 //! Vocabulary that several stages share lives below all of them, so that no
 //! stage imports another for it: [`body`] (the response body type),
+//! [`http1`] (request and response heads read and written without hyper,
+//! for the handshake's two hops),
 //! [`refusal`] (why a client was turned away), [`snapshot`] (the binary
 //! layout a tunnel is written down in for a hand-over) and [`error`]
 //! (every failure, and the one place that says what it means: status,
@@ -68,6 +72,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod http1;
 pub mod lifecycle;
 pub mod proxy;
 pub mod refusal;

@@ -16,11 +16,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream as ServerTlsStream;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +31,12 @@ use super::framing::FramingGuard;
 use super::http2;
 use super::real_ip::TrustedProxies;
 use super::Proxy;
+use crate::http1;
 use crate::refusal::RefusalReason;
 use crate::telemetry::stats::OpenConnection;
 use crate::tunnel::halves::{Prefixed, Side};
 use crate::tunnel::linger;
+use crate::ws::handshake;
 
 /// Where a connection came from.
 #[derive(Clone)]
@@ -61,49 +64,54 @@ pub struct ConnectionSlot {
 }
 
 /// The streams a listener hands to [`serve_connection`]: plain TCP, or TLS
-/// over it. Each has its way back out of hyper's box in [`unwrap`], and its
-/// way of telling that the client speaks HTTP/2.
+/// over it. Each has its way of telling that the client speaks HTTP/2, and
+/// its way into a tunnel's client side.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether the client speaks HTTP/2 on this connection.
-    fn speaks_http2(&self) -> impl std::future::Future<Output = io::Result<bool>> + Send;
+    /// Whether the client speaks HTTP/2, given the first bytes it sent;
+    /// `None` while those bytes could still begin either protocol.
+    fn speaks_http2(&self, first: &[u8]) -> Option<bool>;
+
+    /// The client's side of a tunnel, `rest` (read past the handshake) first.
+    fn into_side(self, rest: Bytes) -> Side;
 }
 
 impl ClientStream for TcpStream {
     /// Prior knowledge (RFC 9113 §3.3): the connection opens with the
     /// HTTP/2 preface, which no HTTP/1.1 request line can (`PRI` is a
-    /// method reserved for it, RFC 9113 §11.6). Peeked, not read: either
-    /// protocol's server reads the bytes itself.
-    async fn speaks_http2(&self) -> io::Result<bool> {
-        let mut start = [0; http2::PREFACE.len()];
-        loop {
-            let peeked = self.peek(&mut start).await?;
-            if peeked == 0 || start[..peeked] != http2::PREFACE[..peeked] {
-                return Ok(false);
-            }
-            if peeked == start.len() {
-                return Ok(true);
-            }
-            // The preface cut across segments (clients send it in one
-            // write): a peek returns at once while any byte waits, so wait
-            // a moment for the rest. Bounded by the handshake timeout.
-            tokio::time::sleep(PREFACE_RETRY).await;
+    /// method reserved for it, RFC 9113 §11.6).
+    fn speaks_http2(&self, first: &[u8]) -> Option<bool> {
+        let preface = http2::PREFACE;
+        match first.len() >= preface.len() {
+            true => Some(first.starts_with(preface)),
+            false if preface.starts_with(first) => None,
+            false => Some(false),
         }
+    }
+
+    /// Spliced as itself, without a lock or a box.
+    fn into_side(self, rest: Bytes) -> Side {
+        Side::Tcp(Prefixed::new(rest, self))
     }
 }
 
 impl ClientStream for ServerTlsStream<TcpStream> {
     /// ALPN chose `h2` (RFC 9113 §3.2); offered only when the listener has HTTP/2 on.
-    async fn speaks_http2(&self) -> io::Result<bool> {
-        Ok(self.get_ref().1.alpn_protocol() == Some(http2::ALPN))
+    fn speaks_http2(&self, _first: &[u8]) -> Option<bool> {
+        Some(self.get_ref().1.alpn_protocol() == Some(http2::ALPN))
+    }
+
+    fn into_side(self, rest: Bytes) -> Side {
+        Side::Other(Box::new(Prefixed::new(rest, self)))
     }
 }
 
-/// How long to wait before looking again at a preface that arrived cut short.
-const PREFACE_RETRY: Duration = Duration::from_millis(5);
+/// How much the first read of a connection takes: a WebSocket upgrade's
+/// head fits many times over, and a head it cuts short goes to hyper.
+const FIRST_READ: usize = 4096;
 
-/// What hyper reads and writes: the client's stream behind the framing
-/// guard, read out before it closes.
-type Wrapped<IO> = TokioIo<FramingGuard<Lingering<IO>>>;
+/// What hyper reads and writes: the client's stream (after the bytes of
+/// its first read) behind the framing guard, read out before it closes.
+type Wrapped<IO> = TokioIo<FramingGuard<Lingering<Prefixed<IO>>>>;
 
 /// Serves HTTP/1.1, or HTTP/2 when `http2` is on and the client speaks it
 /// (`ClientStream::speaks_http2`), on `io` until the client leaves or
@@ -114,13 +122,16 @@ type Wrapped<IO> = TokioIo<FramingGuard<Lingering<IO>>>;
 /// Each request is served by the configuration current when it arrives, so
 /// a keep-alive connection follows a reload.
 ///
-/// The protocol is decided here rather than by hyper-util's auto builder,
-/// which reads the first bytes into a wrapper of its own: the framing guard
-/// belongs under HTTP/1.1 alone, and an HTTP/1.1 tunnel's stream must come
-/// back out of hyper by its exact type (`unwrap`).
+/// The first read decides: the HTTP/2 preface, a whole WebSocket upgrade
+/// (answered here without hyper: [`serve_upgrade`]), or anything else
+/// (hyper's, with the bytes read so far handed to it first). The protocol
+/// is decided here rather than by hyper-util's auto builder, which reads
+/// the first bytes into a wrapper of its own: the framing guard belongs
+/// under HTTP/1.1 alone, and an HTTP/1.1 tunnel's stream must come back out
+/// of hyper by its exact type (`unwrap`).
 pub async fn serve_connection<IO>(
     current: Arc<ArcSwap<Proxy>>,
-    io: IO,
+    mut io: IO,
     info: ConnectionInfo,
     header_timeout: std::time::Duration,
     http2: Option<crate::config::Http2>,
@@ -128,38 +139,44 @@ pub async fn serve_connection<IO>(
 ) where
     IO: ClientStream,
 {
-    if let Some(settings) = http2 {
-        let started = tokio::time::Instant::now();
-        match tokio::time::timeout(header_timeout, io.speaks_http2()).await {
-            Ok(Ok(true)) => {
-                let left = header_timeout.saturating_sub(started.elapsed());
-                let io = Lingering::new(io, info.slot.clone());
-                let stats = current.load().stats.clone();
-                let max_header_list_size = settings.max_header_list_size.unwrap_or_else(|| {
-                    u32::try_from(current.load().global.max_request_header_size).unwrap_or(u32::MAX)
-                });
-                let handle = move |request| {
-                    let proxy = current.load_full();
-                    let info = info.clone();
-                    async move { proxy.handle(request, &info).instrument(request_span()).await }
-                };
-                let unserved = http2::serve(io, handle, left, settings, max_header_list_size, shutdown).await;
-                if unserved {
-                    stats.count_refusal(RefusalReason::HandshakeTimeout);
-                    debug!("no HTTP/2 request within the handshake timeout");
-                }
-                return;
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(error)) => return debug!(%error, "client connection ended with an error"),
-            Err(_) => {
-                current.load().stats.count_refusal(RefusalReason::HandshakeTimeout);
-                return debug!("nothing sent within the handshake timeout");
-            }
+    let started = tokio::time::Instant::now();
+    let mut first = BytesMut::with_capacity(FIRST_READ);
+    match tokio::time::timeout(header_timeout, read_first(&mut io, &mut first, http2.is_some())).await {
+        Ok(Ok(())) if first.is_empty() => return,
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return debug!(%error, "client connection ended with an error"),
+        Err(_) => {
+            current.load().stats.count_refusal(RefusalReason::HandshakeTimeout);
+            return debug!("nothing sent within the handshake timeout");
         }
     }
-    let first = current.load_full();
-    let io = Lingering::new(io, info.slot.clone());
+    if let Some(settings) = http2.filter(|_| io.speaks_http2(&first) == Some(true)) {
+        let left = header_timeout.saturating_sub(started.elapsed());
+        let io = Lingering::new(Prefixed::holding(first.freeze(), io), info.slot.clone());
+        let stats = current.load().stats.clone();
+        let max_header_list_size = settings
+            .max_header_list_size
+            .unwrap_or_else(|| u32::try_from(current.load().global.max_request_header_size).unwrap_or(u32::MAX));
+        let handle = move |request| {
+            let proxy = current.load_full();
+            let info = info.clone();
+            async move { proxy.handle(request, &info, None).instrument(request_span()).await }
+        };
+        let unserved = http2::serve(io, handle, left, settings, max_header_list_size, shutdown).await;
+        if unserved {
+            stats.count_refusal(RefusalReason::HandshakeTimeout);
+            debug!("no HTTP/2 request within the handshake timeout");
+        }
+        return;
+    }
+    if let Some((request, head)) = http1::parse_bodiless_get(&first) {
+        if handshake::wants_websocket(request.headers()) {
+            let rest = first.split_off(head).freeze();
+            return serve_upgrade(current.load_full(), io, request, rest, info).await;
+        }
+    }
+    let first_proxy = current.load_full();
+    let io = Lingering::new(Prefixed::holding(first.freeze(), io), info.slot.clone());
     // An upgrade under way: hyper answers every request after a graceful
     // shutdown with `Connection: close`, which would turn its 101 into a
     // broken handshake, so shutdown waits for it (`upgrading` is cleared
@@ -174,7 +191,7 @@ pub async fn serve_connection<IO>(
             upgrading.send_replace(true);
         }
         async move {
-            let answer = proxy.handle(request, &info).instrument(request_span()).await;
+            let answer = proxy.handle(request, &info, None).instrument(request_span()).await;
             if answer.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrading.send_replace(false);
             }
@@ -184,7 +201,7 @@ pub async fn serve_connection<IO>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_header_size(first.global.max_request_header_size)
+        .max_header_size(first_proxy.global.max_request_header_size)
         // A client's end of stream while its request is answered does not
         // cut the answer short: a client may half-close after its request,
         // and the framing guard ends the stream behind the last request it
@@ -192,7 +209,7 @@ pub async fn serve_connection<IO>(
         // answers pipelined requests one by one).
         .half_close(true)
         .serve_connection(
-            Wrapped::new(FramingGuard::new(io, first.global.max_request_header_size)),
+            Wrapped::new(FramingGuard::new(io, first_proxy.global.max_request_header_size)),
             service,
         )
         .with_upgrades();
@@ -215,7 +232,7 @@ pub async fn serve_connection<IO>(
     };
     match result {
         Err(error) if error.is_timeout() => {
-            first.stats.count_refusal(RefusalReason::HandshakeTimeout);
+            first_proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
             debug!("request headers not complete within the handshake timeout");
         }
         Err(error) => debug!(%error, "client connection ended with an error"),
@@ -240,31 +257,86 @@ fn request_span() -> tracing::Span {
 /// handshake handed out first.
 pub(super) fn unwrap(upgraded: Upgraded) -> Side {
     let upgraded = match upgraded.downcast::<Wrapped<TcpStream>>() {
-        Ok(parts) => {
-            let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
-            return Side::Tcp(Prefixed::new(prefix, io.into_inner()));
-        }
+        Ok(parts) => return unguarded(parts.read_buf, parts.io.into_inner()),
         Err(upgraded) => upgraded,
     };
     match upgraded.downcast::<Wrapped<ServerTlsStream<TcpStream>>>() {
-        Ok(parts) => {
-            let (io, prefix) = unguarded(parts.read_buf, parts.io.into_inner());
-            Side::Other(Box::new(Prefixed::new(prefix, io.into_inner())))
-        }
+        Ok(parts) => unguarded(parts.read_buf, parts.io.into_inner()),
         Err(upgraded) => Side::Other(Box::new(TokioIo::new(upgraded))),
     }
 }
 
-/// The stream out of its guard, and what was read past the handshake:
-/// hyper's leftover first, then any the guard had not handed it.
-fn unguarded<IO>(read_buf: Bytes, guard: FramingGuard<IO>) -> (IO, Bytes) {
+/// The stream out of its guard as a tunnel's side, what was read past the
+/// handshake first: hyper's leftover, then any the guard had not handed
+/// it, then any of the first read hyper had not taken.
+fn unguarded<IO: ClientStream>(read_buf: Bytes, guard: FramingGuard<Lingering<Prefixed<IO>>>) -> Side {
     let (io, rest) = guard.into_parts();
-    let prefix = match (read_buf.is_empty(), rest.is_empty()) {
-        (_, true) => read_buf,
-        (true, false) => rest,
-        (false, false) => [read_buf, rest].concat().into(),
+    let (unread, io) = io.into_inner().into_parts();
+    let prefix = match [read_buf, rest, unread]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        parts => parts.concat().into(),
     };
-    (io, prefix)
+    io.into_side(prefix)
+}
+
+/// Reads the first bytes of a connection into `first` (a read returning
+/// nothing leaves it empty): one read, or more while they are a strict
+/// start of the HTTP/2 preface and HTTP/2 is on (a client sends the
+/// preface in one write, but a segment may cut it).
+async fn read_first<IO: ClientStream>(io: &mut IO, first: &mut BytesMut, http2: bool) -> io::Result<()> {
+    loop {
+        if io.read_buf(first).await? == 0 || !http2 || io.speaks_http2(first).is_some() {
+            return Ok(());
+        }
+    }
+}
+
+/// The fast path: a connection whose first request is a whole WebSocket
+/// upgrade, answered without hyper (nginx and HAProxy parse a head and
+/// answer it without more machinery either). The request goes through
+/// the same [`Proxy::handle`] as any other; only its 101 is written here,
+/// after which the tunnel starts with `rest`, the bytes the client sent
+/// behind its head. Any other answer closes the connection, as a refused
+/// upgrade does on hyper's path.
+async fn serve_upgrade<IO: ClientStream>(
+    proxy: Arc<Proxy>,
+    mut io: IO,
+    request: http::Request<()>,
+    rest: Bytes,
+    info: ConnectionInfo,
+) {
+    let mut accepted = None;
+    let answer = proxy
+        .handle(request, &info, Some(&mut accepted))
+        .instrument(request_span())
+        .await;
+    let (parts, body) = answer.into_parts();
+    match accepted {
+        Some(accepted) if parts.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+            let head = http1::response_head(parts.status, &parts.headers, None);
+            match io.write_all(&head).await {
+                Ok(()) => proxy.start_tunnel(accepted, io.into_side(rest)),
+                Err(error) => debug!(%error, "upgrade did not complete"),
+            }
+        }
+        _ => {
+            // A short body of wsgate's own, or a backend's refusal read whole.
+            let body = body.collect().await.map(|body| body.to_bytes()).unwrap_or_default();
+            let mut answer = http1::response_head(parts.status, &parts.headers, Some(body.len()));
+            answer.extend_from_slice(&body);
+            // Read out before it closes, as hyper's path does.
+            let mut io = Lingering::new(io, info.slot.clone());
+            if let Err(error) = io.write_all(&answer).await {
+                debug!(%error, "client connection ended with an error");
+            }
+        }
+    }
 }
 
 /// How long a connection hyper has ended is read out for, at most
@@ -284,7 +356,7 @@ const HTTP_LINGER_BYTES: u64 = 16 << 20;
 /// of a reset. The connection's slot under `max_connections` is held until
 /// then: the socket is still open. A tunnel takes the stream out first
 /// ([`Lingering::into_inner`]) and closes it its own way.
-struct Lingering<IO: ClientStream> {
+struct Lingering<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     /// `None` only once taken out or handed on.
     io: Option<IO>,
     /// The client ended its stream (or it failed): nothing left to read.
@@ -292,7 +364,7 @@ struct Lingering<IO: ClientStream> {
     slot: Arc<ConnectionSlot>,
 }
 
-impl<IO: ClientStream> Lingering<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<IO> {
     fn new(io: IO, slot: Arc<ConnectionSlot>) -> Self {
         Lingering {
             io: Some(io),
@@ -314,7 +386,7 @@ impl<IO: ClientStream> Lingering<IO> {
     }
 }
 
-impl<IO: ClientStream> Drop for Lingering<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<IO> {
     fn drop(&mut self) {
         let Some(mut io) = self.io.take() else { return };
         if self.ended {
@@ -345,7 +417,7 @@ impl<IO: ClientStream> Drop for Lingering<IO> {
     }
 }
 
-impl<IO: ClientStream> AsyncRead for Lingering<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -360,7 +432,7 @@ impl<IO: ClientStream> AsyncRead for Lingering<IO> {
     }
 }
 
-impl<IO: ClientStream> AsyncWrite for Lingering<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<IO> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut().io() {
             Ok(io) => io.poll_write(cx, data),

@@ -8,21 +8,29 @@ use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tracing::{debug, info, Span};
 
 use super::connection::ConnectionInfo;
 use super::headers::{self, Forwarded};
+use super::upgrade::Accepted;
 use super::websocket;
 use super::{record_server, Proxy, RequestContext};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::config::Route;
 use crate::error::{outcome, ProxyError};
 use crate::telemetry::access::{LoggedBody, RequestLine};
 
 impl Proxy {
     /// Answers one request; every error becomes its response here.
-    pub async fn handle(&self, request: Request<Incoming>, info: &ConnectionInfo) -> Response<ProxyBody> {
+    /// `inline`: where an accepted WebSocket's tunnel is left for the
+    /// caller to start once it has written the 101 itself (the fast path,
+    /// [`super::connection`]); without it, the tunnel waits for hyper's upgrade.
+    pub(super) async fn handle<B: RequestBody>(
+        &self,
+        request: Request<B>,
+        info: &ConnectionInfo,
+        inline: Option<&mut Option<Accepted>>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -31,7 +39,7 @@ impl Proxy {
         self.stats.metrics().request(&info.listener, protocol, upgrade);
         let mut matched = None;
         let ctx = self.context(info, request.headers(), started);
-        let result = self.dispatch(request, &ctx, upgrade, &mut matched).await;
+        let result = self.dispatch(request, &ctx, upgrade, &mut matched, inline).await;
         let route = matched
             .and_then(|index| self.routes.get(index))
             .map_or("", |r| &*r.name);
@@ -108,12 +116,13 @@ impl Proxy {
         }
     }
 
-    async fn dispatch(
+    async fn dispatch<B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         ctx: &RequestContext<'_>,
         upgrade: bool,
         matched: &mut Option<usize>,
+        inline: Option<&mut Option<Accepted>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         check_transfer_coding(request.headers())?;
         websocket::refuse_other_connect(&request)?;
@@ -126,7 +135,7 @@ impl Proxy {
         *matched = Some(index);
         let gate = &self.gates[index];
         if upgrade {
-            self.open_tunnel(request, ctx, route, gate).await
+            self.open_tunnel(request, ctx, route, gate, inline).await
         } else {
             gate.admit_http(ctx.key).await?;
             self.forward_http(request, ctx, route).await
@@ -135,9 +144,9 @@ impl Proxy {
 
     /// The plain HTTP path: the same request, hop-by-hop headers replaced by
     /// forwarding headers, bodies streamed both ways.
-    async fn forward_http(
+    async fn forward_http<B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         ctx: &RequestContext<'_>,
         route: &Route,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -150,7 +159,7 @@ impl Proxy {
         prepare_headers(&mut parts.headers, &parts.uri, ctx);
         parts.version = Version::HTTP_11;
         let answer = upstream
-            .send_http(hash_key.as_deref(), Request::from_parts(parts, body))
+            .send_http(hash_key.as_deref(), Request::from_parts(parts, body.into_proxy_body()))
             .await?;
         record_server(&upstream.config.name, &answer.backend, answer.attempts);
         let mut response = answer.response;

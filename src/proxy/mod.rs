@@ -1,9 +1,11 @@
-//! The HTTP stage: one client connection served with hyper, and each
-//! request on it dispatched. A WebSocket upgrade becomes a tunnel, anything
-//! else is forwarded as HTTP.
+//! The HTTP stage: one client connection served (with hyper, or for an
+//! upgrade without it), and each request on it dispatched. A WebSocket
+//! upgrade becomes a tunnel, anything else is forwarded as HTTP.
 //!
-//! `connection` wraps the client's stream (under the [`framing`] guard)
-//! and serves it, and unwraps it again for the tunnel; [`http2`] serves a
+//! `connection` reads a connection's first bytes and answers a whole
+//! WebSocket upgrade among them itself (the fast path), or wraps the
+//! client's stream (under the [`framing`] guard) for hyper to serve, and
+//! unwraps it again for the tunnel; [`http2`] serves a
 //! connection whose client speaks HTTP/2; `dispatch` answers
 //! one request (routing by [`route`], the client's address by [`real_ip`],
 //! forwarding headers by [`headers`]); `upgrade` opens the tunnel for a

@@ -11,7 +11,6 @@ use std::task::{ready, Context, Poll};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use tracing::{debug, Instrument};
 
 use super::connection::ConnectionSlot;
@@ -22,7 +21,7 @@ use super::{record_server, Proxy, RequestContext};
 use crate::admission::caps::TunnelPermit;
 use crate::admission::rate_limit::ClientKey;
 use crate::admission::{RouteGate, SubprotocolOffer};
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ProxyBody, RequestBody};
 use crate::config::Route;
 use crate::error::ProxyError;
 use crate::tunnel::copy::Copy;
@@ -42,12 +41,13 @@ impl Proxy {
     /// The WebSocket path: validate, forward the handshake, check the 101,
     /// and only then answer the client and start the tunnel. Until the
     /// client's 101 is sent, every failure is still an HTTP answer.
-    pub(super) async fn open_tunnel(
+    pub(super) async fn open_tunnel<B: RequestBody>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         ctx: &RequestContext<'_>,
         route: &Route,
         gate: &RouteGate,
+        inline: Option<&mut Option<Accepted>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let opening = Opening::of(&mut request)?;
         let admitted = gate.admit_websocket(request.headers(), ctx.key).await?;
@@ -95,9 +95,7 @@ impl Proxy {
 
         let answer = opening.answer(backend_headers);
 
-        let client_upgrade = hyper::upgrade::on(&mut request);
         let protocol = opening.protocol();
-        let client_end = opening.client_end();
         // The connection's facts, for the tunnel's open and closed lines
         // (and, at debug, a span around what it logs in between).
         let identity = tunnel::Identity {
@@ -131,18 +129,13 @@ impl Proxy {
         let server_of_tunnel = backend.backend().clone();
         let permit = admitted.permit;
         let slot = ctx.info.slot.clone();
-        // The wait for the client's upgrade (its 101 written), boxed and
-        // freed once it is over: an idle tunnel's task then holds only what
-        // its splice needs (memory per idle tunnel).
-        let opening = Box::pin(async move {
-            let client = client_upgrade.await;
-            let _started = undecided;
-            let client = client?;
+        // What the tunnel becomes once the client's side is there.
+        let start = move |client: Side| -> TunnelState {
             tunnel::identity::tunnel_event!(tracing::Level::DEBUG, &identity, "tunnel open");
             let metrics = metrics.tunnel(&identity);
-            let client = client_end(client).paced(client_bytes);
+            let client = client.paced(client_bytes);
             let backend = halves::backend(backend_stream, backend_rest);
-            Ok(match inspect {
+            match inspect {
                 // Boxed too: a plain tunnel's task need not be as large as
                 // an inspected one's.
                 Some(settings) => {
@@ -169,16 +162,64 @@ impl Proxy {
                     tunnel::Splice::new(client, backend, metrics, Box::new(identity))
                         .movable_with(|| relocation.ticket()),
                 ),
-            })
-        });
-        let task = TunnelTask {
-            // All three are released when the tunnel ends, however it ends.
-            _held: (Some(permit), slot, Some(backend)),
-            state: TunnelState::Opening(opening),
+            }
         };
-        self.tunnels.spawn(task.instrument(span));
+        // All three are released when the tunnel ends, however it ends.
+        let held = (Some(permit), slot, Some(backend));
+        match inline {
+            Some(accepted) => {
+                *accepted = Some(Accepted {
+                    held,
+                    start: Box::new(start),
+                    span,
+                    _undecided: undecided,
+                });
+            }
+            None => {
+                let client_upgrade = hyper::upgrade::on(&mut request);
+                let client_end = opening.client_end();
+                // The wait for the client's upgrade (its 101 written), boxed and
+                // freed once it is over: an idle tunnel's task then holds only what
+                // its splice needs (memory per idle tunnel).
+                let opening = Box::pin(async move {
+                    let client = client_upgrade.await;
+                    let _started = undecided;
+                    Ok(start(client_end(client?)))
+                });
+                let task = TunnelTask {
+                    _held: held,
+                    state: TunnelState::Opening(opening),
+                };
+                self.tunnels.spawn(task.instrument(span));
+            }
+        }
         Ok(answer)
     }
+
+    /// Starts the tunnel of an upgrade answered on the fast path, now that
+    /// the client has its 101.
+    pub(super) fn start_tunnel(&self, accepted: Accepted, client: Side) {
+        let Accepted {
+            held,
+            start,
+            span,
+            _undecided,
+        } = accepted;
+        let state = start(client);
+        let task = TunnelTask { _held: held, state };
+        self.tunnels.spawn(task.instrument(span));
+    }
+}
+
+/// A WebSocket the backend has accepted, waiting for the client's side:
+/// left by [`Proxy::open_tunnel`] for a caller that writes the client's 101
+/// itself, and started by [`Proxy::start_tunnel`] (or, dropped, never).
+pub(super) struct Accepted {
+    held: (Option<TunnelPermit>, Arc<ConnectionSlot>, Option<BackendGuard>),
+    start: Box<dyn FnOnce(Side) -> TunnelState + Send>,
+    span: tracing::Span,
+    /// A binary upgrade waits for this tunnel to start, to move it.
+    _undecided: crate::tunnel::relocate::Undecided,
 }
 
 impl Proxy {
@@ -282,7 +323,7 @@ impl Proxy {
 /// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
 /// hop-by-hop headers replaced by the two an upgrade needs.
 /// `key` is the client's own over HTTP/1.1, wsgate's over HTTP/2.
-fn handshake_request(request: &Request<Incoming>, ctx: &RequestContext<'_>, key: &HeaderValue) -> Request<()> {
+fn handshake_request<B>(request: &Request<B>, ctx: &RequestContext<'_>, key: &HeaderValue) -> Request<()> {
     let target = request
         .uri()
         .path_and_query()

@@ -82,8 +82,17 @@ impl Copy {
     }
 
     /// Copies until the source ends and the destination is shut down (a
-    /// half-close passed on), or an error.
-    pub fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Poll<io::Result<()>>
+    /// half-close passed on), or an error. `closes_next`: the destination
+    /// is closed as soon as this direction is done (the other one is), and
+    /// its close sends the FIN a shutdown would: one system call fewer per
+    /// tunnel. (Only for plain TCP: TLS says its `close_notify` on shutdown.)
+    pub fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        closes_next: bool,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -91,7 +100,7 @@ impl Copy {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        let result = self.poll_inner(cx, src, dst);
+        let result = self.poll_inner(cx, src, dst, closes_next);
         if let Poll::Ready(outcome) = &result {
             self.done = true;
             self.held = None;
@@ -102,7 +111,13 @@ impl Copy {
         result
     }
 
-    fn poll_inner<R, W>(&mut self, cx: &mut Context<'_>, src: &mut R, dst: &mut W) -> Poll<io::Result<()>>
+    fn poll_inner<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        closes_next: bool,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -121,6 +136,10 @@ impl Copy {
                 self.held = None;
             }
             if self.source_ended {
+                if closes_next {
+                    ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+                    return Poll::Ready(Ok(()));
+                }
                 return Pin::new(&mut *dst).poll_shutdown(cx);
             }
             let mut buffer = self.sizing.lend();

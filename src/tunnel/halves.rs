@@ -64,6 +64,11 @@ impl Side {
     }
 
     /// The reading and the writing half, for pumps in separate tasks.
+    /// Plain TCP (paced or not): nothing to say before a close but its FIN.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Side::Tcp(_) | Side::PacedTcp(_))
+    }
+
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Side::Tcp(Prefixed { prefix, io }) => {
@@ -233,6 +238,17 @@ impl<T> Prefixed<T> {
             Bytes::copy_from_slice(&prefix)
         };
         Prefixed { prefix, io }
+    }
+
+    /// Keeps `prefix` as it is: bytes read a moment ago that the next read
+    /// hands out (and frees), such as the first read of a connection.
+    pub fn holding(prefix: Bytes, io: T) -> Prefixed<T> {
+        Prefixed { prefix, io }
+    }
+
+    /// The bytes not yet handed out, and the stream.
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.io)
     }
 }
 

@@ -274,9 +274,17 @@ impl Future for Splice {
             }
         }
         let mut error = None;
-        if let Poll::Ready(Err(e)) = this.upstream.poll_copy(cx, &mut this.client, &mut this.backend) {
+        let backend_closes_next = this.downstream.is_done() && this.backend.is_tcp();
+        if let Poll::Ready(Err(e)) =
+            this.upstream
+                .poll_copy(cx, &mut this.client, &mut this.backend, backend_closes_next)
+        {
             error = Some((e, if this.upstream.read_failed { "client" } else { "backend" }));
-        } else if let Poll::Ready(Err(e)) = this.downstream.poll_copy(cx, &mut this.backend, &mut this.client) {
+        } else if let Poll::Ready(Err(e)) = {
+            let client_closes_next = this.upstream.is_done() && this.client.is_tcp();
+            this.downstream
+                .poll_copy(cx, &mut this.backend, &mut this.client, client_closes_next)
+        } {
             error = Some((
                 e,
                 if this.downstream.read_failed {

@@ -14,12 +14,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::http1;
+
 /// The most of a backend's answer head wsgate reads.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most of a refusal's body wsgate relays.
 const MAX_BODY: usize = 1024 * 1024;
-/// Header fields in an answer head, at most.
-const MAX_FIELDS: usize = 100;
 
 /// What the backend answered.
 pub enum Answered {
@@ -75,22 +75,12 @@ where
 /// `GET <target> HTTP/1.1`, the fields, the empty line.
 fn request_head(request: &Request<()>) -> Vec<u8> {
     let target = request.uri().path_and_query().map_or("/", |target| target.as_str());
-    let fields: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    let mut head = Vec::with_capacity(target.len() + fields + 32);
+    let mut head = Vec::with_capacity(target.len() + http1::fields_len(request.headers()) + 32);
     head.extend_from_slice(request.method().as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    http1::write_fields(&mut head, request.headers());
     head.extend_from_slice(b"\r\n");
     head
 }
@@ -103,7 +93,7 @@ async fn read_head<S: AsyncRead + Unpin>(
 ) -> Result<(StatusCode, HeaderMap, usize), BackendHandshakeError> {
     loop {
         if !buf.is_empty() {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            let mut fields = [httparse::EMPTY_HEADER; http1::MAX_FIELDS];
             let mut answer = httparse::Response::new(&mut fields);
             match answer.parse(buf) {
                 Ok(httparse::Status::Complete(len)) => {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
-use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -175,10 +174,10 @@ impl UpstreamPool {
     /// streaming the body both ways. A request without a body is tried on
     /// another server when the connect fails; one with a body is not, since
     /// its body cannot be read twice.
-    pub async fn send_http(&self, key: Option<&[u8]>, request: Request<Incoming>) -> Result<Answer, ProxyError> {
+    pub async fn send_http(&self, key: Option<&[u8]>, request: Request<ProxyBody>) -> Result<Answer, ProxyError> {
         let (parts, body) = request.into_parts();
         let replayable = body.is_end_stream();
-        let mut body = Some(body.boxed());
+        let mut body = Some(body);
         let mut failover = Failover::new(self, key);
         loop {
             let guard = failover.next()?;
