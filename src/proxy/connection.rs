@@ -162,7 +162,7 @@ pub async fn serve_connection<IO>(
             let info = info.clone();
             async move { proxy.handle(request, &info, None).instrument(request_span()).await }
         };
-        let unserved = http2::serve(io, handle, left, settings, max_header_list_size, shutdown).await;
+        let unserved = Box::pin(http2::serve(io, handle, left, settings, max_header_list_size, shutdown)).await;
         if unserved {
             stats.count_refusal(RefusalReason::HandshakeTimeout);
             debug!("no HTTP/2 request within the handshake timeout");
@@ -175,8 +175,21 @@ pub async fn serve_connection<IO>(
             return serve_upgrade(current.load_full(), io, request, rest, info).await;
         }
     }
-    let first_proxy = current.load_full();
     let io = Lingering::new(Prefixed::holding(first.freeze(), io), info.slot.clone());
+    // Boxed, as the HTTP/2 path is: a connection task is moved whole when
+    // it is spawned, and its state is as large as its largest path.
+    Box::pin(serve_http1(current, io, info, header_timeout, shutdown)).await;
+}
+
+/// hyper's HTTP/1.1 on `io`, the connection's first bytes in it.
+async fn serve_http1<IO: ClientStream>(
+    current: Arc<ArcSwap<Proxy>>,
+    io: Lingering<Prefixed<IO>>,
+    info: ConnectionInfo,
+    header_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let first_proxy = current.load_full();
     // An upgrade under way: hyper answers every request after a graceful
     // shutdown with `Connection: close`, which would turn its 101 into a
     // broken handshake, so shutdown waits for it (`upgrading` is cleared
@@ -312,10 +325,14 @@ async fn serve_upgrade<IO: ClientStream>(
     info: ConnectionInfo,
 ) {
     let mut accepted = None;
-    let answer = proxy
-        .handle(request, &info, Some(&mut accepted))
-        .instrument(request_span())
-        .await;
+    // Boxed: the request's future is the largest part of this one, and a
+    // connection task is moved whole when it is spawned.
+    let answer = Box::pin(
+        proxy
+            .handle(request, &info, Some(&mut accepted))
+            .instrument(request_span()),
+    )
+    .await;
     let (parts, body) = answer.into_parts();
     match accepted {
         Some(accepted) if parts.status == http::StatusCode::SWITCHING_PROTOCOLS => {

@@ -248,14 +248,18 @@ impl Acceptor {
                     .max(Duration::from_millis(1))
             };
             match tls {
-                None => serve_connection(current, stream, info(false), left(), http2, stop).await,
+                // Boxed, each: the task is spawned (moved whole) before it
+                // knows which one it runs, so it holds only a pointer.
+                None => Box::pin(serve_connection(current, stream, info(false), left(), http2, stop)).await,
                 Some(acceptor) => {
                     let handshake = async move {
                         crate::tls::refuse_legacy_versions(&mut stream).await?;
                         acceptor.accept(stream).await
                     };
                     match tokio::time::timeout(left(), handshake).await {
-                        Ok(Ok(stream)) => serve_connection(current, stream, info(true), left(), http2, stop).await,
+                        Ok(Ok(stream)) => {
+                            Box::pin(serve_connection(current, stream, info(true), left(), http2, stop)).await
+                        }
                         Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                         Err(_) => {
                             proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
