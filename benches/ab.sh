@@ -13,13 +13,14 @@
 # Settings (environment): ROUNDS=3, DURATION=5, WARMUP=1, CONNECTIONS=100,
 # SIZES="128 16384" (empty: handshakes only), HANDSHAKE_CONNECTIONS=50,
 # TLS=0 (1: TLS listeners with a `wsgate cert` certificate, wss:// clients),
+# CLIENT_ARGS (more loadgen arguments for every run, e.g. --no-resume),
 # LOADGEN (default: built here, release), A_TOML / B_TOML (TOML appended to
 # A's or B's configuration: the same binary with two settings, as
 # benches/cluster.sh does). Prints one JSON line per run and a median table
 # at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# == 2 ]] || { sed -n '2,21p' "$0" >&2; exit 2; }
+[[ $# == 2 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}
@@ -29,6 +30,7 @@ CONNECTIONS=${CONNECTIONS:-100}
 SIZES=${SIZES-"128 16384"}
 HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-50}
 TLS=${TLS:-0}
+read -r -a client_args <<<"${CLIENT_ARGS:-}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 BENCH_NAME=ab.sh
@@ -70,12 +72,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if [[ $side == a ]]; then port=$A_PORT pid=$A_PID; else port=$B_PORT pid=$B_PID; fi
     for size in $SIZES; do
       log "round $round/$ROUNDS $side echo $size"
-      line=$(timeout "$run_timeout" "$LOADGEN" echo --url "$scheme://127.0.0.1:$port/echo" "${client_tls[@]}" --connections "$CONNECTIONS" \
+      line=$(timeout "$run_timeout" "$LOADGEN" echo --url "$scheme://127.0.0.1:$port/echo" "${client_tls[@]}" "${client_args[@]}" --connections "$CONNECTIONS" \
         --size "$size" --duration "$DURATION" --warmup "$WARMUP" --proxy-pid "$pid") || line='{"failed":true}'
       printf '{"side":"%s","workload":"echo %s","run":%s}\n' "$side" "$size" "$line" | tee -a "$results"
     done
     log "round $round/$ROUNDS $side handshake"
-    line=$(timeout "$run_timeout" "$LOADGEN" handshake --url "$scheme://127.0.0.1:$port/echo" "${client_tls[@]}" \
+    line=$(timeout "$run_timeout" "$LOADGEN" handshake --url "$scheme://127.0.0.1:$port/echo" "${client_tls[@]}" "${client_args[@]}" \
       --connections "$HANDSHAKE_CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --proxy-pid "$pid") || line='{"failed":true}'
     printf '{"side":"%s","workload":"handshake","run":%s}\n' "$side" "$line" | tee -a "$results"
   done

@@ -84,7 +84,6 @@ for t in targets:
     user = median([r.get("proxy_user_s_per_1k_handshakes") for r in rs])
     system = median([r.get("proxy_sys_s_per_1k_handshakes") for r in rs])
     hs[t] = {
-        "done": done,
         "user_ms": user * 1000 if user is not None else None,
         "sys_ms": system * 1000 if system is not None else None,
         "n": len(rs),
