@@ -234,7 +234,7 @@ add(f"- access logs (`LOGS={env['LOGS']}`): {log_scope}. Off: wsgate `WSGATE_LOG
 if logged_ids():
     written = "; ".join(
         f"{meta[t]['label']} {meta[t]['log_lines']:,} lines, {meta[t]['log_bytes'] / 1e6:,.1f} MB" for t in logged_ids())
-    add(f"- access logs written over the whole run (warmups and echo included): {written}")
+    add(f"- access logs written over the whole run (every workload and warmup included): {written}")
 add("- TLS everywhere: TLS 1.3 (X25519, TLS_AES_256_GCM_SHA384, ALPN http/1.1 on all three, as `openssl s_client` "
     "sees them), one ECDSA P-256 "
     "certificate from `wsgate cert`; the client (rustls) keeps sessions, "
@@ -245,9 +245,10 @@ add("")
 # ---- Targets
 add("## Targets")
 add("")
+same_logging = ("every target logs" if base_logs else
+                "the *logs on* rows against the *logs on* peers, every other row with logs off")
 add("Peers are compared at their best: the better of stock and tuned where both ran, and for CPU the better of nginx "
-    "and HAProxy, with the same logging as wsgate (the *logs on* rows against the *logs on* peers, every other row "
-    f"with logs {'on' if base_logs else 'off'}). CPU is user + system unless a row says otherwise; the kernel's "
+    f"and HAProxy, with the same logging as wsgate ({same_logging}). CPU is user + system unless a row says otherwise; the kernel's "
     "share is much the same for every proxy, so the user share is where they differ. With 2 CPUs shared by "
     "everything and medians of few rounds, differences under about 10% are noise.")
 add("")
