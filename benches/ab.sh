@@ -8,16 +8,19 @@
 #
 #   benches/ab.sh BEFORE_WSGATE AFTER_WSGATE
 #   ROUNDS=5 DURATION=5 benches/ab.sh old/wsgate target/release/wsgate
+#   TLS=1 SIZES= benches/ab.sh ring/wsgate aws-lc/wsgate   # TLS handshakes only
 #
 # Settings (environment): ROUNDS=3, DURATION=5, WARMUP=1, CONNECTIONS=100,
 # SIZES="128 16384" (empty: handshakes only), HANDSHAKE_CONNECTIONS=50,
+# TLS=0 (1: TLS listeners with a `wsgate cert` certificate, wss:// clients),
+# CLIENT_ARGS (more loadgen arguments for every run, e.g. --no-resume),
 # LOADGEN (default: built here, release), A_TOML / B_TOML (TOML appended to
 # A's or B's configuration: the same binary with two settings, as
 # benches/cluster.sh does). Prints one JSON line per run and a median table
 # at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# == 2 ]] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[[ $# == 2 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}
@@ -26,12 +29,14 @@ WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-100}
 SIZES=${SIZES-"128 16384"}
 HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-50}
+TLS=${TLS:-0}
+read -r -a client_args <<<"${CLIENT_ARGS:-}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 BENCH_NAME=ab.sh
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
-bench_whole ROUNDS DURATION WARMUP CONNECTIONS HANDSHAKE_CONNECTIONS
+bench_whole ROUNDS DURATION WARMUP CONNECTIONS HANDSHAKE_CONNECTIONS TLS
 bench_require python3
 bench_workdir wsgate-ab
 if [[ -z ${LOADGEN:-} ]]; then
@@ -39,8 +44,13 @@ if [[ -z ${LOADGEN:-} ]]; then
 fi
 
 read -r BACKEND_PORT A_PORT B_PORT < <(bench_ports 3)
-bench_wsgate_config "$work/a.toml" bench "$A_PORT" "$BACKEND_PORT" 0
-bench_wsgate_config "$work/b.toml" bench "$B_PORT" "$BACKEND_PORT" 0
+scheme=ws cert=() client_tls=()
+if [[ $TLS == 1 ]]; then
+  "$A" cert --out-dir "$work/cert" >/dev/null
+  scheme=wss cert=("$work/cert/localhost.pem" "$work/cert/localhost-key.pem") client_tls=(--ca "$work/cert/dev-ca.pem")
+fi
+bench_wsgate_config "$work/a.toml" bench "$A_PORT" "$BACKEND_PORT" 0 "${cert[@]}"
+bench_wsgate_config "$work/b.toml" bench "$B_PORT" "$BACKEND_PORT" 0 "${cert[@]}"
 printf '%s\n' "${A_TOML:-}" >>"$work/a.toml"
 printf '%s\n' "${B_TOML:-}" >>"$work/b.toml"
 "$LOADGEN" backend --listen "127.0.0.1:$BACKEND_PORT" 2>"$work/backend.log" &
@@ -62,12 +72,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if [[ $side == a ]]; then port=$A_PORT pid=$A_PID; else port=$B_PORT pid=$B_PID; fi
     for size in $SIZES; do
       log "round $round/$ROUNDS $side echo $size"
-      line=$(timeout "$run_timeout" "$LOADGEN" echo --url "ws://127.0.0.1:$port/echo" --connections "$CONNECTIONS" \
+      line=$(timeout "$run_timeout" "$LOADGEN" echo --url "$scheme://127.0.0.1:$port/echo" "${client_tls[@]}" "${client_args[@]}" --connections "$CONNECTIONS" \
         --size "$size" --duration "$DURATION" --warmup "$WARMUP" --proxy-pid "$pid") || line='{"failed":true}'
       printf '{"side":"%s","workload":"echo %s","run":%s}\n' "$side" "$size" "$line" | tee -a "$results"
     done
     log "round $round/$ROUNDS $side handshake"
-    line=$(timeout "$run_timeout" "$LOADGEN" handshake --url "ws://127.0.0.1:$port/echo" \
+    line=$(timeout "$run_timeout" "$LOADGEN" handshake --url "$scheme://127.0.0.1:$port/echo" "${client_tls[@]}" "${client_args[@]}" \
       --connections "$HANDSHAKE_CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --proxy-pid "$pid") || line='{"failed":true}'
     printf '{"side":"%s","workload":"handshake","run":%s}\n' "$side" "$line" | tee -a "$results"
   done

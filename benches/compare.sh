@@ -3,9 +3,10 @@
 # (plain, inspected, TLS), behind nginx (ws, wss) and behind HAProxy (ws, wss),
 # on the idle, echo and handshake workloads; writes docs/comparison.md.
 #
-#   benches/compare.sh                                  # defaults: about 9 minutes plus the build
-#   ROUNDS=1 DURATION=2 IDLE_N=2000 benches/compare.sh  # a quick check
+#   benches/compare.sh                                  # defaults: about 12 minutes plus the build
+#   ROUNDS=1 DURATION=2 IDLE_N=2000 benches/compare.sh  # a quick check, about 2½ minutes
 #   TUNED=both benches/compare.sh                       # stock and tuned nginx/HAProxy side by side
+#   LOGS=off benches/compare.sh                         # access logs off everywhere only
 #
 # Settings (environment):
 #   ROUNDS=3                rounds of echo and handshake runs, targets alternating within each
@@ -19,6 +20,11 @@
 #   IDLE_HOLD=3             seconds the idle sockets are held before memory is read again
 #   TUNED=0                 0: stock nginx/HAProxy buffers; 1: tuned (nginx proxy_buffer_size 64k,
 #                           HAProxy tune.bufsize 65536); both: both, as separate targets
+#   LOGS=both               off: no access log anywhere (nginx access_log off, HAProxy no log,
+#                           wsgate WSGATE_LOG=warn); on: every proxy writes its access log to a
+#                           file (nginx access_log, HAProxy option httplog to stderr, wsgate's
+#                           default level to stderr); both: the off targets, plus plain wsgate,
+#                           nginx and HAProxy with logs on (ids *-log; echo and handshake only)
 #   WORKLOADS="idle echo handshake"  the workloads to run (idle runs first, on fresh processes)
 #   LOADGEN_THREADS=        tokio worker threads of the load generator (default: one per CPU)
 #   INSTALL=1               install nginx and haproxy with apt-get when missing (needs root)
@@ -42,6 +48,7 @@ HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-50}
 IDLE_N=${IDLE_N:-9000}
 IDLE_HOLD=${IDLE_HOLD:-3}
 TUNED=${TUNED:-0}
+LOGS=${LOGS:-both}
 WORKLOADS=${WORKLOADS:-"idle echo handshake"}
 LOADGEN_THREADS=${LOADGEN_THREADS:-}
 INSTALL=${INSTALL:-1}
@@ -57,6 +64,10 @@ case $TUNED in
   1) VARIANTS=(tuned) ;;
   both) VARIANTS=(stock tuned) ;;
   *) echo "compare.sh: TUNED must be 0, 1 or both, not '$TUNED'" >&2; exit 2 ;;
+esac
+case $LOGS in
+  off | on | both) ;;
+  *) echo "compare.sh: LOGS must be off, on or both, not '$LOGS'" >&2; exit 2 ;;
 esac
 for workload in $WORKLOADS; do
   case $workload in
@@ -149,15 +160,25 @@ CERT=$work/cert/localhost.pem
 KEY=$work/cert/localhost-key.pem
 cat "$CERT" "$KEY" >"$work/cert/haproxy.pem"
 
-# --- Targets: id, label, kind, TLS, variant, URL, measured pids.
-TARGETS=(direct wsgate wsgate-inspected wsgate-tls)
+# --- Targets: id, label, kind, TLS, variant, logs, URL, measured pids. An id
+# is KIND[-inspected][-tuned][-log][-tls].
+log_tag=""
+[[ $LOGS == on ]] && log_tag="-log"
+TARGETS=(direct "wsgate$log_tag" "wsgate-inspected$log_tag" "wsgate$log_tag-tls")
 for variant in "${VARIANTS[@]}"; do
   suffix=""
   [[ $variant == tuned ]] && suffix="-tuned"
-  TARGETS+=("nginx$suffix" "nginx$suffix-tls" "haproxy$suffix" "haproxy$suffix-tls")
+  TARGETS+=("nginx$suffix$log_tag" "nginx$suffix$log_tag-tls" "haproxy$suffix$log_tag" "haproxy$suffix$log_tag-tls")
 done
+if [[ $LOGS == both ]]; then
+  # Plain only, with the first buffer variant: the access log costs per
+  # connection, which the plain handshakes show best.
+  suffix=""
+  [[ ${VARIANTS[0]} == tuned ]] && suffix="-tuned"
+  TARGETS+=(wsgate-log "nginx$suffix-log" "haproxy$suffix-log")
+fi
 read -r -a PORTS < <(bench_ports "${#TARGETS[@]}")
-declare -A PORT LABEL KIND TLS VARIANT URL PIDS MAIN
+declare -A PORT LABEL KIND TLS VARIANT LOGGED URL PIDS MAIN
 for i in "${!TARGETS[@]}"; do
   id=${TARGETS[$i]}
   PORT[$id]=${PORTS[$i]}
@@ -169,6 +190,10 @@ for i in "${!TARGETS[@]}"; do
     *-tuned*) VARIANT[$id]=tuned ;;
     *) VARIANT[$id]=stock ;;
   esac
+  case $id in
+    *-log*) LOGGED[$id]=1 ;;
+    *) LOGGED[$id]=0 ;;
+  esac
   KIND[$id]=${id%%-*}
   if [[ ${TLS[$id]} == 1 ]]; then
     URL[$id]="wss://127.0.0.1:${PORT[$id]}/echo"
@@ -177,20 +202,26 @@ for i in "${!TARGETS[@]}"; do
   fi
 done
 BACKEND_PORT=${PORT[direct]}
-LABEL[direct]="direct"
-LABEL[wsgate]="wsgate"
-LABEL[wsgate-inspected]="wsgate inspected"
-LABEL[wsgate-tls]="wsgate TLS"
-for kind in nginx haproxy; do
-  name=$kind
-  [[ $kind == haproxy ]] && name=HAProxy
-  for variant in "${VARIANTS[@]}"; do
-    suffix="" tag=""
-    [[ $variant == tuned ]] && suffix="-tuned" tag=" tuned"
-    LABEL[$kind$suffix]="$name$tag"
-    LABEL[$kind$suffix-tls]="$name$tag TLS"
-  done
+for id in "${TARGETS[@]}"; do
+  case ${KIND[$id]} in
+    haproxy) label=HAProxy ;;
+    *) label=${KIND[$id]} ;;
+  esac
+  [[ $id == *-inspected* ]] && label+=" inspected"
+  [[ ${VARIANT[$id]} == tuned ]] && label+=" tuned"
+  [[ ${LOGGED[$id]} == 1 ]] && label+=" logs on"
+  [[ ${TLS[$id]} == 1 ]] && label+=" TLS"
+  LABEL[$id]=$label
 done
+
+# access_log ID: the file ID's access log goes to (for the wsgate and
+# HAProxy targets it is their standard error).
+access_log() {
+  case ${KIND[$1]} in
+    nginx) echo "$work/$1/access.log" ;;
+    *) echo "$work/$1.log" ;;
+  esac
+}
 
 write_wsgate() { # id inspect(0|1)
   local id=$1 cert="" key=""
@@ -212,7 +243,11 @@ write_nginx() { # id
     echo "error_log $dir/error.log warn;"
     echo "events { worker_connections $NGINX_CONNECTIONS; }"
     echo 'http {'
-    echo '    access_log off;'
+    if [[ ${LOGGED[$id]} == 1 ]]; then
+      echo "    access_log $(access_log "$id");"
+    else
+      echo '    access_log off;'
+    fi
     echo "    client_body_temp_path $dir/tmp/body;"
     echo "    proxy_temp_path $dir/tmp/proxy;"
     echo "    fastcgi_temp_path $dir/tmp/fastcgi;"
@@ -257,8 +292,14 @@ write_haproxy() { # id
     echo '    nbthread 2'
     echo "    maxconn $HAPROXY_MAXCONN"
     [[ ${VARIANT[$id]} == tuned ]] && echo '    tune.bufsize 65536'
+    # No syslog needed: HAProxy writes each line to its standard error, a file.
+    [[ ${LOGGED[$id]} == 1 ]] && echo '    log stderr format raw local0 info'
     echo 'defaults'
     echo '    mode http'
+    if [[ ${LOGGED[$id]} == 1 ]]; then
+      echo '    log global'
+      echo '    option httplog'
+    fi
     echo "    maxconn $HAPROXY_MAXCONN"
     echo '    timeout connect 5s'
     echo '    timeout client 60s'
@@ -286,9 +327,14 @@ start() {
       ;;
     wsgate)
       local inspect=0
-      [[ $id == wsgate-inspected ]] && inspect=1
+      [[ $id == *-inspected* ]] && inspect=1
       write_wsgate "$id" "$inspect"
-      WSGATE_LOG=warn "$WSGATE" --config "$work/$id.toml" 2>"$work/$id.log" &
+      # Logs on: the default level (the access log), whatever the caller's environment says.
+      if [[ ${LOGGED[$id]} == 1 ]]; then
+        env -u WSGATE_LOG "$WSGATE" --config "$work/$id.toml" 2>"$work/$id.log" &
+      else
+        WSGATE_LOG=warn "$WSGATE" --config "$work/$id.toml" 2>"$work/$id.log" &
+      fi
       ;;
     nginx)
       write_nginx "$id"
@@ -323,7 +369,7 @@ done
 # Threads of each server process, for the report (wsgate has no setting: its
 # tokio runtime runs one worker per CPU).
 threads_of() { ps -o nlwp= -p "$1" | tr -d ' '; }
-WSGATE_THREADS=$(threads_of "${MAIN[wsgate]}")
+WSGATE_THREADS=$(threads_of "${MAIN[${TARGETS[1]}]}")
 for id in "${TARGETS[@]}"; do
   [[ ${KIND[$id]} == haproxy ]] && { HAPROXY_THREADS=$(threads_of "${MAIN[$id]}"); break; }
 done
@@ -371,6 +417,7 @@ if wants idle && ((IDLE_N > 0)); then
   note_load "idle"
   for id in "${TARGETS[@]}"; do
     [[ ${KIND[$id]} == direct ]] && continue
+    [[ $LOGS == both && ${LOGGED[$id]} == 1 ]] && continue
     log "idle: $IDLE_N sockets, $id"
     target_args "$id"
     loadgen idle "${target_args[@]}" --count "$IDLE_N" --hold "$IDLE_HOLD" --pid "${PIDS[$id]}"
@@ -421,17 +468,26 @@ done
 # --- The report.
 targets_file="$work/targets.txt"
 for id in "${TARGETS[@]}"; do
-  printf '%s|%s|%s|%s|%s|%s|%s\n' "$id" "${LABEL[$id]}" "${KIND[$id]}" "${TLS[$id]}" "${VARIANT[$id]}" "${URL[$id]}" "${PIDS[$id]}"
+  # What each logging target wrote over the whole run (lines, bytes): the
+  # proof that its access log was on.
+  log_lines=0 log_bytes=0
+  if [[ ${LOGGED[$id]} == 1 ]]; then
+    file=$(access_log "$id")
+    log_lines=$(wc -l <"$file")
+    log_bytes=$(wc -c <"$file")
+  fi
+  printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\n' "$id" "${LABEL[$id]}" "${KIND[$id]}" "${TLS[$id]}" "${VARIANT[$id]}" \
+    "${LOGGED[$id]}" "$log_lines" "$log_bytes" "${URL[$id]}" "${PIDS[$id]}"
 done >"$targets_file"
 command_line="ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS ECHO_500=$ECHO_500"
 command_line+=" SIZES=\"$SIZES\" HANDSHAKE_CONNECTIONS=$HANDSHAKE_CONNECTIONS IDLE_N=$IDLE_N IDLE_HOLD=$IDLE_HOLD"
-command_line+=" TUNED=$TUNED WORKLOADS=\"$WORKLOADS\""
+command_line+=" TUNED=$TUNED LOGS=$LOGS WORKLOADS=\"$WORKLOADS\""
 [[ -n $LOADGEN_THREADS ]] && command_line+=" LOADGEN_THREADS=$LOADGEN_THREADS"
 [[ $OUT != docs/comparison.md ]] && command_line+=" OUT=$OUT"
 command_line+=" benches/compare.sh"
 mkdir -p "$(dirname "$OUT")"
 bench_machine_env
-export ROUNDS DURATION WARMUP SIZES CONNECTIONS HANDSHAKE_CONNECTIONS IDLE_N IDLE_HOLD TUNED
+export ROUNDS DURATION WARMUP SIZES CONNECTIONS HANDSHAKE_CONNECTIONS IDLE_N IDLE_HOLD TUNED LOGS
 WSGATE_VERSION=$("$WSGATE" --version) \
   COMMIT=$BUILD_COMMIT \
   NGINX_VERSION=$("$NGINX" -v 2>&1 | head -1) \

@@ -15,9 +15,10 @@ records = [json.loads(line) for line in open(results_path)]
 
 targets, meta = [], {}
 for line in open(targets_path):
-    tid, label, kind, tls, variant, url, pids = line.rstrip("\n").split("|")
+    tid, label, kind, tls, variant, logs, log_lines, log_bytes, url, pids = line.rstrip("\n").split("|")
     targets.append(tid)
-    meta[tid] = {"label": label, "kind": kind, "tls": tls == "1", "variant": variant, "url": url, "pids": pids}
+    meta[tid] = {"label": label, "kind": kind, "tls": tls == "1", "variant": variant, "logs": logs == "1",
+                 "log_lines": int(log_lines), "log_bytes": int(log_bytes), "url": url, "pids": pids}
 loads = [line.rstrip("\n").split("|", 1) for line in open(loadavg_path)]
 sizes = [int(s) for s in env["SIZES"].split()]
 
@@ -58,6 +59,8 @@ for conns, size in echo_settings:
         rs = runs("echo", t, connections=conns, size=size)
         cpu = median([r.get("proxy_cpu_s_per_1m_msgs") for r in rs])
         echo[conns, size, t] = {
+            "user": median([r.get("proxy_user_s_per_1m_msgs") for r in rs]),
+            "sys": median([r.get("proxy_sys_s_per_1m_msgs") for r in rs]),
             "n": len(rs),
             "msgs": median([r["msgs_per_s"] for r in rs]),
             "all": [r["msgs_per_s"] for r in rs],
@@ -78,7 +81,11 @@ for t in targets:
     rs = runs("handshake", t)
     done = sum(r["handshakes"] for r in rs)
     cpu = median([r.get("proxy_cpu_s_per_1k_handshakes") for r in rs])
+    user = median([r.get("proxy_user_s_per_1k_handshakes") for r in rs])
+    system = median([r.get("proxy_sys_s_per_1k_handshakes") for r in rs])
     hs[t] = {
+        "user_ms": user * 1000 if user is not None else None,
+        "sys_ms": system * 1000 if system is not None else None,
         "n": len(rs),
         "rate": median([r["handshakes_per_s"] for r in rs]),
         "all": [r["handshakes_per_s"] for r in rs],
@@ -117,8 +124,18 @@ def project(kib, tunnels):
     return f"{mib / 1024:,.2f} GiB" if mib >= 1024 else f"{mib:,.0f} MiB"
 
 
-def peers(kind, tls):
-    return [t for t in targets if meta[t]["kind"] == kind and meta[t]["tls"] == tls]
+# The logging every comparison uses unless it says otherwise: logs off when
+# those targets ran (LOGS=off or both), else on.
+base_logs = all(meta[t]["logs"] for t in targets if meta[t]["kind"] != "direct")
+
+
+def peers(kind, tls, logs=None):
+    logs = base_logs if logs is None else logs
+    return [t for t in targets if meta[t]["kind"] == kind and meta[t]["tls"] == tls and meta[t]["logs"] == logs]
+
+
+def both_peers(tls, logs=None):
+    return peers("nginx", tls, logs) + peers("haproxy", tls, logs)
 
 
 def best(candidates, value, higher):
@@ -129,8 +146,14 @@ def best(candidates, value, higher):
     return (max if higher else min)(scored, key=lambda vt: vt[0])
 
 
-def wsgate_id(tls):
-    return "wsgate-tls" if tls else "wsgate"
+def wsgate_id(tls, logs=None, inspected=False):
+    """The id compare.sh gives this wsgate target (KIND[-inspected][-log][-tls])."""
+    logs = base_logs if logs is None else logs
+    return "wsgate" + ("-inspected" if inspected else "") + ("-log" if logs else "") + ("-tls" if tls else "")
+
+
+def logged_ids():
+    return [t for t in targets if meta[t]["logs"]]
 
 
 def tag(t):
@@ -163,22 +186,21 @@ add(f"- command: `{env['COMMAND']}`")
 add("")
 add("| target | what | URL | processes measured |")
 add("|---|---|---|---|")
-what = {
-    "direct": "the loadgen echo backend itself (no proxy)",
-    "wsgate": "one route, byte splice",
-    "wsgate-inspected": "the same route with `[route.inspect] enabled = true`",
-    "wsgate-tls": "TLS listener, byte splice",
-}
 for t in targets:
     m = meta[t]
-    if t in what:
-        desc = what[t]
+    if m["kind"] == "direct":
+        desc = "the loadgen echo backend itself (no proxy)"
+    elif m["kind"] == "wsgate":
+        desc = ("the same route with `[route.inspect] enabled = true`" if "-inspected" in t
+                else ("TLS listener, byte splice" if m["tls"] else "one route, byte splice"))
     elif m["kind"] == "nginx":
         desc = ("`proxy_buffer_size 64k`" if m["variant"] == "tuned" else "stock buffers (`proxy_buffer_size` 4k)") + (
             ", TLS" if m["tls"] else "")
     else:
         desc = ("`tune.bufsize 65536`" if m["variant"] == "tuned" else "stock buffers (`tune.bufsize` 16384)") + (
             ", TLS" if m["tls"] else "")
+    if m["logs"]:
+        desc += ", access log to a file"
     n = len(m["pids"].split(",")) if m["kind"] != "direct" else 0
     procs = {0: "–", 1: "1"}.get(n, f"{n} (master + workers)")
     add(f"| {m['label']} | {desc} | `{m['url']}` | {procs} |")
@@ -187,16 +209,32 @@ add("- everything on 127.0.0.1, one loadgen echo backend behind every proxy, eac
     "started once; the load generator, the backend and the proxy share the CPUs, so msgs/s and latency are bounded by "
     "all three and by whatever else runs on the machine. **Proxy CPU** (utime + stime over the measured window, "
     "summed over all of a proxy's processes, from `/proc/PID/stat`) depends least on the rest")
-add(f"- wsgate: `WSGATE_LOG=warn`; it has no thread setting, its tokio runtime runs one worker per CPU "
+add(f"- wsgate: it has no thread setting, its tokio runtime runs one worker per CPU "
     f"({env['NPROC']} here; the process had {env['WSGATE_THREADS']} threads in all)")
 add(f"- nginx: `worker_processes 2`, `worker_connections {env['NGINX_CONNECTIONS']}`, `worker_rlimit_nofile "
     f"{env['NGINX_CONNECTIONS']}`, `proxy_http_version 1.1`, `Upgrade`/`Connection \"upgrade\"`, `proxy_read_timeout 1h`, "
-    "`access_log off`, `error_log … warn`, `daemon off`; TLS with `ssl_protocols TLSv1.2 TLSv1.3` (1.22's default lacks "
+    "`error_log … warn`, `daemon off`; TLS with `ssl_protocols TLSv1.2 TLSv1.3` (1.22's default lacks "
     "1.3), session tickets on (the default)")
 add(f"- HAProxy: `mode http`, `nbthread 2` ({env['HAPROXY_THREADS']} threads in the process), `maxconn "
     f"{env['HAPROXY_MAXCONN']}` (50,000 needs more than the {env['NOFILE']} open files a process may have here, and "
-    "HAProxy then refuses to start), `timeout connect 5s`, `client/server 60s`, `tunnel 1h`, no logging, `-db`; TLS "
+    "HAProxy then refuses to start), `timeout connect 5s`, `client/server 60s`, `tunnel 1h`, `-db`; TLS "
     "`alpn http/1.1`")
+log_scope = {
+    "off": "off everywhere",
+    "on": "on everywhere",
+    "both": "off for every target without *logs on* in its name; on for the *logs on* targets (plain, echo and "
+            "handshake only)",
+}[env["LOGS"]]
+add(f"- access logs (`LOGS={env['LOGS']}`): {log_scope}. Off: wsgate `WSGATE_LOG=warn`, nginx `access_log off`, "
+    "HAProxy without a `log` line. On: each proxy writes its access log to a file in the work dir, the way it "
+    "does by default (nginx without `buffer=`: one `write` per line): wsgate at its default level (no `WSGATE_LOG`; the access log is its standard error), nginx "
+    "`access_log FILE` (the `combined` format), HAProxy `log stderr format raw local0 info`, `log global`, "
+    "`option httplog` (its standard error is the file; no syslog). nginx and HAProxy write their line when the "
+    "tunnel ends")
+if logged_ids():
+    written = "; ".join(
+        f"{meta[t]['label']} {meta[t]['log_lines']:,} lines, {meta[t]['log_bytes'] / 1e6:,.1f} MB" for t in logged_ids())
+    add(f"- access logs written over the whole run (every workload and warmup included): {written}")
 add("- TLS everywhere: TLS 1.3 (X25519, TLS_AES_256_GCM_SHA384, ALPN http/1.1 on all three, as `openssl s_client` "
     "sees them), one ECDSA P-256 "
     "certificate from `wsgate cert`; the client (rustls) keeps sessions, "
@@ -207,8 +245,12 @@ add("")
 # ---- Targets
 add("## Targets")
 add("")
+same_logging = ("every target logs" if base_logs else
+                "the *logs on* rows against the *logs on* peers, every other row with logs off")
 add("Peers are compared at their best: the better of stock and tuned where both ran, and for CPU the better of nginx "
-    "and HAProxy. With 2 CPUs shared by everything and medians of few rounds, differences under about 10% are noise.")
+    f"and HAProxy, with the same logging as wsgate ({same_logging}). CPU is user + system unless a row says otherwise; the kernel's "
+    "share is much the same for every proxy, so the user share is where they differ. With 2 CPUs shared by "
+    "everything and medians of few rounds, differences under about 10% are noise.")
 add("")
 add("| target | measured | verdict |")
 add("|---|---|:---:|")
@@ -220,45 +262,85 @@ def check(name, ok, text):
 
 
 conns0 = int(env["CONNECTIONS"])
-for size in sizes:
-    if (conns0, size, "wsgate") not in echo:
+
+
+def echo_at(size, t, key):
+    cell = echo.get((conns0, size, t))
+    return cell[key] if cell else None
+
+
+def label_of(t):
+    return meta[t]["label"] if t else "–"
+
+
+peer_scope = "stock or tuned" if env["TUNED"] == "both" else (
+    "tuned only: run with TUNED=both" if env["TUNED"] == "1" else "stock only: run with TUNED=both")
+
+# Issue 21: handshakes, plain, with the access logs off and on alike.
+for logs in (False, True):
+    w_id = wsgate_id(False, logs)
+    if w_id not in hs or hs[w_id]["cpu_ms"] is None:
         continue
-    w = echo[conns0, size, "wsgate"]["msgs"]
+    when = "logs on" if logs else "logs off"
+    w = hs[w_id]
+    v, t = best(both_peers(False, logs), lambda t: hs[t]["cpu_ms"], False)
+    r = ratio(w["cpu_ms"], v)
+    check(f"CPU per 1,000 plain handshakes, {when} ≤ 0.9× the better peer",
+          r <= 0.9 if r is not None else None,
+          f"{fmt(w['cpu_ms'])} ms (user {fmt(w['user_ms'])}, system {fmt(w['sys_ms'])}) vs {fmt(v)} ms (user "
+          f"{fmt(hs[t]['user_ms']) if t else '–'}, system {fmt(hs[t]['sys_ms']) if t else '–'}; {label_of(t)}): "
+          f"{fmt(r, 2)}×")
+    v, t = best(both_peers(False, logs), lambda t: hs[t]["rate"], True)
+    r = ratio(w["rate"], v)
+    check(f"plain handshakes/s, {when} ≥ 1.1× the better peer",
+          r >= 1.1 if r is not None else None, f"{fmt(w['rate'])} vs {fmt(v)} ({label_of(t)}): {fmt(r, 2)}×")
+w_id = wsgate_id(True)
+if w_id in hs and hs[w_id]["cpu_ms"] is not None:
+    w = hs[w_id]
+    v, t = best(both_peers(True), lambda t: hs[t]["cpu_ms"], False)
+    r = ratio(w["cpu_ms"], v)
+    check("CPU per 1,000 TLS handshakes ≤ 0.75× the better peer",
+          r <= 0.75 if r is not None else None,
+          f"{fmt(w['cpu_ms'])} ms (user {fmt(w['user_ms'])}, system {fmt(w['sys_ms'])}) vs {fmt(v)} ms "
+          f"({label_of(t)}): {fmt(r, 2)}×")
+    v, t = best(peers("nginx", True), lambda t: hs[t]["rate"], True)
+    r = ratio(w["rate"], v)
+    check("TLS handshakes/s ≥ nginx", r >= 1 if r is not None else None,
+          f"{fmt(w['rate'])} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×")
+
+# Issue 21: CPU per message, the peers at their best.
+w = echo_at(128, wsgate_id(False), "user")
+if w is not None:
+    v, t = best(both_peers(False), lambda t: echo_at(128, t, "user"), False)
+    r = ratio(w, v)
+    check("user CPU per 1M msgs at 128 B ≤ the better peer's", r <= 1 if r is not None else None,
+          f"{fmt(w, 2)} s (system {fmt(echo_at(128, wsgate_id(False), 'sys'), 2)} s) vs {fmt(v, 2)} s (system "
+          f"{fmt(echo_at(128, t, 'sys'), 2) if t else '–'} s; {label_of(t)}): {fmt(r, 2)}×")
+w = echo_at(16384, wsgate_id(False), "cpu")
+if w is not None:
+    v, t = best(both_peers(False), lambda t: echo_at(16384, t, "cpu"), False)
+    r = ratio(w, v)
+    check(f"CPU per 1M msgs at 16 KiB ≤ 0.9× the better peer at its best ({peer_scope})",
+          r <= 0.9 if r is not None else None,
+          f"{fmt(w, 2)} s (user {fmt(echo_at(16384, wsgate_id(False), 'user'), 2)}, system "
+          f"{fmt(echo_at(16384, wsgate_id(False), 'sys'), 2)}) vs {fmt(v, 2)} s ({label_of(t)}): {fmt(r, 2)}×")
+
+# Nothing else regresses: throughput, p99, memory, inspected.
+for size in sizes:
+    w = echo_at(size, wsgate_id(False), "msgs")
     if w is None:
         continue
     for kind, name in (("nginx", "nginx"), ("haproxy", "HAProxy")):
-        v, t = best(peers(kind, False), lambda t: echo[conns0, size, t]["msgs"], True)
+        v, t = best(peers(kind, False), lambda t: echo_at(size, t, "msgs"), True)
         r = ratio(w, v)
         check(f"echo {size} B plain msgs/s ≥ 1.2× {name}",
               r >= 1.2 if r is not None else None,
               f"{fmt(w)} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×")
 for size in sizes:
-    if (conns0, size, "wsgate") not in echo:
-        continue
-    w = echo[conns0, size, "wsgate"]["cpu"]
+    w = echo_at(size, wsgate_id(False), "added")
     if w is None:
         continue
-    v, t = best(peers("nginx", False) + peers("haproxy", False), lambda t: echo[conns0, size, t]["cpu"], False)
-    r = ratio(w, v)
-    check(f"CPU per 1M msgs at {size} B ≤ 0.7× the better peer",
-          r <= 0.7 if r is not None else None,
-          f"{fmt(w, 2)} s vs {fmt(v, 2)} s ({meta[t]['label'] if t else '–'}): {fmt(r, 2)}×")
-for tls in (False, True):
-    w = hs[wsgate_id(tls)]["cpu_ms"]
-    if w is None:
-        continue
-    v, t = best(peers("nginx", tls) + peers("haproxy", tls), lambda t: hs[t]["cpu_ms"], False)
-    r = ratio(w, v)
-    check(f"CPU per 1,000 handshakes{' (TLS)' if tls else ''} ≤ 0.7× the better peer",
-          r <= 0.7 if r is not None else None,
-          f"{fmt(w, 0)} ms vs {fmt(v, 0)} ms ({meta[t]['label'] if t else '–'}): {fmt(r, 2)}×")
-for size in sizes:
-    if (conns0, size, "wsgate") not in echo:
-        continue
-    w = echo[conns0, size, "wsgate"]["added"]
-    if w is None:
-        continue
-    v, t = best(peers("nginx", False), lambda t: echo[conns0, size, t]["added"], False)
+    v, t = best(peers("nginx", False), lambda t: echo_at(size, t, "added"), False)
     ok = w <= v if w is not None and v is not None else None
     check(f"added p99 over direct at {size} B ≤ nginx's",
           ok, f"{fmt(w)} µs vs {fmt(v)} µs{tag(t)}")
@@ -267,26 +349,19 @@ for tls, limit in ((False, 2), (True, 10)):
     k = i["kib"] if i else None
     if k is None:
         continue
-    check(f"memory per idle {'TLS' if tls else 'plain'} tunnel ≤ {limit} KiB",
+    check(f"memory per idle {'TLS' if tls else 'plain'} tunnel ≤ {limit} KiB (at 9,000)",
           k <= limit if k is not None else None,
-          f"{fmt(k, 2)} KiB: {project(k, 100_000)} per 100,000 tunnels, {project(k, 1_000_000)} per 1,000,000")
-for tls in (False, True):
-    w = hs[wsgate_id(tls)]["rate"]
-    if w is None:
-        continue
-    v, t = best(peers("nginx", tls), lambda t: hs[t]["rate"], True)
-    r = ratio(w, v)
-    check(f"handshakes/s{' (TLS)' if tls else ''} ≥ nginx",
-          r >= 1 if r is not None else None, f"{fmt(w)} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×")
+          f"{fmt(k, 2)} KiB at {i['opened']:,}: {project(k, 100_000)} per 100,000 tunnels, "
+          f"{project(k, 1_000_000)} per 1,000,000")
 for size in sizes:
-    if (conns0, size, "wsgate") not in echo:
+    p, i = wsgate_id(False), wsgate_id(False, inspected=True)
+    c = ratio(echo_at(size, i, "cpu"), echo_at(size, p, "cpu"))
+    if c is None:
         continue
-    p, i = echo[conns0, size, "wsgate"], echo[conns0, size, "wsgate-inspected"]
-    r = ratio(i["msgs"], p["msgs"])
-    c = ratio(i["cpu"], p["cpu"])
-    check(f"inspected within 10% of plain at {size} B (msgs/s)",
-          r >= 0.9 if r is not None else None,
-          f"{fmt(i['msgs'])} vs {fmt(p['msgs'])}: {fmt(r, 2)}× (CPU per message {fmt(c, 2)}×)")
+    r = ratio(echo_at(size, i, "msgs"), echo_at(size, p, "msgs"))
+    check(f"inspected within 10% of plain at {size} B (CPU per message)",
+          c <= 1.1, f"{fmt(echo_at(size, i, 'cpu'), 2)} s vs {fmt(echo_at(size, p, 'cpu'), 2)} s per 1M msgs: "
+          f"{fmt(c, 2)}× (msgs/s {fmt(r, 2)}×)")
 add("")
 add("For a target marked ✗, the row says how far it is; what was tried and measured for it is in "
     "[`performance.md`](performance.md#targets-not-met).")
@@ -296,19 +371,22 @@ add("")
 add("## Ratios")
 add("")
 add("wsgate against the best nginx and the best HAProxy target of the same kind (plain against plain, TLS against "
-    "TLS) and against the backend alone. Above 1 is better for msgs/s and handshakes/s, below 1 is better for the "
-    "rest.")
+    "TLS, logs on against logs on) and against the backend alone. Above 1 is better for msgs/s and handshakes/s, "
+    "below 1 is better for the rest.")
 add("")
 add("| metric | wsgate | nginx | HAProxy | direct | wsgate/nginx | wsgate/HAProxy | wsgate/direct |")
 add("|---|---:|---:|---:|---:|---:|---:|---:|")
 
 
-def ratio_row(name, value, higher, tls, digits=0, direct=True, positive=False):
+def ratio_row(name, value, higher, tls, digits=0, direct=True, positive=False, logs=None):
     """One row; with positive, a ratio only where both values are above 0
     (an added latency below 0 makes a ratio meaningless)."""
-    w = value(wsgate_id(tls))
-    n, nt = best(peers("nginx", tls), value, higher)
-    h, ht = best(peers("haproxy", tls), value, higher)
+    w_id = wsgate_id(tls, logs)
+    if w_id not in meta:
+        return
+    w = value(w_id)
+    n, nt = best(peers("nginx", tls, logs), value, higher)
+    h, ht = best(peers("haproxy", tls, logs), value, higher)
     d = value("direct") if direct and not tls else None
 
     def r(a, b):
@@ -329,6 +407,10 @@ for conns, size in echo_settings:
         kind = "TLS" if tls else "plain"
         ratio_row(f"echo {size} B C={conns} {kind}: CPU s / 1M msgs", lambda t: echo[conns, size, t]["cpu"], False,
                   tls, 2, direct=False)
+        ratio_row(f"echo {size} B C={conns} {kind}: user CPU s / 1M msgs", lambda t: echo[conns, size, t]["user"],
+                  False, tls, 2, direct=False)
+        ratio_row(f"echo {size} B C={conns} {kind}: system CPU s / 1M msgs", lambda t: echo[conns, size, t]["sys"],
+                  False, tls, 2, direct=False)
 for conns, size in echo_settings:
     for tls in (False, True):
         kind = "TLS" if tls else "plain"
@@ -340,8 +422,15 @@ if any(hs[t]["n"] for t in targets):
         ratio_row(f"handshake {kind}: handshakes/s", lambda t: hs[t]["rate"], True, tls)
     for tls in (False, True):
         kind = "TLS" if tls else "plain"
-        ratio_row(f"handshake {kind}: CPU ms / 1,000 handshakes", lambda t: hs[t]["cpu_ms"], False, tls,
+        for key, what in (("cpu_ms", "CPU"), ("user_ms", "user CPU"), ("sys_ms", "system CPU")):
+            ratio_row(f"handshake {kind}: {what} ms / 1,000 handshakes", lambda t: hs[t][key], False, tls,
+                      direct=False)
+    if base_logs is False and wsgate_id(False, True) in meta:
+        ratio_row("handshake plain, logs on: handshakes/s", lambda t: hs[t]["rate"], True, False, logs=True,
                   direct=False)
+        for key, what in (("cpu_ms", "CPU"), ("user_ms", "user CPU"), ("sys_ms", "system CPU")):
+            ratio_row(f"handshake plain, logs on: {what} ms / 1,000 handshakes", lambda t: hs[t][key], False, False,
+                      direct=False, logs=True)
 if idle:
     for tls in (False, True):
         kind = "TLS" if tls else "plain"
@@ -356,13 +445,14 @@ for conns, size in echo_settings:
     add(f"`loadgen echo --connections {conns} --size {size} --duration {env['DURATION']} --warmup {env['WARMUP']}`, "
         f"{env['ROUNDS']} round(s), medians.")
     add("")
-    add("| target | msgs/s | MB/s (one way) | p50 µs | p99 µs | p99.9 µs | p99 added over direct µs | proxy CPU s / 1M msgs | errors | msgs/s per round |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    add("| target | msgs/s | MB/s (one way) | p50 µs | p99 µs | p99.9 µs | p99 added over direct µs | proxy CPU s / 1M msgs | user s | system s | errors | msgs/s per round |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for t in targets:
         s = echo[conns, size, t]
         per_round = ", ".join(fmt(v) for v in s["all"]) or "–"
         add(f"| {meta[t]['label']} | {fmt(s['msgs'])} | {fmt(s['mb'], 1)} | {fmt(s['p50'])} | {fmt(s['p99'])} | "
-            f"{fmt(s['p999'])} | {fmt(s['added'])} | {fmt(s['cpu'], 2)} | {s['errors']} | {per_round} |")
+            f"{fmt(s['p999'])} | {fmt(s['added'])} | {fmt(s['cpu'], 2)} | {fmt(s['user'], 2)} | {fmt(s['sys'], 2)} | "
+            f"{s['errors']} | {per_round} |")
     add("")
 
 if any(hs[t]["n"] for t in targets):
@@ -372,14 +462,15 @@ if any(hs[t]["n"] for t in targets):
         f"--warmup {env['WARMUP']}`, {env['ROUNDS']} round(s), medians. p50/p99 run from connect to the 101; "
         "the cycle columns cover the whole cycle.")
     add("")
-    add("| target | handshakes/s | p50 µs | p99 µs | cycle p50 µs | cycle p99 µs | proxy CPU ms / 1,000 handshakes | TLS resumed | errors | handshakes/s per round |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    add("| target | handshakes/s | p50 µs | p99 µs | cycle p50 µs | cycle p99 µs | proxy CPU ms / 1,000 handshakes | user ms | system ms | TLS resumed | errors | handshakes/s per round |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for t in targets:
         s = hs[t]
         per_round = ", ".join(fmt(v) for v in s["all"]) or "–"
         resumed = f"{s['resumed']:.0%}" if s["resumed"] is not None else "–"
         add(f"| {meta[t]['label']} | {fmt(s['rate'])} | {fmt(s['p50'])} | {fmt(s['p99'])} | {fmt(s['cp50'])} | "
-            f"{fmt(s['cp99'])} | {fmt(s['cpu_ms'])} | {resumed} | {s['errors']} | {per_round} |")
+            f"{fmt(s['cp99'])} | {fmt(s['cpu_ms'])} | {fmt(s['user_ms'])} | {fmt(s['sys_ms'])} | {resumed} | "
+            f"{s['errors']} | {per_round} |")
     add("")
 
 if idle:

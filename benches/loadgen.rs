@@ -125,6 +125,10 @@ struct TargetArgs {
     /// 0: HTTP/1.1 upgrades, one connection each.
     #[arg(long, default_value_t = 0)]
     h2_streams: usize,
+    /// wss://: never resume a TLS session, so that every handshake is a full
+    /// one (a certificate signature and a key exchange each).
+    #[arg(long)]
+    no_resume: bool,
 }
 
 #[derive(Args)]
@@ -325,7 +329,7 @@ impl Target {
                 .as_deref()
                 .ok_or_else(|| format!("{}: wss:// needs --ca with the CA certificate to trust", args.url))?;
             let name = ServerName::try_from(host).map_err(|e| format!("bad TLS server name: {e}"))?;
-            Some((tls_connector(ca, args.h2_streams > 0)?, name))
+            Some((tls_connector(ca, args.h2_streams > 0, !args.no_resume)?, name))
         } else {
             None
         };
@@ -429,7 +433,7 @@ impl Target {
     }
 }
 
-fn tls_connector(ca: &Path, h2: bool) -> Result<TlsConnector, String> {
+fn tls_connector(ca: &Path, h2: bool, resume: bool) -> Result<TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
     for cert in certs {
@@ -444,6 +448,9 @@ fn tls_connector(ca: &Path, h2: bool) -> Result<TlsConnector, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

@@ -1,13 +1,14 @@
 //! TLS termination: certificates loaded at config time, chosen by SNI.
 //!
-//! rustls with the ring provider, TLS 1.2 and 1.3 only (1.0/1.1 are broken and
-//! no browser that speaks WebSocket needs them), ALPN `http/1.1` because the
-//! WebSocket upgrade is an HTTP/1.1 mechanism (RFC 6455 §4.1).
+//! rustls with the ring provider (aws-lc-rs with the `aws-lc` feature:
+//! [`provider`]), TLS 1.2 and 1.3 only (1.0/1.1 are broken and no browser
+//! that speaks WebSocket needs them), ALPN `http/1.1` because the WebSocket
+//! upgrade is an HTTP/1.1 mechanism (RFC 6455 §4.1).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::ring;
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -46,8 +47,10 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     webpki::EndEntityCert::try_from(&chain[0])
         .map_err(|e| cert_error(format!("not a valid X.509 certificate: {e}")))?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| key_error(pem_reason(e)))?;
-    let signing_key =
-        ring::sign::any_supported_type(&private_key).map_err(|e| key_error(format!("unsupported key type: {e}")))?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(private_key)
+        .map_err(|e| key_error(format!("unsupported key type: {e}")))?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(certified)),
@@ -56,6 +59,26 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             key: key.display().to_string(),
         }),
     }
+}
+
+/// The cryptography behind every TLS connection wsgate accepts or makes:
+/// ring, or aws-lc-rs in a build with the `aws-lc` feature. ring stays the
+/// default: aws-lc-rs did not make handshakes clearly cheaper (docs/performance.md,
+/// "TLS provider: ring or aws-lc-rs").
+pub fn provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc"))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
+/// Names [`provider`] as the process's default, for the libraries that build
+/// their own rustls configuration from it (redis, for `rediss://`): rustls
+/// cannot choose one itself in a build that has two (ring and aws-lc-rs).
+pub fn install_default_provider() {
+    // An error only says a default is already installed: ours, by an earlier call.
+    let _ = CryptoProvider::install_default(Arc::unwrap_or_clone(provider()));
 }
 
 fn pem_reason(error: rustls_pki_types::pem::Error) -> String {
@@ -104,11 +127,11 @@ pub fn server_config_with(
         certificates,
         unknown_sni,
     };
-    // The ring provider ships both protocol versions we ask for, so the only
+    // Both providers ship both protocol versions we ask for, so the only
     // error this builder can return cannot happen here.
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("the provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = match http2 {
@@ -397,7 +420,7 @@ impl UpstreamTls {
                     .map_err(|_| format!("{name:?} is not a valid TLS server name (a DNS name or an IP address)"))
             })
             .transpose()?;
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)

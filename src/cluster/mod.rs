@@ -106,6 +106,7 @@ impl Cluster {
     /// Connects (lazily: a Redis that is down at start is the same as one
     /// that goes down later) and starts the heartbeat.
     pub fn start(settings: &ClusterSettings, metrics: Metrics) -> Result<Arc<Cluster>, redis::RedisError> {
+        crate::tls::install_default_provider();
         let client = redis::Client::open(settings.redis.as_str())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.lease / 5))

@@ -217,7 +217,7 @@ fn tls_connector(ca: &std::path::Path) -> Result<TlsConnector, ClientError> {
     if roots.is_empty() {
         return Err(ClientError::EmptyCa { path: ca.to_path_buf() });
     }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(ClientError::TlsConfig)?
         .with_root_certificates(roots)

@@ -293,9 +293,9 @@ fn backend_uri(addr: SocketAddr, uri: &Uri, tls: bool) -> Result<Uri, ProxyError
 
 /// A TLS configuration for a connector that never makes TLS connections.
 fn plain_only_tls_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
+        .expect("the provider supports the default protocol versions")
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth()
 }

@@ -104,6 +104,9 @@ impl RedisServer {
 
     /// A client of this server, trusting the test CA and knowing the password.
     fn client(&self) -> redis::Client {
+        // redis takes the process's rustls provider, which a build with two
+        // (the `aws-lc` feature) must name, as wsgate does.
+        wsgate::tls::install_default_provider();
         let url = match &self.password {
             Some(password) => self.url().replacen("://", &format!("://:{password}@"), 1),
             None => self.url(),
