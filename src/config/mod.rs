@@ -291,6 +291,12 @@ pub struct Route {
     /// it comes). One client must not be able to push its whole link's worth
     /// into a backend that everyone else shares.
     pub client_bytes: Option<SocketRate>,
+    /// `kernel_splice` (default false): plain tunnels spliced by the kernel
+    /// through a BPF sockmap ([`crate::tunnel::kernel_splice`]), their
+    /// bytes never entering wsgate. Opt-in: it needs CAP_BPF and
+    /// CAP_NET_ADMIN, and the kernel cannot count what it has not been
+    /// asked to (frames, a byte rate).
+    pub kernel_splice: bool,
 }
 
 /// A limit on one socket: `per_second` units (bytes, messages) a second on

@@ -155,6 +155,7 @@ pub struct RawRoute {
     pub rate_limit: Option<RawRateLimit>,
     pub limits: Option<RawRouteLimits>,
     pub inspect: Option<RawInspect>,
+    pub kernel_splice: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

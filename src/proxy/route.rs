@@ -85,6 +85,7 @@ mod tests {
             admission: Default::default(),
             inspect: None,
             client_bytes: None,
+            kernel_splice: false,
         }
     }
 

@@ -123,6 +123,7 @@ impl Proxy {
         let deflate = handshake::agreed_extension(answer.headers(), "permessage-deflate");
         let inspect = route.inspect.clone().map(|inspect| Settings { inspect, deflate });
         let client_bytes = route.client_bytes;
+        let kernel_splice = route.kernel_splice;
         let drain = self.drain.signal();
         let relocation = self.relocation.clone();
         let server_of_tunnel = backend.backend().clone();
@@ -164,6 +165,7 @@ impl Proxy {
                 }
                 None => TunnelState::Plain(
                     tunnel::Splice::new(client, backend, metrics, Box::new(identity))
+                        .kernel_spliced(kernel_splice)
                         .movable_with(|| relocation.ticket()),
                 ),
             })

@@ -39,6 +39,12 @@ impl Copy {
         self.done
     }
 
+    /// Nothing held, the source not ended: the direction can be left to
+    /// the kernel ([`super::kernel_splice`]).
+    pub fn is_idle(&self) -> bool {
+        self.held.is_none() && !self.source_ended && !self.done
+    }
+
     /// Where this direction stands, for a move to another process: what
     /// was read and not yet written goes with it.
     pub fn save(&self) -> CopyState {

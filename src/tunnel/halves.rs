@@ -63,6 +63,25 @@ impl Side {
         }
     }
 
+    /// Plain TCP, read as fast as it comes: a side the kernel can splice
+    /// ([`super::kernel_splice`]).
+    pub fn is_plain_tcp(&self) -> bool {
+        matches!(self, Side::Tcp(_))
+    }
+
+    /// The TCP socket, for the kernel to splice, once its prefix is all
+    /// handed out; `None` otherwise. What stays in its place reads nothing
+    /// and writes nowhere.
+    pub fn take_tcp(&mut self) -> Option<TcpStream> {
+        if !matches!(self, Side::Tcp(Prefixed { prefix, .. }) if prefix.is_empty()) {
+            return None;
+        }
+        match std::mem::replace(self, Side::Other(Box::new(tokio::io::empty()))) {
+            Side::Tcp(Prefixed { io, .. }) => Some(io),
+            _ => None,
+        }
+    }
+
     /// The reading and the writing half, for pumps in separate tasks.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {

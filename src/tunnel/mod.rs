@@ -54,6 +54,7 @@ pub mod drain;
 pub mod halves;
 pub mod identity;
 pub mod inspect;
+pub mod kernel_splice;
 pub mod linger;
 pub mod pace;
 pub mod pool;
@@ -62,13 +63,14 @@ pub mod relocate;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use copy::Copy;
 use halves::{Movable, Side};
 use identity::tunnel_info;
 pub use identity::Identity;
+use kernel_splice::KernelSplice;
 use relocate::moved::{MovedSocket, MovedState};
 use relocate::{MovedTunnel, Ticket};
 
@@ -96,6 +98,15 @@ pub struct Splice {
     /// Set when both sides are plain TCP: the tunnel can move to the next
     /// process at a binary upgrade.
     ticket: Option<Ticket>,
+    kernel: Kernel,
+}
+
+/// Whether the kernel splices the tunnel ([`kernel_splice`]).
+enum Kernel {
+    Off,
+    /// Once nothing is left to move in user space.
+    Wanted,
+    On(Box<KernelSplice>),
 }
 
 impl Splice {
@@ -111,6 +122,7 @@ impl Splice {
             identity,
             started: Instant::now(),
             ticket: None,
+            kernel: Kernel::Off,
         }
     }
 
@@ -134,12 +146,23 @@ impl Splice {
             identity,
             started: now.checked_sub(age).unwrap_or(now),
             ticket: None,
+            kernel: Kernel::Off,
         }
+    }
+
+    /// Has the kernel splice the tunnel (`wanted`: its route's
+    /// `kernel_splice`) when both sides are plain TCP and the kernel
+    /// allows it. Such a tunnel does not move at a binary upgrade.
+    pub fn kernel_spliced(mut self, wanted: bool) -> Self {
+        if wanted && self.client.is_plain_tcp() && self.backend.is_plain_tcp() && kernel_splice::available() {
+            self.kernel = Kernel::Wanted;
+        }
+        self
     }
 
     /// Lets the tunnel move at a binary upgrade, if both sides can.
     pub fn movable_with(mut self, ticket: impl FnOnce() -> Ticket) -> Self {
-        if self.client.movable().is_some() && self.backend.movable().is_some() {
+        if matches!(self.kernel, Kernel::Off) && self.client.movable().is_some() && self.backend.movable().is_some() {
             self.ticket = Some(ticket());
         }
         self
@@ -186,6 +209,41 @@ impl Splice {
             }
             // The upgrade is over: the tunnel stays, and is not asked again.
             Err(_) => false,
+        }
+    }
+
+    /// Hands both sockets to the kernel, once both directions have written
+    /// everything they read. True when it took them; on a failure the
+    /// tunnel stays in user space (and does not ask again).
+    fn enter_kernel(&mut self) -> io::Result<bool> {
+        if !(self.upstream.is_idle() && self.downstream.is_idle()) {
+            return Ok(false);
+        }
+        self.kernel = Kernel::Off;
+        let back = |socket: std::net::TcpStream| -> io::Result<Side> {
+            Ok(Side::Tcp(halves::Prefixed::new(
+                bytes::Bytes::new(),
+                tokio::net::TcpStream::from_std(socket)?,
+            )))
+        };
+        let Some(client) = self.client.take_tcp() else {
+            return Ok(false);
+        };
+        let Some(backend) = self.backend.take_tcp() else {
+            self.client = Side::Tcp(halves::Prefixed::new(bytes::Bytes::new(), client));
+            return Ok(false);
+        };
+        match KernelSplice::start(client.into_std()?, backend.into_std()?) {
+            Ok(kernel) => {
+                self.kernel = Kernel::On(Box::new(kernel));
+                Ok(true)
+            }
+            Err((error, client, backend)) => {
+                tracing::debug!(%error, "tunnel stays in user space");
+                self.client = back(client)?;
+                self.backend = back(backend)?;
+                Ok(false)
+            }
         }
     }
 
@@ -267,6 +325,15 @@ impl Future for Splice {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if let Kernel::On(kernel) = &mut this.kernel {
+            let error = ready!(kernel.poll_end(cx));
+            for (copy, side) in [(&mut this.upstream, 0), (&mut this.downstream, 1)] {
+                copy.bytes += kernel.forwarded(side);
+                copy.ended_at = copy.ended_at.or(kernel.ended_at(side));
+            }
+            this.finish(error);
+            return Poll::Ready(());
+        }
         if let Some(ticket) = &mut this.ticket {
             if ticket.poll_asked(cx).is_ready() && this.moved() {
                 return Poll::Ready(());
@@ -285,7 +352,16 @@ impl Future for Splice {
                 },
             ));
         } else if !(this.upstream.is_done() && this.downstream.is_done()) {
-            return Poll::Pending;
+            if matches!(this.kernel, Kernel::Wanted) {
+                match this.enter_kernel() {
+                    Ok(true) => return Pin::new(this).poll(cx),
+                    Ok(false) => {}
+                    Err(e) => error = Some((e, "backend")),
+                }
+            }
+            if error.is_none() {
+                return Poll::Pending;
+            }
         }
         this.finish(error);
         Poll::Ready(())

@@ -79,6 +79,26 @@ impl Checker<'_> {
                 |per_second| per_second.max(DEFAULT_MIN_BYTES_BURST),
             )
         });
+        let kernel_splice = raw.kernel_splice.as_ref().is_some_and(|wanted| *wanted.get_ref());
+        if let Some(wanted) = raw.kernel_splice.as_ref().filter(|wanted| *wanted.get_ref()) {
+            // The kernel moves the bytes without wsgate seeing them: nothing
+            // can read frames or hold a client to a rate.
+            let key = format!("route[{i}].kernel_splice");
+            if inspect.is_some() {
+                self.error(
+                    wanted,
+                    key.clone(),
+                    "cannot be used with [route.inspect]: wsgate reads every frame of an inspected tunnel",
+                );
+            }
+            if client_bytes.is_some() {
+                self.error(
+                    wanted,
+                    key,
+                    "cannot be used with limits.client_bytes_per_second: the kernel does not pace a client's bytes",
+                );
+            }
+        }
         Some(Route {
             name: raw.name.get_ref().as_str().into(),
             hosts,
@@ -87,6 +107,7 @@ impl Checker<'_> {
             admission,
             inspect,
             client_bytes,
+            kernel_splice,
         })
     }
 
