@@ -179,6 +179,14 @@ async fn the_bytes_never_enter_wsgate() {
         "wsgate spent {cpu:?} of CPU on 256 MiB: they went through user space\n{}",
         wsgate.log_tail(20)
     );
+    // The tunnel ended (both sockets closed, each a FIN) with the kernel's
+    // bytes counted.
+    let closed = wsgate
+        .wait_for_log("tunnel closed", |line| line["message"] == "tunnel closed")
+        .await;
+    assert_eq!(closed["from_client"], 128 << 20, "{closed}");
+    assert_eq!(closed["from_backend"], 128 << 20, "{closed}");
+    assert_eq!(closed["ended_by"], "peers", "{closed}");
     assert!(
         !wsgate.log_lines().iter().any(|line| line["message"] == "kernel_splice unavailable: those routes' tunnels are spliced in user space"),
         "{}",
@@ -222,4 +230,26 @@ async fn without_the_capabilities_one_line_says_so_and_tunnels_work_in_user_spac
     assert_eq!(warnings.len(), 1, "{}", wsgate.log());
     let reason = warnings[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("Operation not permitted"), "{reason}");
+}
+
+/// A kernel-spliced tunnel stays until the process ends (as a plain one
+/// does, it has no close code to send) and ends with it: a SIGTERM with one
+/// open ends the client's connection within `shutdown_timeout`.
+#[tokio::test]
+async fn a_kernel_spliced_tunnel_ends_with_the_process() {
+    let mut backend = RawBackend::start(false, None).await;
+    let mut wsgate = WsgateChild::start(&child_toml(backend.addr), &["plain"], "info", None).await;
+    let (mut conn, mut tunnel) = raw_tunnel(wsgate.addr("plain"), &mut backend, b"").await;
+    pump(&mut conn.stream, &mut tunnel, 4096).await;
+    wsgate.signal(libc::SIGTERM);
+    assert!(wsgate.exits().await.success(), "{}", wsgate.log_tail(20));
+    let (rest, closed) = conn.read_until_closed(Duration::from_secs(10)).await;
+    assert!(
+        rest.is_empty() && closed.is_some(),
+        "the client's connection outlived wsgate"
+    );
+    let mut rest = Vec::new();
+    within("the backend's connection ending", tunnel.read_to_end(&mut rest))
+        .await
+        .unwrap();
 }

@@ -676,6 +676,29 @@ servers = [{ address = "127.0.0.1:9001" }]
     }
 
     #[test]
+    fn kernel_splice_is_off_by_default_and_refused_beside_inspection_or_a_byte_rate() {
+        assert!(!parse(BASE, Path::new("x.toml")).unwrap().routes[0].kernel_splice);
+        let on = BASE.replace(
+            "upstream = \"chat-backends\"\n\n",
+            "upstream = \"chat-backends\"\nkernel_splice = true\n\n",
+        );
+        assert!(parse(&on, Path::new("x.toml")).unwrap().routes[0].kernel_splice);
+        for (table, why) in [
+            ("[route.inspect]\nping_interval = \"30s\"", "[route.inspect]"),
+            (
+                "[route.limits]\nclient_bytes_per_second = \"1MiB\"",
+                "client_bytes_per_second",
+            ),
+        ] {
+            let both = on.replace("\n[[upstream]]", &format!("{table}\n\n[[upstream]]"));
+            let refused = errors(&both);
+            assert_eq!(refused[0].key, "route[0].kernel_splice", "{refused:?}");
+            assert!(refused[0].message.contains(why), "{refused:?}");
+            assert_eq!(refused[0].line, 9, "{refused:?}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_name_their_full_path() {
         let text = BASE.replace("servers =", "connect_timout = \"3s\"\nservers =");
         let errors = errors(&text);
