@@ -25,6 +25,7 @@ fn child_toml(backend: SocketAddr) -> String {
     format!(
         "[global]\nshutdown_timeout = \"2s\"\nlog_format = \"json\"\n\n\
          [[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [[route]]\nname = \"all\"\nupstream = \"backends\"\nkernel_splice = true\n\n\
          [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{backend}\" }}]\n"
     )
@@ -187,6 +188,18 @@ async fn the_bytes_never_enter_wsgate() {
     assert_eq!(closed["from_client"], 128 << 20, "{closed}");
     assert_eq!(closed["from_backend"], 128 << 20, "{closed}");
     assert_eq!(closed["ended_by"], "peers", "{closed}");
+    let metrics = scrape(wsgate.admin_addr()).await;
+    assert_eq!(
+        metrics.get("wsgate_kernel_spliced_tunnels_total", &[("route", "all")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.get(
+            "wsgate_tunnel_bytes_total",
+            &[("route", "all"), ("direction", "client_to_backend")]
+        ),
+        (128 << 20) as f64
+    );
     assert!(
         !wsgate.log_lines().iter().any(|line| line["message"] == "kernel_splice unavailable: those routes' tunnels are spliced in user space"),
         "{}",
@@ -214,7 +227,7 @@ async fn without_the_capabilities_one_line_says_so_and_tunnels_work_in_user_spac
         });
     }
     let mut wsgate = launch.spawn();
-    wsgate.wait_listening(&["plain"], false).await;
+    wsgate.wait_listening(&["plain"], true).await;
     let mut cpu = Duration::ZERO;
     for _ in 0..2 {
         cpu = cpu_for_bytes(&wsgate, &mut backend).await;
@@ -228,6 +241,11 @@ async fn without_the_capabilities_one_line_says_so_and_tunnels_work_in_user_spac
         .filter(|line| line["message"] == "kernel_splice unavailable: those routes' tunnels are spliced in user space")
         .collect();
     assert_eq!(warnings.len(), 1, "{}", wsgate.log());
+    let metrics = scrape(wsgate.admin_addr()).await;
+    assert_eq!(
+        metrics.value_or_zero("wsgate_kernel_spliced_tunnels_total", &[("route", "all")]),
+        0.0
+    );
     let reason = warnings[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("Operation not permitted"), "{reason}");
 }

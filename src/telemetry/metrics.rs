@@ -171,6 +171,7 @@ struct Inner {
     ping_rtt: Tracked<RouteLabels, Histogram, fn() -> Histogram>,
     unreachable: Tracked<SideLabels, Counter>,
     message_rate_exceeded: Tracked<RouteLabels, Counter>,
+    kernel_spliced: Tracked<RouteLabels, Counter>,
     rebalanced: Tracked<ServerLabels, Counter>,
     /// The routes and upstreams configured now, once a reload said so:
     /// series of others go once none of their tunnels is open.
@@ -278,6 +279,12 @@ impl Metrics {
             "Tunnels of inspected routes ended with 1008 because the client sent past max_messages_per_second, by route",
             message_rate_exceeded.family.clone(),
         );
+        let kernel_spliced = Tracked::new(Family::default());
+        registry.register(
+            "kernel_spliced_tunnels",
+            "Tunnels of kernel_splice routes handed to the kernel's BPF sockmap (their bytes never entered wsgate), by route",
+            kernel_spliced.family.clone(),
+        );
         let rebalanced = Tracked::new(Family::default());
         registry.register(
             "rebalanced_tunnels",
@@ -364,6 +371,7 @@ impl Metrics {
                 ping_rtt,
                 unreachable,
                 message_rate_exceeded,
+                kernel_spliced,
                 rebalanced,
                 configured: Mutex::new(None),
                 server_healthy,
@@ -583,6 +591,7 @@ impl Metrics {
         inner.ping_rtt.remove_where(|l| route_gone(&l.route));
         inner.unreachable.remove_where(|l| route_gone(&l.route));
         inner.message_rate_exceeded.remove_where(|l| route_gone(&l.route));
+        inner.kernel_spliced.remove_where(|l| route_gone(&l.route));
         inner.rebalanced.remove_where(|l| upstream_gone(&l.upstream));
     }
 
@@ -746,6 +755,17 @@ impl TunnelMetrics {
             .get_or_create_owned(&SideLabels {
                 route: route.to_owned(),
                 side,
+            })
+            .inc();
+    }
+
+    /// The tunnel on `route` was handed to the kernel to splice.
+    pub fn kernel_spliced(&self, route: &str) {
+        self.registry
+            .inner
+            .kernel_spliced
+            .get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
             })
             .inc();
     }

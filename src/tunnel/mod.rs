@@ -236,6 +236,7 @@ impl Splice {
         match KernelSplice::start(client.into_std()?, backend.into_std()?) {
             Ok(kernel) => {
                 self.kernel = Kernel::On(Box::new(kernel));
+                self.metrics.kernel_spliced(&self.identity.route);
                 Ok(true)
             }
             Err((error, client, backend)) => {
