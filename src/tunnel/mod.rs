@@ -95,18 +95,26 @@ pub struct Splice {
     /// grow by a whole cell (memory per idle tunnel).
     identity: Box<Identity>,
     started: Instant,
-    /// Set when both sides are plain TCP: the tunnel can move to the next
-    /// process at a binary upgrade.
-    ticket: Option<Ticket>,
-    kernel: Kernel,
+    lane: Lane,
 }
 
-/// Whether the kernel splices the tunnel ([`kernel_splice`]).
+/// Where the tunnel may go besides this task. One field for both ways (a
+/// tunnel the kernel splices does not move): an idle tunnel's task fills
+/// its tokio cell (640 bytes) to the byte, and 8 more would take another
+/// 128.
+enum Lane {
+    /// Both sides are plain TCP: the tunnel can move to the next process at
+    /// a binary upgrade.
+    Movable(Ticket),
+    /// It stays in this process; spliced by the kernel when `Some`.
+    Stays(Option<Box<Kernel>>),
+}
+
+/// A tunnel the kernel splices ([`kernel_splice`]).
 enum Kernel {
-    Off,
     /// Once nothing is left to move in user space.
     Wanted,
-    On(Box<KernelSplice>),
+    On(KernelSplice),
 }
 
 impl Splice {
@@ -121,8 +129,7 @@ impl Splice {
             metrics,
             identity,
             started: Instant::now(),
-            ticket: None,
-            kernel: Kernel::Off,
+            lane: Lane::Stays(None),
         }
     }
 
@@ -145,8 +152,7 @@ impl Splice {
             metrics,
             identity,
             started: now.checked_sub(age).unwrap_or(now),
-            ticket: None,
-            kernel: Kernel::Off,
+            lane: Lane::Stays(None),
         }
     }
 
@@ -155,15 +161,16 @@ impl Splice {
     /// allows it. Such a tunnel does not move at a binary upgrade.
     pub fn kernel_spliced(mut self, wanted: bool) -> Self {
         if wanted && self.client.is_plain_tcp() && self.backend.is_plain_tcp() && kernel_splice::available() {
-            self.kernel = Kernel::Wanted;
+            self.lane = Lane::Stays(Some(Box::new(Kernel::Wanted)));
         }
         self
     }
 
     /// Lets the tunnel move at a binary upgrade, if both sides can.
     pub fn movable_with(mut self, ticket: impl FnOnce() -> Ticket) -> Self {
-        if matches!(self.kernel, Kernel::Off) && self.client.movable().is_some() && self.backend.movable().is_some() {
-            self.ticket = Some(ticket());
+        if matches!(self.lane, Lane::Stays(None)) && self.client.movable().is_some() && self.backend.movable().is_some()
+        {
+            self.lane = Lane::Movable(ticket());
         }
         self
     }
@@ -172,8 +179,12 @@ impl Splice {
     /// hands it over. True when it went: this splice must then never touch
     /// its sockets again, but close its copies.
     fn moved(&mut self) -> bool {
-        let Some(ticket) = self.ticket.take() else {
-            return false;
+        let ticket = match std::mem::replace(&mut self.lane, Lane::Stays(None)) {
+            Lane::Movable(ticket) => ticket,
+            stays => {
+                self.lane = stays;
+                return false;
+            }
         };
         let described = (|| {
             let side = |side: &Side| -> std::io::Result<MovedSocket> {
@@ -219,7 +230,9 @@ impl Splice {
         if !(self.upstream.is_idle() && self.downstream.is_idle()) {
             return Ok(false);
         }
-        self.kernel = Kernel::Off;
+        let Lane::Stays(Some(kernel)) = std::mem::replace(&mut self.lane, Lane::Stays(None)) else {
+            return Ok(false);
+        };
         let back = |socket: std::net::TcpStream| -> io::Result<Side> {
             Ok(Side::Tcp(halves::Prefixed::new(
                 bytes::Bytes::new(),
@@ -234,8 +247,11 @@ impl Splice {
             return Ok(false);
         };
         match KernelSplice::start(client.into_std()?, backend.into_std()?) {
-            Ok(kernel) => {
-                self.kernel = Kernel::On(Box::new(kernel));
+            Ok(spliced) => {
+                // The box made for it when the tunnel opened.
+                let mut kernel = kernel;
+                *kernel = Kernel::On(spliced);
+                self.lane = Lane::Stays(Some(kernel));
                 self.metrics.kernel_spliced(&self.identity.route);
                 Ok(true)
             }
@@ -326,16 +342,18 @@ impl Future for Splice {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if let Kernel::On(kernel) = &mut this.kernel {
-            let error = ready!(kernel.poll_end(cx));
-            for (copy, side) in [(&mut this.upstream, 0), (&mut this.downstream, 1)] {
-                copy.bytes += kernel.forwarded(side);
-                copy.ended_at = copy.ended_at.or(kernel.ended_at(side));
+        if let Lane::Stays(Some(kernel)) = &mut this.lane {
+            if let Kernel::On(kernel) = &mut **kernel {
+                let error = ready!(kernel.poll_end(cx));
+                for (copy, side) in [(&mut this.upstream, 0), (&mut this.downstream, 1)] {
+                    copy.bytes += kernel.forwarded(side);
+                    copy.ended_at = copy.ended_at.or(kernel.ended_at(side));
+                }
+                this.finish(error);
+                return Poll::Ready(());
             }
-            this.finish(error);
-            return Poll::Ready(());
         }
-        if let Some(ticket) = &mut this.ticket {
+        if let Lane::Movable(ticket) = &mut this.lane {
             if ticket.poll_asked(cx).is_ready() && this.moved() {
                 return Poll::Ready(());
             }
@@ -353,7 +371,7 @@ impl Future for Splice {
                 },
             ));
         } else if !(this.upstream.is_done() && this.downstream.is_done()) {
-            if matches!(this.kernel, Kernel::Wanted) {
+            if matches!(&this.lane, Lane::Stays(Some(kernel)) if matches!(**kernel, Kernel::Wanted)) {
                 match this.enter_kernel() {
                     Ok(true) => return Pin::new(this).poll(cx),
                     Ok(false) => {}
