@@ -82,6 +82,18 @@ pub struct KernelSplice {
     ends: [End; 2],
     /// While a direction waits for its last bytes to reach the peer.
     wait: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// The backend's socket could not start once the client's bytes were
+    /// already flowing: the tunnel ends with this.
+    failed: Option<io::Error>,
+}
+
+/// What [`KernelSplice::enter`] set up: each socket's cookie and bytes
+/// written so far, the watch, and a failure after bytes began to flow.
+struct Entered {
+    cookies: [u64; 2],
+    written: [u64; 2],
+    watch: AsyncFd<OwnedFd>,
+    failed: Option<io::Error>,
 }
 
 struct End {
@@ -106,14 +118,20 @@ enum Input {
 impl KernelSplice {
     /// Puts the two sockets into the maps. Both must be out of tokio's
     /// reactor, with everything read from either already written to the
-    /// other. On an error nothing is left in the maps, and the sockets come
-    /// back for the user-space splice.
+    /// other. On an error before any byte went through the kernel, nothing
+    /// is left in the maps and the sockets come back for the user-space
+    /// splice; after, the splice ends at its first poll with the error.
     pub fn start(client: TcpStream, backend: TcpStream) -> Result<KernelSplice, (io::Error, TcpStream, TcpStream)> {
         let Some(maps) = maps() else {
             return Err((io::ErrorKind::Unsupported.into(), client, backend));
         };
         match Self::enter(maps, &client, &backend) {
-            Ok((cookies, written, watch)) => {
+            Ok(Entered {
+                cookies,
+                written,
+                watch,
+                failed,
+            }) => {
                 let end = |socket, cookie, written_before| End {
                     socket,
                     cookie,
@@ -128,17 +146,14 @@ impl KernelSplice {
                         end(backend, cookies[1], written[1]),
                     ],
                     wait: None,
+                    failed,
                 })
             }
             Err(error) => Err((error, client, backend)),
         }
     }
 
-    fn enter(
-        maps: &Maps,
-        client: &TcpStream,
-        backend: &TcpStream,
-    ) -> io::Result<([u64; 2], [u64; 2], AsyncFd<OwnedFd>)> {
+    fn enter(maps: &Maps, client: &TcpStream, backend: &TcpStream) -> io::Result<Entered> {
         let cookies = [cookie(client.as_fd())?, cookie(backend.as_fd())?];
         // Nothing else writes to either socket now: stable counts.
         let written = [
@@ -156,18 +171,27 @@ impl KernelSplice {
             return Err(error);
         }
         // The client's bytes may already be flowing: from here on, a
-        // failure ends the tunnel rather than going back.
+        // failure ends the tunnel rather than going back (the maps are
+        // emptied when the splice is dropped).
         if let Err(error) = maps.start(cookies[1], backend.as_raw_fd()) {
-            forget();
-            return Err(io::Error::other(format!("kernel splice: {error}")));
+            let failed = io::Error::new(error.kind(), format!("kernel splice: {error}"));
+            return Ok(Entered {
+                cookies,
+                written,
+                watch,
+                failed: Some(failed),
+            });
         }
         // Bytes that arrived before the program started wait in the receive
         // queues: setting SO_RCVLOWAT tells the socket its data is ready,
         // which runs the program on them.
-        for socket in [client, backend] {
-            set_rcvlowat(socket.as_fd())?;
-        }
-        Ok((cookies, written, watch))
+        let kicked = set_rcvlowat(client.as_fd()).and_then(|()| set_rcvlowat(backend.as_fd()));
+        Ok(Entered {
+            cookies,
+            written,
+            watch,
+            failed: kicked.err(),
+        })
     }
 
     /// The bytes the kernel sent on from the client (`0`) or the backend
@@ -184,6 +208,9 @@ impl KernelSplice {
     /// Until both directions have ended (`None`) or one failed: the error
     /// and the side whose connection it came from.
     pub fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<(io::Error, &'static str)>> {
+        if let Some(error) = self.failed.take() {
+            return Poll::Ready(Some(self.failed(error, 1)));
+        }
         loop {
             let mut waiting = false;
             for side in 0..2 {
