@@ -382,6 +382,43 @@ async fn tls_tunnels_are_told_1012_and_reconnect() {
     );
 }
 
+/// A kernel-spliced tunnel (`kernel_splice = true`) has its sockets in the
+/// old process's BPF maps: it does not move, goes on working in the old
+/// process, and ends when that process does (`shutdown_timeout`); new
+/// tunnels go to the new process.
+#[tokio::test]
+async fn kernel_spliced_tunnels_stay_in_the_old_process_until_it_ends() {
+    let backend = Backend::echo().await;
+    let route = "[[route]]\nname = \"plain\"\nupstream = \"backends\"\n";
+    let toml = toml(backend.addr).replace(route, &format!("{route}kernel_splice = true\n"));
+    let proxy = Upgradable::start(&toml, "first").await;
+    let (addr, old_pid) = (proxy.wsgate.addr("plain"), proxy.wsgate.pid());
+    let (mut spliced, _) = ws_connect(addr, "/plain", &[]).await;
+    assert_echo(&mut spliced, Message::text("before")).await;
+
+    stamped_binary(&proxy.binary, "second");
+    let new_pid = proxy.upgrade(old_pid).await;
+    let _serving = Serving(new_pid);
+    // Still served, by the old process.
+    assert_echo(&mut spliced, Message::text("after")).await;
+    let line = proxy
+        .wsgate
+        .wait_for_log("the upgrade's last line", |line| {
+            line["message"] == "upgraded: the new process serves"
+        })
+        .await;
+    assert_eq!(
+        (line["moved"].as_u64(), line["stayed"].as_u64()),
+        (Some(0), Some(1)),
+        "{line}"
+    );
+    gone(old_pid).await;
+    let ended = within("the tunnel to end with the old process", spliced.next()).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    let (mut again, _) = ws_connect(addr, "/plain", &[]).await;
+    assert_echo(&mut again, Message::text("new process")).await;
+}
+
 /// A binary that exits at once: the running process keeps serving with
 /// every tunnel open, and says why; a good binary then upgrades it.
 #[tokio::test]
