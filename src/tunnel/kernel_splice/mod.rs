@@ -449,6 +449,7 @@ mod tests {
         got
     }
 
+    /// Needs CAP_BPF and CAP_NET_ADMIN: the tests run as root (as CI does).
     #[tokio::test]
     async fn bytes_cross_both_ways_and_each_end_is_passed_on() {
         let (mut client, client_near) = pair();
