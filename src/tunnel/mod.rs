@@ -4,7 +4,9 @@
 //! apart, for the inspected pumps); [`copy`] moves one direction's bytes through a buffer
 //! [`pool`] lends only while they move; [`pace`] holds a client's reads to
 //! its route's byte rate; [`linger`] reads a peer out after wsgate's last
-//! word to it, so that word is not lost to a reset.
+//! word to it, so that word is not lost to a reset; [`kernel_splice`]
+//! hands a plain tunnel's two sockets to the kernel, when its route asks,
+//! once nothing is left to move in user space.
 
 /// `AsyncWrite` for a wrapper that changes only how its stream is read
 /// (a field `io`): writes, flushes and shutdowns go straight through. Also

@@ -1,6 +1,6 @@
 //! The kernel splice (`kernel_splice = true` on a route): both sockets of
 //! a plain tunnel go into a BPF sockmap whose stream verdict program sends
-//! each socket's bytes out of its peer ([`bpf`]), so the bytes never enter
+//! each socket's bytes out of its peer (`bpf`), so the bytes never enter
 //! wsgate and no thread wakes for them.
 //!
 //! A tunnel starts in user space ([`super::Splice`]): the bytes hyper read
