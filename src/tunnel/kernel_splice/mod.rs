@@ -1,7 +1,7 @@
 //! The kernel splice (`kernel_splice = true` on a route): both sockets of
 //! a plain tunnel go into a BPF sockmap whose stream verdict program sends
 //! each socket's bytes out of its peer (`bpf`), so the bytes never enter
-//! wsgate and no thread wakes for them.
+//! wsgate and no thread of wsgate wakes for them.
 //!
 //! A tunnel starts in user space ([`super::Splice`]): the bytes hyper read
 //! past either handshake, and anything else already read, are written to
