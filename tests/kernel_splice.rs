@@ -155,20 +155,27 @@ async fn a_backend_that_vanishes_ends_the_client_connection() {
     proxy.stop().await;
 }
 
-/// wsgate's own CPU while 256 MiB cross one tunnel (half each way).
+/// wsgate's own CPU while 384 MiB cross one tunnel (half each way).
 async fn cpu_for_bytes(wsgate: &WsgateChild, backend: &mut RawBackend) -> Duration {
     let (conn, mut tunnel) = raw_tunnel(wsgate.addr("plain"), backend, b"").await;
     let mut client = conn.stream;
     let before = wsgate.cpu_time();
-    pump(&mut client, &mut tunnel, 128 << 20).await;
-    pump(&mut tunnel, &mut client, 128 << 20).await;
+    pump(&mut client, &mut tunnel, HALF).await;
+    pump(&mut tunnel, &mut client, HALF).await;
     wsgate.cpu_time() - before
 }
 
+/// The bytes each way of [`cpu_for_bytes`].
+const HALF: usize = 192 << 20;
+
 /// Spliced in user space, these bytes cost wsgate more than this much CPU
-/// (about 110 ms on the test machine); in the kernel, nothing measurable
-/// (the kernel forwards them in the senders' and its own threads).
-const USER_SPACE_FLOOR: Duration = Duration::from_millis(60);
+/// (about 165 ms on the test machine); in the kernel, less than
+/// [`KERNEL_CEILING`]: nothing but what a loaded machine charges to
+/// whichever process its interrupts land in (up to 20 ms seen while the
+/// whole suite ran). The kernel forwards them in the senders' and its own
+/// threads.
+const USER_SPACE_FLOOR: Duration = Duration::from_millis(80);
+const KERNEL_CEILING: Duration = Duration::from_millis(40);
 
 #[tokio::test]
 async fn the_bytes_never_enter_wsgate() {
@@ -176,8 +183,8 @@ async fn the_bytes_never_enter_wsgate() {
     let wsgate = WsgateChild::start(&child_toml(backend.addr), &["plain"], "info", None).await;
     let cpu = cpu_for_bytes(&wsgate, &mut backend).await;
     assert!(
-        cpu < USER_SPACE_FLOOR / 3,
-        "wsgate spent {cpu:?} of CPU on 256 MiB: they went through user space\n{}",
+        cpu < KERNEL_CEILING,
+        "wsgate spent {cpu:?} of CPU on 384 MiB: they went through user space\n{}",
         wsgate.log_tail(20)
     );
     // The tunnel ended (both sockets closed, each a FIN) with the kernel's
@@ -185,8 +192,8 @@ async fn the_bytes_never_enter_wsgate() {
     let closed = wsgate
         .wait_for_log("tunnel closed", |line| line["message"] == "tunnel closed")
         .await;
-    assert_eq!(closed["from_client"], 128 << 20, "{closed}");
-    assert_eq!(closed["from_backend"], 128 << 20, "{closed}");
+    assert_eq!(closed["from_client"], HALF, "{closed}");
+    assert_eq!(closed["from_backend"], HALF, "{closed}");
     assert_eq!(closed["ended_by"], "peers", "{closed}");
     let metrics = scrape(wsgate.admin_addr()).await;
     assert_eq!(
@@ -198,7 +205,7 @@ async fn the_bytes_never_enter_wsgate() {
             "wsgate_tunnel_bytes_total",
             &[("route", "all"), ("direction", "client_to_backend")]
         ),
-        (128 << 20) as f64
+        HALF as f64
     );
     assert!(
         !wsgate.log_lines().iter().any(|line| line["message"] == "kernel_splice unavailable: those routes' tunnels are spliced in user space"),
@@ -234,7 +241,7 @@ async fn without_the_capabilities_one_line_says_so_and_tunnels_work_in_user_spac
     }
     // The same bytes as above cost wsgate their user-space price: the
     // measurement above tells the two paths apart.
-    assert!(cpu > USER_SPACE_FLOOR, "only {cpu:?} of CPU for 256 MiB in user space");
+    assert!(cpu > USER_SPACE_FLOOR, "only {cpu:?} of CPU for 384 MiB in user space");
     let warnings: Vec<_> = wsgate
         .log_lines()
         .into_iter()
