@@ -14,13 +14,15 @@
 # SIZES="128 16384" (empty: handshakes only), HANDSHAKE_CONNECTIONS=50,
 # TLS=0 (1: TLS listeners with a `wsgate cert` certificate, wss:// clients),
 # CLIENT_ARGS (more loadgen arguments for every run, e.g. --no-resume),
+# LOG=warn (WSGATE_LOG of both; `info` is the access log: each process's
+# standard error goes to a file in the work directory),
 # LOADGEN (default: built here, release), A_TOML / B_TOML (TOML appended to
 # A's or B's configuration: the same binary with two settings, as
 # benches/cluster.sh does). Prints one JSON line per run and a median table
 # at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# == 2 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[[ $# == 2 ]] || { sed -n '2,22p' "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}
@@ -30,6 +32,7 @@ CONNECTIONS=${CONNECTIONS:-100}
 SIZES=${SIZES-"128 16384"}
 HANDSHAKE_CONNECTIONS=${HANDSHAKE_CONNECTIONS:-50}
 TLS=${TLS:-0}
+LOG=${LOG:-warn}
 read -r -a client_args <<<"${CLIENT_ARGS:-}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
@@ -55,10 +58,10 @@ printf '%s\n' "${A_TOML:-}" >>"$work/a.toml"
 printf '%s\n' "${B_TOML:-}" >>"$work/b.toml"
 "$LOADGEN" backend --listen "127.0.0.1:$BACKEND_PORT" 2>"$work/backend.log" &
 pids+=($!)
-WSGATE_LOG=warn "$A" --config "$work/a.toml" 2>"$work/a.log" &
+WSGATE_LOG=$LOG "$A" --config "$work/a.toml" 2>"$work/a.log" &
 A_PID=$!
 pids+=("$A_PID")
-WSGATE_LOG=warn "$B" --config "$work/b.toml" 2>"$work/b.log" &
+WSGATE_LOG=$LOG "$B" --config "$work/b.toml" 2>"$work/b.log" &
 B_PID=$!
 pids+=("$B_PID")
 wait_port "$BACKEND_PORT" "${pids[0]}" backend
