@@ -54,8 +54,11 @@ impl Proxy {
         // An upgrade of the binary waits for this tunnel to start, to move it.
         let undecided = self.relocation.opening();
         let upstream = &self.upstreams[route.upstream];
-        let hash_key = upstream.pool.key_of(ctx.client, request.headers(), request.uri());
-        let mut backend_request = handshake_request(&request, ctx, &opening.key);
+        let hash_key = upstream
+            .pool
+            .key_of(ctx.client, request.headers(), request.uri())
+            .map(|key| key.into_owned());
+        let mut backend_request = handshake_request(&mut request, ctx, &opening.key);
         match admitted.subprotocols {
             SubprotocolOffer::Unchanged => {}
             SubprotocolOffer::Replace(offer) => {
@@ -67,7 +70,14 @@ impl Proxy {
                 backend_request.headers_mut().remove(header::SEC_WEBSOCKET_PROTOCOL);
             }
         }
-        let offered = backend_request.headers().clone();
+        // What the backend's answer is checked against: the offers, not
+        // a copy of every field.
+        let mut offered = http::HeaderMap::new();
+        for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS] {
+            for value in backend_request.headers().get_all(&name) {
+                offered.append(name.clone(), value.clone());
+            }
+        }
         let Handshake {
             answered,
             stream: backend_stream,
@@ -323,7 +333,9 @@ impl Proxy {
 /// headers (the `Sec-WebSocket-*` family, `Origin`, cookies) kept,
 /// hop-by-hop headers replaced by the two an upgrade needs.
 /// `key` is the client's own over HTTP/1.1, wsgate's over HTTP/2.
-fn handshake_request<B>(request: &Request<B>, ctx: &RequestContext<'_>, key: &HeaderValue) -> Request<()> {
+/// The client's fields are taken out of `request` (routing and admission
+/// have read them), not copied.
+fn handshake_request<B>(request: &mut Request<B>, ctx: &RequestContext<'_>, key: &HeaderValue) -> Request<()> {
     let target = request
         .uri()
         .path_and_query()
@@ -331,7 +343,7 @@ fn handshake_request<B>(request: &Request<B>, ctx: &RequestContext<'_>, key: &He
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut forwarded = Request::new(());
     *forwarded.uri_mut() = Uri::from(target);
-    *forwarded.headers_mut() = request.headers().clone();
+    *forwarded.headers_mut() = std::mem::take(request.headers_mut());
     prepare_headers(forwarded.headers_mut(), request.uri(), ctx);
     set_upgrade_headers(forwarded.headers_mut());
     forwarded.headers_mut().insert(header::SEC_WEBSOCKET_KEY, key.clone());
