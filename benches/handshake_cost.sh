@@ -78,9 +78,9 @@ for binary in "$@"; do
     rm -f "$work"/callgrind.out*
     start "$binary" "$level" valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out"
     "$LOADGEN" handshake --url "$URL" --connections 4 --duration 2 --warmup 0 >/dev/null
-    callgrind_control -z "$server" >/dev/null
+    callgrind_control -z "$server" >/dev/null 2>&1
     "$LOADGEN" handshake --url "$URL" --connections 4 --duration "$COUNT_SECONDS" --warmup 0 >"$work/counted.json"
-    callgrind_control -d "$server" >/dev/null
+    callgrind_control -d "$server" >/dev/null 2>&1
     stop
     total=0
     for dump in "$work"/callgrind.out.*; do
