@@ -49,6 +49,8 @@ struct Pending {
     /// The writer was woken for these lines (or is writing): the next
     /// lines need not wake it again.
     woken: bool,
+    /// The writer thread is writing a batch out.
+    writing: bool,
     /// Asked to write what is here now and say so (`flush`).
     flush_asked: bool,
     /// Flush requests answered so far (`flush` waits for the next).
@@ -95,7 +97,7 @@ pub fn flush() {
     let Some(writer) = WRITER.get() else { return };
     let shared = writer.shared;
     let mut pending = lock(&shared.pending);
-    if pending.direct || (pending.lines.is_empty() && !pending.woken) {
+    if pending.direct || (pending.lines.is_empty() && !pending.woken && !pending.writing) {
         return;
     }
     let asked_at = pending.flushed;
@@ -148,6 +150,7 @@ fn write_out(shared: &Shared, out: &mut impl Write) {
         }
         std::mem::swap(&mut batch, &mut pending.lines);
         pending.woken = false;
+        pending.writing = true;
         let answers_flush = std::mem::take(&mut pending.flush_asked);
         drop(pending);
         let dropped = shared.dropped.load(Ordering::Relaxed);
@@ -164,6 +167,7 @@ fn write_out(shared: &Shared, out: &mut impl Write) {
         let _ = out.flush();
         batch.clear();
         pending = lock(&shared.pending);
+        pending.writing = false;
         if answers_flush {
             pending.flushed += 1;
             shared.wake.notify_all();
