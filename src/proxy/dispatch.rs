@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use tracing::{debug, info, Span};
 
 use super::connection::ConnectionInfo;
-use super::headers::{self, Forwarded};
+use super::headers;
 use super::upgrade::Accepted;
 use super::websocket;
 use super::{record_server, Proxy, RequestContext};
@@ -156,7 +156,7 @@ impl Proxy {
             .key_of(ctx.client, request.headers(), request.uri())
             .map(|key| key.into_owned());
         let (mut parts, body) = request.into_parts();
-        prepare_headers(&mut parts.headers, &parts.uri, ctx);
+        headers::prepare_headers(&mut parts.headers, &parts.uri, ctx);
         parts.version = Version::HTTP_11;
         let answer = upstream
             .send_http(hash_key.as_deref(), Request::from_parts(parts, body.into_proxy_body()))
@@ -179,29 +179,6 @@ fn protocol_name(version: Version) -> &'static str {
         Version::HTTP_09 => "http/0.9",
         _ => "http/1.1",
     }
-}
-
-/// Hop-by-hop headers out, forwarding headers in, and a Host header for
-/// absolute-form requests that carried the host only in their target.
-pub(super) fn prepare_headers(headers: &mut http::HeaderMap, uri: &Uri, ctx: &RequestContext<'_>) {
-    let client_host = headers.get(header::HOST).cloned();
-    headers::strip_hop_by_hop(headers);
-    if let Some(host) = client_host {
-        headers.insert(header::HOST, host);
-    }
-    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-        headers.insert(header::HOST, value);
-    }
-    let host = headers.get(header::HOST).cloned();
-    headers::set_forwarding(
-        headers,
-        &Forwarded {
-            client: ctx.client,
-            via_trusted: ctx.via_trusted,
-            tls: ctx.info.tls,
-            host: host.as_ref(),
-        },
-    );
 }
 
 /// RFC 9112 §6.1: wsgate decodes `chunked`, once, and nothing else; any

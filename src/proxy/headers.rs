@@ -4,6 +4,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::RequestContext;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and
 /// must not be forwarded. `Upgrade` and `Connection` are set again by the
 /// WebSocket path for the next hop.
@@ -118,6 +120,29 @@ fn extend_chain(headers: &HeaderMap, name: &HeaderName, hop: &str) -> String {
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Hop-by-hop headers out, forwarding headers in, and a Host header for
+/// absolute-form requests that carried the host only in their target.
+pub(super) fn prepare_headers(headers: &mut HeaderMap, uri: &http::Uri, ctx: &RequestContext<'_>) {
+    let client_host = headers.get(header::HOST).cloned();
+    strip_hop_by_hop(headers);
+    if let Some(host) = client_host {
+        headers.insert(header::HOST, host);
+    }
+    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        headers.insert(header::HOST, value);
+    }
+    let host = headers.get(header::HOST).cloned();
+    set_forwarding(
+        headers,
+        &Forwarded {
+            client: ctx.client,
+            via_trusted: ctx.via_trusted,
+            tls: ctx.info.tls,
+            host: host.as_ref(),
+        },
+    );
 }
 
 #[cfg(test)]

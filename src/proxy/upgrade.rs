@@ -14,7 +14,6 @@ use http::{Request, Response, Uri};
 use tracing::{debug, Instrument};
 
 use super::connection::ConnectionSlot;
-use super::dispatch::prepare_headers;
 use super::headers;
 use super::websocket::{set_upgrade_headers, Opening};
 use super::{record_server, Proxy, RequestContext};
@@ -344,7 +343,7 @@ fn handshake_request<B>(request: &mut Request<B>, ctx: &RequestContext<'_>, key:
     let mut forwarded = Request::new(());
     *forwarded.uri_mut() = Uri::from(target);
     *forwarded.headers_mut() = std::mem::take(request.headers_mut());
-    prepare_headers(forwarded.headers_mut(), request.uri(), ctx);
+    headers::prepare_headers(forwarded.headers_mut(), request.uri(), ctx);
     set_upgrade_headers(forwarded.headers_mut());
     forwarded.headers_mut().insert(header::SEC_WEBSOCKET_KEY, key.clone());
     forwarded
