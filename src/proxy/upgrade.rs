@@ -212,10 +212,19 @@ impl Proxy {
             held,
             start,
             span,
-            _undecided,
+            _undecided: undecided,
         } = accepted;
-        let state = start(client);
-        let task = TunnelTask { _held: held, state };
+        // Started in the task's first poll, as on hyper's path: a binary
+        // upgrade counts the tunnel as undecided until it runs (and can be
+        // asked to move), not only until its task exists.
+        let opening = Box::pin(async move {
+            let _started = undecided;
+            Ok(start(client))
+        });
+        let task = TunnelTask {
+            _held: held,
+            state: TunnelState::Opening(opening),
+        };
         self.tunnels.spawn(task.instrument(span));
     }
 }
