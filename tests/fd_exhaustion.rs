@@ -151,6 +151,13 @@ async fn out_of_descriptors_a_backend_connect_gets_503_with_retry_after_and_the_
     );
 
     // Said once per second with a count, not once per refusal.
+    wsgate
+        .wait_for_log("the refusals' line", |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("out of file descriptors"))
+        })
+        .await;
     let lines = wsgate.log_lines();
     let loud: Vec<_> = lines
         .iter()

@@ -90,6 +90,13 @@ fn send(states: &[NotifyState]) {
     if HANDED_OVER.load(Ordering::Acquire) {
         return;
     }
+    // A change of state reaches the service manager after the lines logged
+    // before it (a second at most): the journal, and whoever waits for
+    // READY=1 and then reads the log, sees them in order. Not for the
+    // watchdog's pings, which say nothing new.
+    if !matches!(states, [NotifyState::Watchdog]) {
+        crate::telemetry::log_writer::flush();
+    }
     if let Err(error) = sd_notify::notify(states) {
         let states: Vec<String> = states.iter().map(ToString::to_string).collect();
         debug!(%error, ?states, "systemd notification not sent");
