@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
@@ -36,8 +37,9 @@ pub fn fields_len(headers: &HeaderMap) -> usize {
 /// a GET in origin form without a body only (an upgrade's shape). `None`
 /// for anything else, which hyper then reads and answers as it always
 /// does: an incomplete head, another method or form, a body, a field
-/// hyper would refuse, more than [`MAX_FIELDS`] fields.
-pub fn parse_bodiless_get(bytes: &[u8]) -> Option<(Request<()>, usize)> {
+/// hyper would refuse, more than [`MAX_FIELDS`] fields. The field values
+/// are slices of `bytes`, not copies.
+pub fn parse_bodiless_get(bytes: &Bytes) -> Option<(Request<()>, usize)> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut fields);
     let httparse::Status::Complete(len) = parsed.parse(bytes).ok()? else {
@@ -56,7 +58,7 @@ pub fn parse_bodiless_get(bytes: &[u8]) -> Option<(Request<()>, usize)> {
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
             return None;
         }
-        headers.append(name, HeaderValue::from_bytes(field.value).ok()?);
+        headers.append(name, HeaderValue::from_maybe_shared(bytes.slice_ref(field.value)).ok()?);
     }
     let mut request = Request::new(());
     *request.method_mut() = Method::GET;
@@ -117,7 +119,7 @@ mod tests {
     #[test]
     fn an_upgrade_head_is_read_whole_with_what_follows_it_left() {
         let bytes = b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x80";
-        let (request, len) = parse_bodiless_get(bytes).expect("a GET without a body");
+        let (request, len) = parse_bodiless_get(&Bytes::copy_from_slice(bytes)).expect("a GET without a body");
         assert_eq!(&bytes[len..], b"\x81\x80");
         assert_eq!(request.uri().path(), "/chat");
         assert_eq!(request.uri().query(), Some("room=1"));
@@ -138,11 +140,16 @@ mod tests {
             b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ] {
-            assert!(parse_bodiless_get(head).is_none(), "{}", String::from_utf8_lossy(head));
+            let bytes = Bytes::copy_from_slice(head);
+            assert!(
+                parse_bodiless_get(&bytes).is_none(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
         let many: String = (0..=MAX_FIELDS).map(|i| format!("X-{i}: v\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert!(parse_bodiless_get(head.as_bytes()).is_none());
+        assert!(parse_bodiless_get(&Bytes::copy_from_slice(head.as_bytes())).is_none());
     }
 
     #[test]

@@ -169,13 +169,14 @@ pub async fn serve_connection<IO>(
         }
         return;
     }
+    let first = first.freeze();
     if let Some((request, head)) = http1::parse_bodiless_get(&first) {
         if handshake::wants_websocket(request.headers()) {
-            let rest = first.split_off(head).freeze();
+            let rest = first.slice(head..);
             return serve_upgrade(current.load_full(), io, request, rest, info).await;
         }
     }
-    let io = Lingering::new(Prefixed::holding(first.freeze(), io), info.slot.clone());
+    let io = Lingering::new(Prefixed::holding(first, io), info.slot.clone());
     // Boxed, as the HTTP/2 path is: a connection task is moved whole when
     // it is spawned, and its state is as large as its largest path.
     Box::pin(serve_http1(current, io, info, header_timeout, shutdown)).await;
