@@ -10,7 +10,7 @@
 //! ends; only the few events of a tunnel's life and of the server's (a
 //! handshake, a keepalive pong, a scrape) look a label set up.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,6 +172,10 @@ struct Inner {
     unreachable: Tracked<SideLabels, Counter>,
     message_rate_exceeded: Tracked<RouteLabels, Counter>,
     rebalanced: Tracked<ServerLabels, Counter>,
+    /// The series a plain tunnel counts in, found once per route, upstream
+    /// and server rather than once per tunnel (hashing and copying their
+    /// names was a twentieth of a handshake's instructions).
+    tunnel_series: Mutex<SeriesCache>,
     /// The routes and upstreams configured now, once a reload said so:
     /// series of others go once none of their tunnels is open.
     configured: Mutex<Option<Configured>>,
@@ -373,6 +377,7 @@ impl Metrics {
                 unreachable,
                 message_rate_exceeded,
                 rebalanced,
+                tunnel_series: Mutex::default(),
                 configured: Mutex::new(None),
                 server_healthy,
                 server_failures,
@@ -440,41 +445,63 @@ impl Metrics {
     /// open until they are dropped. `inspected`: frames and close codes are
     /// known (an inspected route).
     pub fn tunnel(&self, identity: &Identity) -> TunnelMetrics {
-        let (route, upstream, server) = (&*identity.route, &*identity.upstream, &*identity.server);
-        let inspected = identity.inspected;
+        let route = &*identity.route;
         let inner = &self.inner;
-        let open = inner.open_tunnels.get_or_create_owned(&TunnelLabels {
-            route: route.to_owned(),
-            upstream: upstream.to_owned(),
-            server: server.to_owned(),
-        });
-        open.inc();
+        let series = self.tunnel_series(identity);
+        series.open.inc();
         let by_route = RouteLabels {
             route: route.to_owned(),
         };
-        let per_direction = |family: &Tracked<DirectionLabels, Counter>| {
-            DIRECTIONS.map(|direction| {
-                family.get_or_create_owned(&DirectionLabels {
-                    route: route.to_owned(),
-                    direction,
-                })
-            })
-        };
         TunnelMetrics {
             registry: self.clone(),
-            open,
-            duration: inner.tunnel_duration.get_or_create_owned(&by_route),
-            bytes: per_direction(&inner.tunnel_bytes),
-            inspected: inspected.then(|| {
+            open: series.open,
+            duration: series.duration,
+            bytes: series.bytes,
+            inspected: identity.inspected.then(|| {
                 Box::new(InspectedMetrics {
                     route: route.to_owned(),
-                    frames: per_direction(&inner.tunnel_frames),
+                    frames: per_direction(&inner.tunnel_frames, route),
                     ping_rtt: inner.ping_rtt.get_or_create_owned(&by_route),
                     close_codes: inner.close_codes.clone(),
                     message_rate_exceeded: inner.message_rate_exceeded.clone(),
                 })
             }),
         }
+    }
+
+    /// The series of a tunnel of `identity`'s route, upstream and server:
+    /// from the cache, or looked up and kept there.
+    fn tunnel_series(&self, identity: &Identity) -> TunnelSeries {
+        let names = [&identity.route, &identity.upstream, &identity.server];
+        let key = names.map(|name| Arc::as_ptr(name).cast::<u8>() as usize);
+        if let Some(cached) = lock(&self.inner.tunnel_series).get(&key) {
+            return cached.series.clone();
+        }
+        let inner = &self.inner;
+        let (route, upstream, server) = (&*identity.route, &*identity.upstream, &*identity.server);
+        let series = TunnelSeries {
+            open: inner.open_tunnels.get_or_create_owned(&TunnelLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+                server: server.to_owned(),
+            }),
+            duration: inner.tunnel_duration.get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
+            }),
+            bytes: per_direction(&inner.tunnel_bytes, route),
+        };
+        let mut cache = lock(&inner.tunnel_series);
+        if cache.len() >= SERIES_CACHED {
+            cache.clear();
+        }
+        cache.insert(
+            key,
+            CachedSeries {
+                _names: names.map(Arc::clone),
+                series: series.clone(),
+            },
+        );
+        series
     }
 
     /// `count` tunnels of `server` were asked to close to rebalance `upstream`.
@@ -579,6 +606,8 @@ impl Metrics {
                 busy_upstreams.insert(labels.upstream.clone());
             }
         }
+        // Its handles could be of series removed below.
+        lock(&inner.tunnel_series).clear();
         let route_gone =
             |route: &String| !route.is_empty() && !configured.routes.contains(route) && !busy_routes.contains(route);
         let upstream_gone =
@@ -644,6 +673,37 @@ impl Metrics {
 struct Configured {
     routes: HashSet<String>,
     upstreams: HashSet<String>,
+}
+
+/// Tunnels' series by the addresses of their route, upstream and server
+/// names; each entry holds the names, so that no address is reused while
+/// it is a key.
+type SeriesCache = HashMap<[usize; 3], CachedSeries>;
+
+/// Entries at most in the [`SeriesCache`] (servers found by DNS come and
+/// go, each with a name of its own): past it, it starts over.
+const SERIES_CACHED: usize = 4096;
+
+struct CachedSeries {
+    _names: [Arc<str>; 3],
+    series: TunnelSeries,
+}
+
+#[derive(Clone)]
+struct TunnelSeries {
+    open: Gauge,
+    duration: Histogram,
+    bytes: [Counter; 2],
+}
+
+/// The `route`'s series of `family` in each direction.
+fn per_direction(family: &Tracked<DirectionLabels, Counter>, route: &str) -> [Counter; 2] {
+    DIRECTIONS.map(|direction| {
+        family.get_or_create_owned(&DirectionLabels {
+            route: route.to_owned(),
+            direction,
+        })
+    })
 }
 
 /// A family whose label sets are remembered (prometheus-client cannot list
@@ -841,21 +901,55 @@ mod tests {
         assert_eq!(close_code_label(Some(2000)), "other");
     }
 
-    #[test]
-    fn a_tunnel_counts_as_open_while_its_handles_live() {
-        let metrics = Metrics::new();
-        let tunnel = metrics.tunnel(&Identity {
+    fn identity(route: &str) -> Identity {
+        Identity {
             client: crate::tunnel::identity::Client::Direct("127.0.0.1:5000".parse().unwrap()),
             listener: "public".into(),
-            route: "chat".into(),
+            route: route.into(),
             upstream: "backends".into(),
             server: "10.0.0.1:80".into(),
             subprotocol: None,
-            inspected: true,
+            inspected: false,
             protocol: "http/1.1",
             path: None,
             handshake_ms: None,
             attempts: None,
+        }
+    }
+
+    /// The series found once for a route are those every later tunnel of
+    /// it counts in, and once a reload removed them, a tunnel still opened
+    /// on that route counts in series that a scrape shows again.
+    #[test]
+    fn cached_series_are_the_scraped_ones_before_and_after_a_removal() {
+        let metrics = Metrics::new();
+        let open =
+            |n| format!("wsgate_open_tunnels{{route=\"old\",upstream=\"backends\",server=\"10.0.0.1:80\"}} {n}\n");
+        let old = identity("old");
+        let (first, second) = (metrics.tunnel(&old), metrics.tunnel(&old));
+        assert!(metrics.encode(&[]).contains(&open(2)));
+        first.finish(Duration::from_secs(1), [3, 4], [0, 0], None);
+        second.finish(Duration::from_secs(1), [5, 6], [0, 0], None);
+        drop((first, second));
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains("wsgate_tunnel_bytes_total{route=\"old\",direction=\"client_to_backend\"} 8"),
+            "{text}"
+        );
+        metrics.configured(["new".to_owned()], ["backends".to_owned()]);
+        let text = metrics.encode(&[]);
+        assert!(!text.contains("route=\"old\""), "{text}");
+        let late = metrics.tunnel(&old);
+        assert!(metrics.encode(&[]).contains(&open(1)));
+        drop(late);
+    }
+
+    #[test]
+    fn a_tunnel_counts_as_open_while_its_handles_live() {
+        let metrics = Metrics::new();
+        let tunnel = metrics.tunnel(&Identity {
+            inspected: true,
+            ..identity("chat")
         });
         let text = metrics.encode(&[]);
         assert!(
