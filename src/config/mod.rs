@@ -96,6 +96,9 @@ pub struct Global {
     /// Open client connections across all listeners (default 100000); at the
     /// cap, listeners stop accepting until a connection ends.
     pub max_connections: usize,
+    /// Threads that accept and serve client connections, each with its own
+    /// event loop (default: one per core this process may use).
+    pub workers: Option<usize>,
     /// IPv6 clients are counted per prefix of this length (default 64): one
     /// host usually owns a whole /64 and could otherwise rotate addresses.
     pub ipv6_client_prefix: u8,

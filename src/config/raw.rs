@@ -63,6 +63,7 @@ pub struct RawGlobal {
     pub shutdown_timeout: Option<Spanned<HumanDuration>>,
     pub max_request_header_size: Option<Spanned<ByteSize>>,
     pub max_connections: Option<Spanned<u64>>,
+    pub workers: Option<Spanned<u64>>,
     pub ipv6_client_prefix: Option<Spanned<u8>>,
     pub log_format: Option<LogFormat>,
     pub log_filter: Option<Spanned<String>>,

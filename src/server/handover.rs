@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use super::running::Running;
+use super::workers::Workers;
 use crate::lifecycle::handover::{self, Channel, Message};
 use crate::lifecycle::{notify, version};
 use crate::proxy::Proxy;
@@ -43,7 +44,7 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
         handover::spawn_successor(path).map_err(|e| format!("cannot start {}: {e}", path.display()))?;
     let channel = Arc::new(channel);
     let names: Vec<String> = running.listeners.iter().map(|l| l.name.clone()).collect();
-    let sockets: Vec<Arc<TcpListener>> = running.listeners.iter().map(|l| l.socket.clone()).collect();
+    let sockets: Vec<Arc<std::net::TcpListener>> = running.listeners.iter().map(|l| l.socket.clone()).collect();
     let talk = {
         let channel = channel.clone();
         tokio::task::spawn_blocking(move || start_successor(&channel, names, &sockets, admin.as_deref()))
@@ -116,7 +117,8 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
             "the new process stopped taking tunnels; they stay in this one"
         );
         for tunnel in unsent {
-            proxy.adopt(tunnel, None);
+            let proxy = proxy.clone();
+            running.workers.next().spawn(async move { proxy.adopt(tunnel, None) });
         }
     }
     let stayed = proxy.stats.open_connections() as u64;
@@ -140,7 +142,7 @@ pub(crate) async fn give(running: &mut Running, admin: Option<Arc<TcpListener>>)
 fn start_successor(
     channel: &Channel,
     names: Vec<String>,
-    sockets: &[Arc<TcpListener>],
+    sockets: &[Arc<std::net::TcpListener>],
     admin: Option<&TcpListener>,
 ) -> Result<(String, u32), String> {
     let broken = |e: std::io::Error| match gone(&e) {
@@ -285,10 +287,11 @@ pub fn take(channel: &Channel) -> Result<Taken, String> {
 /// tunnel it sends, in `current`'s configuration, until it is done; once
 /// systemd knows this process as the main one, starts speaking to it
 /// (`READY=1`, the watchdog).
-pub fn serve_handed_over(
+pub(crate) fn serve_handed_over(
     channel: Channel,
     current: Arc<ArcSwap<Proxy>>,
     permits: Arc<Semaphore>,
+    workers: Arc<Workers>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Handle::current();
     let metrics = current.load().stats.metrics().clone();
@@ -296,8 +299,10 @@ pub fn serve_handed_over(
     channel.set_receive_timeout(None)?;
     let (adopt, mut adopted) = mpsc::unbounded_channel::<MovedTunnel>();
     tokio::spawn(async move {
+        // Dealt out to the workers in turn, where each is served to its end.
         while let Some(tunnel) = adopted.recv().await {
-            current.load().adopt(tunnel, permits.clone().try_acquire_owned().ok());
+            let (proxy, permit) = (current.load_full(), permits.clone().try_acquire_owned().ok());
+            workers.next().spawn(async move { proxy.adopt(tunnel, permit) });
         }
     });
     std::thread::Builder::new()

@@ -27,7 +27,8 @@ pub(crate) struct BoundListener {
     pub(crate) name: String,
     /// The address as configured (port 0 in tests): a reload compares it.
     pub(crate) listen: SocketAddr,
-    pub(crate) socket: TcpListener,
+    /// Non-blocking; each worker accepts on a duplicate of it.
+    pub(crate) socket: std::net::TcpListener,
     pub(crate) settings: ListenerSettings,
 }
 
@@ -52,7 +53,7 @@ impl ListenerSettings {
     /// them, with no system call of its own. A socket that refuses them is
     /// served all the same: they only shorten how long a vanished client
     /// goes unnoticed.
-    pub(crate) fn apply_to(&self, socket: &TcpListener) {
+    pub(crate) fn apply_to(&self, socket: &std::net::TcpListener) {
         if let Err(error) = self.tcp.apply_to_listener(socket) {
             warn!(listener = %self.name, %error, "TCP keepalive, user timeout or no-delay not set on the listening socket");
         }
@@ -79,7 +80,7 @@ impl ListenerSettings {
 /// uses 511, HAProxy its `maxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
 
-pub(crate) async fn bind_socket(listener: &config::Listener) -> io::Result<TcpListener> {
+pub(crate) async fn bind_socket(listener: &config::Listener) -> io::Result<std::net::TcpListener> {
     let bind = || {
         let socket = if listener.listen.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -90,7 +91,8 @@ pub(crate) async fn bind_socket(listener: &config::Listener) -> io::Result<TcpLi
         // the old one's connections linger in TIME_WAIT.
         socket.set_reuseaddr(true)?;
         socket.bind(listener.listen)?;
-        socket.listen(LISTEN_BACKLOG)
+        // Taken off this runtime: the workers accept on it.
+        socket.listen(LISTEN_BACKLOG)?.into_std()
     };
     bind().map_err(|e| {
         io::Error::new(
@@ -107,6 +109,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Failed accepts are logged at most once per interval, with their count.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+#[derive(Clone)]
 pub(crate) struct Acceptor {
     pub(crate) current: Arc<ArcSwap<Proxy>>,
     pub(crate) settings: Arc<ArcSwap<ListenerSettings>>,
@@ -116,7 +119,7 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) async fn run(self, socket: Arc<TcpListener>) {
+    pub(crate) async fn run(self, socket: TcpListener) {
         // Failed accepts (out of descriptors or memory) since the last line
         // about them, when that line was written, whether one was written
         // since the last accept, and the next wait. The interval holds

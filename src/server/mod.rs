@@ -12,6 +12,7 @@ mod housekeeping;
 mod listener;
 pub mod reload;
 mod running;
+mod workers;
 
 use std::future::Future;
 use std::io;
@@ -34,6 +35,7 @@ use admin::AdminListener;
 use listener::{bind_socket, BoundListener, ListenerSettings};
 use reload::{Fixed, Reload, Reloader};
 use running::Running;
+use workers::Workers;
 
 /// A proxy whose listeners are bound and ready to accept.
 pub struct Server {
@@ -54,6 +56,7 @@ pub struct Server {
     admin: Option<AdminListener>,
     /// What a reload cannot change.
     fixed: Fixed,
+    workers: Arc<Workers>,
 }
 
 impl Server {
@@ -77,12 +80,15 @@ impl Server {
         let mut passed = passed.for_listeners(config.listeners.iter().map(|l| l.name.as_str()));
         for listener in &config.listeners {
             let socket = match passed.take(&listener.name, listener.listen) {
-                Some(socket) => TcpListener::from_std(socket).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("listener {:?}: cannot use the passed socket: {e}", listener.name),
-                    )
-                })?,
+                Some(socket) => {
+                    socket.set_nonblocking(true).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("listener {:?}: cannot use the passed socket: {e}", listener.name),
+                        )
+                    })?;
+                    socket
+                }
                 None => bind_socket(listener).await?,
             };
             listeners.push(BoundListener {
@@ -97,6 +103,9 @@ impl Server {
             (Some(admin), None) => Some(AdminListener::bind(admin.listen).await?),
             (None, _) => None,
         };
+        let workers = Workers::start(config.global.workers.unwrap_or_else(workers::default_count))
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start the worker threads: {e}")))?;
+        info!(workers = workers.count(), "worker threads started");
         let tasks = TaskTracker::new();
         let stats = Stats::default();
         let cluster = match &config.cluster {
@@ -123,6 +132,7 @@ impl Server {
             upgrade_sender,
             admin,
             fixed: Fixed::new(&config),
+            workers,
         })
     }
 
@@ -159,7 +169,12 @@ impl Server {
     /// Tells the process this one takes over from that its listeners are
     /// served, then runs the tunnels it hands over ([`handover`]).
     pub fn take_tunnels_from(&self, channel: crate::lifecycle::handover::Channel) -> io::Result<()> {
-        handover::serve_handed_over(channel, self.current.clone(), self.connection_permits.clone())
+        handover::serve_handed_over(
+            channel,
+            self.current.clone(),
+            self.connection_permits.clone(),
+            self.workers.clone(),
+        )
     }
 
     /// Serves until `shutdown` completes, switching configurations when a
@@ -180,6 +195,7 @@ impl Server {
             upgrade_sender,
             admin,
             fixed,
+            workers,
         } = self;
         // Only the handles given out keep the channels open.
         drop((reload_sender, upgrade_sender));
@@ -193,6 +209,7 @@ impl Server {
             stop: stop.clone(),
             housekeeping: None,
             generation: 1,
+            workers: workers.clone(),
         };
         for listener in listeners {
             running.start_listener(listener);
@@ -264,6 +281,8 @@ impl Server {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        // What is still open past the shutdown timeout goes with them.
+        workers.stop();
         info!("stopped");
     }
 }

@@ -102,6 +102,7 @@ pub(crate) struct Fixed {
     log_format: LogFormat,
     log_filter: String,
     cluster: Option<ClusterSettings>,
+    workers: Option<usize>,
 }
 
 impl Fixed {
@@ -111,6 +112,7 @@ impl Fixed {
             log_format: config.global.log_format,
             log_filter: config.global.log_filter.clone(),
             cluster: config.cluster.clone(),
+            workers: config.global.workers,
         }
     }
 
@@ -129,6 +131,9 @@ impl Fixed {
         }
         if next.cluster != self.cluster {
             keys.push("cluster");
+        }
+        if next.workers != self.workers {
+            keys.push("global.workers");
         }
         keys
     }

@@ -11,10 +11,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, Instrument};
+use tracing::{error, info, Instrument};
 
 use super::housekeeping::housekeeping;
 use super::listener::{Acceptor, BoundListener, ListenerSettings};
+use super::workers::Workers;
 use crate::proxy::Proxy;
 
 /// A server's moving parts while it runs.
@@ -29,6 +30,7 @@ pub(crate) struct Running {
     /// The periodic work of the current generation.
     pub(crate) housekeeping: Option<(CancellationToken, Vec<JoinHandle<()>>)>,
     pub(crate) generation: u64,
+    pub(crate) workers: Arc<Workers>,
 }
 
 pub(crate) struct RunningListener {
@@ -36,11 +38,13 @@ pub(crate) struct RunningListener {
     pub(super) listen: SocketAddr,
     pub(super) local_addr: SocketAddr,
     pub(super) settings: Arc<ArcSwap<ListenerSettings>>,
-    /// Shared with the acceptor: a binary upgrade sends it to the new process.
-    pub(crate) socket: Arc<tokio::net::TcpListener>,
+    /// The workers accept on duplicates of it; a binary upgrade sends it to
+    /// the new process.
+    pub(crate) socket: Arc<std::net::TcpListener>,
     /// Stops this listener alone (it was removed from the configuration).
     pub(super) stop: CancellationToken,
-    pub(super) task: JoinHandle<()>,
+    /// Its acceptor on each worker.
+    pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -57,9 +61,21 @@ impl Running {
             stop: stop.clone(),
             tasks: self.tasks.clone(),
         };
-        let span = tracing::info_span!("listener", name = %listener.name);
+        let mut tasks = Vec::with_capacity(self.workers.count());
+        for worker in self.workers.each() {
+            let span = tracing::info_span!("listener", name = %listener.name);
+            // Registered with the worker's own reactor, from its thread.
+            let socket = listener.socket.try_clone();
+            let acceptor = acceptor.clone();
+            let accept = async move {
+                match socket.and_then(tokio::net::TcpListener::from_std) {
+                    Ok(socket) => acceptor.run(socket).await,
+                    Err(error) => error!(%error, "this worker cannot accept on the listener"),
+                }
+            };
+            tasks.push(worker.spawn(accept.instrument(span)));
+        }
         let socket = Arc::new(listener.socket);
-        let task = tokio::spawn(acceptor.run(socket.clone()).instrument(span));
         self.listeners.push(RunningListener {
             name: listener.name,
             listen: listener.listen,
@@ -67,7 +83,7 @@ impl Running {
             settings,
             socket,
             stop,
-            task,
+            tasks,
         });
     }
 
@@ -108,8 +124,8 @@ impl Running {
 
     /// Waits for every acceptor and periodic task to end (after `stop`).
     pub(crate) async fn join(self) {
-        for listener in self.listeners {
-            let _ = listener.task.await;
+        for task in self.listeners.into_iter().flat_map(|listener| listener.tasks) {
+            let _ = task.await;
         }
         if let Some((_, tasks)) = self.housekeeping {
             for task in tasks {

@@ -25,6 +25,8 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 16 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
+/// More worker threads than this is a typo: each is a thread and an event loop.
+const MAX_WORKERS: u64 = 1024;
 const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
 const DEFAULT_LOG_FILTER: &str = "info";
 /// Below this, ordinary browser requests with a few cookies would be refused.
@@ -416,6 +418,18 @@ impl Checker<'_> {
             Some(n) => *n.get_ref(),
             None => DEFAULT_MAX_CONNECTIONS,
         };
+        let workers = match raw.workers {
+            Some(n) if !(1..=MAX_WORKERS).contains(n.get_ref()) => {
+                self.error(
+                    &n,
+                    "global.workers",
+                    format!("must be between 1 and {MAX_WORKERS}; leave it out for one per core"),
+                );
+                None
+            }
+            Some(n) => usize::try_from(*n.get_ref()).ok(),
+            None => None,
+        };
         let ipv6_client_prefix = match raw.ipv6_client_prefix {
             Some(p) if !(1..=128).contains(p.get_ref()) => {
                 self.error(
@@ -453,6 +467,7 @@ impl Checker<'_> {
             log_filter,
             http_log: raw.http_log.unwrap_or(true),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            workers,
             ipv6_client_prefix,
             handshake_timeout: self.timeout(
                 raw.handshake_timeout,
