@@ -132,6 +132,10 @@ pub fn finish() {
     }
 }
 
+/// What each of the writer's two vectors keeps of its capacity between
+/// batches: a few hundred lines.
+const KEPT_CAPACITY: usize = 64 * 1024;
+
 /// The writer thread: waits for a first line, lets more gather, writes
 /// them all at once; at the end, writes what is left.
 fn write_out(shared: &Shared, out: &mut impl Write) {
@@ -166,6 +170,9 @@ fn write_out(shared: &Shared, out: &mut impl Write) {
         let _ = out.write_all(&batch);
         let _ = out.flush();
         batch.clear();
+        // A burst's batch (up to the whole buffer) is not kept for the
+        // quiet after it; the two vectors take turns here.
+        batch.shrink_to(KEPT_CAPACITY);
         pending = lock(&shared.pending);
         pending.writing = false;
         if answers_flush {
