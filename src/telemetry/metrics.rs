@@ -449,9 +449,6 @@ impl Metrics {
         let inner = &self.inner;
         let series = self.tunnel_series(identity);
         series.open.inc();
-        let by_route = RouteLabels {
-            route: route.to_owned(),
-        };
         TunnelMetrics {
             registry: self.clone(),
             open: series.open,
@@ -461,7 +458,9 @@ impl Metrics {
                 Box::new(InspectedMetrics {
                     route: route.to_owned(),
                     frames: per_direction(&inner.tunnel_frames, route),
-                    ping_rtt: inner.ping_rtt.get_or_create_owned(&by_route),
+                    ping_rtt: inner.ping_rtt.get_or_create_owned(&RouteLabels {
+                        route: route.to_owned(),
+                    }),
                     close_codes: inner.close_codes.clone(),
                     message_rate_exceeded: inner.message_rate_exceeded.clone(),
                 })

@@ -101,11 +101,16 @@ async fn read_head<S: AsyncRead + Unpin>(
                         .code
                         .and_then(|code| StatusCode::from_u16(code).ok())
                         .ok_or_else(|| BackendHandshakeError::Malformed("bad status code".into()))?;
+                    // One copy of the head, of which the values are slices,
+                    // rather than an allocation per value.
+                    let head = Bytes::copy_from_slice(&buf[..len]);
+                    let at = |value: &[u8]| value.as_ptr() as usize - buf.as_ptr() as usize;
                     let mut headers = HeaderMap::with_capacity(answer.headers.len());
                     for field in answer.headers.iter() {
                         let name = HeaderName::from_bytes(field.name.as_bytes())
                             .map_err(|_| BackendHandshakeError::Malformed(format!("field name {:?}", field.name)))?;
-                        let value = HeaderValue::from_bytes(field.value)
+                        let start = at(field.value);
+                        let value = HeaderValue::from_maybe_shared(head.slice(start..start + field.value.len()))
                             .map_err(|_| BackendHandshakeError::Malformed(format!("value of {name}")))?;
                         headers.append(name, value);
                     }
