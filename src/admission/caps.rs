@@ -90,7 +90,7 @@ impl RouteCaps {
             *self.table().entry(client).or_insert(0) += 1;
         }
         let mut permit = self.permit(tracked.then_some(client));
-        permit.lease = lease;
+        permit.lease = lease.map(Box::new);
         permit
     }
 
@@ -126,7 +126,9 @@ impl LocalCounts for RouteCaps {
 pub struct TunnelPermit {
     caps: Arc<RouteCaps>,
     client: Option<ClientKey>,
-    lease: Option<Lease>,
+    /// Boxed: only a fleet's tunnels have one, and every tunnel's task holds
+    /// a permit (memory per idle tunnel).
+    lease: Option<Box<Lease>>,
 }
 
 impl Drop for TunnelPermit {

@@ -451,9 +451,7 @@ impl Metrics {
         series.open.inc();
         TunnelMetrics {
             registry: self.clone(),
-            open: series.open,
-            duration: series.duration,
-            bytes: series.bytes,
+            series,
             inspected: identity.inspected.then(|| {
                 Box::new(InspectedMetrics {
                     route: route.to_owned(),
@@ -470,7 +468,7 @@ impl Metrics {
 
     /// The series of a tunnel of `identity`'s route, upstream and server:
     /// from the cache, or looked up and kept there.
-    fn tunnel_series(&self, identity: &Identity) -> TunnelSeries {
+    fn tunnel_series(&self, identity: &Identity) -> Arc<TunnelSeries> {
         let names = [&identity.route, &identity.upstream, &identity.server];
         let key = names.map(|name| Arc::as_ptr(name).cast::<u8>() as usize);
         if let Some(cached) = lock(&self.inner.tunnel_series).get(&key) {
@@ -478,7 +476,7 @@ impl Metrics {
         }
         let inner = &self.inner;
         let (route, upstream, server) = (&*identity.route, &*identity.upstream, &*identity.server);
-        let series = TunnelSeries {
+        let series = Arc::new(TunnelSeries {
             open: inner.open_tunnels.get_or_create_owned(&TunnelLabels {
                 route: route.to_owned(),
                 upstream: upstream.to_owned(),
@@ -488,7 +486,7 @@ impl Metrics {
                 route: route.to_owned(),
             }),
             bytes: per_direction(&inner.tunnel_bytes, route),
-        };
+        });
         let mut cache = lock(&inner.tunnel_series);
         if cache.len() >= SERIES_CACHED {
             cache.clear();
@@ -685,10 +683,9 @@ const SERIES_CACHED: usize = 4096;
 
 struct CachedSeries {
     _names: [Arc<str>; 3],
-    series: TunnelSeries,
+    series: Arc<TunnelSeries>,
 }
 
-#[derive(Clone)]
 struct TunnelSeries {
     open: Gauge,
     duration: Histogram,
@@ -772,9 +769,9 @@ impl Drop for OpenGauge {
 pub struct TunnelMetrics {
     /// For what few tunnels meet, looked up only then (a side unreachable).
     registry: Metrics,
-    open: Gauge,
-    duration: Histogram,
-    bytes: [Counter; 2],
+    /// Shared with every tunnel of the same route, upstream and server: one
+    /// pointer in the tunnel's task rather than four (memory per idle tunnel).
+    series: Arc<TunnelSeries>,
     /// Boxed, and only for an inspected tunnel: a plain one is smaller.
     inspected: Option<Box<InspectedMetrics>>,
 }
@@ -836,8 +833,8 @@ impl TunnelMetrics {
     /// inspected, frames) each way by [`CLIENT_TO_BACKEND`] and
     /// [`BACKEND_TO_CLIENT`], and its first close frame when it was inspected.
     pub fn finish(&self, duration: Duration, bytes: [u64; 2], frames: [u64; 2], close: Option<FirstClose>) {
-        self.duration.observe(duration.as_secs_f64());
-        for (counter, n) in self.bytes.iter().zip(bytes) {
+        self.series.duration.observe(duration.as_secs_f64());
+        for (counter, n) in self.series.bytes.iter().zip(bytes) {
             counter.inc_by(n);
         }
         let Some(inspected) = &self.inspected else {
@@ -865,7 +862,7 @@ impl TunnelMetrics {
 
 impl Drop for TunnelMetrics {
     fn drop(&mut self) {
-        self.open.dec();
+        self.series.open.dec();
     }
 }
 

@@ -17,7 +17,9 @@ use super::relocate::moved::CopyState;
 #[derive(Default)]
 pub struct Copy {
     /// What was read and not yet all written: the only time a buffer is held.
-    held: Option<(Lent, usize, usize)>,
+    /// The range as `u32`s: a buffer is at most a large one, and the
+    /// struct is in every tunnel's task twice (memory per idle tunnel).
+    held: Option<(Lent, u32, u32)>,
     /// Bytes written since the last flush.
     unflushed: bool,
     /// The source ended; the destination's write side is being shut down.
@@ -44,7 +46,7 @@ impl Copy {
     pub fn save(&self) -> CopyState {
         CopyState {
             unwritten: match &self.held {
-                Some((buffer, start, end)) => buffer[*start..*end].to_vec(),
+                Some((buffer, start, end)) => buffer[*start as usize..*end as usize].to_vec(),
                 None => Vec::new(),
             },
             source_ended: self.source_ended,
@@ -66,7 +68,7 @@ impl Copy {
             // A read never brought more than a large buffer holds.
             let n = n.min(buffer.len());
             buffer[..n].copy_from_slice(&saved.unwritten[..n]);
-            (buffer, 0, n)
+            (buffer, 0, n as u32)
         });
         let now = Instant::now();
         Copy {
@@ -125,11 +127,11 @@ impl Copy {
         loop {
             if let Some((buffer, start, end)) = &mut self.held {
                 while start < end {
-                    let n = ready!(Pin::new(&mut *dst).poll_write(cx, &buffer[*start..*end]))?;
+                    let n = ready!(Pin::new(&mut *dst).poll_write(cx, &buffer[*start as usize..*end as usize]))?;
                     if n == 0 {
                         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
-                    *start += n;
+                    *start += n as u32;
                     self.unflushed = true;
                 }
                 // All written: the buffer goes back before the next read.
@@ -168,7 +170,7 @@ impl Copy {
                     }
                     self.bytes += n as u64;
                     self.sizing.saw(n, room);
-                    self.held = Some((buffer, 0, n));
+                    self.held = Some((buffer, 0, n as u32));
                 }
             }
         }

@@ -104,8 +104,8 @@ pub trait Movable {
 impl Movable for Side {
     fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])> {
         match self {
-            Side::Tcp(Prefixed { prefix, io }) => Some((io.as_fd(), prefix)),
-            Side::PacedTcp(paced) => Some((paced.get_ref().io.as_fd(), &paced.get_ref().prefix)),
+            Side::Tcp(tcp) => Some((tcp.io.as_fd(), tcp.prefix())),
+            Side::PacedTcp(paced) => Some((paced.get_ref().io.as_fd(), paced.get_ref().prefix())),
             Side::Other(_) => None,
         }
     }
@@ -114,8 +114,8 @@ impl Movable for Side {
 impl Movable for ReadHalf {
     fn movable(&self) -> Option<(BorrowedFd<'_>, &[u8])> {
         match self {
-            ReadHalf::Tcp(Prefixed { prefix, io }) => Some((io.as_ref().as_fd(), prefix)),
-            ReadHalf::PacedTcp(paced) => Some((paced.get_ref().io.as_ref().as_fd(), &paced.get_ref().prefix)),
+            ReadHalf::Tcp(tcp) => Some((tcp.io.as_ref().as_fd(), tcp.prefix())),
+            ReadHalf::PacedTcp(paced) => Some((paced.get_ref().io.as_ref().as_fd(), paced.get_ref().prefix())),
             ReadHalf::Shared(_) => None,
         }
     }
@@ -223,7 +223,9 @@ impl AsyncWrite for WriteHalf {
 /// A stream whose first bytes were already read (by hyper) and are handed
 /// out before the stream's own.
 pub struct Prefixed<T> {
-    prefix: Bytes,
+    /// Boxed, and only while there are bytes left: a tunnel rarely starts
+    /// with any, and each of its sides holds one (memory per idle tunnel).
+    prefix: Option<Box<Bytes>>,
     io: T,
 }
 
@@ -232,34 +234,37 @@ impl<T> Prefixed<T> {
     /// (kilobytes, allocated for the request head) is freed now rather than
     /// held for the tunnel's life by a few bytes that point into it.
     pub fn new(prefix: Bytes, io: T) -> Prefixed<T> {
-        let prefix = if prefix.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&prefix)
-        };
-        Prefixed { prefix, io }
+        Prefixed::holding(Bytes::copy_from_slice(&prefix), io)
     }
 
     /// Keeps `prefix` as it is: bytes read a moment ago that the next read
     /// hands out (and frees), such as the first read of a connection.
     pub fn holding(prefix: Bytes, io: T) -> Prefixed<T> {
-        Prefixed { prefix, io }
+        Prefixed {
+            prefix: (!prefix.is_empty()).then(|| Box::new(prefix)),
+            io,
+        }
+    }
+
+    /// The bytes not yet handed out.
+    pub fn prefix(&self) -> &[u8] {
+        self.prefix.as_deref().map_or(&[], |prefix| prefix)
     }
 
     /// The bytes not yet handed out, and the stream.
     pub fn into_parts(self) -> (Bytes, T) {
-        (self.prefix, self.io)
+        (self.prefix.map(|prefix| *prefix).unwrap_or_default(), self.io)
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            if this.prefix.is_empty() {
-                this.prefix = Bytes::new();
+        if let Some(prefix) = &mut this.prefix {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix.split_to(n));
+            if prefix.is_empty() {
+                this.prefix = None;
             }
             return Poll::Ready(Ok(()));
         }
