@@ -204,6 +204,18 @@ impl RouteGate {
         takes_place: bool,
     ) -> Option<Result<Option<crate::cluster::Lease>, Refusal>> {
         let shared = self.shared.as_ref()?;
+        // Boxed: only a fleet's instances wait for it, and a handshake's
+        // future need not make room for a store's round trip.
+        Box::pin(self.fleet_answer(shared, client, takes_place)).await
+    }
+
+    /// [`Self::ask_fleet`] once there is a fleet: the store's round trip.
+    async fn fleet_answer(
+        &self,
+        shared: &Shared,
+        client: ClientKey,
+        takes_place: bool,
+    ) -> Option<Result<Option<crate::cluster::Lease>, Refusal>> {
         let key = client.to_string();
         let rules = &shared.rules;
         let ask = Ask {

@@ -217,7 +217,9 @@ impl Acceptor {
             let peer_trusted = trusted.contains(peer.ip());
             let mut client = peer;
             if proxy_protocol {
-                match real_ip::read_proxy_header(&mut stream, handshake_timeout).await {
+                // Boxed, as the TLS handshake below: the task holds only
+                // what every connection needs until it ends.
+                match Box::pin(real_ip::read_proxy_header(&mut stream, handshake_timeout)).await {
                     // An untrusted peer's header is read (it frames the stream) but not believed.
                     Ok(Some(address)) if peer_trusted => client = address,
                     Ok(_) => {}
@@ -247,25 +249,31 @@ impl Acceptor {
                     .saturating_sub(accepted_at.elapsed())
                     .max(Duration::from_millis(1))
             };
+            // Boxed, each, the TLS handshake too (rustls' state is kilobytes):
+            // the task is spawned (moved whole) before it knows which one it
+            // runs, so it holds only a pointer.
             match tls {
-                // Boxed, each: the task is spawned (moved whole) before it
-                // knows which one it runs, so it holds only a pointer.
                 None => Box::pin(serve_connection(current, stream, info(false), left(), http2, stop)).await,
                 Some(acceptor) => {
-                    let handshake = async move {
+                    let handshake = Box::pin(async move {
                         crate::tls::refuse_legacy_versions(&mut stream).await?;
                         acceptor.accept(stream).await
-                    };
-                    match tokio::time::timeout(left(), handshake).await {
-                        Ok(Ok(stream)) => {
-                            Box::pin(serve_connection(current, stream, info(true), left(), http2, stop)).await
+                    });
+                    // Out of the match before the connection is served: a
+                    // scrutinee would keep its room in the task meanwhile.
+                    let stream = match tokio::time::timeout(left(), handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            debug!(%error, "TLS handshake failed");
+                            return;
                         }
-                        Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                         Err(_) => {
                             proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
                             debug!("TLS handshake timed out");
+                            return;
                         }
-                    }
+                    };
+                    Box::pin(serve_connection(current, stream, info(true), left(), http2, stop)).await
                 }
             }
         }

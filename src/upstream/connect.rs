@@ -14,8 +14,10 @@ use crate::error::ProxyError;
 use crate::lifecycle::descriptors::is_resource_exhaustion;
 use crate::tls::UpstreamTls;
 
-/// A connection to a server: plain TCP, or TLS over it.
-pub type BackendStream = Either<TcpStream, TlsStream<TcpStream>>;
+/// A connection to a server: plain TCP, or TLS over it. TLS is boxed
+/// (rustls' state is a kilobyte): every future and tunnel that carries a
+/// stream would otherwise make room for it, plain or not.
+pub type BackendStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// TCP, then TLS when `tls` is given, each step within `timeout`; a TLS
 /// failure counts as a failed connect: nothing was sent, and the server is
@@ -37,8 +39,8 @@ pub async fn connect_to(
     let Some(tls) = tls else {
         return Ok(Either::Left(stream));
     };
-    match tokio::time::timeout(timeout, tls.connect(stream, &backend.name)).await {
-        Ok(Ok(stream)) => Ok(Either::Right(stream)),
+    match tokio::time::timeout(timeout, Box::pin(tls.connect(stream, &backend.name))).await {
+        Ok(Ok(stream)) => Ok(Either::Right(Box::new(stream))),
         Ok(Err(error)) => Err(ConnectError::Tls(error.to_string())),
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
