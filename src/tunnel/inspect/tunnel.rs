@@ -200,6 +200,7 @@ where
     // (the tunnel's task cancelled) ends both.
     let span = tracing::Span::current();
     let drain_up = drain.clone();
+    let (upstream, downstream) = (Box::new(upstream), Box::new(downstream));
     let mut upstream = AbortOnDropHandle::new(tokio::spawn(
         async move { upstream.run(drain_up, up_ticket, &up_held).await }.instrument(span.clone()),
     ));

@@ -178,9 +178,11 @@ where
 
     /// Runs until the tunnel ends, or, when `relocating` asks, until both
     /// directions stop together to move (`held`: bytes a moved pump held
-    /// back, to go in front of its first read).
+    /// back, to go in front of its first read). Boxed: a future keeps an
+    /// argument taken by value beside the local it moves into, so a pump
+    /// by value would sit in its task twice (memory per idle tunnel).
     pub(super) async fn run(
-        mut self,
+        mut self: Box<Self>,
         mut drain: DrainSignal,
         mut relocating: Option<Ticket>,
         held: &[u8],
@@ -289,7 +291,7 @@ where
                     match self.park(draining).await {
                         park::Parking::Moved => {
                             let moving = relocating.take().map(Ticket::moving);
-                            return self.parked(&held[..kept], moving);
+                            return (*self).parked(&held[..kept], moving);
                         }
                         // Whether it moves or stays is settled: not asked again.
                         park::Parking::Stay => relocating = None,
