@@ -176,6 +176,8 @@ struct Inner {
     /// and server rather than once per tunnel (hashing and copying their
     /// names was a twentieth of a handshake's instructions).
     tunnel_series: Mutex<SeriesCache>,
+    /// The same for the series every request counts in.
+    request_series: Mutex<RequestSeries>,
     /// The routes and upstreams configured now, once a reload said so:
     /// series of others go once none of their tunnels is open.
     configured: Mutex<Option<Configured>>,
@@ -378,6 +380,7 @@ impl Metrics {
                 message_rate_exceeded,
                 rebalanced,
                 tunnel_series: Mutex::default(),
+                request_series: Mutex::default(),
                 configured: Mutex::new(None),
                 server_healthy,
                 server_failures,
@@ -409,36 +412,55 @@ impl Metrics {
     /// Counts a client connection on `listener` as open until the returned
     /// handle is dropped.
     pub(crate) fn connection_opened(&self, listener: &str) -> OpenGauge {
-        let gauge = self.inner.open_connections.get_or_create_owned(&ListenerLabels {
-            listener: listener.to_owned(),
+        let inner = &self.inner;
+        let mut cache = lock(&inner.request_series);
+        let series = cache.listener(listener);
+        let gauge = series.open.get_or_insert_with(|| {
+            inner.open_connections.get_or_create_owned(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
         });
         gauge.inc();
-        OpenGauge(gauge)
+        OpenGauge(gauge.clone())
     }
 
     /// One request on `listener`, in `protocol` (`http/1.1`, `h2`), asking
     /// for a WebSocket or not.
     pub fn request(&self, listener: &str, protocol: &'static str, websocket: bool) {
-        self.inner
-            .requests
-            .get_or_create_owned(&RequestLabels {
-                listener: listener.to_owned(),
-                protocol,
-                kind: if websocket { "websocket" } else { "http" },
-            })
-            .inc();
+        let inner = &self.inner;
+        let kind = if websocket { "websocket" } else { "http" };
+        let mut cache = lock(&inner.request_series);
+        let requests = &mut cache.listener(listener).requests;
+        let known = requests.iter().find(|(labels, _)| *labels == (protocol, kind));
+        if let Some((_, counter)) = known {
+            counter.inc();
+            return;
+        }
+        let counter = inner.requests.get_or_create_owned(&RequestLabels {
+            listener: listener.to_owned(),
+            protocol,
+            kind,
+        });
+        counter.inc();
+        requests.push(((protocol, kind), counter));
     }
 
     /// One opening handshake on `route` (empty when refused before a route
     /// was chosen) and how it went; see [`outcome`](crate::error::outcome).
     pub fn handshake(&self, route: &str, outcome: &'static str) {
-        self.inner
-            .handshakes
-            .get_or_create_owned(&HandshakeLabels {
-                route: route.to_owned(),
-                outcome,
-            })
-            .inc();
+        let inner = &self.inner;
+        let mut cache = lock(&inner.request_series);
+        let outcomes = cache.route(route);
+        if let Some((_, counter)) = outcomes.iter().find(|(known, _)| *known == outcome) {
+            counter.inc();
+            return;
+        }
+        let counter = inner.handshakes.get_or_create_owned(&HandshakeLabels {
+            route: route.to_owned(),
+            outcome,
+        });
+        counter.inc();
+        outcomes.push((outcome, counter));
     }
 
     /// The handles of one tunnel, resolved once as it opens; it counts as
@@ -603,8 +625,9 @@ impl Metrics {
                 busy_upstreams.insert(labels.upstream.clone());
             }
         }
-        // Its handles could be of series removed below.
+        // Their handles could be of series removed below.
         lock(&inner.tunnel_series).clear();
+        lock(&inner.request_series).routes.clear();
         let route_gone =
             |route: &String| !route.is_empty() && !configured.routes.contains(route) && !busy_routes.contains(route);
         let upstream_gone =
@@ -675,11 +698,56 @@ struct Configured {
 /// Tunnels' series by the addresses of their route, upstream and server
 /// names; each entry holds the names, so that no address is reused while
 /// it is a key.
-type SeriesCache = HashMap<[usize; 3], CachedSeries>;
+type SeriesCache = HashMap<[usize; 3], CachedSeries, foldhash::fast::RandomState>;
 
 /// Entries at most in the [`SeriesCache`] (servers found by DNS come and
 /// go, each with a name of its own): past it, it starts over.
 const SERIES_CACHED: usize = 4096;
+
+/// The series of requests by listener and of handshakes by route, found
+/// by name: a lookup in a family hashes the whole label set, and its key
+/// is a copy of the names (the three lookups of a handshake were 3% of
+/// its instructions). Bounded as the [`SeriesCache`] is.
+#[derive(Default)]
+struct RequestSeries {
+    listeners: ByName<ListenerSeries>,
+    /// A route's handshakes by outcome: a handful each.
+    routes: ByName<Vec<(&'static str, Counter)>>,
+}
+
+/// Hashed with foldhash: the std hasher (SipHash) took as long as the
+/// family's own lookup. Names come from the configuration, not from
+/// clients, so no flooding to resist.
+type ByName<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct ListenerSeries {
+    open: Option<Gauge>,
+    /// By protocol and kind.
+    requests: Vec<((&'static str, &'static str), Counter)>,
+}
+
+impl RequestSeries {
+    fn listener(&mut self, name: &str) -> &mut ListenerSeries {
+        cached(&mut self.listeners, name)
+    }
+
+    fn route(&mut self, name: &str) -> &mut Vec<(&'static str, Counter)> {
+        cached(&mut self.routes, name)
+    }
+}
+
+/// `name`'s entry of `cache`, new when it had none; past [`SERIES_CACHED`]
+/// names the cache starts over.
+fn cached<'a, V: Default>(cache: &'a mut ByName<V>, name: &str) -> &'a mut V {
+    if !cache.contains_key(name) {
+        if cache.len() >= SERIES_CACHED {
+            cache.clear();
+        }
+        cache.insert(name.into(), V::default());
+    }
+    cache.get_mut(name).expect("inserted above")
+}
 
 struct CachedSeries {
     _names: [Arc<str>; 3],
@@ -938,6 +1006,45 @@ mod tests {
         let late = metrics.tunnel(&old);
         assert!(metrics.encode(&[]).contains(&open(1)));
         drop(late);
+    }
+
+    #[test]
+    fn cached_request_series_are_the_scraped_ones_before_and_after_a_removal() {
+        let metrics = Metrics::new();
+        for websocket in [true, true, false] {
+            metrics.request("public", "http/1.1", websocket);
+        }
+        metrics.request("public", "h2", true);
+        metrics.handshake("old", "accepted");
+        metrics.handshake("old", "accepted");
+        metrics.handshake("old", "origin");
+        let open = metrics.connection_opened("public");
+        let again = metrics.connection_opened("public");
+        let text = metrics.encode(&[]);
+        for line in [
+            "wsgate_requests_total{listener=\"public\",protocol=\"http/1.1\",kind=\"websocket\"} 2\n",
+            "wsgate_requests_total{listener=\"public\",protocol=\"http/1.1\",kind=\"http\"} 1\n",
+            "wsgate_requests_total{listener=\"public\",protocol=\"h2\",kind=\"websocket\"} 1\n",
+            "wsgate_handshakes_total{route=\"old\",outcome=\"accepted\"} 2\n",
+            "wsgate_handshakes_total{route=\"old\",outcome=\"origin\"} 1\n",
+            "wsgate_open_connections{listener=\"public\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        drop((open, again));
+        assert!(metrics
+            .encode(&[])
+            .contains("wsgate_open_connections{listener=\"public\"} 0\n"));
+        // A removed route's series go; configured again, it counts afresh.
+        metrics.configured(["new".to_owned()], ["backends".to_owned()]);
+        assert!(!metrics.encode(&[]).contains("route=\"old\""));
+        metrics.configured(["new".to_owned(), "old".to_owned()], ["backends".to_owned()]);
+        metrics.handshake("old", "accepted");
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains("wsgate_handshakes_total{route=\"old\",outcome=\"accepted\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]
