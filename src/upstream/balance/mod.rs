@@ -334,29 +334,30 @@ impl Pool {
     /// no server is available.
     pub fn pick(&self, key: Option<&[u8]>, tried: &[SocketAddr]) -> Option<BackendGuard> {
         let backends = self.backends.load();
-        let mut tiers: Vec<u32> = backends.iter().map(|b| b.tier()).collect();
-        tiers.sort_unstable();
-        tiers.dedup();
-        let usable = |tier: u32, available: Availability| -> Vec<Arc<Backend>> {
-            backends
-                .iter()
-                .filter(|b| b.tier() == tier && available(b) && !tried.contains(&b.addr))
-                .cloned()
-                .collect()
-        };
         // Available primaries, else the available backups of the lowest
         // tier that has any. Failing all, servers only set aside after a
         // failed connect are tried anyway, in the same order: one blip on
         // a lone server must not turn the upstream into 503s (nginx's rule
         // for a single server). Down by active checks or draining stays out.
         let passes: [Availability; 2] = [Backend::is_available, Backend::is_up];
-        let candidates = passes
-            .into_iter()
-            .flat_map(|available| tiers.iter().map(move |&tier| (tier, available)))
-            .map(|(tier, available)| usable(tier, available))
-            .find(|candidates| !candidates.is_empty())?;
-        let index = self.picker.pick(&candidates, key)?;
-        candidates.get(index).map(Backend::acquire)
+        for available in passes {
+            let mut tier = backends.iter().map(|b| b.tier()).min();
+            while let Some(this) = tier {
+                let usable = |b: &&Arc<Backend>| b.tier() == this && available(b) && !tried.contains(&b.addr);
+                // Most often every server is: then no list is made.
+                if backends.iter().all(|b| usable(&b)) {
+                    let index = self.picker.pick(&backends, key)?;
+                    return backends.get(index).map(Backend::acquire);
+                }
+                let candidates: Vec<Arc<Backend>> = backends.iter().filter(usable).cloned().collect();
+                if !candidates.is_empty() {
+                    let index = self.picker.pick(&candidates, key)?;
+                    return candidates.get(index).map(Backend::acquire);
+                }
+                tier = backends.iter().map(|b| b.tier()).filter(|&t| t > this).min();
+            }
+        }
+        None
     }
 }
 
