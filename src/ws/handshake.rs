@@ -117,10 +117,12 @@ pub fn fresh_key() -> HeaderValue {
 
 fn is_valid_key(key: &[u8]) -> bool {
     // 16 bytes encode to exactly 24 base64 characters, the last two "==".
+    // Decoded on the stack: base64's estimate for 24 characters is 18.
+    let mut bytes = [0u8; 18];
     key.len() == 24
         && base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_ok_and(|bytes| bytes.len() == 16)
+            .decode_slice(key, &mut bytes)
+            .is_ok_and(|n| n == 16)
 }
 
 /// Why a backend's 101 cannot be passed on (§4.1, the client's checks).
@@ -293,6 +295,11 @@ mod tests {
         );
         assert_eq!(
             validate(&request(with("Sec-WebSocket-Key", "not base64 at all, 24 ch"))),
+            Err(HandshakeError::BadKey)
+        );
+        // 24 characters of 18 bytes, not 16.
+        assert_eq!(
+            validate(&request(with("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAAAA"))),
             Err(HandshakeError::BadKey)
         );
         assert_eq!(
