@@ -4,8 +4,10 @@
 //! boundaries with the frame reader ([`crate::ws::frame`]) and acting on
 //! what it sees (violations, close handshakes, limits); the pump's
 //! `keepalive` holds its clocks (pings, pong, idle and close timeouts);
-//! `shared` is what both pumps read and write.
+//! `shared` is what both pumps read and write, among it the orders one
+//! gives the other (`mailbox`).
 
+mod mailbox;
 mod pump;
 mod saved;
 mod shared;

@@ -1,7 +1,8 @@
 //! What the two pumps of an inspected tunnel share: which side is which,
 //! why the tunnel ended, and the counters and clocks both read and write
 //! (on the data path only relaxed atomics, once per read; a mutex only for
-//! what happens a few times per tunnel: pings, close frames, how it ended).
+//! what happens a few times per tunnel: pings, close frames, how it ended,
+//! and for the orders one pump gives the other, looked for as a pump waits).
 //! Below both the pumps and the tunnel that runs them, so neither imports
 //! the other for it.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::mailbox::Mailbox;
 use crate::config::Inspect;
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
@@ -111,6 +113,8 @@ pub(super) struct Shared {
     pub(super) end: CancellationToken,
     /// The two directions meeting to move ([`super::pump`]'s `park`).
     pub(super) rendezvous: watch::Sender<Rendezvous>,
+    /// Per side: the orders for the pump that writes to it, from the other.
+    orders: [Mailbox; 2],
 }
 
 /// Where the two directions stand in a move.
@@ -190,6 +194,7 @@ impl Shared {
             drain_place: rand::random(),
             end: CancellationToken::new(),
             rendezvous: watch::Sender::new(Rendezvous::default()),
+            orders: Default::default(),
         }
     }
 
@@ -240,6 +245,11 @@ impl Shared {
             }
             changed
         });
+    }
+
+    /// The orders for the pump that writes to `side`.
+    pub(super) fn orders_to(&self, side: Side) -> &Mailbox {
+        &self.orders[side.index()]
     }
 
     pub(super) fn state(&self) -> MutexGuard<'_, State> {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
@@ -144,47 +143,19 @@ where
     BR: AsyncRead + Unpin + Send + 'static,
     BW: AsyncWrite + Unpin + Send + 'static,
 {
-    let (to_backend, backend_inbox) = mpsc::channel(4);
-    let (to_client, client_inbox) = mpsc::channel(4);
     let (shared, upstream, downstream, held) = match start {
         Start::Fresh(settings) => {
             let shared = Arc::new(Shared::new(settings, metrics, identity));
-            let upstream = Pump::new(
-                Side::Client,
-                client_read,
-                backend_write,
-                backend_inbox,
-                to_client,
-                &shared,
-            );
-            let downstream = Pump::new(
-                Side::Backend,
-                backend_read,
-                client_write,
-                client_inbox,
-                to_backend,
-                &shared,
-            );
+            let upstream = Pump::new(Side::Client, client_read, backend_write, &shared);
+            let downstream = Pump::new(Side::Backend, backend_read, client_write, &shared);
             (shared, upstream, downstream, [Vec::new(), Vec::new()])
         }
         Start::Moved { saved, age } => {
             let shared = Arc::new(Shared::restore(&saved, age, metrics, identity));
             let [from_client, from_backend] = saved.pumps;
             let held = [from_client.held.clone(), from_backend.held.clone()];
-            let upstream = Pump::resume(
-                Side::Client,
-                (client_read, backend_write),
-                (backend_inbox, to_client),
-                &shared,
-                from_client,
-            );
-            let downstream = Pump::resume(
-                Side::Backend,
-                (backend_read, client_write),
-                (client_inbox, to_backend),
-                &shared,
-                from_backend,
-            );
+            let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, from_client);
+            let downstream = Pump::resume(Side::Backend, (backend_read, client_write), &shared, from_backend);
             (shared, upstream, downstream, held)
         }
     };

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::super::shared::{Ending, Shared, Side};
@@ -44,7 +43,7 @@ where
         }
         if idle_timeout.is_some_and(|idle| self.shared.idle_for() >= idle) {
             self.shared.ended(Ending::IdleTimeout);
-            let _ = self.to_source.try_send(Order::Close {
+            self.to_source().send(Order::Close {
                 code: close::GOING_AWAY,
                 reason: "idle timeout",
             });
@@ -55,7 +54,7 @@ where
         }
         let silent_for = self.shared.silent_for(to);
         if silent_for >= ping_interval + pong_timeout {
-            give_up(&self.shared, &self.to_source, to);
+            give_up(&self.shared, to);
             return Flow::Stop;
         }
         if silent_for >= ping_interval && pinged.is_none() && self.can_inject() {
@@ -80,7 +79,7 @@ where
 /// gone (a dead NAT mapping, a pulled cable). Its side is closed outright;
 /// the other side is told: 1001 to a backend whose client went away, 1011
 /// to a client whose backend hangs. The caller's pump then stops.
-pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to_source: &mpsc::Sender<Order>, to: Side) {
+pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to: Side) {
     debug!(
         side = to.as_str(),
         silent_ms = shared.silent_for(to).as_millis() as u64,
@@ -91,7 +90,7 @@ pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to_source: &mpsc::Sen
         Side::Client => (close::GOING_AWAY, "client not responding"),
         Side::Backend => (close::INTERNAL_ERROR, "backend not responding"),
     };
-    let _ = to_source.try_send(Order::CloseAndEnd { code, reason });
+    shared.orders_to(to.other()).send(Order::CloseAndEnd { code, reason });
 }
 
 /// Timers are checked a few times per their shortest period.

@@ -59,7 +59,7 @@ where
     pub(super) async fn message_rate_exceeded(&mut self) -> Flow {
         self.shared.ended(Ending::MessageRate);
         self.shared.metrics.message_rate_exceeded();
-        let _ = self.to_source.try_send(Order::CloseAfterAnswer {
+        self.to_source().send(Order::CloseAfterAnswer {
             code: close::POLICY_VIOLATION,
             reason: "message rate limit exceeded",
         });

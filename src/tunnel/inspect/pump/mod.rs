@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::mailbox::{Mailbox, Order};
 use super::saved::{reader_config, SavedPump, HELD_MAX};
 use super::shared::{Closer, Ending, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
@@ -75,22 +75,6 @@ fn poll_lent_read<R: AsyncRead + Unpin>(src: &mut R, sizing: Sizing, cx: &mut Co
 /// wsgate's pings carry this prefix and a counter, so their pongs are known.
 pub(super) const PING_PREFIX: &[u8; 4] = b"wsg\0";
 
-/// What a pump is asked to send to its destination.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Order {
-    /// Send a close frame at the next frame boundary, then end.
-    CloseAndEnd { code: u16, reason: &'static str },
-    /// Send a close frame at the next frame boundary and wait for the answer.
-    Close { code: u16, reason: &'static str },
-    /// The other side was closed for breaking the protocol: forward what
-    /// the source still sends until it answers that close (its close frame,
-    /// dropped, or its end of stream) or the close timeout passes, then
-    /// send this close frame and end. What the source answered to messages
-    /// before the offending frame reaches the destination first, as it
-    /// would through a plain tunnel.
-    CloseAfterAnswer { code: u16, reason: &'static str },
-}
-
 /// Whether a pump goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flow {
@@ -104,9 +88,6 @@ pub(super) struct Pump<R, W> {
     src: R,
     dst: W,
     reader: FrameReader,
-    inbox: mpsc::Receiver<Order>,
-    /// The other pump's inbox: it writes to `from`.
-    pub(super) to_source: mpsc::Sender<Order>,
     pub(super) shared: Arc<Shared>,
     /// Scratch space for the frames wsgate writes.
     out: Vec<u8>,
@@ -128,14 +109,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    pub(super) fn new(
-        from: Side,
-        src: R,
-        dst: W,
-        inbox: mpsc::Receiver<Order>,
-        to_source: mpsc::Sender<Order>,
-        shared: &Arc<Shared>,
-    ) -> Self {
+    pub(super) fn new(from: Side, src: R, dst: W, shared: &Arc<Shared>) -> Self {
         let inspect = &shared.settings.inspect;
         let reader = FrameReader::new(reader_config(from, &shared.settings));
         Pump {
@@ -143,8 +117,6 @@ where
             src,
             dst,
             reader,
-            inbox,
-            to_source,
             shared: shared.clone(),
             out: Vec::with_capacity(14 + 125),
             pending: None,
@@ -156,14 +128,8 @@ where
     }
 
     /// The pump [`Pump::run`] parked, where it stood.
-    pub(super) fn resume(
-        from: Side,
-        (src, dst): (R, W),
-        (inbox, to_source): (mpsc::Receiver<Order>, mpsc::Sender<Order>),
-        shared: &Arc<Shared>,
-        saved: SavedPump,
-    ) -> Self {
-        let mut pump = Pump::new(from, src, dst, inbox, to_source, shared);
+    pub(super) fn resume(from: Side, (src, dst): (R, W), shared: &Arc<Shared>, saved: SavedPump) -> Self {
+        let mut pump = Pump::new(from, src, dst, shared);
         pump.reader = saved.reader;
         if let (Some(bucket), Some(tokens)) = (&mut pump.message_rate, saved.message_tokens) {
             *bucket = message_rate::bucket_at(&shared.settings.inspect, tokens);
@@ -174,6 +140,16 @@ where
     /// The side this pump writes to.
     pub(super) fn to(&self) -> Side {
         self.from.other()
+    }
+
+    /// This pump's orders, from the other one.
+    fn inbox(&self) -> &Mailbox {
+        self.shared.orders_to(self.to())
+    }
+
+    /// The other pump's orders: it writes to `from`.
+    fn to_source(&self) -> &Mailbox {
+        self.shared.orders_to(self.from)
     }
 
     /// Runs until the tunnel ends, or, when `relocating` asks, until both
@@ -230,7 +206,7 @@ where
                     }
                 }
                 if self.pending.is_none() {
-                    if let Poll::Ready(Some(order)) = self.inbox.poll_recv(cx) {
+                    if let Poll::Ready(order) = self.inbox().poll_recv(cx) {
                         return Poll::Ready(Woke::Order(order));
                     }
                 }
@@ -365,7 +341,7 @@ where
     /// wsgate's pending frame goes out at the first frame boundary.
     async fn forward(&mut self, chunk: &[u8], judged: usize) -> (Flow, usize) {
         if self.pending.is_none() {
-            if let Ok(order) = self.inbox.try_recv() {
+            if let Some(order) = self.inbox().try_recv() {
                 self.take_order(order);
             }
         }
@@ -503,7 +479,7 @@ where
                 result = &mut write => return result,
                 _ = ticks.tick() => {
                     if self.shared.silent_for(to) >= limit {
-                        keepalive::give_up(&self.shared, &self.to_source, to);
+                        keepalive::give_up(&self.shared, to);
                         return Err(std::io::ErrorKind::TimedOut.into());
                     }
                 }
@@ -559,7 +535,7 @@ where
             Side::Client => Order::CloseAfterAnswer { code: offender, reason },
             Side::Backend => Order::CloseAndEnd { code: offender, reason },
         };
-        let _ = self.to_source.try_send(order);
+        self.to_source().send(order);
         // The innocent side: 1002 if the client broke the protocol (the
         // backend learns why), 1011 if the backend did (the client is not at
         // fault), 1014 "bad gateway" if the backend never sent one valid

@@ -45,7 +45,7 @@ where
             && self.pending.is_none()
             && self.after_answer.is_none()
             && !self.source_done
-            && self.inbox.is_empty()
+            && self.inbox().is_empty()
             && self.reader.can_save();
         if !self.shared.join_move(mine) {
             debug!(side = self.from.as_str(), mine, "tunnel stays: it cannot move now");
