@@ -159,11 +159,11 @@ async fn settled_fds(wsgate: &WsgateProcess) -> usize {
 /// Sockets and refusals before the baseline, so that the allocator's
 /// arenas, the runtime's workers and the limiter tables exist already, and
 /// the spare copy buffers each worker thread keeps (`src/tunnel/pool.rs`:
-/// up to 64 of 16 KiB and 8 of 64 KiB per thread, by design) are filled:
+/// up to 8 of 16 KiB and 2 of 64 KiB per thread, by design) are filled:
 /// `sockets` sockets each push `messages` messages of 48 KiB at once both
 /// ways, so that many reads are in flight together. Without it the
-/// baseline lacks that cache, which a busy soak fills (up to 1.5 MiB per
-/// worker thread, next to a baseline of about 10 MiB).
+/// baseline lacks that cache, which a busy soak fills (up to 256 KiB per
+/// worker thread, next to a baseline of about 13 MiB).
 async fn warm_up(wsgate: &WsgateProcess, sockets: usize, messages: usize) {
     let mut tasks = Vec::new();
     for n in 0..sockets {
