@@ -430,19 +430,13 @@ impl Metrics {
         let inner = &self.inner;
         let kind = if websocket { "websocket" } else { "http" };
         let mut cache = lock(&inner.request_series);
-        let requests = &mut cache.listener(listener).requests;
-        let known = requests.iter().find(|(labels, _)| *labels == (protocol, kind));
-        if let Some((_, counter)) = known {
-            counter.inc();
-            return;
-        }
-        let counter = inner.requests.get_or_create_owned(&RequestLabels {
-            listener: listener.to_owned(),
-            protocol,
-            kind,
+        count_in(&mut cache.listener(listener).requests, (protocol, kind), || {
+            inner.requests.get_or_create_owned(&RequestLabels {
+                listener: listener.to_owned(),
+                protocol,
+                kind,
+            })
         });
-        counter.inc();
-        requests.push(((protocol, kind), counter));
     }
 
     /// One opening handshake on `route` (empty when refused before a route
@@ -450,17 +444,12 @@ impl Metrics {
     pub fn handshake(&self, route: &str, outcome: &'static str) {
         let inner = &self.inner;
         let mut cache = lock(&inner.request_series);
-        let outcomes = cache.route(route);
-        if let Some((_, counter)) = outcomes.iter().find(|(known, _)| *known == outcome) {
-            counter.inc();
-            return;
-        }
-        let counter = inner.handshakes.get_or_create_owned(&HandshakeLabels {
-            route: route.to_owned(),
-            outcome,
+        count_in(cache.route(route), outcome, || {
+            inner.handshakes.get_or_create_owned(&HandshakeLabels {
+                route: route.to_owned(),
+                outcome,
+            })
         });
-        counter.inc();
-        outcomes.push((outcome, counter));
     }
 
     /// The handles of one tunnel, resolved once as it opens; it counts as
@@ -747,6 +736,21 @@ fn cached<'a, V: Default>(cache: &'a mut ByName<V>, name: &str) -> &'a mut V {
         cache.insert(name.into(), V::default());
     }
     cache.get_mut(name).expect("inserted above")
+}
+
+/// Counts one in the counter `known` holds for `key`, found with `find`
+/// the first time.
+fn count_in<K: PartialEq>(known: &mut Vec<(K, Counter)>, key: K, find: impl FnOnce() -> Counter) {
+    match known.iter().find(|(k, _)| *k == key) {
+        Some((_, counter)) => {
+            counter.inc();
+        }
+        None => {
+            let counter = find();
+            counter.inc();
+            known.push((key, counter));
+        }
+    }
 }
 
 struct CachedSeries {

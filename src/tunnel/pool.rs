@@ -52,20 +52,13 @@ struct Stock {
 
 impl Spares {
     fn take_hot(&self) -> Option<Box<[u8]>> {
-        let raw = self.hot.swap(ptr::null_mut(), Ordering::AcqRel);
-        // SAFETY: `hot` holds null or a small buffer's pointer from
-        // `Box::into_raw` (in `put_hot`), and the swap gave it to this
-        // caller alone.
-        (!raw.is_null()).then(|| unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, BUFFER_SIZE)) })
+        owned(self.hot.swap(ptr::null_mut(), Ordering::AcqRel))
     }
 
     /// Keeps a small buffer in the hot slot; gives back the one it displaced.
     fn put_hot(&self, buffer: Box<[u8]>) -> Option<Box<[u8]>> {
         debug_assert_eq!(buffer.len(), BUFFER_SIZE);
-        let displaced = self.hot.swap(Box::into_raw(buffer).cast::<u8>(), Ordering::AcqRel);
-        // SAFETY: as in `take_hot`: the swap gave the displaced one to this
-        // caller alone.
-        (!displaced.is_null()).then(|| unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(displaced, BUFFER_SIZE)) })
+        owned(self.hot.swap(Box::into_raw(buffer).cast::<u8>(), Ordering::AcqRel))
     }
 
     fn release(&self) {
@@ -78,6 +71,14 @@ impl Drop for Spares {
     fn drop(&mut self) {
         drop(self.take_hot());
     }
+}
+
+/// The small buffer a swap of the hot slot handed over, if any.
+fn owned(raw: *mut u8) -> Option<Box<[u8]>> {
+    // SAFETY: the hot slot holds null or a small buffer's pointer from
+    // `Box::into_raw` (in `put_hot`), and the swap that returned it gave it
+    // to this caller alone.
+    (!raw.is_null()).then(|| unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, BUFFER_SIZE)) })
 }
 
 /// Every thread's spares, for [`release_spares`].
