@@ -21,6 +21,9 @@ use tracing_subscriber::fmt::MakeWriter;
 /// How much waits for the writer at most: about 4,000 access log lines.
 const CAPACITY: usize = 1 << 20;
 
+/// The most a buffer keeps between batches: a quiet moment's lines.
+const KEEP: usize = 16 << 10;
+
 /// How long the writer lets lines gather after the first of a batch: one
 /// `write` for all the lines of a busy moment, and a line is late by no
 /// more than this.
@@ -166,6 +169,12 @@ fn write_out(shared: &Shared, out: &mut impl Write) {
         let _ = out.write_all(&batch);
         let _ = out.flush();
         batch.clear();
+        // A burst (a thousand tunnels closing at once) grows the two
+        // buffers to hundreds of kilobytes: give that back after it, as
+        // each buffer comes round.
+        if batch.capacity() > KEEP {
+            batch = Vec::new();
+        }
         pending = lock(&shared.pending);
         pending.writing = false;
         if answers_flush {
@@ -234,4 +243,69 @@ fn wait_timeout<'a, T>(wake: &Condvar, guard: MutexGuard<'a, T>, timeout: Durati
     wake.wait_timeout(guard, timeout)
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Standard error as the test sees it: what was written so far.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            lock(&self.0).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Written {
+        /// Waits (5 s at most) until `total` bytes were written.
+        fn wait_for(&self, total: usize) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while lock(&self.0).len() < total {
+                assert!(Instant::now() < deadline, "{} of {total} bytes written", lock(&self.0).len());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    #[test]
+    fn the_buffers_shrink_back_after_a_burst() {
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        }));
+        let writer = LogWriter { shared };
+        let written = Written::default();
+        let thread = std::thread::spawn({
+            let mut out = written.clone();
+            move || write_out(shared, &mut out)
+        });
+        let line = [b'x'; 511].into_iter().chain([b'\n']).collect::<Vec<u8>>();
+        for _ in 0..800 {
+            writer.push(&line);
+        }
+        let mut total = 800 * line.len();
+        written.wait_for(total);
+        // Quiet batches after it: the buffers swap places at each.
+        for quiet in 0..2 {
+            writer.push(b"quiet\n");
+            total += 6;
+            written.wait_for(total);
+            let kept = lock(&shared.pending).lines.capacity();
+            assert!(kept <= KEEP, "{kept} bytes kept after a 400 KiB burst and {quiet} quiet batches");
+        }
+        lock(&shared.pending).finishing = true;
+        shared.wake.notify_all();
+        thread.join().expect("the writer ends");
+        assert_eq!(lock(&written.0).len(), total, "every line written once");
+    }
 }
