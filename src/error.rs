@@ -116,15 +116,16 @@ impl ProxyError {
 
     /// Logs a failure that is not a refusal (refusals are counted and logged,
     /// sampled, by the refusal log): quietly when the client is at fault,
-    /// loudly when the backend is.
-    pub fn log(&self, method: &http::Method, path: &str) {
+    /// loudly when the backend is. `client`, `listener` and `route` say
+    /// whose request it was: no span carries them at `info`.
+    pub fn log(&self, method: &http::Method, path: &str, client: &dyn std::fmt::Display, listener: &str, route: &str) {
         if let ProxyError::OutOfResources(error) = self {
             tracing::debug!(%error, %method, %path, "refused: out of file descriptors");
             crate::lifecycle::descriptors::connect_refused(error);
         } else if self.is_client_error() {
             tracing::debug!(error = %self, %method, %path, "refused");
         } else {
-            tracing::warn!(error = %self, %method, %path, "upstream failed");
+            tracing::warn!(error = %self, %client, listener, route, %method, %path, "upstream failed");
         }
     }
 

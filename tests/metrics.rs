@@ -461,7 +461,18 @@ async fn the_binary_logs_json_lines() {
     let request = line("the request line", "request").await;
     assert_eq!(request["status"], 200);
     assert_eq!(request["bytes"], "backend GET /x".len());
-    assert_eq!(request["span"]["route"], "all");
+    // The connection's and the route's facts are fields of the line, as on
+    // a tunnel's: no span is kept per connection or request at info.
+    assert!(request.get("span").is_none(), "no request span at info: {request}");
+    assert_eq!(request["route"], "all");
+    assert_eq!(request["listener"], "plain");
+    assert_eq!(request["upstream"], "backends");
+    assert_eq!(request["server"], echo.addr.to_string());
+    assert_eq!(request["attempts"], 1);
+    assert!(
+        request["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{request}"
+    );
 
     // A tunnel: one line, when it closes, carrying the connection's and
     // the handshake's fields itself (no span lives as long as the tunnel at info).

@@ -254,9 +254,11 @@ async fn serve_http1<IO: ClientStream>(
     }
 }
 
-/// The span of one request, whose fields dispatch fills in as it learns them.
+/// The span of one request, whose fields dispatch fills in as it learns
+/// them: at `debug` only, like the connection's (`conn`). At `info` the
+/// lines carry these facts themselves ([`crate::telemetry::access`]).
 fn request_span() -> tracing::Span {
-    tracing::info_span!(
+    tracing::debug_span!(
         "request",
         route = tracing::field::Empty,
         upstream = tracing::field::Empty,

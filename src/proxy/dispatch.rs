@@ -8,7 +8,7 @@ use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use tracing::{debug, info, Span};
+use tracing::{debug, Span};
 
 use super::connection::ConnectionInfo;
 use super::headers;
@@ -65,7 +65,7 @@ impl Proxy {
                         if let Some(route) = handshake_on {
                             self.stats.metrics().handshake(route, error.outcome());
                         }
-                        error.log(&method, &path);
+                        error.log(&method, &path, &ctx.logged_client(), &info.listener, route);
                     }
                 }
                 error.into_response()
@@ -90,27 +90,26 @@ impl Proxy {
                 "upgraded"
             );
             response
-        } else if upgrade {
-            info!(
-                %method,
-                %path,
-                protocol,
-                status = response.status().as_u16(),
-                websocket = upgrade,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "request"
-            );
-            response
-        } else if self.global.http_log {
-            // Logged once the body has gone: bytes and the whole duration.
+        } else if upgrade || self.global.http_log {
             let line = RequestLine {
                 protocol,
                 method,
                 path,
                 status: response.status().as_u16(),
                 started,
+                client: ctx.logged_client().to_string(),
+                listener: info.listener.clone(),
+                route: matched.and_then(|index| self.routes.get(index)).map(|r| r.name.clone()),
+                served: ctx.served.get().cloned(),
+                websocket: upgrade,
             };
-            response.map(|body| LoggedBody::new(body, line).boxed())
+            if upgrade {
+                line.log(None);
+                response
+            } else {
+                // Logged once the body has gone: bytes and the whole duration.
+                response.map(|body| LoggedBody::new(body, line).boxed())
+            }
         } else {
             response
         }
@@ -161,7 +160,7 @@ impl Proxy {
         let answer = upstream
             .send_http(hash_key.as_deref(), Request::from_parts(parts, body.into_proxy_body()))
             .await?;
-        record_server(&upstream.config.name, &answer.backend, answer.attempts);
+        record_server(ctx, &upstream.config.name, &answer.backend, answer.attempts);
         let mut response = answer.response;
         headers::strip_hop_by_hop(response.headers_mut());
         Ok(response.map(BodyExt::boxed))

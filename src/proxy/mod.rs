@@ -33,8 +33,10 @@ use crate::admission::refusal_log::RefusalLog;
 use crate::admission::RouteGate;
 use crate::cluster::Cluster;
 use crate::config::{Config, Global};
+use crate::telemetry::access::Served;
 use crate::telemetry::stats::Stats;
 use crate::tunnel::drain::Drain;
+use crate::tunnel::identity::Client;
 use crate::tunnel::relocate::Relocation;
 use crate::upstream::balance::BackendGuard;
 use crate::upstream::UpstreamPool;
@@ -49,6 +51,19 @@ struct RequestContext<'a> {
     via_trusted: Option<std::net::IpAddr>,
     /// When the request arrived: a tunnel's line says how long its handshake took.
     started: std::time::Instant,
+    /// Which server took the request, once one did: for its log line.
+    served: std::sync::OnceLock<Served>,
+}
+
+impl RequestContext<'_> {
+    /// The client as the log lines name it: the peer, or the address a
+    /// trusted proxy's header gave (without a port).
+    fn logged_client(&self) -> Client {
+        match self.via_trusted {
+            Some(_) => Client::Forwarded(self.client),
+            None => Client::Direct(self.info.client),
+        }
+    }
 }
 
 /// What every request needs: routes, upstream pools, settings, and the
@@ -165,14 +180,22 @@ impl Proxy {
             key: ClientKey::new(client, self.global.ipv6_client_prefix),
             via_trusted,
             started,
+            served: std::sync::OnceLock::new(),
         }
     }
 }
 
-/// Which server took the request, and after how many tries: in the request's log line.
-fn record_server(upstream: &str, backend: &BackendGuard, attempts: u32) {
+/// Which server took the request, and after how many tries: in the
+/// request's log line (and, at `debug`, its span).
+fn record_server(ctx: &RequestContext<'_>, upstream: &Arc<str>, backend: &BackendGuard, attempts: u32) {
+    let server = &backend.backend().name;
     let span = Span::current();
-    span.record("upstream", upstream);
-    span.record("server", tracing::field::display(&backend.backend().name));
+    span.record("upstream", &**upstream);
+    span.record("server", &**server);
     span.record("attempts", attempts);
+    let _first = ctx.served.set(Served {
+        upstream: upstream.clone(),
+        server: server.clone(),
+        attempts,
+    });
 }

@@ -84,7 +84,7 @@ impl Proxy {
             attempts,
         } = upstream.send_handshake(hash_key.as_deref(), backend_request).await?;
         let server = backend.backend().name.clone();
-        record_server(&upstream.config.name, &backend, attempts);
+        record_server(ctx, &upstream.config.name, &backend, attempts);
         let (backend_headers, backend_rest) = match answered {
             Answered::Switched { headers, rest } => (headers, rest),
             Answered::Refused(mut refusal) => {
@@ -108,10 +108,7 @@ impl Proxy {
         // The connection's facts, for the tunnel's open and closed lines
         // (and, at debug, a span around what it logs in between).
         let identity = tunnel::Identity {
-            client: match ctx.via_trusted {
-                Some(_) => tunnel::identity::Client::Forwarded(ctx.client),
-                None => tunnel::identity::Client::Direct(ctx.info.client),
-            },
+            client: ctx.logged_client(),
             listener: ctx.info.listener.clone(),
             route: route.name.clone(),
             upstream: upstream.config.name.clone(),

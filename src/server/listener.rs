@@ -143,7 +143,7 @@ impl Acceptor {
                         info!(failures, "accepting again");
                     }
                     backoff = ACCEPT_BACKOFF_MIN;
-                    let span = tracing::info_span!("conn", %client);
+                    let span = tracing::debug_span!("conn", %client);
                     self.tasks.spawn(self.serve(stream, client, permit).instrument(span));
                 }
                 Err(error) if is_per_connection(&error) => {

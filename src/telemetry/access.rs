@@ -5,6 +5,7 @@
 //! [`crate::tunnel::inspect::tunnel`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,8 +16,12 @@ use tracing::{info, Span};
 
 use crate::body::ProxyBody;
 
-/// What a request's line says besides what its span carries (route,
-/// upstream, server, attempts; listener and client from the connection's).
+/// What a request's line says. It carries the connection's and the
+/// route's facts itself, as a tunnel's line does: a span per connection and
+/// per request would cost every handshake its allocations, and the
+/// registry keeps a slot and a field map for as many spans as were ever
+/// open at once (2 MiB after a surge of 9,000 sockets). At `debug` the
+/// spans are there too.
 pub(crate) struct RequestLine {
     /// `http/1.1` or `h2` (the ALPN names).
     pub protocol: &'static str,
@@ -24,6 +29,47 @@ pub(crate) struct RequestLine {
     pub path: String,
     pub status: u16,
     pub started: Instant,
+    /// The client as the tunnel's line names it.
+    pub client: String,
+    pub listener: Arc<str>,
+    /// `None` when no route matched.
+    pub route: Option<Arc<str>>,
+    /// `None` when no server was reached.
+    pub served: Option<Served>,
+    /// A refused WebSocket upgrade (no body is counted).
+    pub websocket: bool,
+}
+
+/// Which server took a request, and after how many tries.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub upstream: Arc<str>,
+    pub server: Arc<str>,
+    pub attempts: u32,
+}
+
+impl RequestLine {
+    /// Logs the line; `body` is the bytes sent and whether that was all.
+    pub(crate) fn log(&self, body: Option<(u64, bool)>) {
+        let served = self.served.as_ref();
+        info!(
+            client = %self.client,
+            listener = &*self.listener,
+            route = self.route.as_deref(),
+            upstream = served.map(|s| &*s.upstream),
+            server = served.map(|s| &*s.server),
+            attempts = served.map(|s| s.attempts),
+            method = %self.method,
+            path = %self.path,
+            protocol = self.protocol,
+            status = self.status,
+            websocket = self.websocket.then_some(true),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes = body.map(|(bytes, _)| bytes),
+            complete = body.map(|(_, complete)| complete),
+            "request"
+        )
+    }
 }
 
 /// A response body that counts what it sends and logs the request's line
@@ -81,18 +127,6 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         // An empty body may never be polled; it was still sent whole.
         let complete = self.finished || self.inner.is_end_stream();
-        let line = &self.line;
-        self.span.in_scope(|| {
-            info!(
-                method = %line.method,
-                path = %line.path,
-                protocol = line.protocol,
-                status = line.status,
-                duration_ms = line.started.elapsed().as_millis() as u64,
-                bytes = self.bytes,
-                complete,
-                "request"
-            )
-        });
+        self.span.in_scope(|| self.line.log(Some((self.bytes, complete))));
     }
 }

@@ -270,7 +270,11 @@ mod tests {
         fn wait_for(&self, total: usize) {
             let deadline = Instant::now() + Duration::from_secs(5);
             while lock(&self.0).len() < total {
-                assert!(Instant::now() < deadline, "{} of {total} bytes written", lock(&self.0).len());
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {total} bytes written",
+                    lock(&self.0).len()
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -301,7 +305,10 @@ mod tests {
             total += 6;
             written.wait_for(total);
             let kept = lock(&shared.pending).lines.capacity();
-            assert!(kept <= KEEP, "{kept} bytes kept after a 400 KiB burst and {quiet} quiet batches");
+            assert!(
+                kept <= KEEP,
+                "{kept} bytes kept after a 400 KiB burst and {quiet} quiet batches"
+            );
         }
         lock(&shared.pending).finishing = true;
         shared.wake.notify_all();

@@ -184,7 +184,10 @@ mod tests {
         let mut left = surge;
         left.truncate(10);
         let after = lock(&relocation.waiting).capacity();
-        assert!(after <= 4 * MIN_WAITING_CAPACITY, "{after} of {at_peak} kept for 10 tickets");
+        assert!(
+            after <= 4 * MIN_WAITING_CAPACITY,
+            "{after} of {at_peak} kept for 10 tickets"
+        );
         assert_eq!(relocation.waiting(), 10);
     }
 
