@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::rate_limit::ClientKey;
 use crate::cluster::{Lease, LocalCounts};
+use crate::lifecycle::sparse_table::shrink_when_sparse;
 
 /// Which cap a new tunnel would exceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,7 @@ impl Drop for TunnelPermit {
                 *held -= 1;
                 if *held == 0 {
                     table.remove(&client);
+                    shrink_when_sparse(&mut table);
                 }
             }
         }

@@ -11,7 +11,8 @@
 //! the open tunnels to a new binary at an upgrade; [`version`] is what the
 //! binary calls itself. (Drain lives with
 //! the tunnels it ends, `crate::tunnel::drain`; reload with the server it
-//! reloads, `crate::server::reload`.)
+//! reloads, `crate::server::reload`.) [`sparse_table`] shrinks the tables
+//! kept per open tunnel once a surge is over.
 
 pub mod descriptors;
 pub mod handover;
@@ -19,4 +20,5 @@ pub mod listen_fds;
 pub mod memory;
 pub mod notify;
 pub mod shutdown;
+pub mod sparse_table;
 pub mod version;

@@ -21,6 +21,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::mpsc;
 
+use crate::lifecycle::sparse_table::shrink_when_sparse;
+
 pub use moved::MovedTunnel;
 
 /// Asks the tunnels that can move to stop and describe themselves.
@@ -157,18 +159,9 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut waiting = lock(&self.relocation.waiting);
         waiting.remove(&(self.id & !REGISTERED));
-        // A map keeps the table its busiest moment grew (200 KiB after
-        // 4,000 tunnels): halve it once it is three-quarters empty, so the
-        // memory comes back after a surge and no insert pays for it twice.
-        if waiting.capacity() > MIN_WAITING_CAPACITY && waiting.len() * 4 < waiting.capacity() {
-            let keep = (waiting.len() * 2).max(MIN_WAITING_CAPACITY);
-            waiting.shrink_to(keep);
-        }
+        shrink_when_sparse(&mut waiting);
     }
 }
-
-/// Below this the list of waiting tickets is not worth shrinking.
-const MIN_WAITING_CAPACITY: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -184,10 +177,7 @@ mod tests {
         let mut left = surge;
         left.truncate(10);
         let after = lock(&relocation.waiting).capacity();
-        assert!(
-            after <= 4 * MIN_WAITING_CAPACITY,
-            "{after} of {at_peak} kept for 10 tickets"
-        );
+        assert!(after <= 256, "{after} of {at_peak} kept for 10 tickets");
         assert_eq!(relocation.waiting(), 10);
     }
 
