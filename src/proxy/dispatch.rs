@@ -97,7 +97,7 @@ impl Proxy {
                 path,
                 status: response.status().as_u16(),
                 started,
-                client: ctx.logged_client().to_string(),
+                client: ctx.logged_client(),
                 listener: info.listener.clone(),
                 route: matched.and_then(|index| self.routes.get(index)).map(|r| r.name.clone()),
                 served: ctx.served.get().cloned(),

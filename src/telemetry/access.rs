@@ -4,6 +4,8 @@
 //! Tunnels log their own `tunnel closed` line (see [`crate::tunnel`] and
 //! [`crate::tunnel::inspect::tunnel`]).
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,8 +31,7 @@ pub(crate) struct RequestLine {
     pub path: String,
     pub status: u16,
     pub started: Instant,
-    /// The client as the tunnel's line names it.
-    pub client: String,
+    pub client: Client,
     pub listener: Arc<str>,
     /// `None` when no route matched.
     pub route: Option<Arc<str>>,
@@ -38,6 +39,24 @@ pub(crate) struct RequestLine {
     pub served: Option<Served>,
     /// A refused WebSocket upgrade (no body is counted).
     pub websocket: bool,
+}
+
+/// The client as the logs name it.
+#[derive(Debug, Clone, Copy)]
+pub enum Client {
+    /// The TCP peer (or the address a trusted PROXY protocol header gave).
+    Direct(SocketAddr),
+    /// Named by a trusted proxy's forwarding header: no port.
+    Forwarded(IpAddr),
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Client::Direct(address) => address.fmt(f),
+            Client::Forwarded(ip) => ip.fmt(f),
+        }
+    }
 }
 
 /// Which server took a request, and after how many tries.

@@ -9,9 +9,9 @@
 //! tunnel's events also get a `tunnel` span with the same fields, for the
 //! lines logged in between.
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+pub use crate::telemetry::access::Client;
 
 /// Who a tunnel connects, for its log lines and its metrics' labels.
 #[derive(Clone)]
@@ -35,24 +35,6 @@ pub struct Identity {
     pub handshake_ms: Option<u32>,
     /// Servers tried for the handshake (1 when the first answered).
     pub attempts: Option<u32>,
-}
-
-/// The client as the logs name it.
-#[derive(Debug, Clone, Copy)]
-pub enum Client {
-    /// The TCP peer (or the address a trusted PROXY protocol header gave).
-    Direct(SocketAddr),
-    /// Named by a trusted proxy's forwarding header: no port.
-    Forwarded(IpAddr),
-}
-
-impl fmt::Display for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Client::Direct(address) => address.fmt(f),
-            Client::Forwarded(ip) => ip.fmt(f),
-        }
-    }
 }
 
 impl Identity {

@@ -171,11 +171,10 @@ mod tests {
     #[test]
     fn the_list_gives_back_its_memory_after_a_surge() {
         let relocation = Arc::new(Relocation::default());
-        let surge: Vec<Ticket> = (0..4_000).map(|_| relocation.ticket()).collect();
+        let mut surge: Vec<Ticket> = (0..4_000).map(|_| relocation.ticket()).collect();
         let at_peak = lock(&relocation.waiting).capacity();
         assert!(at_peak >= 4_000, "{at_peak}");
-        let mut left = surge;
-        left.truncate(10);
+        surge.truncate(10);
         let after = lock(&relocation.waiting).capacity();
         assert!(after <= 256, "{after} of {at_peak} kept for 10 tickets");
         assert_eq!(relocation.waiting(), 10);
