@@ -5,11 +5,12 @@
 mod keepalive;
 mod message_rate;
 mod park;
+mod wakes;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -25,6 +26,7 @@ use crate::tunnel::pool::{Lent, Sizing};
 use crate::tunnel::relocate::{Ticket, Undecided};
 use crate::ws::close;
 use crate::ws::frame::{self, Event, FrameReader, OpCode, Violation};
+use wakes::{Source, Wakes};
 
 /// What woke a pump.
 enum Woke {
@@ -178,13 +180,16 @@ where
         let ended = end.cancelled();
         let requested = drain.requested();
         tokio::pin!(ended, requested);
+        let wakes = Wakes::new();
+        let wakers: [Waker; 5] = Source::ALL.map(|source| wakes.waker(source));
         let mut turn: u32 = 0;
         loop {
             turn = turn.wrapping_add(1);
             // On a busy tunnel the loop turns once per read: the read is
-            // polled first, and the rest (whose wakers stay registered) only
-            // when it would block, or every 16th turn so that a source that
-            // never pauses cannot hold them off.
+            // polled first, and the rest only when it would block, or every
+            // 16th turn so that a source that never pauses cannot hold them
+            // off. Of the rest, only those whose wakers fired are polled
+            // ([`wakes`]); the drain's turn, rare, always is.
             let woke = poll_fn(|cx| {
                 let busy_turn = turn % 16 != 0;
                 if busy_turn {
@@ -192,31 +197,64 @@ where
                         return Poll::Ready(woke);
                     }
                 }
-                if ended.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Woke::End);
+                let due = wakes.take_due(cx.waker());
+                // Polls `source` when due, with its own waker.
+                macro_rules! poll_due {
+                    ($source:expr, $poll:expr) => {{
+                        if due.has($source) {
+                            let mut source_cx = Context::from_waker(&wakers[$source as usize]);
+                            $poll(&mut source_cx)
+                        } else {
+                            Poll::Pending
+                        }
+                    }};
                 }
-                if !draining {
-                    if let Poll::Ready(request) = requested.as_mut().poll(cx) {
-                        return Poll::Ready(Woke::Drain(request));
+                // Skipped this turn: still due on the next.
+                let skip = |source: Source| {
+                    if due.has(source) {
+                        wakes.keep_due(source);
                     }
-                }
-                if let Some((sleep, why)) = &mut drain_turn {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::DrainTurn(*why));
+                };
+                let ready = 'sources: {
+                    if poll_due!(Source::End, |cx: &mut Context<'_>| ended.as_mut().poll(cx)).is_ready() {
+                        break 'sources Some(Woke::End);
                     }
-                }
-                if self.pending.is_none() {
-                    if let Poll::Ready(order) = self.inbox().poll_recv(cx) {
-                        return Poll::Ready(Woke::Order(order));
+                    if draining {
+                        skip(Source::Drain);
+                    } else if let Poll::Ready(request) =
+                        poll_due!(Source::Drain, |cx: &mut Context<'_>| requested.as_mut().poll(cx))
+                    {
+                        break 'sources Some(Woke::Drain(request));
                     }
-                }
-                if ticks.poll_tick(cx).is_ready() {
-                    return Poll::Ready(Woke::Tick);
-                }
-                if let Some(ticket) = &mut relocating {
-                    if !draining && ticket.poll_asked(cx).is_ready() {
-                        return Poll::Ready(Woke::Relocate);
+                    if let Some((sleep, why)) = &mut drain_turn {
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            break 'sources Some(Woke::DrainTurn(*why));
+                        }
                     }
+                    if self.pending.is_some() {
+                        skip(Source::Orders);
+                    } else if let Poll::Ready(order) =
+                        poll_due!(Source::Orders, |cx: &mut Context<'_>| self.inbox().poll_recv(cx))
+                    {
+                        break 'sources Some(Woke::Order(order));
+                    }
+                    if poll_due!(Source::Clock, |cx: &mut Context<'_>| ticks.poll_tick(cx)).is_ready() {
+                        break 'sources Some(Woke::Tick);
+                    }
+                    if let Some(ticket) = &mut relocating {
+                        if draining {
+                            skip(Source::Move);
+                        } else if poll_due!(Source::Move, |cx: &mut Context<'_>| ticket.poll_asked(cx)).is_ready() {
+                            break 'sources Some(Woke::Relocate);
+                        }
+                    }
+                    None
+                };
+                if let Some(woke) = ready {
+                    // The one ready, to wait anew, and those after it, not
+                    // polled: due again next turn.
+                    wakes.keep(due);
+                    return Poll::Ready(woke);
                 }
                 if !busy_turn {
                     if let Poll::Ready(woke) = poll_lent_read(&mut self.src, self.sizing, cx, &held[..kept]) {
