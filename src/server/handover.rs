@@ -15,7 +15,7 @@ use super::running::Running;
 use crate::lifecycle::handover::{self, Channel, Message};
 use crate::lifecycle::{notify, version};
 use crate::proxy::Proxy;
-use crate::tunnel::relocate::moved::monotonic_now;
+use crate::tunnel::clock::monotonic_now;
 use crate::tunnel::relocate::MovedTunnel;
 
 /// How long the new process may take from its start to serving the

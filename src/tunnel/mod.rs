@@ -49,6 +49,7 @@ macro_rules! write_through {
 }
 pub(crate) use write_through;
 
+pub mod clock;
 pub mod copy;
 pub mod drain;
 pub mod halves;
@@ -169,7 +170,7 @@ impl Splice {
                     upstream: self.upstream.save(),
                     downstream: self.downstream.save(),
                 },
-                stopped_at: relocate::moved::monotonic_now(),
+                stopped_at: clock::monotonic_now(),
             })
         })();
         let tunnel = match described {

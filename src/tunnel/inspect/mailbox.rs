@@ -2,6 +2,7 @@
 //! mailbox the order goes through.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -28,11 +29,13 @@ const CAPACITY: usize = 4;
 /// The orders for one pump, from the other: a close order or two per
 /// tunnel. Not a tokio channel, which costs an idle tunnel ~1.3 KB (its
 /// state, 128-byte aligned, and a first block of 32 slots allocated up
-/// front); this is 56 bytes in the tunnel's shared state, and allocates
+/// front); this is 64 bytes in the tunnel's shared state, and allocates
 /// only when an order comes.
 #[derive(Default)]
 pub(super) struct Mailbox {
     inner: Mutex<Inner>,
+    /// Some order waits: a pump looks on every read, without the lock.
+    queued: AtomicBool,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ impl Mailbox {
                 return;
             }
             inner.orders.push_back(order);
+            self.queued.store(true, Ordering::Release);
             inner.waiting.take()
         };
         if let Some(waker) = waiting {
@@ -63,7 +67,7 @@ impl Mailbox {
     /// the next (under the same lock as the look: no wake-up is lost).
     pub(super) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Order> {
         let mut inner = self.lock();
-        if let Some(order) = inner.orders.pop_front() {
+        if let Some(order) = self.pop(&mut inner) {
             return Poll::Ready(order);
         }
         if !inner.waiting.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
@@ -73,11 +77,23 @@ impl Mailbox {
     }
 
     pub(super) fn try_recv(&self) -> Option<Order> {
-        self.lock().orders.pop_front()
+        if !self.queued.load(Ordering::Acquire) {
+            return None;
+        }
+        self.pop(&mut self.lock())
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.lock().orders.is_empty()
+        !self.queued.load(Ordering::Acquire)
+    }
+
+    /// The oldest order, under the lock; `queued` turns false with the last.
+    fn pop(&self, inner: &mut Inner) -> Option<Order> {
+        let order = inner.orders.pop_front();
+        if inner.orders.is_empty() {
+            self.queued.store(false, Ordering::Release);
+        }
+        order
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

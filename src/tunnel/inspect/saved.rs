@@ -181,6 +181,7 @@ impl Shared {
         let now = Instant::now();
         let mut shared = Shared::new(saved.settings.clone(), metrics, identity);
         shared.started = now.checked_sub(age).unwrap_or(now);
+        shared.opened_ms = super::shared::coarse_ms().saturating_sub(age.as_millis() as u64);
         shared.heard = saved.heard.map(AtomicU64::new);
         shared.data = AtomicU64::new(saved.data);
         shared.bytes = saved.bytes.map(AtomicU64::new);

@@ -17,6 +17,7 @@ use super::mailbox::Mailbox;
 use crate::config::Inspect;
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::{FirstClose, TunnelMetrics};
+use crate::tunnel::clock::coarse_monotonic_now;
 use crate::tunnel::drain::DrainClose;
 use crate::tunnel::identity::{tunnel_event, Identity};
 use crate::ws::frame::Violation;
@@ -95,8 +96,10 @@ impl Ending {
 pub(super) struct Shared {
     pub(super) settings: Settings,
     pub(super) started: Instant,
-    /// Per side: when its last bytes arrived, in milliseconds since
-    /// `started` (anything a peer sends proves it is alive).
+    /// When it opened on the coarse clock, in milliseconds ([`Shared::now_ms`]).
+    pub(super) opened_ms: u64,
+    /// Per side: when its last bytes arrived, in milliseconds since it
+    /// opened (anything a peer sends proves it is alive).
     pub(super) heard: [AtomicU64; 2],
     /// When a data frame last passed either way, for `idle_timeout`.
     pub(super) data: AtomicU64,
@@ -184,6 +187,7 @@ impl Shared {
         Shared {
             settings,
             started: Instant::now(),
+            opened_ms: coarse_ms(),
             heard: Default::default(),
             data: AtomicU64::new(0),
             bytes: Default::default(),
@@ -294,8 +298,10 @@ impl Shared {
         tokio::time::Instant::from_std(shut.unwrap_or_else(Instant::now) + close_timeout)
     }
 
+    /// Milliseconds since the tunnel opened, on the coarse clock: taken on
+    /// every read, for clocks that count in seconds.
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        coarse_ms().saturating_sub(self.opened_ms)
     }
 
     /// Frame starts read from `side` so far (before the read in hand).
@@ -385,4 +391,11 @@ pub(super) fn log_end(shared: &Shared) {
         shared.metrics.unreachable(&shared.identity.route, side.as_str());
     }
     shared.metrics.finish(duration, bytes, frames, Some(close));
+}
+
+/// The coarse monotonic clock in milliseconds: `Instant::now` and the
+/// division of its `Duration` cost about 200 instructions a read.
+pub(super) fn coarse_ms() -> u64 {
+    let now = coarse_monotonic_now();
+    now.as_secs() * 1000 + u64::from(now.subsec_millis())
 }

@@ -239,7 +239,7 @@ fn describe(
             client,
             backend,
             state: MovedState::Inspected(saved),
-            stopped_at: crate::tunnel::relocate::moved::monotonic_now(),
+            stopped_at: crate::tunnel::clock::monotonic_now(),
         }),
         Err(error) => Err((error, saved)),
     }

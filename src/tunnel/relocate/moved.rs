@@ -25,15 +25,6 @@ pub struct MovedTunnel {
     pub stopped_at: Duration,
 }
 
-/// The system's monotonic clock (`CLOCK_MONOTONIC`, which `Instant` reads
-/// too, but cannot be carried to another process as).
-pub fn monotonic_now() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
 /// One side's connection, and what was read from it before the tunnel
 /// started (hyper's read past the handshake) and is still to be handed
 /// out first.
