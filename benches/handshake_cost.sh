@@ -45,8 +45,9 @@ handshakes() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[
 start() {
   local binary=$1 level=$2
   shift 2
-  # glibc's tunable set here, so that wsgate does not re-execute itself
-  # (lifecycle::memory) out from under the wrapper.
+  # glibc's tunable set here for binaries before the switch to mimalloc
+  # (docs/performance.md), which re-executed themselves with it and would
+  # leave the wrapper; they ran with it, so it is their real setting.
   GLIBC_TUNABLES=glibc.malloc.tcache_count=0 WSGATE_LOG=$level "$@" "$binary" --config "$work/wsgate.toml" \
     2>"$work/wsgate.log" &
   server=$!

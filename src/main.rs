@@ -83,8 +83,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut raised = None;
     if matches!(cli.command, None | Some(Command::Demo { .. })) {
-        // Before any thread starts: the proxy gives memory back after a burst.
-        wsgate::lifecycle::memory::without_thread_caches();
         // Before anything can replace the file: an upgrade starts what is there then.
         handover::remember_executable();
         // Each tunnel holds two descriptors: all the hard limit allows.
@@ -100,7 +98,11 @@ fn main() -> ExitCode {
         None => handover::inherited(),
         _ => None,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(wsgate::lifecycle::memory::collect_if_asked)
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("wsgate: cannot start the runtime: {error}");
@@ -446,3 +448,15 @@ fn fail(error: impl std::fmt::Display) -> ExitCode {
     eprintln!("wsgate: {error}");
     ExitCode::FAILURE
 }
+
+/// mimalloc: a sixth fewer instructions per handshake than glibc's
+/// allocator, and less resident per idle tunnel once tuned
+/// ([`wsgate::lifecycle::memory`]).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Run before `main`, ahead of the first allocation: mimalloc reads each
+/// option once, when it first needs it.
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = wsgate::lifecycle::memory::tune_allocator;

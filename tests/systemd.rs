@@ -78,56 +78,6 @@ async fn within_or_log<F: std::future::Future>(limit: Duration, what: &str, wsga
     }
 }
 
-/// The proxy runs, under its own name, with glibc's per-thread malloc caches off (they keep a
-/// burst's freed chunks, and the pages around them, resident; see
-/// `src/lifecycle/memory.rs`): it restarts its own image with the tunable
-/// set, under the same process ID, so READY=1 comes from the PID systemd
-/// started. A value the environment already sets is left as it is. (With
-/// other tunables beside it, glibc rewrites its copy of the variable in
-/// place, so /proc shows only the first: the unit tests in
-/// `src/lifecycle/memory.rs` cover that case.)
-#[tokio::test]
-async fn the_proxy_runs_without_malloc_thread_caches_under_its_own_pid() {
-    let environ = |pid: libc::pid_t| {
-        let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
-        raw.split(|&b| b == 0)
-            .filter_map(|v| {
-                std::str::from_utf8(v)
-                    .ok()?
-                    .strip_prefix("GLIBC_TUNABLES=")
-                    .map(str::to_owned)
-            })
-            .collect::<Vec<_>>()
-    };
-    let backend = Backend::echo().await;
-    for (given, expected) in [
-        (None, "glibc.malloc.tcache_count=0"),
-        (Some("glibc.malloc.tcache_count=3"), "glibc.malloc.tcache_count=3"),
-    ] {
-        let listen = free_addr();
-        let (mut launch, notifications) = launch(&config(listen, backend.addr), None);
-        match given {
-            Some(value) => launch.command().env("GLIBC_TUNABLES", value),
-            None => launch.command().env_remove("GLIBC_TUNABLES"),
-        };
-        let wsgate = launch.spawn();
-        let lines = notifications.expect("READY=1", || wsgate.log()).await;
-        assert!(
-            lines.iter().any(|l| l == &format!("MAINPID={}", wsgate.pid()))
-                || !lines.iter().any(|l| l.starts_with("MAINPID=")),
-            "{lines:?}"
-        );
-        assert_eq!(environ(wsgate.pid()), [expected], "given {given:?}");
-        // Restarted under its own name, not /proc/self/exe's: `ps`,
-        // `pgrep wsgate` and the journal's `_COMM` show `wsgate`.
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", wsgate.pid())).expect("comm");
-        assert_eq!(comm.trim(), "wsgate", "given {given:?}");
-        echo_through(listen).await;
-        wsgate.signal(libc::SIGTERM);
-        wsgate.exits_successfully().await;
-    }
-}
-
 /// A loopback address nothing listens on (bound, then released) for wsgate to bind.
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

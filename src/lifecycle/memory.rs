@@ -1,14 +1,21 @@
-//! Giving memory back after a burst of connections.
+//! The allocator, and giving memory back after a burst of connections.
 //!
-//! Every handshake allocates buffers (hyper's, a few kilobytes) that are
-//! freed once the tunnel is open, between the small allocations that stay
-//! for the tunnel's life. glibc's allocator keeps the freed pages resident
-//! until something asks for them: after a reconnect storm, a proxy holding
-//! a hundred thousand idle tunnels would keep the storm's buffers for as
-//! long as the quiet lasts. Once connections stop coming and going, the
-//! free pages are handed back with `malloc_trim` (as HAProxy does). Under
-//! steady churn nothing is trimmed: the pages are reused anyway.
+//! wsgate allocates with mimalloc (`main.rs` makes it the global
+//! allocator), told to hand freed pages back to the system at once rather
+//! than a second later, and to commit its arenas only as they are used:
+//! mimalloc returns a thread's freed pages only when that thread allocates
+//! again, so an idle worker would otherwise keep what a burst of handshakes
+//! freed for as long as the quiet lasts. That way an idle plain tunnel
+//! costs 1.8 KiB resident against glibc's 2.0, and a handshake a sixth
+//! fewer instructions (`docs/performance.md`).
+//!
+//! What the allocator cannot see is wsgate's own buffer pool: each worker
+//! thread keeps a few spare buffers. Once connections stop coming and
+//! going, those are handed back too ([`release_after_bursts`]). Under
+//! steady churn nothing is released: the buffers are reused anyway.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -34,7 +41,38 @@ pub async fn release_after_bursts(stats: Stats, stop: CancellationToken) {
             // Off the runtime's workers: with a large heap it takes a
             // millisecond or so.
             let _ = tokio::task::spawn_blocking(trim).await;
+            // Each worker collects its own heap as it next parks; these
+            // wake the idle ones so that they do.
+            for _ in 0..WAKE_TASKS {
+                tokio::spawn(async {});
+            }
         }
+    }
+}
+
+/// Asked of every thread by [`trim`]: collect once more.
+static COLLECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Empty tasks spawned after a trim, so that idle workers wake, run one
+/// and park again (collecting as they do).
+const WAKE_TASKS: usize = 16;
+
+thread_local! {
+    /// The last of [`COLLECTIONS`] this thread did.
+    static COLLECTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// For the runtime's `on_thread_park`: when a trim asked since this thread
+/// last collected, hands its heap's free pages back. mimalloc frees a
+/// block freed by another thread only when the page's own thread allocates
+/// or collects, and a worker idle after a burst does neither (the soak
+/// test found 31 MiB kept after its load). Otherwise one atomic load.
+pub fn collect_if_asked() {
+    let asked = COLLECTIONS.load(Ordering::Relaxed);
+    if COLLECTED.get() != asked {
+        COLLECTED.set(asked);
+        // SAFETY: collects the calling thread's own heap.
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 
@@ -69,98 +107,58 @@ impl Quiet {
     }
 }
 
-/// glibc's tunable for the per-thread cache of freed chunks.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const THREAD_CACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
+/// mimalloc's options, by their index in its `mi_option_e` (v3): the
+/// crate declares v2's. A test checks that each names the option meant.
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Restarts the process image with glibc's per-thread caches of freed
-/// chunks turned off, unless the environment already sets their size.
-///
-/// Each thread's cache keeps up to seven freed chunks of every small size,
-/// and it keeps the last ones a burst freed, scattered over the heap: no
-/// `malloc_trim` can hand their pages back, nor the pages around them that
-/// the chunks stop from coalescing. After 1,000 inspected sockets, the
-/// process kept 1.1 MiB more than before them with the caches, 0.25 MiB
-/// without, at no measurable cost per message or per handshake (the hot
-/// paths allocate little; docs/performance.md). The setting is read only
-/// when a program starts, hence the `exec` of the same binary with the same
-/// arguments and process ID (so systemd's socket activation and
-/// notifications still name this process). If the `exec` fails, or the
-/// binary runs privileged (glibc then ignores tunables), the process goes
-/// on as it is.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn without_thread_caches() {
-    use std::os::unix::process::CommandExt;
-
-    // SAFETY: getauxval reads the auxiliary vector the kernel gave the process.
-    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
-    let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-    let current = current.to_string_lossy();
-    // A privileged binary (file capabilities, to bind port 443) may have
-    // its tunables erased: never exec again and again.
-    let Some(tunables) = tunables_without_thread_caches(&current).filter(|_| !secure) else {
-        return;
-    };
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_default();
-    // By its own path, not /proc/self/exe: the kernel names the process
-    // after the file it runs (`ps`, `pgrep wsgate`, the journal's `_COMM`).
-    let binary = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let _failed = std::process::Command::new(binary)
-        .arg0(arg0)
-        .args(args)
-        .env("GLIBC_TUNABLES", tunables)
-        .exec();
-}
-
-/// `GLIBC_TUNABLES` with the thread caches off, or `None` when `current`
-/// already sizes them.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tunables_without_thread_caches(current: &str) -> Option<String> {
-    if current
-        .split(':')
-        .any(|tunable| tunable.starts_with(THREAD_CACHE_TUNABLE))
-    {
-        return None;
-    }
-    Some(match current.is_empty() {
-        true => format!("{THREAD_CACHE_TUNABLE}=0"),
-        false => format!("{current}:{THREAD_CACHE_TUNABLE}=0"),
-    })
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn without_thread_caches() {}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    crate::tunnel::pool::release_spares();
-    // SAFETY: malloc_trim only releases free memory; any thread may call it.
-    unsafe {
-        libc::malloc_trim(0);
+/// Sets mimalloc's options before its first allocation (it reads each once,
+/// when it first needs it): freed pages purged at once, arenas committed
+/// as used. An option the environment sets (`MIMALLOC_PURGE_DELAY`,
+/// `MIMALLOC_ARENA_EAGER_COMMIT`) is left to it.
+pub extern "C" fn tune_allocator() {
+    for (option, name) in [
+        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY"),
+        (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+    ] {
+        // `getenv`, which allocates nothing: `std::env` would allocate,
+        // and mimalloc would read its options before they are set.
+        // SAFETY: no other thread exists yet to change the environment,
+        // nor to race mimalloc's option setter (which is not thread-safe).
+        unsafe {
+            if libc::getenv(name.as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(option, 0);
+            }
+        }
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+/// The spare buffers of every thread's pool handed back, and every thread
+/// asked to collect its heap (it does as it parks: [`collect_if_asked`]).
 fn trim() {
     crate::tunnel::pool::release_spares();
+    COLLECTIONS.fetch_add(1, Ordering::Relaxed);
+    collect_if_asked();
 }
 
 #[cfg(test)]
 mod tests {
     use super::{Quiet, TRIMS_AFTER_A_BURST};
 
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+
+    /// The indexes name the options meant: in a process that did not
+    /// tune them (this test's), each reads mimalloc's own default.
     #[test]
-    fn thread_caches_are_turned_off_beside_other_tunables_unless_sized_already() {
-        use super::tunables_without_thread_caches as off;
-        assert_eq!(off("").as_deref(), Some("glibc.malloc.tcache_count=0"));
-        assert_eq!(
-            off("glibc.malloc.arena_max=2").as_deref(),
-            Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
-        );
-        assert_eq!(off("glibc.malloc.tcache_count=3"), None);
-        assert_eq!(off("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7"), None);
+    fn the_option_indexes_name_the_purge_delay_and_eager_commit() {
+        for name in ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"] {
+            if std::env::var_os(name).is_some() {
+                return;
+            }
+        }
+        // SAFETY: reading an option by a valid index.
+        let read = |option| unsafe { libmimalloc_sys::mi_option_get(option) };
+        assert_eq!(read(super::PURGE_DELAY), 1000, "purge delay, in milliseconds");
+        assert_eq!(read(super::ARENA_EAGER_COMMIT), 2, "eager commit where the OS overcommits");
     }
 
     #[test]
