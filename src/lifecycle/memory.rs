@@ -139,6 +139,7 @@ fn trim() {
     crate::tunnel::pool::release_spares();
     COLLECTIONS.fetch_add(1, Ordering::Relaxed);
     collect_if_asked();
+    heap_report();
 }
 
 #[cfg(test)]
@@ -176,5 +177,70 @@ mod tests {
             assert!(quiet.trim_now(9), "quiet after the burst");
         }
         assert!(!quiet.trim_now(9));
+    }
+}
+
+/// Diagnostic only (not for commit): the live heap, page by page, to a file.
+pub fn heap_report() {
+    use std::sync::atomic::AtomicUsize;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    if std::env::var_os("WSGATE_HEAP_REPORT").is_none() {
+        return;
+    }
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let path = format!("/tmp/heapreport.{}.{n}\0", std::process::id());
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644) };
+    if fd < 0 {
+        return;
+    }
+    struct Buf {
+        data: [u8; 512],
+        len: usize,
+    }
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let b = s.as_bytes();
+            let room = self.data.len() - self.len;
+            let k = b.len().min(room);
+            self.data[self.len..self.len + k].copy_from_slice(&b[..k]);
+            self.len += k;
+            Ok(())
+        }
+    }
+    unsafe extern "C" fn visit(
+        _heap: *const libmimalloc_sys::mi_heap_t,
+        area: *const libmimalloc_sys::mi_heap_area_t,
+        block: *mut std::ffi::c_void,
+        size: usize,
+        arg: *mut std::ffi::c_void,
+    ) -> bool {
+        use std::fmt::Write;
+        let fd = arg as usize as i32;
+        let mut buf = Buf { data: [0; 512], len: 0 };
+        let a = unsafe { &*area };
+        if block.is_null() {
+            let _ = writeln!(
+                buf,
+                "P {:x} bs {} used {} committed {} reserved {}",
+                a.blocks as usize, a.block_size, a.used, a.committed, a.reserved
+            );
+        } else {
+            let _ = write!(buf, "B {:x} {}", block as usize, size);
+            let words = (size / 8).min(6);
+            for i in 0..words {
+                let w = unsafe { *(block as *const u64).add(i) };
+                let _ = write!(buf, " {w:x}");
+            }
+            let _ = writeln!(buf);
+        }
+        unsafe { libc::write(fd, buf.data.as_ptr().cast(), buf.len) };
+        true
+    }
+    unsafe extern "C" {
+        fn mi_heap_main() -> *mut libmimalloc_sys::mi_heap_t;
+    }
+    unsafe {
+        libmimalloc_sys::mi_heap_visit_blocks(mi_heap_main(), true, Some(visit), fd as usize as *mut std::ffi::c_void);
+        libc::close(fd);
     }
 }
