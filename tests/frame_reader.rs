@@ -249,6 +249,24 @@ fn chunks<'a>(input: &'a [u8], sizes: &'a [usize]) -> impl Iterator<Item = &'a [
     })
 }
 
+/// A valid stream with one to four of its bytes overwritten.
+fn damaged_stream() -> impl Strategy<Value = Vec<u8>> {
+    (
+        stream(),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..=4),
+    )
+        .prop_map(|(stream, damage)| {
+            let mut bytes = stream.bytes;
+            if !bytes.is_empty() {
+                for (at, byte) in damage {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+            }
+            bytes
+        })
+}
+
 /// Ways to cut a stream: byte by byte, small pieces, pieces of any size.
 fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
     prop_oneof![
@@ -354,18 +372,10 @@ proptest! {
     /// pieces byte by byte: the same events, and the same violation.
     #[test]
     fn damaged_streams_fail_alike_however_cut(
-        stream in stream(),
-        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..=4),
+        bytes in damaged_stream(),
         sizes in chunk_sizes(),
         config in any_config(),
     ) {
-        let mut bytes = stream.bytes;
-        if !bytes.is_empty() {
-            for (at, byte) in damage {
-                let at = at.index(bytes.len());
-                bytes[at] = byte;
-            }
-        }
         let whole = judged(config, &bytes, &[usize::MAX]);
         prop_assert_eq!(&judged(config, &bytes, &[1]), &whole);
         prop_assert_eq!(&judged(config, &bytes, &sizes), &whole);
@@ -382,18 +392,10 @@ proptest! {
 
     #[test]
     fn damaged_streams_never_panic(
-        stream in stream(),
-        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..=4),
+        bytes in damaged_stream(),
         sizes in chunk_sizes(),
         config in any_config(),
     ) {
-        let mut bytes = stream.bytes;
-        if !bytes.is_empty() {
-            for (at, byte) in damage {
-                let at = at.index(bytes.len());
-                bytes[at] = byte;
-            }
-        }
         feed_anything(config, &bytes, &sizes);
     }
 }
