@@ -59,10 +59,12 @@ pub mod linger;
 pub mod pace;
 pub mod pool;
 pub mod relocate;
+pub mod wakes;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -72,6 +74,7 @@ use identity::tunnel_event;
 pub use identity::Identity;
 use relocate::moved::{MovedSocket, MovedState};
 use relocate::{MovedTunnel, Ticket};
+use wakes::Wakes;
 
 use crate::telemetry::metrics::{BACKEND_TO_CLIENT, CLIENT_TO_BACKEND};
 use crate::telemetry::TunnelMetrics;
@@ -97,6 +100,41 @@ pub struct Splice {
     /// Set when both sides are plain TCP: the tunnel can move to the next
     /// process at a binary upgrade.
     ticket: Option<Ticket>,
+    /// Which of the two directions and the move woke the task, when both
+    /// sides are plain TCP ([`wakes`]): each of a socket's two readiness
+    /// wakers then serves one direction alone (the client's read and the
+    /// backend's write the upstream, the others the downstream). A TLS
+    /// side may write while it reads, and its write waker would be one
+    /// direction's, then the other's: such a tunnel polls both each time.
+    wakes: Option<Arc<Wakes>>,
+}
+
+/// What a plain splice waits on.
+#[derive(Clone, Copy)]
+enum Waits {
+    Upstream = 0,
+    Downstream = 1,
+    Move = 2,
+}
+
+impl wakes::Source for Waits {
+    fn index(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Polls with `source`'s own waker when the splice has them, else with
+/// the task's.
+fn poll_for<T>(
+    wakes: &Option<Arc<Wakes>>,
+    source: Waits,
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    match wakes {
+        Some(wakes) => poll(&mut Context::from_waker(&wakes.lend_waker(source))),
+        None => poll(cx),
+    }
 }
 
 impl Splice {
@@ -104,6 +142,7 @@ impl Splice {
     /// hyper's box by [`halves`].
     pub fn new(client: Side, backend: Side, metrics: TunnelMetrics, identity: Box<Identity>) -> Self {
         Splice {
+            wakes: wakes_for(&client, &backend),
             client,
             backend,
             upstream: Copy::default(),
@@ -127,6 +166,7 @@ impl Splice {
     ) -> Self {
         let now = Instant::now();
         Splice {
+            wakes: wakes_for(&client, &backend),
             client,
             backend,
             upstream,
@@ -233,6 +273,11 @@ impl Splice {
     }
 }
 
+/// A splice's own wakers, when both its sides are plain TCP.
+fn wakes_for(client: &Side, backend: &Side) -> Option<Arc<Wakes>> {
+    (client.is_tcp() && backend.is_tcp()).then(Wakes::new)
+}
+
 /// A connection that timed out: the peer stopped acknowledging, and
 /// keepalive probes or `TCP_USER_TIMEOUT` ran out (both end in `ETIMEDOUT`;
 /// the kernel does not say which). Only the kernel's own error counts: one
@@ -269,32 +314,44 @@ impl Future for Splice {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        let due = this.wakes.as_ref().map(|wakes| wakes.take_due(cx.waker()));
+        // Without wakers of its own, anything may have woken the task.
+        let is_due = |source: Waits| due.is_none_or(|due| due.has(source));
         if let Some(ticket) = &mut this.ticket {
-            if ticket.poll_asked(cx).is_ready() && this.moved() {
+            if is_due(Waits::Move)
+                && poll_for(&this.wakes, Waits::Move, cx, |cx| ticket.poll_asked(cx)).is_ready()
+                && this.moved()
+            {
                 return Poll::Ready(());
             }
         }
         let mut error = None;
-        let backend_closes_next = this.downstream.is_done() && this.backend.is_tcp();
-        if let Poll::Ready(Err(e)) =
-            this.upstream
-                .poll_copy(cx, &mut this.client, &mut this.backend, backend_closes_next)
-        {
-            error = Some((e, if this.upstream.read_failed { "client" } else { "backend" }));
-        } else if let Poll::Ready(Err(e)) = {
+        if is_due(Waits::Upstream) {
+            let backend_closes_next = this.downstream.is_done() && this.backend.is_tcp();
+            if let Poll::Ready(Err(e)) = poll_for(&this.wakes, Waits::Upstream, cx, |cx| {
+                this.upstream
+                    .poll_copy(cx, &mut this.client, &mut this.backend, backend_closes_next)
+            }) {
+                error = Some((e, if this.upstream.read_failed { "client" } else { "backend" }));
+            }
+        }
+        if error.is_none() && is_due(Waits::Downstream) {
             let client_closes_next = this.upstream.is_done() && this.client.is_tcp();
-            this.downstream
-                .poll_copy(cx, &mut this.backend, &mut this.client, client_closes_next)
-        } {
-            error = Some((
-                e,
-                if this.downstream.read_failed {
-                    "backend"
-                } else {
-                    "client"
-                },
-            ));
-        } else if !(this.upstream.is_done() && this.downstream.is_done()) {
+            if let Poll::Ready(Err(e)) = poll_for(&this.wakes, Waits::Downstream, cx, |cx| {
+                this.downstream
+                    .poll_copy(cx, &mut this.backend, &mut this.client, client_closes_next)
+            }) {
+                error = Some((
+                    e,
+                    if this.downstream.read_failed {
+                        "backend"
+                    } else {
+                        "client"
+                    },
+                ));
+            }
+        }
+        if error.is_none() && !(this.upstream.is_done() && this.downstream.is_done()) {
             return Poll::Pending;
         }
         this.finish(error);

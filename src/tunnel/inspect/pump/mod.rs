@@ -5,12 +5,11 @@
 mod keepalive;
 mod message_rate;
 mod park;
-mod wakes;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -24,9 +23,25 @@ use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
 use crate::tunnel::pool::{Lent, Sizing};
 use crate::tunnel::relocate::{Ticket, Undecided};
+use crate::tunnel::wakes::{self, Wakes};
 use crate::ws::close;
 use crate::ws::frame::{self, Event, FrameReader, OpCode, Violation};
-use wakes::{Source, Wakes};
+
+/// The sources a pump polls beside its read ([`wakes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    End = 0,
+    Drain = 1,
+    Orders = 2,
+    Clock = 3,
+    Move = 4,
+}
+
+impl wakes::Source for Source {
+    fn index(self) -> u8 {
+        self as u8
+    }
+}
 
 /// What woke a pump.
 enum Woke {
@@ -181,7 +196,6 @@ where
         let requested = drain.requested();
         tokio::pin!(ended, requested);
         let wakes = Wakes::new();
-        let wakers: [Waker; 5] = Source::ALL.map(|source| wakes.waker(source));
         let mut turn: u32 = 0;
         loop {
             turn = turn.wrapping_add(1);
@@ -202,7 +216,8 @@ where
                 macro_rules! poll_due {
                     ($source:expr, $poll:expr) => {{
                         if due.has($source) {
-                            let mut source_cx = Context::from_waker(&wakers[$source as usize]);
+                            let waker = wakes.lend_waker($source);
+                            let mut source_cx = Context::from_waker(&waker);
                             $poll(&mut source_cx)
                         } else {
                             Poll::Pending
