@@ -114,6 +114,52 @@ async fn request_heads_trickled_a_byte_at_a_time_are_cut_at_the_handshake_timeou
     proxy.stop().await;
 }
 
+/// The same deadline for a client that stays silent for most of it, then
+/// trickles: its first byte starts no new clock, so it is cut at the
+/// deadline from the accept, not a whole timeout after that byte (up to
+/// twice the timeout, as it once was).
+#[tokio::test]
+async fn a_request_head_begun_late_is_still_cut_at_the_handshake_timeout_from_the_accept() {
+    let backend = Backend::echo().await;
+    let timeout = Duration::from_secs(2);
+    let silent = timeout * 3 / 4;
+    let toml = with_handshake_timeout(config(backend.addr, None), timeout);
+    let (server, names) = bind_proxy(&toml).await;
+    let stats = server.stats();
+    let proxy = run_proxy(server, names);
+    let addr = proxy.addr("plain");
+    let request = valid_upgrade(&format!("localhost:{}", addr.port()), "/late", &[]).into_bytes();
+
+    let mut late = Vec::new();
+    for _ in 0..4 {
+        late.push(Trickler::start_late(addr, request.clone(), PACE, silent).await);
+    }
+    let mut trickled = Vec::new();
+    for t in late {
+        trickled.push(t.ended().await);
+    }
+    for (i, t) in trickled.iter().enumerate() {
+        // A clock started anew at the first byte would end it at
+        // `silent + timeout` (3.5 s), past this bound.
+        assert!(
+            t.lifetime >= timeout - EARLY && t.lifetime < silent + timeout - Duration::from_millis(500),
+            "late client {i}: ended after {:?}; the deadline is {timeout:?} from the accept",
+            t.lifetime
+        );
+        assert!(
+            t.sent > 0 && t.sent < request.len(),
+            "late client {i}: sent {} bytes",
+            t.sent
+        );
+    }
+    wait_until("handshake timeouts counted", 4, || {
+        stats.refusals(RefusalReason::HandshakeTimeout)
+    })
+    .await;
+    assert!(backend.requests().is_empty(), "no late client reached the backend");
+    proxy.stop().await;
+}
+
 /// Slowloris on the TLS handshake: 20 clients trickle a real ClientHello a
 /// byte every 50 ms. rustls waits for whole records, so without a deadline
 /// on the handshake each would hold its connection indefinitely; the

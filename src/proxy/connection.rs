@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -179,15 +180,22 @@ pub async fn serve_connection<IO>(
     let io = Lingering::new(Prefixed::holding(first, io), info.slot.clone());
     // Boxed, as the HTTP/2 path is: a connection task is moved whole when
     // it is spawned, and its state is as large as its largest path.
-    Box::pin(serve_http1(current, io, info, header_timeout, shutdown)).await;
+    let first_head_by = started + header_timeout;
+    Box::pin(serve_http1(current, io, info, header_timeout, first_head_by, shutdown)).await;
 }
 
-/// hyper's HTTP/1.1 on `io`, the connection's first bytes in it.
+/// hyper's HTTP/1.1 on `io`, the connection's first bytes in it. The first
+/// request's head must be whole by `first_head_by`, the deadline its first
+/// read ran under; each later one within `header_timeout` (hyper's timer,
+/// which would give the first head a whole `header_timeout` more from
+/// here: a client that sent its first byte late, then trickled, would have
+/// held the connection up to twice the timeout).
 async fn serve_http1<IO: ClientStream>(
     current: Arc<ArcSwap<Proxy>>,
     io: Lingering<Prefixed<IO>>,
     info: ConnectionInfo,
     header_timeout: std::time::Duration,
+    first_head_by: tokio::time::Instant,
     shutdown: CancellationToken,
 ) {
     let first_proxy = current.load_full();
@@ -197,7 +205,10 @@ async fn serve_http1<IO: ClientStream>(
     // when the answer is not a 101; after a 101 the connection is a tunnel).
     let (upgrading, mut upgrade_done) = tokio::sync::watch::channel(false);
     let upgrading = Arc::new(upgrading);
+    let heads_seen = Arc::new(AtomicBool::new(false));
+    let head_seen = heads_seen.clone();
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        head_seen.store(true, Ordering::Relaxed);
         let proxy = current.load_full();
         let info = info.clone();
         let upgrading = upgrading.clone();
@@ -228,30 +239,44 @@ async fn serve_http1<IO: ClientStream>(
         )
         .with_upgrades();
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            let upgraded = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                _ = upgrade_done.wait_for(|upgrading| !*upgrading) => None,
-            };
-            match upgraded {
-                Some(result) => result,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+    let first_head_due = tokio::time::sleep_until(first_head_by);
+    tokio::pin!(first_head_due);
+    let mut first_head_pending = true;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = first_head_due.as_mut(), if first_head_pending => {
+                if !heads_seen.load(Ordering::Relaxed) {
+                    return head_too_late(&first_proxy);
                 }
+                first_head_pending = false;
+            }
+            () = shutdown.cancelled() => {
+                let upgraded = tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    _ = upgrade_done.wait_for(|upgrading| !*upgrading) => None,
+                };
+                break match upgraded {
+                    Some(result) => result,
+                    None => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
             }
         }
     };
     match result {
-        Err(error) if error.is_timeout() => {
-            first_proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
-            debug!("request headers not complete within the handshake timeout");
-        }
+        Err(error) if error.is_timeout() => head_too_late(&first_proxy),
         Err(error) => debug!(%error, "client connection ended with an error"),
         Ok(()) => {}
     }
+}
+
+/// A connection ended for a request head not whole in time.
+fn head_too_late(proxy: &Proxy) {
+    proxy.stats.count_refusal(RefusalReason::HandshakeTimeout);
+    debug!("request headers not complete within the handshake timeout");
 }
 
 /// The span of one request, whose fields dispatch fills in as it learns

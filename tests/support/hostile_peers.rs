@@ -447,6 +447,12 @@ impl Trickler {
     /// Connects to `addr` and starts trickling `bytes`; returns once
     /// connected. Having sent everything it holds the connection open.
     pub async fn start(addr: SocketAddr, bytes: Vec<u8>, pace: Duration) -> Trickler {
+        Trickler::start_late(addr, bytes, pace, Duration::ZERO).await
+    }
+
+    /// As [`Trickler::start`], the first byte sent only `silent` after the
+    /// connect.
+    pub async fn start_late(addr: SocketAddr, bytes: Vec<u8>, pace: Duration, silent: Duration) -> Trickler {
         let stream = super::tcp_connect(addr).await;
         stream.set_nodelay(true).unwrap();
         let connected = Instant::now();
@@ -454,6 +460,8 @@ impl Trickler {
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
         let writer = tokio::spawn(async move {
+            // The silence is part of the attack, as the pace is.
+            tokio::time::sleep(silent).await;
             for byte in bytes {
                 if write.write_all(&[byte]).await.is_err() {
                     return;
