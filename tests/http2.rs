@@ -561,3 +561,57 @@ async fn end_stream_and_fin_cross_the_bridge_both_ways() {
     assert!(rest.is_empty(), "nothing after the echo: {rest:?}");
     proxy.stop().await;
 }
+
+/// A backend that resets its connection: a plain (not inspected) WebSocket
+/// over HTTP/2 ends at once, and the connection's other streams go on.
+/// The stream ends as the client's HTTP/1.1 connection would, where wsgate
+/// closes with a FIN (as nginx does): with END_STREAM. RFC 8441 §4 would
+/// have a reset passed on as RST_STREAM (CANCEL), but hyper ends an
+/// upgraded stream only with END_STREAM, and its own client reads a
+/// CANCEL as a clean end anyway.
+#[tokio::test]
+async fn a_backend_reset_ends_its_plain_h2_stream_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut resetting = RawBackend::start(false, None).await;
+    let echo = Backend::echo().await;
+    let toml = format!(
+        "{}[[route]]\nname = \"resets\"\npath_prefix = \"/resets\"\nupstream = \"resets\"\n\n\
+         [[upstream]]\nname = \"resets\"\nservers = [{{ address = \"{}\" }}]\n\n{}",
+        listeners(None),
+        resetting.addr,
+        route_and_upstream(echo.addr, "")
+    );
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addr("plain");
+    let authority = format!("localhost:{}", addr.port());
+    let mut client = h2c_connect(addr).await;
+    let mut response = client
+        .send_only(extended_connect(&authority, "/resets", "websocket"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let upgraded = within("the CONNECT stream", hyper::upgrade::on(&mut response))
+        .await
+        .expect("the CONNECT stream");
+    let mut stream = hyper_util::rt::TokioIo::new(upgraded);
+    let (_, other) = client.websocket(&authority, "/", &[]).await;
+    let mut other = other.expect("a WebSocket to the echo backend");
+
+    let mut backend_side = resetting.next_conn().await;
+    stream.write_all(&masked_frame(0x1, true, b"before")).await.unwrap();
+    let arrived = within("the frame at the backend", read_wire(&mut backend_side))
+        .await
+        .unwrap();
+    assert_eq!(arrived.payload, b"before");
+    socket2::SockRef::from(&backend_side)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(backend_side); // a reset, not a FIN
+    let mut rest = Vec::new();
+    let ended = within("the end of the stream", stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(ended, Ok(0)),
+        "the stream ends with nothing after the frame: {ended:?}, {rest:?}"
+    );
+    assert_echo(&mut other, Message::text("still here")).await;
+    proxy.stop().await;
+}
