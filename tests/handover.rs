@@ -568,6 +568,17 @@ async fn systemd_follows_the_main_process_and_its_watchdog_across_the_upgrade() 
 /// the rest by the new one, and the echo comes back whole.
 #[tokio::test]
 async fn a_message_in_flight_across_the_upgrade_arrives_whole() {
+    message_in_flight_across_the_upgrade("/inspected").await;
+}
+
+/// The same on a plain tunnel, which its first 3 MiB made busy enough to
+/// be spliced by a splice thread: the thread gives it back to move it.
+#[tokio::test]
+async fn a_plain_tunnel_on_a_splice_thread_moves_with_its_message_in_flight() {
+    message_in_flight_across_the_upgrade("/plain").await;
+}
+
+async fn message_in_flight_across_the_upgrade(path: &str) {
     const HALF: usize = 2 << 20;
     let backend = Backend::echo().await;
     let proxy = Upgradable::start(&toml(backend.addr), "first").await;
@@ -575,7 +586,7 @@ async fn a_message_in_flight_across_the_upgrade_arrives_whole() {
     let mut client = tcp_connect(addr).await;
     let host = format!("localhost:{}", addr.port());
     client
-        .write_all(valid_upgrade(&host, "/inspected", &[]).as_bytes())
+        .write_all(valid_upgrade(&host, path, &[]).as_bytes())
         .await
         .unwrap();
     let head = within("101", read_head_bytes(&mut client)).await;
@@ -589,6 +600,18 @@ async fn a_message_in_flight_across_the_upgrade_arrives_whole() {
         client.write_all(chunk).await.unwrap();
         tokio::task::yield_now().await;
     }
+    let on_threads = if path == "/plain" { 1.0 } else { 0.0 };
+    // Polled (a move is between two reads of the tunnel), at most 5 s.
+    let mut spliced = None;
+    for _ in 0..50 {
+        let metrics = scrape(proxy.wsgate.admin_addr()).await;
+        spliced = metrics.value("wsgate_splice_thread_tunnels", &[]);
+        if spliced == Some(on_threads) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(spliced, Some(on_threads), "tunnels on splice threads before the upgrade");
     stamped_binary(&proxy.binary, "second");
     let new = proxy.upgrade(old).await;
     let _serving = Serving(new);

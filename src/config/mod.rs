@@ -108,6 +108,10 @@ pub struct Global {
     /// One `request` line per plain HTTP request (default true): a busy
     /// HTTP route can log more than an operator wants to keep.
     pub http_log: bool,
+    /// Threads of wsgate's own that splice busy plain tunnels from an
+    /// `epoll` loop, without tokio's per-message wake-ups (default: one per
+    /// CPU; 0 keeps every tunnel on tokio's workers).
+    pub splice_threads: usize,
     /// Where upstream host names and SRV records are looked up (default:
     /// the name servers of `/etc/resolv.conf`).
     pub resolver: Nameservers,

@@ -67,6 +67,7 @@ pub struct RawGlobal {
     pub log_format: Option<LogFormat>,
     pub log_filter: Option<Spanned<String>>,
     pub http_log: Option<bool>,
+    pub splice_threads: Option<Spanned<u64>>,
     /// `"IP:PORT"` or a list of them; checked in `validate`, which names
     /// the key of a value of the wrong shape.
     pub resolver: Option<Spanned<toml::Value>>,

@@ -30,6 +30,7 @@ use crate::tunnel::inspect::tunnel::Start;
 use crate::tunnel::inspect::{self, Settings};
 use crate::tunnel::relocate::moved::{MovedSocket, MovedState};
 use crate::tunnel::relocate::MovedTunnel;
+use crate::tunnel::splice_thread::ToThread;
 use crate::tunnel::{self, halves};
 use crate::upstream::balance::BackendGuard;
 use crate::upstream::handshake::Answered;
@@ -375,6 +376,8 @@ type BoxedFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 enum TunnelState {
     Opening(BoxedFuture<Result<TunnelState, hyper::Error>>),
     Plain(tunnel::Splice),
+    /// A busy plain tunnel, spliced by a splice thread meanwhile.
+    Threaded(Box<tunnel::splice_thread::Threaded>),
     Inspected(BoxedFuture<()>),
     Done,
 }
@@ -394,8 +397,29 @@ impl Future for TunnelTask {
                     }
                 },
                 TunnelState::Plain(splice) => {
-                    ready!(Pin::new(splice).poll(cx));
-                    *state = TunnelState::Done;
+                    if Pin::new(&mut *splice).poll(cx).is_ready() {
+                        *state = TunnelState::Done;
+                        continue;
+                    }
+                    if !splice.wants_thread() {
+                        return Poll::Pending;
+                    }
+                    let TunnelState::Plain(splice) = std::mem::replace(state, TunnelState::Done) else {
+                        unreachable!("matched above");
+                    };
+                    *state = match splice.into_thread() {
+                        ToThread::Went(threaded) => TunnelState::Threaded(threaded),
+                        // Polled again: its sockets are new to tokio's driver.
+                        ToThread::Stayed(splice) => TunnelState::Plain(*splice),
+                        ToThread::Ended => TunnelState::Done,
+                    };
+                }
+                TunnelState::Threaded(threaded) => {
+                    *state = match ready!(threaded.poll_end(cx)) {
+                        // Taken back to move at a binary upgrade.
+                        Some(splice) => TunnelState::Plain(splice),
+                        None => TunnelState::Done,
+                    };
                 }
                 TunnelState::Inspected(inspected) => {
                     ready!(inspected.as_mut().poll(cx));

@@ -109,6 +109,7 @@ impl Server {
         let proxy = Proxy::new(&config, tasks.clone(), stats, None, cluster).await;
         let max_connections = config.global.max_connections.min(Semaphore::MAX_PERMITS);
         proxy.stats.metrics().set_max_connections(max_connections);
+        crate::tunnel::splice_thread::set_threads(config.global.splice_threads);
         let (reload_sender, reloads) = mpsc::channel(1);
         let (upgrade_sender, upgrades) = mpsc::channel(1);
         Ok(Server {

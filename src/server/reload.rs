@@ -233,6 +233,7 @@ impl Running {
         }
         self.resize_connection_cap(config.global.max_connections);
         previous.stats.metrics().set_max_connections(self.max_connections);
+        crate::tunnel::splice_thread::set_threads(config.global.splice_threads);
         self.start_housekeeping();
         self.generation += 1;
         Ok(Reloaded {

@@ -43,6 +43,10 @@ pub const CLIENT_TO_BACKEND: usize = 0;
 pub const BACKEND_TO_CLIENT: usize = 1;
 const DIRECTIONS: [&str; 2] = ["client_to_backend", "backend_to_client"];
 
+/// Plain tunnels on splice threads now ([`crate::tunnel::splice_thread`]
+/// counts them; process-wide, as the threads are).
+pub static ON_SPLICE_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: String,
@@ -193,6 +197,7 @@ struct Inner {
     upgrade_tunnels: Family<OutcomeLabels, Counter>,
     /// Read from the log writer at each scrape.
     log_lines_dropped: Counter,
+    splice_thread_tunnels: Gauge,
     /// One scrape at a time: the server gauges are rebuilt from the pools
     /// right before encoding, and a second scrape must not see them half-built.
     scrape: Mutex<()>,
@@ -358,6 +363,12 @@ impl Metrics {
             "Tunnels at the binary upgrade that started this process: moved here, or stayed in the old process to drain",
             upgrade_tunnels.clone(),
         );
+        let splice_thread_tunnels = Gauge::default();
+        registry.register(
+            "splice_thread_tunnels",
+            "Plain tunnels now spliced by splice threads ([global] splice_threads) rather than tokio's workers",
+            splice_thread_tunnels.clone(),
+        );
         let log_lines_dropped = Counter::default();
         registry.register(
             "log_lines_dropped",
@@ -393,6 +404,7 @@ impl Metrics {
                 cluster_unreachable,
                 upgrade_tunnels,
                 log_lines_dropped,
+                splice_thread_tunnels,
                 scrape: Mutex::new(()),
             }),
         }
@@ -579,6 +591,10 @@ impl Metrics {
         self.remove_unconfigured();
         let dropped = &self.inner.log_lines_dropped;
         dropped.inc_by(super::log_writer::dropped().saturating_sub(dropped.get()));
+        let on_threads = ON_SPLICE_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .splice_thread_tunnels
+            .set(i64::try_from(on_threads).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing to a String cannot fail, and every metric here encodes.
         let _ = prometheus_text::encode(&mut text, &self.inner.registry);

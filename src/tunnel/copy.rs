@@ -41,6 +41,13 @@ impl Copy {
         self.done
     }
 
+    /// Nothing read and not yet written, and the source still open: the
+    /// direction can be picked up elsewhere (a splice thread) from its
+    /// next read.
+    pub fn is_between_reads(&self) -> bool {
+        self.held.is_none() && !self.source_ended && !self.done
+    }
+
     /// Where this direction stands, for a move to another process: what
     /// was read and not yet written goes with it.
     pub fn save(&self) -> CopyState {

@@ -59,6 +59,7 @@ pub mod linger;
 pub mod pace;
 pub mod pool;
 pub mod relocate;
+pub mod splice_thread;
 pub mod wakes;
 
 use std::future::Future;
@@ -106,6 +107,8 @@ pub struct Splice {
     /// backend's write the upstream, the others the downstream). A TLS
     /// side may write while it reads, and its write waker would be one
     /// direction's, then the other's: such a tunnel polls both each time.
+    /// Only a splice with wakers of its own may go to a splice thread; one
+    /// that could not go gives them up, and is not offered again.
     wakes: Option<Arc<Wakes>>,
 }
 
@@ -233,44 +236,66 @@ impl Splice {
     /// `error`: the one that ended the tunnel, with the side whose
     /// connection it came from.
     fn finish(&self, error: Option<(io::Error, &'static str)>) {
-        let duration = self.started.elapsed();
-        let closed_first = match (self.upstream.ended_at, self.downstream.ended_at) {
-            (Some(c), Some(b)) if b < c => "backend",
-            (Some(_), _) => "client",
-            (None, Some(_)) => "backend",
-            (None, None) => "none",
-        };
-        let mut bytes = [0; 2];
-        bytes[CLIENT_TO_BACKEND] = self.upstream.bytes;
-        bytes[BACKEND_TO_CLIENT] = self.downstream.bytes;
-        // A client that just goes is ending the tunnel, not failing it.
-        let client_left = matches!(&error, Some((error, "client")) if is_leaving(error));
-        let error = error.filter(|_| !client_left);
-        let ended_by = match &error {
-            _ if client_left => "client",
-            None => "peers",
-            Some((error, side)) if is_unreachable(error) => {
-                self.metrics.unreachable(&self.identity.route, side);
-                match *side {
-                    "client" => "client_unreachable",
-                    _ => "backend_unreachable",
-                }
-            }
-            Some(_) => "error",
-        };
-        tunnel_event!(
-            tracing::Level::INFO,
+        report(
             &self.identity,
-            from_client = bytes[CLIENT_TO_BACKEND],
-            from_backend = bytes[BACKEND_TO_CLIENT],
-            duration_ms = duration.as_millis() as u64,
-            closed_first,
-            ended_by,
-            error = error.as_ref().map(|(error, _)| tracing::field::display(error)),
-            "tunnel closed"
+            &self.metrics,
+            self.started,
+            [self.upstream.bytes, self.downstream.bytes],
+            [self.upstream.ended_at, self.downstream.ended_at],
+            error,
         );
-        self.metrics.finish(duration, bytes, [0; 2], None);
     }
+}
+
+/// A plain tunnel's end, wherever it was spliced: its `tunnel closed` line
+/// and its metrics. `bytes` and `ended_at` are the upstream direction's
+/// (from the client), then the downstream's.
+fn report(
+    identity: &Identity,
+    metrics: &TunnelMetrics,
+    started: Instant,
+    bytes: [u64; 2],
+    ended_at: [Option<Instant>; 2],
+    error: Option<(io::Error, &'static str)>,
+) {
+    let duration = started.elapsed();
+    let closed_first = match (ended_at[0], ended_at[1]) {
+        (Some(c), Some(b)) if b < c => "backend",
+        (Some(_), _) => "client",
+        (None, Some(_)) => "backend",
+        (None, None) => "none",
+    };
+    let [upstream, downstream] = bytes;
+    let mut bytes = [0; 2];
+    bytes[CLIENT_TO_BACKEND] = upstream;
+    bytes[BACKEND_TO_CLIENT] = downstream;
+    // A client that just goes is ending the tunnel, not failing it.
+    let client_left = matches!(&error, Some((error, "client")) if is_leaving(error));
+    let error = error.filter(|_| !client_left);
+    let ended_by = match &error {
+        _ if client_left => "client",
+        None => "peers",
+        Some((error, side)) if is_unreachable(error) => {
+            metrics.unreachable(&identity.route, side);
+            match *side {
+                "client" => "client_unreachable",
+                _ => "backend_unreachable",
+            }
+        }
+        Some(_) => "error",
+    };
+    tunnel_event!(
+        tracing::Level::INFO,
+        identity,
+        from_client = bytes[CLIENT_TO_BACKEND],
+        from_backend = bytes[BACKEND_TO_CLIENT],
+        duration_ms = duration.as_millis() as u64,
+        closed_first,
+        ended_by,
+        error = error.as_ref().map(|(error, _)| tracing::field::display(error)),
+        "tunnel closed"
+    );
+    metrics.finish(duration, bytes, [0; 2], None);
 }
 
 /// A splice's own wakers, when both its sides are plain TCP.

@@ -26,6 +26,8 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: u64 = 16 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
 const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
+/// More splice threads than this would only share the same cores.
+const MAX_SPLICE_THREADS: u64 = 256;
 const DEFAULT_LOG_FILTER: &str = "info";
 /// Below this, ordinary browser requests with a few cookies would be refused.
 const MIN_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
@@ -447,7 +449,23 @@ impl Checker<'_> {
             },
             None => DEFAULT_LOG_FILTER.to_owned(),
         };
+        let splice_threads = match raw.splice_threads {
+            Some(n) if *n.get_ref() > MAX_SPLICE_THREADS => {
+                self.error(
+                    &n,
+                    "global.splice_threads",
+                    format!(
+                        "must be between 0 (every tunnel on the runtime's workers) and {MAX_SPLICE_THREADS}; \
+                         one per CPU is the default"
+                    ),
+                );
+                0
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         Global {
+            splice_threads,
             resolver: self.resolver(raw.resolver),
             log_format: raw.log_format.unwrap_or_default(),
             log_filter,

@@ -1,0 +1,656 @@
+//! Splice threads: busy plain tunnels copied straight from an `epoll` loop.
+//!
+//! On tokio's workers each message of a plain tunnel pays for the runtime's
+//! dispatch of a readiness event, a task's wake-up and scheduling, and the
+//! readiness checks around each read and write: about 3,400 of the 3,900
+//! user-space instructions of a 128 B round trip. Once a plain TCP tunnel
+//! has carried [`BUSY_AFTER`] bytes, its two sockets leave tokio's driver
+//! and join the `epoll` set of one of a few threads of wsgate's own
+//! (`[global] splice_threads`), which read a socket into the thread's
+//! buffer and write its peer at once, as nginx's workers do. A short-lived
+//! tunnel (a reconnect storm's) ends before it would move, so handshakes
+//! pay nothing for the threads, and an idle one stays where it is.
+//!
+//! The tunnel's task stays, asleep, with what the tunnel holds (its permit,
+//! its connection slot, its server's count), until the thread says the
+//! tunnel ended, or until a binary upgrade asks for it: the thread then
+//! gives the sockets back, and the task moves the tunnel as any splice.
+//!
+//! A thread's tunnels are under one lock, taken for each batch of events:
+//! a task that adds a tunnel or takes one back waits for the batch, so a
+//! tunnel never ends, or is read, halfway through either.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::task::AtomicWaker;
+
+use super::copy::Copy;
+use super::halves::{Prefixed, Side};
+use super::relocate::moved::CopyState;
+use super::relocate::Ticket;
+use super::{report, Splice};
+use crate::telemetry::metrics::ON_SPLICE_THREADS;
+use crate::telemetry::TunnelMetrics;
+
+/// Bytes a plain tunnel carries (both ways) before it moves to a splice
+/// thread: past a handshake's few hundred, so that a tunnel opened and
+/// closed again never pays for the move (two `epoll_ctl` more).
+pub const BUSY_AFTER: u64 = 16 * 1024;
+
+/// A thread reads into one buffer of this size for all its tunnels.
+const BUFFER_SIZE: usize = 64 * 1024;
+
+/// Events taken from the kernel at once.
+const EVENTS: usize = 256;
+
+/// The sides of a tunnel, as indexes; the upstream direction reads the
+/// client, the downstream the backend: direction `d` reads socket `d` and
+/// writes socket `1 - d`.
+const SIDE_NAMES: [&str; 2] = ["client", "backend"];
+
+/// How many splice threads new busy tunnels share (`[global]
+/// splice_threads`, set at start and by each reload): 0 keeps every plain
+/// tunnel on tokio's workers.
+static WANTED: AtomicUsize = AtomicUsize::new(0);
+
+/// The threads started so far; never fewer than were ever wanted (a reload
+/// that lowers the count only stops new tunnels going to the others).
+static THREADS: Mutex<Vec<Arc<SpliceThread>>> = Mutex::new(Vec::new());
+
+/// Which thread the next tunnel goes to.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many splice threads busy tunnels share from now on.
+pub fn set_threads(count: usize) {
+    WANTED.store(count, Ordering::Relaxed);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One thread and the tunnels in its `epoll` set.
+struct SpliceThread {
+    epoll: OwnedFd,
+    tunnels: Mutex<Tunnels>,
+}
+
+/// A thread's tunnels, by index; an index's generation tells an event for
+/// a tunnel that has gone from one for the tunnel now at its place.
+#[derive(Default)]
+struct Tunnels {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
+}
+
+/// Where a tunnel is on its thread: what an `epoll` event carries (with
+/// the side in the low bit) and what its task asks for it back by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    index: u32,
+    generation: u32,
+}
+
+impl Key {
+    const GENERATIONS: u32 = 0x7fff_ffff;
+
+    fn event_data(self, side: usize) -> u64 {
+        (u64::from(self.index) << 32) | (u64::from(self.generation & Self::GENERATIONS) << 1) | side as u64
+    }
+
+    fn of_event(data: u64) -> (Key, usize) {
+        let key = Key {
+            index: (data >> 32) as u32,
+            generation: ((data >> 1) as u32) & Self::GENERATIONS,
+        };
+        (key, (data & 1) as usize)
+    }
+}
+
+/// A tunnel on a thread.
+struct Entry {
+    /// Client, backend.
+    sockets: [TcpStream; 2],
+    /// Upstream, downstream.
+    directions: [Direction; 2],
+    /// The kernel said a socket's stream ended (or failed): it is read
+    /// until a read says which, not only until a read comes back short.
+    hung_up: [bool; 2],
+    end: Arc<End>,
+}
+
+/// One direction of a tunnel on a thread, as [`Copy`] on tokio's.
+#[derive(Default)]
+struct Direction {
+    /// What a write that would block left: the direction reads no more
+    /// until its peer's socket takes it. Empty (no allocation) otherwise.
+    unwritten: Vec<u8>,
+    /// The source may have bytes (an edge seen and not yet read dry).
+    readable: bool,
+    source_ended: bool,
+    done: bool,
+    bytes: u64,
+    ended_at: Option<Instant>,
+}
+
+impl Direction {
+    fn from_state(state: CopyState, now: Instant) -> Direction {
+        Direction {
+            unwritten: state.unwritten,
+            readable: false,
+            source_ended: state.source_ended,
+            done: state.done,
+            bytes: state.bytes,
+            ended_at: state.ended_ago.map(|ago| now.checked_sub(ago).unwrap_or(now)),
+        }
+    }
+
+    fn into_state(self) -> CopyState {
+        CopyState {
+            unwritten: self.unwritten,
+            source_ended: self.source_ended,
+            done: self.done,
+            bytes: self.bytes,
+            ended_ago: self.ended_at.map(|at| at.elapsed()),
+        }
+    }
+}
+
+/// A tunnel's end, as its thread tells its task.
+#[derive(Default)]
+struct End {
+    task: AtomicWaker,
+    outcome: Mutex<Option<Outcome>>,
+}
+
+/// How a tunnel on a thread ended: what [`report`] needs.
+struct Outcome {
+    bytes: [u64; 2],
+    ended_at: [Option<Instant>; 2],
+    error: Option<(io::Error, &'static str)>,
+}
+
+/// What a tunnel's sockets and directions are, between tokio and a thread.
+struct Parts {
+    sockets: [TcpStream; 2],
+    states: [CopyState; 2],
+}
+
+impl SpliceThread {
+    fn start(number: usize) -> io::Result<Arc<SpliceThread>> {
+        // SAFETY: a plain system call; its result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let thread = Arc::new(SpliceThread {
+            // SAFETY: `fd` was just created and is owned by nothing else.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            tunnels: Mutex::default(),
+        });
+        let running = thread.clone();
+        std::thread::Builder::new()
+            .name(format!("wsgate-splice-{number}"))
+            .spawn(move || running.run())?;
+        Ok(thread)
+    }
+
+    fn control(&self, op: libc::c_int, socket: &TcpStream, data: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: data,
+        };
+        // SAFETY: both descriptors are open for the call; `event` lives
+        // through it (and is ignored by EPOLL_CTL_DEL).
+        let done = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, socket.as_raw_fd(), &mut event) };
+        match done {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// Adds a tunnel, under the batch lock: its first events are taken
+    /// after both sockets are in (the kernel reports what is ready at once).
+    fn add(&self, parts: Parts, end: Arc<End>) -> Result<Key, Box<(io::Error, Parts)>> {
+        let mut tunnels = lock(&self.tunnels);
+        let index = match tunnels.free.pop() {
+            Some(index) => index,
+            None => {
+                tunnels.slots.push(Slot::default());
+                (tunnels.slots.len() - 1) as u32
+            }
+        };
+        let key = Key {
+            index,
+            generation: tunnels.slots[index as usize].generation,
+        };
+        let added = self.control(libc::EPOLL_CTL_ADD, &parts.sockets[0], key.event_data(0));
+        let added = added.and_then(|()| {
+            self.control(libc::EPOLL_CTL_ADD, &parts.sockets[1], key.event_data(1))
+                .inspect_err(|_| {
+                    let _ = self.control(libc::EPOLL_CTL_DEL, &parts.sockets[0], 0);
+                })
+        });
+        if let Err(error) = added {
+            tunnels.free.push(index);
+            return Err(Box::new((error, parts)));
+        }
+        let now = Instant::now();
+        let [upstream, downstream] = parts.states;
+        tunnels.slots[index as usize].entry = Some(Entry {
+            sockets: parts.sockets,
+            directions: [
+                Direction::from_state(upstream, now),
+                Direction::from_state(downstream, now),
+            ],
+            hung_up: [false; 2],
+            end,
+        });
+        ON_SPLICE_THREADS.fetch_add(1, Ordering::Relaxed);
+        Ok(key)
+    }
+
+    /// The tunnel at `key`, out of the thread's set; none if it has ended.
+    fn take_back(&self, key: Key) -> Option<Parts> {
+        let mut tunnels = lock(&self.tunnels);
+        let entry = tunnels.remove(key)?;
+        for socket in &entry.sockets {
+            let _ = self.control(libc::EPOLL_CTL_DEL, socket, 0);
+        }
+        let [upstream, downstream] = entry.directions;
+        Some(Parts {
+            sockets: entry.sockets,
+            states: [upstream.into_state(), downstream.into_state()],
+        })
+    }
+
+    fn run(&self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        let mut buffer = vec![0; BUFFER_SIZE].into_boxed_slice();
+        loop {
+            // SAFETY: `events` has room for the `EVENTS` the kernel may write.
+            let ready = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS as i32, -1) };
+            let Ok(ready) = usize::try_from(ready) else {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Nothing else can fail on a valid set and buffer.
+                tracing::error!(%error, "splice thread stopped");
+                return;
+            };
+            let mut tunnels = lock(&self.tunnels);
+            for event in &events[..ready] {
+                let (key, side) = Key::of_event(event.u64);
+                tunnels.on_event(key, side, event.events, &mut buffer);
+            }
+        }
+    }
+}
+
+impl Tunnels {
+    fn remove(&mut self, key: Key) -> Option<Entry> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        if slot.generation & Key::GENERATIONS != key.generation || slot.entry.is_none() {
+            return None;
+        }
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(key.index);
+        ON_SPLICE_THREADS.fetch_sub(1, Ordering::Relaxed);
+        slot.entry.take()
+    }
+
+    fn on_event(&mut self, key: Key, side: usize, flags: u32, buffer: &mut [u8]) {
+        let Some(slot) = self.slots.get_mut(key.index as usize) else {
+            return;
+        };
+        // An event taken before its tunnel went (or was taken back).
+        if slot.generation & Key::GENERATIONS != key.generation {
+            return;
+        }
+        let Some(entry) = &mut slot.entry else {
+            return;
+        };
+        let flags = flags as libc::c_int;
+        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+            entry.directions[side].readable = true;
+        }
+        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+            entry.hung_up[side] = true;
+        }
+        // The direction that reads this socket, then the one that writes it.
+        let error = entry
+            .pump(side, buffer)
+            .and_then(|()| entry.pump(1 - side, buffer))
+            .err();
+        if error.is_none() && !entry.directions.iter().all(|direction| direction.done) {
+            return;
+        }
+        if let Some(entry) = self.remove(key) {
+            entry.finish(error);
+        }
+    }
+}
+
+impl Entry {
+    /// Moves direction `d`'s bytes until its source would block, its
+    /// destination would, or it is done. The error names the side whose
+    /// socket failed.
+    fn pump(&mut self, d: usize, buffer: &mut [u8]) -> Result<(), (io::Error, &'static str)> {
+        let result = self.pump_inner(d, buffer);
+        if result.is_err() {
+            self.directions[d].ended_at.get_or_insert_with(Instant::now);
+        }
+        result
+    }
+
+    fn pump_inner(&mut self, d: usize, buffer: &mut [u8]) -> Result<(), (io::Error, &'static str)> {
+        let (source, destination) = (d, 1 - d);
+        let other_done = self.directions[1 - d].done;
+        let direction = &mut self.directions[d];
+        let mut from = &self.sockets[source];
+        let mut to = &self.sockets[destination];
+        let failed_to = |error| (error, SIDE_NAMES[destination]);
+        if direction.done {
+            return Ok(());
+        }
+        loop {
+            if !direction.unwritten.is_empty() {
+                let written = write_now(&mut to, &direction.unwritten).map_err(failed_to)?;
+                if written < direction.unwritten.len() {
+                    direction.unwritten.drain(..written);
+                    return Ok(());
+                }
+                direction.unwritten = Vec::new();
+            }
+            if direction.source_ended {
+                direction.done = true;
+                // Both ended: closing the sockets (the tunnel's end) sends
+                // the FIN a shutdown would.
+                if !other_done {
+                    to.shutdown(Shutdown::Write).map_err(failed_to)?;
+                }
+                return Ok(());
+            }
+            if !direction.readable {
+                return Ok(());
+            }
+            match from.read(buffer) {
+                Ok(0) => {
+                    direction.source_ended = true;
+                    direction.ended_at.get_or_insert_with(Instant::now);
+                }
+                Ok(n) => {
+                    direction.bytes += n as u64;
+                    // A short read emptied the socket (as tokio takes it):
+                    // the next bytes are a new edge.
+                    if n < buffer.len() && !self.hung_up[source] {
+                        direction.readable = false;
+                    }
+                    let written = write_now(&mut to, &buffer[..n]).map_err(failed_to)?;
+                    if written < n {
+                        direction.unwritten = buffer[written..n].to_vec();
+                        return Ok(());
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    direction.readable = false;
+                    return Ok(());
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err((error, SIDE_NAMES[source])),
+            }
+        }
+    }
+
+    /// The tunnel ended on its thread: its sockets close, and its task
+    /// learns how it went.
+    fn finish(self, error: Option<(io::Error, &'static str)>) {
+        let Entry {
+            sockets,
+            directions,
+            end,
+            ..
+        } = self;
+        drop(sockets);
+        let outcome = Outcome {
+            bytes: [directions[0].bytes, directions[1].bytes],
+            ended_at: [directions[0].ended_at, directions[1].ended_at],
+            error,
+        };
+        *lock(&end.outcome) = Some(outcome);
+        end.task.wake();
+    }
+}
+
+/// Writes what the socket takes now: 0 when it would block.
+fn write_now(to: &mut &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match to.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Where [`Splice::into_thread`] left a splice.
+pub enum ToThread {
+    Went(Box<Threaded>),
+    /// It could not go, and stays on tokio.
+    Stayed(Box<Splice>),
+    /// A socket was lost on the way: the tunnel ended (and was reported).
+    Ended,
+}
+
+/// A plain tunnel on a splice thread, seen from its task: what it needs to
+/// report the tunnel's end, or to take it back and move it.
+pub struct Threaded {
+    thread: Arc<SpliceThread>,
+    key: Key,
+    end: Arc<End>,
+    /// Until the tunnel has ended, or gone back to a splice.
+    tunnel: Option<Held>,
+}
+
+struct Held {
+    metrics: TunnelMetrics,
+    identity: Box<super::Identity>,
+    started: Instant,
+    ticket: Option<Ticket>,
+}
+
+impl Splice {
+    /// Whether the splice should go to a splice thread now: threads are
+    /// wanted, it has carried [`BUSY_AFTER`] bytes, both sides are plain
+    /// unpaced TCP with nothing left of what was read behind their
+    /// handshakes, and both directions are between reads and open.
+    pub fn wants_thread(&self) -> bool {
+        self.upstream.bytes + self.downstream.bytes >= BUSY_AFTER
+            && self.wakes.is_some()
+            && WANTED.load(Ordering::Relaxed) != 0
+            && self.upstream.is_between_reads()
+            && self.downstream.is_between_reads()
+            && matches!(&self.client, Side::Tcp(tcp) if tcp.prefix().is_empty())
+            && matches!(&self.backend, Side::Tcp(tcp) if tcp.prefix().is_empty())
+    }
+
+    /// Hands the splice to a splice thread. A splice that cannot go stays
+    /// on tokio for good (and is never asked again).
+    pub fn into_thread(self) -> ToThread {
+        let Splice {
+            client,
+            backend,
+            upstream,
+            downstream,
+            metrics,
+            identity,
+            started,
+            ticket,
+            ..
+        } = self;
+        let (Side::Tcp(client), Side::Tcp(backend)) = (client, backend) else {
+            unreachable!("wants_thread checked both sides are plain TCP");
+        };
+        let states = [upstream.save(), downstream.save()];
+        drop((upstream, downstream));
+        // A socket that cannot leave tokio's driver is lost with it (tokio
+        // gives it no way back): the tunnel ends there.
+        let sockets = match client.into_parts().1.into_std() {
+            Err(error) => Err((error, "client")),
+            Ok(client) => match backend.into_parts().1.into_std() {
+                Err(error) => Err((error, "backend")),
+                Ok(backend) => Ok([client, backend]),
+            },
+        };
+        let sockets = match sockets {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                let bytes = [states[0].bytes, states[1].bytes];
+                report(&identity, &metrics, started, bytes, [None, None], Some(error));
+                return ToThread::Ended;
+            }
+        };
+        let parts = Parts { sockets, states };
+        let added = match pick() {
+            Ok(thread) => {
+                let end = Arc::new(End::default());
+                thread.add(parts, end.clone()).map(|key| (thread, key, end))
+            }
+            Err(error) => Err(Box::new((error, parts))),
+        };
+        match added {
+            Ok((thread, key, end)) => ToThread::Went(Box::new(Threaded {
+                thread,
+                key,
+                end,
+                tunnel: Some(Held {
+                    metrics,
+                    identity,
+                    started,
+                    ticket,
+                }),
+            })),
+            Err(failed) => {
+                let (error, parts) = *failed;
+                tracing::warn!(%error, "tunnel cannot move to a splice thread: it stays");
+                let mut splice = Splice::from_parts(parts, metrics, identity, started, ticket);
+                splice.wakes = None;
+                ToThread::Stayed(Box::new(splice))
+            }
+        }
+    }
+
+    fn from_parts(
+        parts: Parts,
+        metrics: TunnelMetrics,
+        identity: Box<super::Identity>,
+        started: Instant,
+        ticket: Option<Ticket>,
+    ) -> Splice {
+        let [client, backend] = parts.sockets;
+        let [upstream, downstream] = parts.states;
+        let side = |socket: TcpStream| {
+            // Registering with tokio's driver again fails only without a
+            // runtime, and a tunnel's task runs on one.
+            let socket = tokio::net::TcpStream::from_std(socket).expect("a tunnel's task runs on tokio");
+            Side::Tcp(Prefixed::holding(bytes::Bytes::new(), socket))
+        };
+        let mut splice = Splice::resume(
+            side(client),
+            side(backend),
+            (Copy::restore(upstream), Copy::restore(downstream)),
+            metrics,
+            identity,
+            started.elapsed(),
+        );
+        splice.started = started;
+        splice.ticket = ticket;
+        splice
+    }
+}
+
+/// The thread the next busy tunnel goes to, started if it is not yet.
+fn pick() -> io::Result<Arc<SpliceThread>> {
+    let wanted = WANTED.load(Ordering::Relaxed);
+    if wanted == 0 {
+        return Err(io::Error::other("no splice threads are configured"));
+    }
+    let mut threads = lock(&THREADS);
+    while threads.len() < wanted {
+        let number = threads.len();
+        threads.push(SpliceThread::start(number)?);
+    }
+    Ok(threads[NEXT.fetch_add(1, Ordering::Relaxed) % wanted].clone())
+}
+
+impl Threaded {
+    /// Ready when the tunnel ended on its thread (reported then), or with
+    /// the splice taken back from the thread because a binary upgrade asks
+    /// for the tunnel: the splice then moves it.
+    pub fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Splice>> {
+        self.end.task.register(cx.waker());
+        let Some(held) = &mut self.tunnel else {
+            return Poll::Pending;
+        };
+        if let Some(outcome) = lock(&self.end.outcome).take() {
+            let ended_at = outcome.ended_at;
+            report(
+                &held.identity,
+                &held.metrics,
+                held.started,
+                outcome.bytes,
+                ended_at,
+                outcome.error,
+            );
+            self.tunnel = None;
+            return Poll::Ready(None);
+        }
+        let asked = held
+            .ticket
+            .as_mut()
+            .is_some_and(|ticket| ticket.poll_asked(cx).is_ready());
+        if !asked {
+            return Poll::Pending;
+        }
+        match self.thread.take_back(self.key) {
+            Some(parts) => {
+                let Some(Held {
+                    metrics,
+                    identity,
+                    started,
+                    ticket,
+                }) = self.tunnel.take()
+                else {
+                    unreachable!("held above");
+                };
+                Poll::Ready(Some(Splice::from_parts(parts, metrics, identity, started, ticket)))
+            }
+            // It ended meanwhile: its outcome is there already (set under
+            // the lock that the take-back waited for).
+            None => self.poll_end(cx),
+        }
+    }
+}
+
+impl Drop for Threaded {
+    /// A task dropped before its tunnel ended (its runtime going away)
+    /// closes the tunnel, as dropping a splice would.
+    fn drop(&mut self) {
+        drop(self.thread.take_back(self.key));
+    }
+}
