@@ -18,11 +18,12 @@
 # standard error goes to a file in the work directory),
 # LOADGEN (default: built here, release), A_TOML / B_TOML (TOML appended to
 # A's or B's configuration: the same binary with two settings, as
-# benches/cluster.sh does). Prints one JSON line per run and a median table
-# at the end.
+# benches/cluster.sh does), A_GLOBAL / B_GLOBAL (lines for A's or B's
+# `[global]`, e.g. B_GLOBAL="splice_threads = 0"). Prints one JSON line per
+# run and a median table at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# == 2 ]] || { sed -n '2,22p' "$0" >&2; exit 2; }
+[[ $# == 2 ]] || { sed -n '2,23p' "$0" >&2; exit 2; }
 A=$(realpath "$1")
 B=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}
@@ -52,8 +53,8 @@ if [[ $TLS == 1 ]]; then
   "$A" cert --out-dir "$work/cert" >/dev/null
   scheme=wss cert=("$work/cert/localhost.pem" "$work/cert/localhost-key.pem") client_tls=(--ca "$work/cert/dev-ca.pem")
 fi
-bench_wsgate_config "$work/a.toml" bench "$A_PORT" "$BACKEND_PORT" 0 "${cert[@]}"
-bench_wsgate_config "$work/b.toml" bench "$B_PORT" "$BACKEND_PORT" 0 "${cert[@]}"
+WSGATE_GLOBAL=${A_GLOBAL:-} bench_wsgate_config "$work/a.toml" bench "$A_PORT" "$BACKEND_PORT" 0 "${cert[@]}"
+WSGATE_GLOBAL=${B_GLOBAL:-} bench_wsgate_config "$work/b.toml" bench "$B_PORT" "$BACKEND_PORT" 0 "${cert[@]}"
 printf '%s\n' "${A_TOML:-}" >>"$work/a.toml"
 printf '%s\n' "${B_TOML:-}" >>"$work/b.toml"
 "$LOADGEN" backend --listen "127.0.0.1:$BACKEND_PORT" 2>"$work/backend.log" &

@@ -155,6 +155,7 @@ bench_wsgate_config() { # file name port backend_port inspect(0|1) [cert key]
     echo '[global]'
     echo 'max_connections = 100000'
     echo 'shutdown_timeout = "2s"'
+    if [[ -n ${WSGATE_GLOBAL:-} ]]; then printf '%s\n' "$WSGATE_GLOBAL"; fi
     echo
     echo '[[listener]]'
     echo "name = \"$name\""

@@ -49,6 +49,11 @@ const BUFFER_SIZE: usize = 64 * 1024;
 /// Events taken from the kernel at once.
 const EVENTS: usize = 256;
 
+/// Reads of one direction in a turn: a peer that sends as fast as the
+/// thread copies would otherwise keep the thread from its other tunnels.
+/// One with more to read is taken up again after the turn's other events.
+const READS_PER_TURN: u32 = 16;
+
 /// The sides of a tunnel, as indexes; the upstream direction reads the
 /// client, the downstream the backend: direction `d` reads socket `d` and
 /// writes socket `1 - d`.
@@ -279,9 +284,14 @@ impl SpliceThread {
     fn run(&self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         let mut buffer = vec![0; BUFFER_SIZE].into_boxed_slice();
+        // Sockets left with bytes to read at the end of their turn: no new
+        // edge will come for those (the kernel's events are edge-triggered).
+        let mut again: Vec<u64> = Vec::new();
         loop {
+            let wait_ms = if again.is_empty() { -1 } else { 0 };
             // SAFETY: `events` has room for the `EVENTS` the kernel may write.
-            let ready = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS as i32, -1) };
+            let ready =
+                unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS as i32, wait_ms) };
             let Ok(ready) = usize::try_from(ready) else {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::Interrupted {
@@ -292,9 +302,16 @@ impl SpliceThread {
                 return;
             };
             let mut tunnels = lock(&self.tunnels);
-            for event in &events[..ready] {
-                let (key, side) = Key::of_event(event.u64);
-                tunnels.on_event(key, side, event.events, &mut buffer);
+            let retries = std::mem::take(&mut again);
+            let taken = retries
+                .iter()
+                .map(|&data| (data, 0))
+                .chain(events[..ready].iter().map(|event| (event.u64, event.events)));
+            for (data, flags) in taken {
+                let (key, side) = Key::of_event(data);
+                if tunnels.on_event(key, side, flags, &mut buffer) {
+                    again.push(data);
+                }
             }
         }
     }
@@ -312,16 +329,19 @@ impl Tunnels {
         slot.entry.take()
     }
 
-    fn on_event(&mut self, key: Key, side: usize, flags: u32, buffer: &mut [u8]) {
+    /// Runs the two directions of socket `side`'s tunnel; `flags` are the
+    /// kernel's for it (none for a socket taken up again). True when the
+    /// socket has more to read after its turn.
+    fn on_event(&mut self, key: Key, side: usize, flags: u32, buffer: &mut [u8]) -> bool {
         let Some(slot) = self.slots.get_mut(key.index as usize) else {
-            return;
+            return false;
         };
         // An event taken before its tunnel went (or was taken back).
         if slot.generation & Key::GENERATIONS != key.generation {
-            return;
+            return false;
         }
         let Some(entry) = &mut slot.entry else {
-            return;
+            return false;
         };
         let flags = flags as libc::c_int;
         if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
@@ -330,25 +350,28 @@ impl Tunnels {
         if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
             entry.hung_up[side] = true;
         }
-        // The direction that reads this socket, then the one that writes it.
-        let error = entry
+        // The direction that reads this socket, then the one that writes
+        // it (and reads the other, which it may have held up).
+        let pumped = entry
             .pump(side, buffer)
-            .and_then(|()| entry.pump(1 - side, buffer))
-            .err();
-        if error.is_none() && !entry.directions.iter().all(|direction| direction.done) {
-            return;
-        }
+            .and_then(|more| Ok(entry.pump(1 - side, buffer)? | more));
+        let error = match pumped {
+            Ok(more) if !entry.directions.iter().all(|direction| direction.done) => return more,
+            Ok(_) => None,
+            Err(error) => Some(error),
+        };
         if let Some(entry) = self.remove(key) {
             entry.finish(error);
         }
+        false
     }
 }
 
 impl Entry {
     /// Moves direction `d`'s bytes until its source would block, its
-    /// destination would, or it is done. The error names the side whose
-    /// socket failed.
-    fn pump(&mut self, d: usize, buffer: &mut [u8]) -> Result<(), (io::Error, &'static str)> {
+    /// destination would, it is done, or its turn is over (true: its source
+    /// has more). The error names the side whose socket failed.
+    fn pump(&mut self, d: usize, buffer: &mut [u8]) -> Result<bool, (io::Error, &'static str)> {
         let result = self.pump_inner(d, buffer);
         if result.is_err() {
             self.directions[d].ended_at.get_or_insert_with(Instant::now);
@@ -356,7 +379,7 @@ impl Entry {
         result
     }
 
-    fn pump_inner(&mut self, d: usize, buffer: &mut [u8]) -> Result<(), (io::Error, &'static str)> {
+    fn pump_inner(&mut self, d: usize, buffer: &mut [u8]) -> Result<bool, (io::Error, &'static str)> {
         let (source, destination) = (d, 1 - d);
         let other_done = self.directions[1 - d].done;
         let direction = &mut self.directions[d];
@@ -364,14 +387,15 @@ impl Entry {
         let mut to = &self.sockets[destination];
         let failed_to = |error| (error, SIDE_NAMES[destination]);
         if direction.done {
-            return Ok(());
+            return Ok(false);
         }
+        let mut reads = 0;
         loop {
             if !direction.unwritten.is_empty() {
                 let written = write_now(&mut to, &direction.unwritten).map_err(failed_to)?;
                 if written < direction.unwritten.len() {
                     direction.unwritten.drain(..written);
-                    return Ok(());
+                    return Ok(false);
                 }
                 direction.unwritten = Vec::new();
             }
@@ -382,11 +406,15 @@ impl Entry {
                 if !other_done {
                     to.shutdown(Shutdown::Write).map_err(failed_to)?;
                 }
-                return Ok(());
+                return Ok(false);
             }
             if !direction.readable {
-                return Ok(());
+                return Ok(false);
             }
+            if reads == READS_PER_TURN {
+                return Ok(true);
+            }
+            reads += 1;
             match from.read(buffer) {
                 Ok(0) => {
                     direction.source_ended = true;
@@ -402,12 +430,12 @@ impl Entry {
                     let written = write_now(&mut to, &buffer[..n]).map_err(failed_to)?;
                     if written < n {
                         direction.unwritten = buffer[written..n].to_vec();
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     direction.readable = false;
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err((error, SIDE_NAMES[source])),
