@@ -64,32 +64,49 @@ async fn a_backend_that_vanishes_ends_its_tunnels_within_the_user_timeout() {
     let addr = wsgate.addr("plain");
     // One plain tunnel with a message in flight when the host vanishes
     // (the user timeout finds it), one idle (keepalive finds it), one
-    // inspected, and one to the backend that stays.
+    // inspected, one to the backend that stays, and a plain one busy
+    // enough to be on a splice thread, with a message in flight too.
     let mut busy = echoing_client(addr, "/plain").await;
     let mut idle = echoing_client(addr, "/plain").await;
     let mut inspected = echoing_client(addr, "/inspected").await;
     let mut other = echoing_client(addr, "/near").await;
+    let mut spliced = echoing_client(addr, "/plain").await;
+    let large = Message::binary(vec![7u8; 32 << 10]);
+    within("a large message out", spliced.send(large.clone()))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut spliced).await, large);
+    scrape_until(
+        wsgate.admin_addr(),
+        Duration::from_secs(5),
+        "the busy plain tunnel on a splice thread",
+        |m| m.value("wsgate_splice_thread_tunnels", &[]) == Some(1.0),
+        || wsgate.log_tail(20),
+    )
+    .await;
 
     net.blackhole();
     let vanished = Instant::now();
     let syns_before = net.syns_sent();
-    for ws in [&mut busy, &mut inspected] {
+    for ws in [&mut busy, &mut inspected, &mut spliced] {
         within("send to the vanished backend", ws.send(Message::text("into the void")))
             .await
             .unwrap();
     }
 
     let limit = USER_TIMEOUT + SLACK;
-    let (busy_at, idle_at, (inspected_at, close)) = tokio::join!(
+    let (busy_at, idle_at, (inspected_at, close), spliced_at) = tokio::join!(
         closed_within(&mut busy, limit, "plain tunnel with data in flight"),
         closed_within(&mut idle, limit, "idle plain tunnel"),
         close_frame_within(&mut inspected, limit),
+        closed_within(&mut spliced, limit, "plain tunnel on a splice thread"),
     );
     eprintln!(
-        "clients learnt after: plain busy {:?}, plain idle {:?}, inspected {:?}",
+        "clients learnt after: plain busy {:?}, plain idle {:?}, inspected {:?}, on a splice thread {:?}",
         busy_at - vanished,
         idle_at - vanished,
-        inspected_at - vanished
+        inspected_at - vanished,
+        spliced_at - vanished
     );
     let (code, reason) = close.unwrap_or_else(|| panic!("the inspected client got no close frame"));
     assert_eq!(code, 1011, "inspected client: close {code} {reason:?}");
@@ -116,8 +133,8 @@ async fn a_backend_that_vanishes_ends_its_tunnels_within_the_user_timeout() {
     wsgate
         .wait_for_log_within(
             Duration::from_secs(2),
-            "two plain tunnels closed, backend_unreachable",
-            |_| wsgate.log_lines().into_iter().filter(unreachable("plain")).count() == 2,
+            "three plain tunnels closed, backend_unreachable",
+            |_| wsgate.log_lines().into_iter().filter(unreachable("plain")).count() == 3,
         )
         .await;
     assert!(
@@ -136,8 +153,9 @@ async fn a_backend_that_vanishes_ends_its_tunnels_within_the_user_timeout() {
         Duration::from_secs(2),
         "unreachable tunnels counted, the far server down",
         |m| {
-            counted(m, "plain") == 2.0
+            counted(m, "plain") == 3.0
                 && counted(m, "inspected") == 1.0
+                && m.value("wsgate_splice_thread_tunnels", &[]) == Some(0.0)
                 && m.value(
                     "wsgate_server_healthy",
                     &[("upstream", "far"), ("server", &far.addr.to_string())],
