@@ -611,7 +611,11 @@ async fn message_in_flight_across_the_upgrade(path: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(spliced, Some(on_threads), "tunnels on splice threads before the upgrade");
+    assert_eq!(
+        spliced,
+        Some(on_threads),
+        "tunnels on splice threads before the upgrade"
+    );
     stamped_binary(&proxy.binary, "second");
     let new = proxy.upgrade(old).await;
     let _serving = Serving(new);
