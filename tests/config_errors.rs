@@ -728,3 +728,28 @@ fn srv_servers_and_the_resolver_are_checked() {
     single_error(&resolver("[]"), "global.resolver");
     single_error(&resolver("8600"), "global.resolver");
 }
+
+#[test]
+fn splice_threads_past_its_bound_is_an_error_naming_the_key_and_zero_and_the_default_load() {
+    let text = replace(
+        BASE,
+        "max_connections = 100",
+        "max_connections = 100\nsplice_threads = 100000",
+    );
+    let error = single_error(&text, "global.splice_threads");
+    assert_eq!(error.line, line_of(&text, "splice_threads", 0));
+    assert!(
+        error.message.contains("between 0") && error.message.contains("256"),
+        "{error:#?}"
+    );
+    let off = replace(
+        BASE,
+        "max_connections = 100",
+        "max_connections = 100\nsplice_threads = 0",
+    );
+    let config = Config::from_toml(&off, Path::new(FILE)).expect("splice_threads = 0 loads");
+    assert_eq!(config.global.splice_threads, 0);
+    let default = Config::from_toml(BASE, Path::new(FILE)).expect("the base config loads");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(default.global.splice_threads, cpus, "one per CPU by default");
+}

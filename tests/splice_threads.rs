@@ -367,3 +367,35 @@ async fn a_splice_thread_keeps_other_tunnels_flowing_when_one_ends_with_an_error
     gauge_becomes(admin, 0.0, "the other tunnel's end").await;
     proxy.stop().await;
 }
+
+/// `splice_threads` follows a reload: a busy tunnel kept on the runtime
+/// (0 threads) moves at its next reads once a reload asks for threads.
+#[tokio::test]
+async fn a_reload_that_asks_for_splice_threads_moves_a_busy_tunnel_kept_on_the_runtime() {
+    let _one_at_a_time = LOCK.lock().await;
+    let mut backend = RawBackend::start(false, None).await;
+    let off = proxy_toml(backend.addr, "splice_threads = 0\n");
+    let (server, names) = bind_proxy(&off).await;
+    let admin = server.admin_addr().expect("the config has [admin]");
+    let reloader = server.reloader();
+    let proxy = run_proxy(server, names);
+    gauge_becomes(admin, 0.0, "no tunnel on a splice thread before the test's").await;
+    let (mut client, mut tunnel) = open_tunnel(&proxy, &mut backend).await;
+    exchange(&mut client, &mut tunnel, 0, WARM_UP).await;
+    let metrics = scrape(admin).await;
+    assert_eq!(
+        metrics.value(GAUGE, &[]),
+        Some(0.0),
+        "kept on the runtime with 0 threads"
+    );
+
+    let on = proxy_toml(backend.addr, "splice_threads = 1\n");
+    let path = std::env::temp_dir().join("wsgate-tests").join("splice-threads.toml");
+    let config = wsgate::config::Config::from_toml(&on, &path).expect("the config loads");
+    within("reload", reloader.reload(config)).await.expect("reload");
+    exchange(&mut client, &mut tunnel, WARM_UP, WARM_UP).await;
+    gauge_becomes(admin, 1.0, "the busy tunnel on a splice thread after the reload").await;
+    half_close_and_answer(&mut client, &mut tunnel, 2 * WARM_UP).await;
+    gauge_becomes(admin, 0.0, "the tunnel's end").await;
+    proxy.stop().await;
+}
