@@ -61,7 +61,8 @@
 //! stage imports another for it: [`body`] (the response body type),
 //! [`http1`] (request and response heads read and written without hyper,
 //! for the handshake's two hops),
-//! [`refusal`] (why a client was turned away), [`snapshot`] (the binary
+//! [`refusal`] (why a client was turned away), `sync` (how a lock is
+//! taken), [`snapshot`] (the binary
 //! layout a tunnel is written down in for a hand-over) and [`error`]
 //! (every failure, and the one place that says what it means: status,
 //! body, log level, metric label, whether the connection closes). No file imports a file
@@ -78,6 +79,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod server;
 pub mod snapshot;
+mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod tools;

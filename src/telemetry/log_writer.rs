@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How much waits for the writer at most: about 4,000 access log lines.
@@ -233,10 +234,6 @@ impl<'a> MakeWriter<'a> for LogWriter {
     fn make_writer(&'a self) -> Line {
         Line { writer: *self }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn wait_timeout<'a, T>(wake: &Condvar, guard: MutexGuard<'a, T>, timeout: Duration) -> MutexGuard<'a, T> {

@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::sync::lock;
 use crate::tunnel::Identity;
 use crate::upstream::balance::Pool;
 
@@ -837,11 +838,6 @@ impl<L, M, C: Clone> Clone for Tracked<L, M, C> {
             known: self.known.clone(),
         }
     }
-}
-
-/// A lock whose data stays consistent whatever panicked while holding it.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A gauge counted up while this handle lives.

@@ -24,7 +24,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -35,6 +35,7 @@ use super::halves::{Prefixed, Side};
 use super::relocate::moved::CopyState;
 use super::relocate::Ticket;
 use super::{report, Splice};
+use crate::sync::lock;
 use crate::telemetry::metrics::ON_SPLICE_THREADS;
 use crate::telemetry::TunnelMetrics;
 
@@ -74,10 +75,6 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// Sets how many splice threads busy tunnels share from now on.
 pub fn set_threads(count: usize) {
     WANTED.store(count, Ordering::Relaxed);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One thread and the tunnels in its `epoll` set.

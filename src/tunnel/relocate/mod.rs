@@ -16,12 +16,13 @@ pub mod moved;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::mpsc;
 
 use crate::lifecycle::sparse_table::shrink_when_sparse;
+use crate::sync::lock;
 
 pub use moved::MovedTunnel;
 
@@ -92,11 +93,6 @@ impl Relocation {
             None => Err(Box::new(tunnel)),
         }
     }
-}
-
-/// Bookkeeping only: a panic elsewhere cannot leave it half-written.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A tunnel on its way from admission to its start ([`Relocation::opening`]).
