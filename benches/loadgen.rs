@@ -188,6 +188,11 @@ struct IdleArgs {
     /// Connection attempts in flight at once while opening.
     #[arg(long, default_value_t = 100)]
     parallel: usize,
+    /// Bytes of one binary message each socket sends, and waits to have
+    /// echoed, before it idles: a tunnel that has carried traffic (8192 or
+    /// more makes a plain one busy enough for a splice thread); 0 sends none.
+    #[arg(long, default_value_t = 0)]
+    prime: usize,
 }
 
 fn main() -> ExitCode {
@@ -1017,6 +1022,20 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
     Ok(CpuTime::report(cpu, json, total.done, 1e3, "1k_handshakes").finish())
 }
 
+/// `ws` once `message` went through it and came back.
+async fn primed<S>(mut ws: WebSocketStream<S>, message: Bytes) -> Result<WebSocketStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let size = message.len();
+    ws.send(Message::Binary(message)).await.map_err(|e| e.to_string())?;
+    match timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Binary(echo)))) if echo.len() == size => Ok(ws),
+        Ok(other) => Err(format!("the priming message came back as {other:?}")),
+        Err(_) => Err("the priming message was not echoed within 10 s".to_owned()),
+    }
+}
+
 async fn idle(args: IdleArgs) -> Result<String, String> {
     raise_fd_limit();
     let target = Arc::new(Target::new(&args.target)?);
@@ -1031,14 +1050,20 @@ async fn idle(args: IdleArgs) -> Result<String, String> {
     let (report, mut reports) = mpsc::channel::<Result<(), String>>(args.count.max(1));
     let permits = Arc::new(Semaphore::new(args.parallel.max(1)));
     let mut sockets = JoinSet::new();
+    let prime = Bytes::from(vec![0x5a; args.prime]);
     for _ in 0..args.count {
         let target = Arc::clone(&target);
         let permits = Arc::clone(&permits);
         let report = report.clone();
         let mut stopped = stopped.clone();
+        let prime = prime.clone();
         sockets.spawn(async move {
             let connected = match permits.acquire().await {
-                Ok(_permit) => target.connect().await,
+                Ok(_permit) => match target.connect().await {
+                    Ok(ws) if prime.is_empty() => Ok(ws),
+                    Ok(ws) => primed(ws, prime).await,
+                    Err(error) => Err(error),
+                },
                 Err(error) => Err(error.to_string()),
             };
             let mut ws = match connected {
