@@ -89,10 +89,18 @@ impl Upgradable {
         let before = self.wsgate.log_lines().iter().filter(|line| outcome(line)).count();
         // SAFETY: kill(2) on a process this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-        poll_until(Duration::from_secs(30), "the upgrade's outcome", || {
-            self.wsgate.log_lines().iter().filter(|line| outcome(line)).count() > before
-        })
+        let answered = tokio::time::timeout(
+            Duration::from_secs(30),
+            poll_until(Duration::from_secs(31), "the upgrade's outcome", || {
+                self.wsgate.log_lines().iter().filter(|line| outcome(line)).count() > before
+            }),
+        )
         .await;
+        assert!(
+            answered.is_ok(),
+            "no outcome of the upgrade within 30 s:\n{}",
+            self.wsgate.log_tail(40)
+        );
         let lines = self.wsgate.log_lines();
         let line = lines.iter().filter(|line| outcome(line)).nth(before).unwrap();
         assert!(
@@ -437,9 +445,12 @@ async fn a_binary_that_does_not_understand_the_hand_over_refuses_it() {
 }
 
 /// systemd's notification socket, played by the test: each datagram with
-/// the process that sent it (`SO_PASSCRED`).
+/// the process that sent it (`SO_PASSCRED`). A thread reads it all the
+/// time, as systemd does: a queue left full (ten datagrams by default)
+/// would block the sender, and the watchdog's pings fill it within a
+/// second while the test waits for something else.
 struct NotifySocket {
-    socket: std::os::unix::net::UnixDatagram,
+    received: std::sync::Mutex<std::sync::mpsc::Receiver<(i32, Vec<String>)>>,
 }
 
 impl NotifySocket {
@@ -458,12 +469,26 @@ impl NotifySocket {
             )
         };
         assert_eq!(set, 0, "SO_PASSCRED");
-        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
-        NotifySocket { socket }
+        // Short reads, so that the reader notices the test is over.
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+
+        let (sender, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            // Nothing for a while: a sign of life instead, so that the
+            // reader ends once the test is over.
+            let datagram = Self::next(&socket).unwrap_or((0, Vec::new()));
+            if sender.send(datagram).is_err() {
+                return;
+            }
+        });
+        NotifySocket {
+            received: std::sync::Mutex::new(received),
+        }
     }
 
-    /// The next datagram's sender and lines (blocking, at most [`TIMEOUT`]).
-    fn next(&self) -> (i32, Vec<String>) {
+    /// The next datagram's sender and lines; none within the socket's read
+    /// timeout.
+    fn next(socket: &std::os::unix::net::UnixDatagram) -> Option<(i32, Vec<String>)> {
         use std::os::fd::AsRawFd;
         let mut data = vec![0u8; 4096];
         let mut iov = libc::iovec {
@@ -478,12 +503,16 @@ impl NotifySocket {
         header.msg_control = control.as_mut_ptr().cast();
         header.msg_controllen = control.len() as _;
         // SAFETY: the buffers outlive the call.
-        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut header, 0) };
-        assert!(
-            n >= 0,
-            "no notification within {TIMEOUT:?}: {}",
-            std::io::Error::last_os_error()
-        );
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, 0) };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock,
+                "reading the notify socket: {error}"
+            );
+            return None;
+        }
         let mut pid = 0;
         // SAFETY: the kernel filled the control buffer; SCM_CREDENTIALS
         // carries a ucred.
@@ -497,7 +526,7 @@ impl NotifySocket {
             .lines()
             .map(str::to_owned)
             .collect();
-        (pid, lines)
+        Some((pid, lines))
     }
 
     /// Reads until a datagram from `pid` holds `line`; every datagram read
@@ -505,9 +534,18 @@ impl NotifySocket {
     async fn expect(self: &Arc<Self>, pid: i32, line: &str) -> Vec<(i32, Vec<String>)> {
         let (socket, line) = (self.clone(), line.to_owned());
         tokio::task::spawn_blocking(move || {
+            let received = socket.received.lock().unwrap();
+            let deadline = std::time::Instant::now() + TIMEOUT;
             let mut before = Vec::new();
             for _ in 0..1000 {
-                let (from, lines) = socket.next();
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let Ok((from, lines)) = received.recv_timeout(left) else {
+                    panic!("no {line} from {pid} within {TIMEOUT:?}: {before:?}");
+                };
+                // The reader's sign of life, not a datagram.
+                if from == 0 && lines.is_empty() {
+                    continue;
+                }
                 if from == pid && lines.contains(&line) {
                     return before;
                 }
