@@ -63,12 +63,21 @@ impl Side {
         }
     }
 
-    /// The reading and the writing half, for pumps in separate tasks.
+    /// A plain TCP socket back from a splice thread, on tokio's driver
+    /// again, `unread` to be read first.
+    pub fn from_thread(socket: std::net::TcpStream, unread: Vec<u8>) -> Side {
+        // Registering with tokio's driver again fails only without a
+        // runtime, and a tunnel's task runs on one.
+        let socket = TcpStream::from_std(socket).expect("a tunnel's task runs on tokio");
+        Side::Tcp(Prefixed::holding(Bytes::from(unread), socket))
+    }
+
     /// Plain TCP (paced or not): nothing to say before a close but its FIN.
     pub fn is_tcp(&self) -> bool {
         matches!(self, Side::Tcp(_) | Side::PacedTcp(_))
     }
 
+    /// The reading and the writing half, for pumps in separate tasks.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Side::Tcp(Prefixed { prefix, io }) => {
@@ -91,6 +100,28 @@ impl Side {
                 (ReadHalf::Shared(read), WriteHalf::Shared(write))
             }
         }
+    }
+}
+
+/// A plain TCP side's two halves as one socket again, out of tokio's
+/// driver, for a splice thread ([`super::splice_thread`]); the halves back
+/// when they are not plain unpaced TCP with every byte of a first read
+/// handed out. An error: the socket could not leave tokio's driver, and
+/// is lost with it.
+#[allow(clippy::result_large_err, reason = "the halves come back whole, once per tunnel")]
+pub fn rejoin(read: ReadHalf, write: WriteHalf) -> Result<io::Result<std::net::TcpStream>, (ReadHalf, WriteHalf)> {
+    match (read, write) {
+        (ReadHalf::Tcp(read), WriteHalf::Tcp(write)) if read.prefix().is_empty() => {
+            let (_, read) = read.into_parts();
+            match read.reunite(write) {
+                Ok(stream) => Ok(stream.into_std()),
+                Err(halves) => Err((
+                    ReadHalf::Tcp(Prefixed::holding(Bytes::new(), halves.0)),
+                    WriteHalf::Tcp(halves.1),
+                )),
+            }
+        }
+        halves => Err(halves),
     }
 }
 

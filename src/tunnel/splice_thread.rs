@@ -19,6 +19,12 @@
 //! A thread's tunnels are under one lock, taken for each batch of events:
 //! a task that adds a tunnel or takes one back waits for the batch, so a
 //! tunnel never ends, or is read, halfway through either.
+//!
+//! An inspected tunnel comes too, its frames [followed](follow) on the
+//! thread: data frames go across, and anything else its pumps must see
+//! sends it back to its task.
+
+mod follow;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -31,13 +37,15 @@ use std::time::Instant;
 use futures_util::task::AtomicWaker;
 
 use super::copy::Copy;
-use super::halves::{Prefixed, Side};
+use super::halves::Side;
 use super::relocate::moved::CopyState;
 use super::relocate::Ticket;
 use super::{report, Splice};
 use crate::sync::lock;
 use crate::telemetry::metrics::ON_SPLICE_THREADS;
 use crate::telemetry::TunnelMetrics;
+use follow::Step;
+pub use follow::{Counts, Following, HELD_MAX};
 
 /// Bytes a plain tunnel carries (both ways) before it moves to a splice
 /// thread: past a handshake's few hundred, so that a tunnel opened and
@@ -130,6 +138,8 @@ struct Entry {
     /// The kernel said a socket's stream ended (or failed): it is read
     /// until a read says which, not only until a read comes back short.
     hung_up: [bool; 2],
+    /// An inspected tunnel's frame readers.
+    following: Option<Box<Following>>,
     end: Arc<End>,
 }
 
@@ -177,12 +187,74 @@ struct End {
     outcome: Mutex<Option<Outcome>>,
 }
 
-/// How a tunnel on a thread ended: what [`report`] needs.
-struct Outcome {
-    bytes: [u64; 2],
-    ended_at: [Option<Instant>; 2],
-    error: Option<(io::Error, &'static str)>,
+enum Outcome {
+    /// A plain tunnel ended: what [`report`] needs.
+    Ended {
+        bytes: [u64; 2],
+        ended_at: [Option<Instant>; 2],
+        error: Option<(io::Error, &'static str)>,
+    },
+    /// An inspected tunnel goes back to its task.
+    Back(Box<Back>),
 }
+
+/// Why a direction stopped its tunnel.
+enum Halt {
+    /// A plain tunnel's socket failed (its side named).
+    Failed(io::Error, &'static str),
+    /// An inspected tunnel must go back to its task.
+    Back(Box<Going>),
+}
+
+/// What an inspected tunnel takes back beside its sockets and readers.
+struct Going {
+    /// The direction that read `unread`.
+    from: usize,
+    unread: Vec<u8>,
+    /// A socket failed: its side, and the error, for the tunnel to record
+    /// as its pump would have.
+    error: Option<(usize, io::Error)>,
+}
+
+/// An inspected tunnel back from its thread.
+pub struct Back {
+    /// Client, backend.
+    pub sockets: [TcpStream; 2],
+    /// Per side: bytes read from it and not yet followed, to go in front
+    /// of its next read.
+    pub unread: [Vec<u8>; 2],
+    /// Per side: bytes read from it, followed, and not yet written to the
+    /// other side: they go first.
+    pub unwritten: [Vec<u8>; 2],
+    pub following: Box<Following>,
+    /// A socket failed (its side, 0 the client).
+    pub error: Option<(usize, io::Error)>,
+}
+
+impl Back {
+    fn new(parts: Parts, following: Box<Following>, going: Option<Going>) -> Back {
+        let Parts {
+            sockets,
+            states: [upstream, downstream],
+        } = parts;
+        let mut unread = [Vec::new(), Vec::new()];
+        let mut error = None;
+        if let Some(going) = going {
+            unread[going.from] = going.unread;
+            error = going.error;
+        }
+        Back {
+            sockets,
+            unread,
+            unwritten: [upstream.unwritten, downstream.unwritten],
+            following,
+            error,
+        }
+    }
+}
+
+/// A tunnel a thread could not take, and why.
+type NotAdded = Box<(io::Error, Parts, Option<Box<Following>>)>;
 
 /// What a tunnel's sockets and directions are, between tokio and a thread.
 struct Parts {
@@ -210,22 +282,12 @@ impl SpliceThread {
     }
 
     fn control(&self, op: libc::c_int, socket: &TcpStream, data: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: data,
-        };
-        // SAFETY: both descriptors are open for the call; `event` lives
-        // through it (and is ignored by EPOLL_CTL_DEL).
-        let done = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, socket.as_raw_fd(), &mut event) };
-        match done {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
-        }
+        control(&self.epoll, op, socket, data)
     }
 
     /// Adds a tunnel, under the batch lock: its first events are taken
     /// after both sockets are in (the kernel reports what is ready at once).
-    fn add(&self, parts: Parts, end: Arc<End>) -> Result<Key, Box<(io::Error, Parts)>> {
+    fn add(&self, parts: Parts, following: Option<Box<Following>>, end: Arc<End>) -> Result<Key, NotAdded> {
         let mut tunnels = lock(&self.tunnels);
         let index = match tunnels.free.pop() {
             Some(index) => index,
@@ -247,7 +309,7 @@ impl SpliceThread {
         });
         if let Err(error) = added {
             tunnels.free.push(index);
-            return Err(Box::new((error, parts)));
+            return Err(Box::new((error, parts, following)));
         }
         let now = Instant::now();
         let [upstream, downstream] = parts.states;
@@ -258,24 +320,18 @@ impl SpliceThread {
                 Direction::from_state(downstream, now),
             ],
             hung_up: [false; 2],
+            following,
             end,
         });
         ON_SPLICE_THREADS.fetch_add(1, Ordering::Relaxed);
         Ok(key)
     }
 
-    /// The tunnel at `key`, out of the thread's set; none if it has ended.
-    fn take_back(&self, key: Key) -> Option<Parts> {
+    /// The tunnel at `key`, out of the thread's set; none if it has ended
+    /// (or gone back).
+    fn take_back(&self, key: Key) -> Option<(Parts, Option<Box<Following>>)> {
         let mut tunnels = lock(&self.tunnels);
-        let entry = tunnels.remove(key)?;
-        for socket in &entry.sockets {
-            let _ = self.control(libc::EPOLL_CTL_DEL, socket, 0);
-        }
-        let [upstream, downstream] = entry.directions;
-        Some(Parts {
-            sockets: entry.sockets,
-            states: [upstream.into_state(), downstream.into_state()],
-        })
+        Some(tunnels.remove(key)?.leave(&self.epoll))
     }
 
     fn run(&self) {
@@ -306,7 +362,7 @@ impl SpliceThread {
                 .chain(events[..ready].iter().map(|event| (event.u64, event.events)));
             for (data, flags) in taken {
                 let (key, side) = Key::of_event(data);
-                if tunnels.on_event(key, side, flags, &mut buffer) {
+                if tunnels.on_event(&self.epoll, key, side, flags, &mut buffer) {
                     again.push(data);
                 }
             }
@@ -329,7 +385,7 @@ impl Tunnels {
     /// Runs the two directions of socket `side`'s tunnel; `flags` are the
     /// kernel's for it (none for a socket taken up again). True when the
     /// socket has more to read after its turn.
-    fn on_event(&mut self, key: Key, side: usize, flags: u32, buffer: &mut [u8]) -> bool {
+    fn on_event(&mut self, epoll: &OwnedFd, key: Key, side: usize, flags: u32, buffer: &mut [u8]) -> bool {
         let Some(slot) = self.slots.get_mut(key.index as usize) else {
             return false;
         };
@@ -355,7 +411,13 @@ impl Tunnels {
         let error = match pumped {
             Ok(more) if !entry.directions.iter().all(|direction| direction.done) => return more,
             Ok(_) => None,
-            Err(error) => Some(error),
+            Err(Halt::Failed(error, side)) => Some((error, side)),
+            Err(Halt::Back(back)) => {
+                if let Some(entry) = self.remove(key) {
+                    entry.go_back(epoll, *back);
+                }
+                return false;
+            }
         };
         if let Some(entry) = self.remove(key) {
             entry.finish(error);
@@ -367,29 +429,41 @@ impl Tunnels {
 impl Entry {
     /// Moves direction `d`'s bytes until its source would block, its
     /// destination would, it is done, or its turn is over (true: its source
-    /// has more). The error names the side whose socket failed.
-    fn pump(&mut self, d: usize, buffer: &mut [u8]) -> Result<bool, (io::Error, &'static str)> {
+    /// has more).
+    fn pump(&mut self, d: usize, buffer: &mut [u8]) -> Result<bool, Halt> {
         let result = self.pump_inner(d, buffer);
-        if result.is_err() {
+        if matches!(result, Err(Halt::Failed(..))) {
             self.directions[d].ended_at.get_or_insert_with(Instant::now);
         }
         result
     }
 
-    fn pump_inner(&mut self, d: usize, buffer: &mut [u8]) -> Result<bool, (io::Error, &'static str)> {
+    fn pump_inner(&mut self, d: usize, buffer: &mut [u8]) -> Result<bool, Halt> {
         let (source, destination) = (d, 1 - d);
         let other_done = self.directions[1 - d].done;
         let direction = &mut self.directions[d];
         let mut from = &self.sockets[source];
         let mut to = &self.sockets[destination];
-        let failed_to = |error| (error, SIDE_NAMES[destination]);
+        let following = &mut self.following;
+        // A plain tunnel's failure names its side; an inspected one goes
+        // back to its task, which records it as its pump would.
+        let failed = |error: io::Error, side: usize, following: bool| match following {
+            false => Halt::Failed(error, SIDE_NAMES[side]),
+            true => Halt::Back(Box::new(Going {
+                from: d,
+                unread: Vec::new(),
+                error: Some((side, error)),
+            })),
+        };
+        let inspected = following.is_some();
         if direction.done {
             return Ok(false);
         }
         let mut reads = 0;
         loop {
             if !direction.unwritten.is_empty() {
-                let written = write_now(&mut to, &direction.unwritten).map_err(failed_to)?;
+                let written =
+                    write_now(&mut to, &direction.unwritten).map_err(|e| failed(e, destination, inspected))?;
                 if written < direction.unwritten.len() {
                     direction.unwritten.drain(..written);
                     return Ok(false);
@@ -401,7 +475,8 @@ impl Entry {
                 // Both ended: closing the sockets (the tunnel's end) sends
                 // the FIN a shutdown would.
                 if !other_done {
-                    to.shutdown(Shutdown::Write).map_err(failed_to)?;
+                    to.shutdown(Shutdown::Write)
+                        .map_err(|e| failed(e, destination, inspected))?;
                 }
                 return Ok(false);
             }
@@ -412,7 +487,22 @@ impl Entry {
                 return Ok(true);
             }
             reads += 1;
-            match from.read(buffer) {
+            // An inspected direction reads behind the header it held.
+            let held = following.as_ref().map_or(0, |following| following.held(d).len());
+            let room = if inspected { HELD_MAX } else { 0 };
+            if let Some(following) = following.as_ref() {
+                buffer[room - held..room].copy_from_slice(following.held(d));
+            }
+            match from.read(&mut buffer[room..]) {
+                // The end of an inspected side's stream is its pump's to
+                // pass on (a read after it reads it again).
+                Ok(0) if inspected => {
+                    return Err(Halt::Back(Box::new(Going {
+                        from: d,
+                        unread: Vec::new(),
+                        error: None,
+                    })))
+                }
                 Ok(0) => {
                     direction.source_ended = true;
                     direction.ended_at.get_or_insert_with(Instant::now);
@@ -421,12 +511,28 @@ impl Entry {
                     direction.bytes += n as u64;
                     // A short read emptied the socket (as tokio takes it):
                     // the next bytes are a new edge.
-                    if n < buffer.len() && !self.hung_up[source] {
+                    if n < buffer.len() - room && !self.hung_up[source] {
                         direction.readable = false;
                     }
-                    let written = write_now(&mut to, &buffer[..n]).map_err(failed_to)?;
-                    if written < n {
-                        direction.unwritten = buffer[written..n].to_vec();
+                    let bytes = &buffer[room - held..room + n];
+                    let (across, back) = match following.as_mut().map(|following| following.follow(d, bytes)) {
+                        None => (bytes.len(), false),
+                        Some(Step::Across(across)) => (across, false),
+                        Some(Step::Back(across)) => (across, true),
+                    };
+                    let written =
+                        write_now(&mut to, &bytes[..across]).map_err(|e| failed(e, destination, inspected))?;
+                    if written < across {
+                        direction.unwritten = bytes[written..across].to_vec();
+                    }
+                    if back {
+                        return Err(Halt::Back(Box::new(Going {
+                            from: d,
+                            unread: bytes[across..].to_vec(),
+                            error: None,
+                        })));
+                    }
+                    if written < across {
                         return Ok(false);
                     }
                 }
@@ -435,9 +541,34 @@ impl Entry {
                     return Ok(false);
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err((error, SIDE_NAMES[source])),
+                Err(error) => return Err(failed(error, source, inspected)),
             }
         }
+    }
+
+    /// Out of the thread's set, as its task takes it up again.
+    fn leave(self, epoll: &OwnedFd) -> (Parts, Option<Box<Following>>) {
+        for socket in &self.sockets {
+            let _ = control(epoll, libc::EPOLL_CTL_DEL, socket, 0);
+        }
+        let [upstream, downstream] = self.directions;
+        let parts = Parts {
+            sockets: self.sockets,
+            states: [upstream.into_state(), downstream.into_state()],
+        };
+        (parts, self.following)
+    }
+
+    /// An inspected tunnel goes back to its task.
+    fn go_back(self, epoll: &OwnedFd, going: Going) {
+        let end = self.end.clone();
+        let (parts, following) = self.leave(epoll);
+        let Some(following) = following else {
+            unreachable!("only an inspected tunnel goes back");
+        };
+        let back = Back::new(parts, following, Some(going));
+        *lock(&end.outcome) = Some(Outcome::Back(Box::new(back)));
+        end.task.wake();
     }
 
     /// The tunnel ended on its thread: its sockets close, and its task
@@ -450,7 +581,7 @@ impl Entry {
             ..
         } = self;
         drop(sockets);
-        let outcome = Outcome {
+        let outcome = Outcome::Ended {
             bytes: [directions[0].bytes, directions[1].bytes],
             ended_at: [directions[0].ended_at, directions[1].ended_at],
             error,
@@ -462,6 +593,11 @@ impl Entry {
 
 /// Writes what the socket takes now: 0 when it would block.
 fn write_now(to: &mut &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    // Nothing (a followed read that all went back, or was held): a write
+    // of none would say 0, as a closed socket does.
+    if bytes.is_empty() {
+        return Ok(0);
+    }
     loop {
         match to.write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -554,9 +690,9 @@ impl Splice {
         let added = match pick() {
             Ok(thread) => {
                 let end = Arc::new(End::default());
-                thread.add(parts, end.clone()).map(|key| (thread, key, end))
+                thread.add(parts, None, end.clone()).map(|key| (thread, key, end))
             }
-            Err(error) => Err(Box::new((error, parts))),
+            Err(error) => Err(Box::new((error, parts, None))),
         };
         match added {
             Ok((thread, key, end)) => ToThread::Went(Box::new(Threaded {
@@ -571,7 +707,7 @@ impl Splice {
                 }),
             })),
             Err(failed) => {
-                let (error, parts) = *failed;
+                let (error, parts, _) = *failed;
                 tracing::warn!(%error, "tunnel cannot move to a splice thread: it stays");
                 let mut splice = Splice::from_parts(parts, metrics, identity, started, ticket);
                 splice.wakes = None;
@@ -589,12 +725,7 @@ impl Splice {
     ) -> Splice {
         let [client, backend] = parts.sockets;
         let [upstream, downstream] = parts.states;
-        let side = |socket: TcpStream| {
-            // Registering with tokio's driver again fails only without a
-            // runtime, and a tunnel's task runs on one.
-            let socket = tokio::net::TcpStream::from_std(socket).expect("a tunnel's task runs on tokio");
-            Side::Tcp(Prefixed::holding(bytes::Bytes::new(), socket))
-        };
+        let side = |socket: TcpStream| Side::from_thread(socket, Vec::new());
         let mut splice = Splice::resume(
             side(client),
             side(backend),
@@ -633,15 +764,9 @@ impl Threaded {
             return Poll::Pending;
         };
         if let Some(outcome) = lock(&self.end.outcome).take() {
-            let ended_at = outcome.ended_at;
-            report(
-                &held.identity,
-                &held.metrics,
-                held.started,
-                outcome.bytes,
-                ended_at,
-                outcome.error,
-            );
+            if let Outcome::Ended { bytes, ended_at, error } = outcome {
+                report(&held.identity, &held.metrics, held.started, bytes, ended_at, error);
+            }
             self.tunnel = None;
             return Poll::Ready(None);
         }
@@ -653,7 +778,7 @@ impl Threaded {
             return Poll::Pending;
         }
         match self.thread.take_back(self.key) {
-            Some(parts) => {
+            Some((parts, _)) => {
                 let Some(Held {
                     metrics,
                     identity,
@@ -677,5 +802,90 @@ impl Drop for Threaded {
     /// closes the tunnel, as dropping a splice would.
     fn drop(&mut self) {
         drop(self.thread.take_back(self.key));
+    }
+}
+
+/// Whether tunnels go to splice threads at all (`[global] splice_threads`).
+pub fn threads_wanted() -> bool {
+    WANTED.load(Ordering::Relaxed) != 0
+}
+
+/// An inspected tunnel on a splice thread, seen from its task.
+pub struct OnThread {
+    thread: Arc<SpliceThread>,
+    key: Key,
+    end: Arc<End>,
+}
+
+/// Hands an inspected tunnel to a splice thread: its sockets (client,
+/// backend), out of tokio's driver, and its frame readers. Back at once
+/// if it cannot go.
+pub fn follow_on_thread(sockets: [TcpStream; 2], following: Box<Following>) -> Result<OnThread, Box<Back>> {
+    let parts = Parts {
+        sockets,
+        states: Default::default(),
+    };
+    let added = match pick() {
+        Ok(thread) => {
+            let end = Arc::new(End::default());
+            thread
+                .add(parts, Some(following), end.clone())
+                .map(|key| OnThread { thread, key, end })
+        }
+        Err(error) => Err(Box::new((error, parts, Some(following)))),
+    };
+    added.map_err(|failed| {
+        let (error, parts, following) = *failed;
+        tracing::warn!(%error, "tunnel cannot move to a splice thread: it stays");
+        let Some(following) = following else {
+            unreachable!("given above");
+        };
+        Box::new(Back::new(parts, following, None))
+    })
+}
+
+impl OnThread {
+    /// Ready once the thread sent the tunnel back.
+    pub fn poll_back(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.end.task.register(cx.waker());
+        match lock(&self.end.outcome).is_some() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// The tunnel, out of its thread: taken out of the thread's set, or as
+    /// the thread sent it back.
+    pub fn take_back(&mut self) -> Box<Back> {
+        if let Some((parts, Some(following))) = self.thread.take_back(self.key) {
+            return Box::new(Back::new(parts, following, None));
+        }
+        // Gone back already: the outcome was set under the lock the
+        // take-back waited for.
+        match lock(&self.end.outcome).take() {
+            Some(Outcome::Back(back)) => back,
+            _ => unreachable!("an inspected tunnel leaves its thread only to go back"),
+        }
+    }
+}
+
+impl Drop for OnThread {
+    /// A task dropped with its tunnel on a thread closes the tunnel.
+    fn drop(&mut self) {
+        drop(self.thread.take_back(self.key));
+    }
+}
+
+fn control(epoll: &OwnedFd, op: libc::c_int, socket: &TcpStream, data: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        u64: data,
+    };
+    // SAFETY: both descriptors are open for the call; `event` lives
+    // through it (and is ignored by EPOLL_CTL_DEL).
+    let done = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, socket.as_raw_fd(), &mut event) };
+    match done {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }

@@ -155,6 +155,9 @@ enum State {
 }
 
 /// Reads the frames of one direction of a tunnel without buffering them.
+/// A copy is where the reader stood (a splice thread keeps one per frame
+/// start, to hand the frame back unread).
+#[derive(Clone)]
 pub struct FrameReader {
     config: ReaderConfig,
     state: State,

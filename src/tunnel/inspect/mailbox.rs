@@ -20,6 +20,9 @@ pub(super) enum Order {
     /// before the offending frame reaches the destination first, as it
     /// would through a plain tunnel.
     CloseAfterAnswer { code: u16, reason: &'static str },
+    /// Stop between two reads, with the other pump, for the tunnel to go
+    /// to a splice thread (`pump`'s `park`).
+    ToThread,
 }
 
 /// Orders a mailbox holds at most; more are dropped (a tunnel sends a

@@ -20,6 +20,7 @@ use crate::telemetry::{FirstClose, TunnelMetrics};
 use crate::tunnel::clock::coarse_monotonic_now;
 use crate::tunnel::drain::DrainClose;
 use crate::tunnel::identity::{tunnel_event, Identity};
+use crate::tunnel::splice_thread::{self, Counts, BUSY_AFTER};
 use crate::ws::frame::Violation;
 
 /// A side of the tunnel.
@@ -32,6 +33,14 @@ pub enum Side {
 impl Side {
     pub(super) fn index(self) -> usize {
         self as usize
+    }
+
+    /// The side at `index` (0 the client), as a splice thread counts them.
+    pub(super) fn of_index(index: usize) -> Side {
+        match index {
+            0 => Side::Client,
+            _ => Side::Backend,
+        }
     }
 
     pub(super) fn other(self) -> Side {
@@ -114,10 +123,23 @@ pub(super) struct Shared {
     pub(super) drain_place: f32,
     /// Cancelled when the tunnel must end at once.
     pub(super) end: CancellationToken,
-    /// The two directions meeting to move ([`super::pump`]'s `park`).
-    pub(super) rendezvous: watch::Sender<Rendezvous>,
+    /// The two directions meeting to move, by [`Purpose`] ([`super::pump`]'s `park`).
+    pub(super) rendezvous: [watch::Sender<Rendezvous>; 2],
+    /// The bytes (both ways) past which the tunnel goes to a splice
+    /// thread; `u64::MAX` when it does not (not a plain TCP tunnel, going
+    /// already, or it could not).
+    thread_after: AtomicU64,
     /// Per side: the orders for the pump that writes to it, from the other.
     orders: [Mailbox; 2],
+}
+
+/// Why both directions stop together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// To move to another process ([`crate::tunnel::relocate`]).
+    Move = 0,
+    /// To go to a splice thread ([`crate::tunnel::splice_thread`]).
+    Thread = 1,
 }
 
 /// Where the two directions stand in a move.
@@ -197,24 +219,25 @@ impl Shared {
             identity,
             drain_place: rand::random(),
             end: CancellationToken::new(),
-            rendezvous: watch::Sender::new(Rendezvous::default()),
+            rendezvous: Default::default(),
+            thread_after: AtomicU64::new(u64::MAX),
             orders: Default::default(),
         }
     }
 
     /// A direction asked to move joins the other if it can (`mine`), the
     /// tunnel is not closing and the move was not called off; otherwise it
-    /// calls the move off. True when it joined.
-    pub(super) fn join_move(&self, mine: bool) -> bool {
+    /// calls the move off. How many have joined, with this one.
+    pub(super) fn join_move(&self, purpose: Purpose, mine: bool) -> Option<u8> {
         let state = self.state();
         let tunnel = state.close_started.is_none() && state.ending.is_none();
-        let mut joined = false;
-        self.rendezvous.send_modify(|r| {
+        let mut joined = None;
+        self.rendezvous[purpose as usize].send_modify(|r| {
             if r.cancelled || !mine || !tunnel {
                 r.cancelled = true;
             } else {
                 r.parked += 1;
-                joined = true;
+                joined = Some(r.parked);
             }
         });
         joined
@@ -223,9 +246,9 @@ impl Shared {
     /// After waiting: true when both directions are parked (the tunnel
     /// moves); otherwise this one goes on (and may come back to try again,
     /// unless the move was called off).
-    pub(super) fn leave_move(&self) -> bool {
+    pub(super) fn leave_move(&self, purpose: Purpose) -> bool {
         let mut moving = false;
-        self.rendezvous.send_modify(|r| {
+        self.rendezvous[purpose as usize].send_modify(|r| {
             if r.parked == 2 && !r.cancelled {
                 moving = true;
             } else {
@@ -236,19 +259,47 @@ impl Shared {
     }
 
     /// The move was called off: one direction cannot stop now.
-    pub(super) fn move_called_off(&self) -> bool {
-        self.rendezvous.borrow().cancelled
+    pub(super) fn move_called_off(&self, purpose: Purpose) -> bool {
+        self.rendezvous[purpose as usize].borrow().cancelled
     }
 
-    /// A direction is ending: the tunnel cannot move any more.
-    pub(super) fn cancel_move(&self) {
-        self.rendezvous.send_if_modified(|r| {
+    /// Calls a move off: the direction that comes later stays.
+    pub(super) fn call_off(&self, purpose: Purpose) {
+        self.rendezvous[purpose as usize].send_if_modified(|r| {
             let changed = !r.cancelled && r.parked < 2;
             if changed {
                 r.cancelled = true;
             }
             changed
         });
+    }
+
+    /// A direction is ending: the tunnel cannot move any more.
+    pub(super) fn cancel_move(&self) {
+        self.call_off(Purpose::Move);
+        self.call_off(Purpose::Thread);
+    }
+
+    /// Both sides are plain TCP, the client unpaced and without a message
+    /// rate: the tunnel may go to a splice thread once it has carried
+    /// [`BUSY_AFTER`] more bytes. Also after it came back from one (no
+    /// pump runs then, so the meeting to go starts over).
+    pub(super) fn may_go_to_thread(&self) {
+        self.rendezvous[Purpose::Thread as usize].send_replace(Rendezvous::default());
+        let bytes: u64 = self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        self.thread_after.store(bytes + BUSY_AFTER, Ordering::Relaxed);
+    }
+
+    /// True once, when the tunnel should go to a splice thread now.
+    pub(super) fn thread_due(&self) -> bool {
+        let after = self.thread_after.load(Ordering::Relaxed);
+        after != u64::MAX
+            && self.bytes[0].load(Ordering::Relaxed) + self.bytes[1].load(Ordering::Relaxed) >= after
+            && splice_thread::threads_wanted()
+            && self
+                .thread_after
+                .compare_exchange(after, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The orders for the pump that writes to `side`.
@@ -398,4 +449,10 @@ pub(super) fn log_end(shared: &Shared) {
 pub(super) fn coarse_ms() -> u64 {
     let now = coarse_monotonic_now();
     now.as_secs() * 1000 + u64::from(now.subsec_millis())
+}
+
+impl Counts for Shared {
+    fn read_from(&self, side: usize, bytes: usize, frames: u64, data: bool) {
+        Shared::read_from(self, Side::of_index(side), bytes, frames, data);
+    }
 }

@@ -10,22 +10,25 @@
 //!
 //! What both pumps read and write lives in `shared`.
 
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::pump::{Pump, PumpEnd};
-use super::saved::Saved;
-use super::shared::{log_end, Settings, Shared, Side};
+use super::pump::{clocks_due, tick_period, Pump, PumpEnd};
+use super::saved::{Saved, SavedPump};
+use super::shared::{log_end, Purpose, Settings, Shared, Side};
 use crate::telemetry::TunnelMetrics;
 use crate::tunnel::drain::DrainSignal;
-use crate::tunnel::halves::{LetGo, Movable};
+use crate::tunnel::halves::{self, LetGo, Movable, ReadHalf, Side as TcpSide, WriteHalf};
 use crate::tunnel::identity::Identity;
 use crate::tunnel::relocate::moved::{MovedSocket, MovedState};
-use crate::tunnel::relocate::{MovedTunnel, Relocation, Undecided};
+use crate::tunnel::relocate::{MovedTunnel, Relocation, Ticket, Undecided};
+use crate::tunnel::splice_thread::{self, Back, Counts, Following, OnThread};
+use crate::ws::frame::FrameReader;
 
 /// After one direction ended, how long the other gets to deliver its close
 /// when no close handshake is under way.
@@ -39,42 +42,40 @@ pub enum Start {
     Moved { saved: Box<Saved>, age: Duration },
 }
 
+/// A side's two halves ([`crate::tunnel::halves`]).
+type Halves = (ReadHalf, WriteHalf);
+
 /// Runs an inspected tunnel until both sides are done, then logs how it
 /// ended and records it in `metrics`. Each side comes as its reading and
 /// writing halves ([`crate::tunnel::halves`]). With `relocation`, a tunnel
 /// whose two sides are plain TCP moves to the next process when a binary
-/// upgrade asks, and this returns once it went.
-#[allow(clippy::too_many_arguments, reason = "the tunnel's parts, each needed once")]
-pub async fn run<CR, CW, BR, BW>(
-    mut client: (CR, CW),
-    mut backend: (BR, BW),
-    mut start: Start,
+/// upgrade asks, and this returns once it went. A busy one whose sides are
+/// plain TCP goes to a splice thread, and comes back for whatever its
+/// pumps must do ([`on_thread`]).
+pub async fn run(
+    mut client: Halves,
+    mut backend: Halves,
+    start: Start,
     drain: DrainSignal,
-    mut metrics: TunnelMetrics,
-    mut identity: Identity,
+    metrics: TunnelMetrics,
+    identity: Identity,
     mut relocation: Option<Arc<Relocation>>,
-) where
-    CR: AsyncRead + Movable + Unpin + Send + 'static,
-    CW: AsyncWrite + LetGo + Unpin + Send + 'static,
-    BR: AsyncRead + Movable + Unpin + Send + 'static,
-    BW: AsyncWrite + LetGo + Unpin + Send + 'static,
-{
+) {
     if client.0.movable().is_none() || backend.0.movable().is_none() {
         relocation = None;
     }
+    let mut begin = Begin::Made(start, metrics, identity);
     loop {
-        let Some(stopped) = drive(
-            client,
-            backend,
-            start,
-            drain.clone(),
-            metrics,
-            identity,
-            relocation.take(),
-        )
-        .await
-        else {
-            return;
+        let stopped = match drive(client, backend, begin, drain.clone(), relocation.clone()).await {
+            Driven::Ended => return,
+            Driven::ToThread(going) => {
+                let Some((c, b, back)) = on_thread(*going, &drain, relocation.as_ref()).await else {
+                    return;
+                };
+                (client, backend, begin) = (c, b, back);
+                continue;
+            }
+            Driven::Stopped(stopped) => *stopped,
         };
         let Stopped {
             client: c,
@@ -90,8 +91,8 @@ pub async fn run<CR, CW, BR, BW>(
             Ok(tunnel) => tunnel,
             Err((error, saved)) => {
                 tracing::warn!(%error, "tunnel cannot move: it stays");
-                (client, backend, metrics, identity) = (c, b, m, i);
-                start = Start::Moved { saved, age };
+                (client, backend) = (c, b);
+                begin = Begin::Made(Start::Moved { saved, age }, m, i);
                 continue;
             }
         };
@@ -107,17 +108,49 @@ pub async fn run<CR, CW, BR, BW>(
                 let MovedState::Inspected(saved) = tunnel.state else {
                     return;
                 };
-                (client, backend, metrics, identity) = (c, b, m, i);
-                start = Start::Moved { saved, age };
+                (client, backend) = (c, b);
+                begin = Begin::Made(Start::Moved { saved, age }, m, i);
             }
         }
     }
 }
 
+/// Where [`drive`] starts the pumps.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per start, and moved into the pumps at once"
+)]
+enum Begin {
+    /// A new tunnel, or one moved from another process.
+    Made(Start, TunnelMetrics, Identity),
+    /// Back from a splice thread.
+    Back(Box<Returned>),
+}
+
+/// A tunnel back from a splice thread: its readers and the bytes each held
+/// (the client's first), the bytes each direction has yet to write, and
+/// the move ticket kept while it was away.
+struct Returned {
+    shared: Arc<Shared>,
+    readers: [(FrameReader, Vec<u8>); 2],
+    unwritten: [Vec<u8>; 2],
+    ticket: Option<Ticket>,
+}
+
+/// How [`drive`] ended.
+enum Driven {
+    /// Logged and recorded.
+    Ended,
+    /// Both directions stopped to move.
+    Stopped(Box<Stopped>),
+    /// Both directions stopped to go to a splice thread.
+    ToThread(Box<Going>),
+}
+
 /// Both directions stopped to move.
-struct Stopped<CR, CW, BR, BW> {
-    client: (CR, CW),
-    backend: (BR, BW),
+struct Stopped {
+    client: Halves,
+    backend: Halves,
     saved: Box<Saved>,
     age: Duration,
     metrics: TunnelMetrics,
@@ -127,44 +160,82 @@ struct Stopped<CR, CW, BR, BW> {
     moving: [Option<Undecided>; 2],
 }
 
-/// The tunnel's two pumps, until they end (`None`) or stop together to move.
-async fn drive<CR, CW, BR, BW>(
-    (client_read, client_write): (CR, CW),
-    (backend_read, backend_write): (BR, BW),
-    start: Start,
+/// Both directions stopped to go to a splice thread, each with its reader.
+struct Going {
+    client: Halves,
+    backend: Halves,
+    shared: Arc<Shared>,
+    readers: [FrameReader; 2],
+}
+
+/// The tunnel's two pumps, until they end or stop together to move or to
+/// go to a splice thread.
+async fn drive(
+    (client_read, client_write): Halves,
+    (backend_read, backend_write): Halves,
+    begin: Begin,
     drain: DrainSignal,
-    metrics: TunnelMetrics,
-    identity: Identity,
     relocation: Option<Arc<Relocation>>,
-) -> Option<Stopped<CR, CW, BR, BW>>
-where
-    CR: AsyncRead + Unpin + Send + 'static,
-    CW: AsyncWrite + Unpin + Send + 'static,
-    BR: AsyncRead + Unpin + Send + 'static,
-    BW: AsyncWrite + Unpin + Send + 'static,
-{
-    let (shared, upstream, downstream, held) = match start {
-        Start::Fresh(settings) => {
+) -> Driven {
+    let threadable = matches!((&client_read, &backend_read), (ReadHalf::Tcp(_), ReadHalf::Tcp(_)));
+    let (shared, upstream, downstream, held, unwritten, up_ticket) = match begin {
+        Begin::Made(Start::Fresh(settings), metrics, identity) => {
             let shared = Arc::new(Shared::new(settings, metrics, identity));
             let upstream = Pump::new(Side::Client, client_read, backend_write, &shared);
             let downstream = Pump::new(Side::Backend, backend_read, client_write, &shared);
-            (shared, upstream, downstream, [Vec::new(), Vec::new()])
+            (
+                shared,
+                upstream,
+                downstream,
+                Default::default(),
+                Default::default(),
+                None,
+            )
         }
-        Start::Moved { saved, age } => {
+        Begin::Made(Start::Moved { saved, age }, metrics, identity) => {
             let shared = Arc::new(Shared::restore(&saved, age, metrics, identity));
             let [from_client, from_backend] = saved.pumps;
             let held = [from_client.held.clone(), from_backend.held.clone()];
             let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, from_client);
             let downstream = Pump::resume(Side::Backend, (backend_read, client_write), &shared, from_backend);
-            (shared, upstream, downstream, held)
+            (shared, upstream, downstream, held, Default::default(), None)
+        }
+        Begin::Back(returned) => {
+            let Returned {
+                shared,
+                readers: [(from_client, client_held), (from_backend, backend_held)],
+                unwritten,
+                ticket,
+            } = *returned;
+            let saved = |reader| SavedPump {
+                reader,
+                held: Vec::new(),
+                message_tokens: None,
+            };
+            let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, saved(from_client));
+            let downstream = Pump::resume(
+                Side::Backend,
+                (backend_read, client_write),
+                &shared,
+                saved(from_backend),
+            );
+            (
+                shared,
+                upstream,
+                downstream,
+                [client_held, backend_held],
+                unwritten,
+                ticket,
+            )
         }
     };
-    let tickets = [
-        relocation.as_ref().map(|r| r.ticket()),
-        relocation.as_ref().map(|r| r.ticket()),
-    ];
-    let [up_ticket, down_ticket] = tickets;
+    if threadable && shared.settings.inspect.client_messages.is_none() {
+        shared.may_go_to_thread();
+    }
+    let up_ticket = up_ticket.or_else(|| relocation.as_ref().map(|r| r.ticket()));
+    let down_ticket = relocation.as_ref().map(|r| r.ticket());
     let [up_held, down_held] = held;
+    let [up_unwritten, down_unwritten] = unwritten;
 
     // A task per direction: a read on one side wakes only its own pump,
     // not the other one's clocks and signals too. Dropping the handles
@@ -173,10 +244,10 @@ where
     let drain_up = drain.clone();
     let (upstream, downstream) = (Box::new(upstream), Box::new(downstream));
     let mut upstream = AbortOnDropHandle::new(tokio::spawn(
-        async move { upstream.run(drain_up, up_ticket, &up_held).await }.instrument(span.clone()),
+        async move { upstream.run(drain_up, up_ticket, &up_held, up_unwritten).await }.instrument(span.clone()),
     ));
     let mut downstream = AbortOnDropHandle::new(tokio::spawn(
-        async move { downstream.run(drain, down_ticket, &down_held).await }.instrument(span),
+        async move { downstream.run(drain, down_ticket, &down_held, down_unwritten).await }.instrument(span),
     ));
     let (up, down) = tokio::select! {
         up = &mut upstream => {
@@ -190,15 +261,23 @@ where
     };
     drop((upstream, downstream));
     match (up, down, relocation) {
+        (Some(PumpEnd::Parked(up)), Some(PumpEnd::Parked(down)), _) if up.purpose == Purpose::Thread => {
+            Driven::ToThread(Box::new(Going {
+                client: (up.src, down.dst),
+                backend: (down.src, up.dst),
+                shared,
+                readers: [up.saved.reader, down.saved.reader],
+            }))
+        }
         (Some(PumpEnd::Parked(up)), Some(PumpEnd::Parked(down)), Some(relocation)) => {
             let age = shared.age();
             let saved = Box::new(shared.save([up.saved, down.saved]));
             // Both pumps are done with it: the tunnel's own parts come back.
             let Ok(shared) = Arc::try_unwrap(shared) else {
-                return None;
+                return Driven::Ended;
             };
             let (metrics, identity) = shared.into_parts();
-            Some(Stopped {
+            Driven::Stopped(Box::new(Stopped {
                 moving: [up.moving, down.moving],
                 client: (up.src, down.dst),
                 backend: (down.src, up.dst),
@@ -207,14 +286,109 @@ where
                 metrics,
                 identity,
                 relocation,
-            })
+            }))
         }
         _ => {
             log_end(&shared);
-            None
+            Driven::Ended
         }
     }
 }
+
+/// The tunnel on a splice thread until it must come back: the thread sends
+/// it back (a frame its pumps must see, an end of stream, an error), or
+/// its clocks have something to do, a drain asks for its close, or a
+/// binary upgrade for its move. Then its pumps start again where the
+/// thread left it (none if a socket was lost on the way).
+async fn on_thread(
+    going: Going,
+    drain: &DrainSignal,
+    relocation: Option<&Arc<Relocation>>,
+) -> Option<(Halves, Halves, Begin)> {
+    let Going {
+        client,
+        backend,
+        shared,
+        readers,
+    } = going;
+    let sockets = match (halves::rejoin(client.0, client.1), halves::rejoin(backend.0, backend.1)) {
+        (Ok(Ok(client)), Ok(Ok(backend))) => [client, backend],
+        (Ok(Err(error)), _) | (_, Ok(Err(error))) => {
+            // A socket lost on its way out of tokio's driver: the tunnel ends.
+            tracing::warn!(%error, "tunnel lost a socket on its way to a splice thread");
+            log_end(&shared);
+            return None;
+        }
+        (client, backend) => {
+            // Not plain TCP after all: the pumps go on as they were.
+            let (Err(client), Err(backend)) = (client, backend) else {
+                unreachable!("both sides of a tunnel that may go to a thread are plain TCP");
+            };
+            let begin = Begin::Back(Box::new(Returned {
+                readers: readers.map(|reader| (reader, Vec::new())),
+                shared,
+                unwritten: Default::default(),
+                ticket: None,
+            }));
+            return Some((client, backend, begin));
+        }
+    };
+    let counts: Arc<dyn Counts> = shared.clone();
+    let mut ticket = relocation.map(|relocation| relocation.ticket());
+    let back = match splice_thread::follow_on_thread(sockets, Box::new(Following::new(readers, counts))) {
+        Ok(mut on) => {
+            asleep(&on, &shared, drain.clone(), &mut ticket).await;
+            on.take_back()
+        }
+        Err(back) => back,
+    };
+    let Back {
+        sockets: [client, backend],
+        unread: [client_unread, backend_unread],
+        unwritten,
+        following,
+        error,
+    } = *back;
+    if let Some((side, error)) = error {
+        shared.failed(Side::of_index(side), &error);
+    }
+    let begin = Begin::Back(Box::new(Returned {
+        shared,
+        readers: following.into_readers(),
+        unwritten,
+        ticket,
+    }));
+    Some((
+        TcpSide::from_thread(client, client_unread).split(),
+        TcpSide::from_thread(backend, backend_unread).split(),
+        begin,
+    ))
+}
+
+/// Until the thread sends the tunnel back, or the task wants it back.
+async fn asleep(on: &OnThread, shared: &Shared, mut drain: DrainSignal, ticket: &mut Option<Ticket>) {
+    let period = tick_period(&shared.settings.inspect);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let requested = drain.requested();
+    tokio::pin!(requested);
+    poll_fn(|cx| {
+        if on.poll_back(cx).is_ready() || requested.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if ticket.as_mut().is_some_and(|ticket| ticket.poll_asked(cx).is_ready()) {
+            return Poll::Ready(());
+        }
+        while ticks.poll_tick(cx).is_ready() {
+            if clocks_due(shared) {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+}
+
 /// The tunnel written down, with copies of its two sockets; the saved
 /// state back if a socket cannot be copied (out of descriptors).
 fn describe(

@@ -93,6 +93,17 @@ pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to: Side) {
     shared.orders_to(to.other()).send(Order::CloseAndEnd { code, reason });
 }
 
+/// Whether a pump's clocks have something to do now, for a tunnel whose
+/// pumps are not running (on a splice thread, where no close handshake is
+/// under way): an idle timeout, or a side silent long enough to be pinged
+/// (or given up on).
+pub(in crate::tunnel::inspect) fn clocks_due(shared: &Shared) -> bool {
+    let inspect = &shared.settings.inspect;
+    inspect.idle_timeout.is_some_and(|idle| shared.idle_for() >= idle)
+        || shared.silent_for(Side::Client) >= inspect.ping_interval
+        || (inspect.ping_backend && shared.silent_for(Side::Backend) >= inspect.ping_interval)
+}
+
 /// Timers are checked a few times per their shortest period.
 pub(in crate::tunnel::inspect) fn tick_period(inspect: &Inspect) -> Duration {
     let shortest = [

@@ -6,6 +6,8 @@ mod keepalive;
 mod message_rate;
 mod park;
 
+pub(super) use keepalive::{clocks_due, tick_period};
+
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tracing::debug;
 
 use super::mailbox::{Mailbox, Order};
 use super::saved::{reader_config, SavedPump, HELD_MAX};
-use super::shared::{Closer, Ending, Shared, Side};
+use super::shared::{Closer, Ending, Purpose, Shared, Side};
 use crate::tunnel::drain::{DrainClose, DrainRequest, DrainSignal};
 use crate::tunnel::linger;
 use crate::tunnel::pace::TokenBucket;
@@ -70,6 +72,7 @@ pub(super) struct Parked<R, W> {
     pub(super) saved: SavedPump,
     /// Keeps the upgrade waiting until the tunnel has gone (or stayed).
     pub(super) moving: Option<Undecided>,
+    pub(super) purpose: Purpose,
 }
 
 /// One read, as a poll, into a buffer lent for it behind the `held` bytes;
@@ -119,6 +122,8 @@ pub(super) struct Pump<R, W> {
     sizing: Sizing,
     /// The client's `max_messages_per_second`, on the client's pump only.
     message_rate: Option<TokenBucket>,
+    /// The other pump asked to go to a splice thread.
+    to_thread: bool,
 }
 
 impl<R, W> Pump<R, W>
@@ -141,6 +146,7 @@ where
             source_done: false,
             sizing: Sizing::default(),
             message_rate: message_rate::bucket(from, inspect),
+            to_thread: false,
         }
     }
 
@@ -169,17 +175,23 @@ where
         self.shared.orders_to(self.from)
     }
 
-    /// Runs until the tunnel ends, or, when `relocating` asks, until both
-    /// directions stop together to move (`held`: bytes a moved pump held
-    /// back, to go in front of its first read). Boxed: a future keeps an
-    /// argument taken by value beside the local it moves into, so a pump
-    /// by value would sit in its task twice (memory per idle tunnel).
+    /// Runs until the tunnel ends, or, when `relocating` asks or the tunnel
+    /// goes to a splice thread, until both directions stop together
+    /// (`held`: bytes a moved pump held back, to go in front of its first
+    /// read; `unwritten`: bytes a splice thread read and did not write,
+    /// written first). Boxed: a future keeps an argument taken by value
+    /// beside the local it moves into, so a pump by value would sit in its
+    /// task twice (memory per idle tunnel).
     pub(super) async fn run(
         mut self: Box<Self>,
         mut drain: DrainSignal,
         mut relocating: Option<Ticket>,
         held: &[u8],
+        unwritten: Vec<u8>,
     ) -> PumpEnd<R, W> {
+        // A destination that failed ends the pump as any write's failure.
+        let mut failed = self.write(&unwritten).await.is_err();
+        drop(unwritten);
         // Bytes kept back from the last read: the start of a frame not yet
         // complete enough to judge. They go in front of the next read.
         let mut kept = held.len().min(HELD_MAX);
@@ -198,6 +210,9 @@ where
         let wakes = Wakes::new();
         let mut turn: u32 = 0;
         loop {
+            if std::mem::take(&mut failed) {
+                break;
+            }
             turn = turn.wrapping_add(1);
             // On a busy tunnel the loop turns once per read: the read is
             // polled first, and the rest only when it would block, or every
@@ -317,10 +332,10 @@ where
                 }
                 Woke::Tick => self.timers().await,
                 Woke::Relocate => {
-                    match self.park(draining).await {
+                    match self.park(Purpose::Move, draining, kept > 0).await {
                         park::Parking::Moved => {
                             let moving = relocating.take().map(Ticket::moving);
-                            return (*self).parked(&held[..kept], moving);
+                            return (*self).parked(&held[..kept], moving, Purpose::Move);
                         }
                         // Whether it moves or stays is settled: not asked again.
                         park::Parking::Stay => relocating = None,
@@ -331,6 +346,14 @@ where
             };
             if flow == Flow::Stop {
                 break;
+            }
+            if self.shared.thread_due() {
+                self.to_source().send(Order::ToThread);
+            }
+            if std::mem::take(&mut self.to_thread)
+                && self.park(Purpose::Thread, draining, kept > 0).await == park::Parking::Moved
+            {
+                return (*self).parked(&held[..kept], None, Purpose::Thread);
             }
         }
         // Ending here: the other direction cannot move without this one.
@@ -351,6 +374,7 @@ where
     fn take_order(&mut self, order: Order) {
         match order {
             Order::CloseAfterAnswer { code, reason } => self.after_answer = Some((code, reason)),
+            Order::ToThread => self.to_thread = true,
             order => self.pending = Some(order),
         }
     }
@@ -649,7 +673,7 @@ where
                 Ok(()) => Flow::Go,
                 Err(_) => Flow::Stop,
             },
-            Some(order @ Order::CloseAfterAnswer { .. }) => {
+            Some(order @ (Order::CloseAfterAnswer { .. } | Order::ToThread)) => {
                 self.take_order(order);
                 Flow::Go
             }

@@ -1,6 +1,12 @@
 //! Both directions of an inspected tunnel stopping together, between two
 //! reads each, so that the tunnel can move to another process
-//! ([`crate::tunnel::relocate`]).
+//! ([`crate::tunnel::relocate`]) or go to a splice thread
+//! ([`crate::tunnel::splice_thread`]).
+//!
+//! To go to a thread, the direction that finds the tunnel busy enough asks
+//! the other (an order), which parks first and asks back: the direction
+//! that asked, busy, parks second, and does not wait. A meeting that fails
+//! is not tried again until the tunnel comes back from a thread.
 //!
 //! A pump asked to move parks at the top of its loop: it has written all
 //! it read but the bytes held back for the frame reader. It waits there for
@@ -16,11 +22,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use super::super::mailbox::Order;
 use super::super::saved::SavedPump;
+use super::super::shared::Purpose;
 use super::{Parked, Pump, PumpEnd};
 use crate::tunnel::relocate::Undecided;
 
 /// What became of a direction that parked.
+#[derive(PartialEq, Eq)]
 pub(super) enum Parking {
     /// Both directions stopped: the tunnel moves.
     Moved,
@@ -39,34 +48,49 @@ where
     W: AsyncWrite + Unpin,
 {
     /// Whether both directions parked (the tunnel moves), or this one goes
-    /// on and may try again, or never.
-    pub(super) async fn park(&mut self, draining: bool) -> Parking {
+    /// on and may try again, or never. `holding`: bytes held back for the
+    /// frame reader (a thread takes a direction with none).
+    pub(super) async fn park(&mut self, purpose: Purpose, draining: bool, holding: bool) -> Parking {
         let mine = !draining
             && self.pending.is_none()
             && self.after_answer.is_none()
             && !self.source_done
             && self.inbox().is_empty()
-            && self.reader.can_save();
-        if !self.shared.join_move(mine) {
-            debug!(side = self.from.as_str(), mine, "tunnel stays: it cannot move now");
+            && self.reader.can_save()
+            && !(purpose == Purpose::Thread && holding);
+        let Some(joined) = self.shared.join_move(purpose, mine) else {
+            debug!(
+                side = self.from.as_str(),
+                mine,
+                ?purpose,
+                "tunnel stays: it cannot move now"
+            );
             return Parking::Stay;
+        };
+        if purpose == Purpose::Thread && joined == 1 {
+            self.to_source().send(Order::ToThread);
         }
-        let mut both = self.shared.rendezvous.subscribe();
+        let mut both = self.shared.rendezvous[purpose as usize].subscribe();
         let end = self.shared.end.clone();
         tokio::select! {
             _ = both.wait_for(|r| r.parked == 2 || r.cancelled) => {}
             () = tokio::time::sleep(PARK_LIMIT) => {}
             () = end.cancelled() => {}
         }
-        match (self.shared.leave_move(), self.shared.move_called_off()) {
+        match (self.shared.leave_move(purpose), self.shared.move_called_off(purpose)) {
             (true, _) => Parking::Moved,
             (false, true) => Parking::Stay,
+            (false, false) if purpose == Purpose::Thread => {
+                // Not worth a busy direction's wait: called off.
+                self.shared.call_off(purpose);
+                Parking::Stay
+            }
             (false, false) => Parking::Again,
         }
     }
 
     /// Hands the halves and the state of a parked pump to the tunnel.
-    pub(super) fn parked(self, held: &[u8], moving: Option<Undecided>) -> PumpEnd<R, W> {
+    pub(super) fn parked(self, held: &[u8], moving: Option<Undecided>, purpose: Purpose) -> PumpEnd<R, W> {
         let Pump {
             src,
             dst,
@@ -81,6 +105,7 @@ where
             src,
             dst,
             moving,
+            purpose,
             saved: SavedPump {
                 reader,
                 held: held.to_vec(),
