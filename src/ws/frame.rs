@@ -155,9 +155,6 @@ enum State {
 }
 
 /// Reads the frames of one direction of a tunnel without buffering them.
-/// A copy is where the reader stood (a splice thread keeps one per frame
-/// start, to hand the frame back unread).
-#[derive(Clone)]
 pub struct FrameReader {
     config: ReaderConfig,
     state: State,
@@ -171,6 +168,13 @@ pub struct FrameReader {
     /// A Text or Binary frame without FIN was read and its final fragment has not ended yet.
     message_open: bool,
     /// Payload bytes of the current message, its frames so far.
+    message_size: u64,
+}
+
+/// Where a reader stood between two frames ([`FrameReader::rewind`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Boundary {
+    message_open: bool,
     message_size: u64,
 }
 
@@ -228,6 +232,24 @@ impl FrameReader {
             State::Payload { frame, .. } | State::ControlDone { frame } => frame.opcode.is_control(),
             State::Failed(_) => false,
         }
+    }
+
+    /// Where the reader stands, taken at a frame boundary.
+    pub fn boundary(&self) -> Boundary {
+        Boundary {
+            message_open: self.message_open,
+            message_size: self.message_size,
+        }
+    }
+
+    /// Back to `boundary`, as if the bytes fed since had not been: a frame
+    /// handed on unread, to be read again by another reader (a splice
+    /// thread's, handing a tunnel back to its pumps).
+    pub fn rewind(&mut self, boundary: Boundary) {
+        self.state = State::Header;
+        self.filled = 0;
+        self.message_open = boundary.message_open;
+        self.message_size = boundary.message_size;
     }
 
     /// A fragmented data message is open (we may still insert control frames between its frames, RFC 6455 §5.4).

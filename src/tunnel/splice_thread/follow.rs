@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::ws::frame::{Event, FrameReader};
+use crate::ws::frame::{Boundary, Event, FrameReader};
 
 /// What a followed direction's bytes tell the tunnel's owner: the
 /// counters and clocks its pumps keep (`side` 0 is the client, 1 the
@@ -32,11 +32,11 @@ pub struct Following {
     counts: Arc<dyn Counts>,
 }
 
-/// One direction: its reader, the reader as it stood where the frame now
-/// being read began, and the bytes of that frame's header fed and held.
+/// One direction: its reader, where it stood before the frame now being
+/// read, and the bytes of that frame's header fed and held.
 struct Followed {
     reader: FrameReader,
-    at_start: FrameReader,
+    at_start: Boundary,
     held: Vec<u8>,
 }
 
@@ -56,7 +56,7 @@ impl Following {
     /// reads with nothing held.
     pub fn new(readers: [FrameReader; 2], counts: Arc<dyn Counts>) -> Following {
         let followed = |reader: FrameReader| Followed {
-            at_start: reader.clone(),
+            at_start: reader.boundary(),
             reader,
             held: Vec::new(),
         };
@@ -91,7 +91,7 @@ impl Following {
                     break Step::Across(pos);
                 }
                 frame_start = pos;
-                direction.at_start.clone_from(reader);
+                direction.at_start = reader.boundary();
             }
             match reader.advance(&bytes[pos..]) {
                 Ok((consumed, event)) => {
@@ -117,7 +117,7 @@ impl Following {
         };
         let across = match step {
             Step::Back(at) => {
-                direction.reader.clone_from(&direction.at_start);
+                direction.reader.rewind(direction.at_start);
                 at
             }
             Step::Across(n) => n,
