@@ -24,7 +24,8 @@
 //! thread: data frames go across, and anything else its pumps must see
 //! sends it back to its task.
 
-mod follow;
+pub mod follow;
+pub mod wanted;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -46,11 +47,7 @@ use crate::telemetry::metrics::ON_SPLICE_THREADS;
 use crate::telemetry::TunnelMetrics;
 use follow::Step;
 pub use follow::{Counts, Following, HELD_MAX};
-
-/// Bytes a plain tunnel carries (both ways) before it moves to a splice
-/// thread: past a handshake's few hundred, so that a tunnel opened and
-/// closed again never pays for the move (two `epoll_ctl` more).
-pub const BUSY_AFTER: u64 = 16 * 1024;
+pub use wanted::{set_threads, BUSY_AFTER};
 
 /// A thread reads into one buffer of this size for all its tunnels.
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -68,22 +65,12 @@ const READS_PER_TURN: u32 = 16;
 /// writes socket `1 - d`.
 const SIDE_NAMES: [&str; 2] = ["client", "backend"];
 
-/// How many splice threads new busy tunnels share (`[global]
-/// splice_threads`, set at start and by each reload): 0 keeps every plain
-/// tunnel on tokio's workers.
-static WANTED: AtomicUsize = AtomicUsize::new(0);
-
 /// The threads started so far; never fewer than were ever wanted (a reload
 /// that lowers the count only stops new tunnels going to the others).
 static THREADS: Mutex<Vec<Arc<SpliceThread>>> = Mutex::new(Vec::new());
 
 /// Which thread the next tunnel goes to.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets how many splice threads busy tunnels share from now on.
-pub fn set_threads(count: usize) {
-    WANTED.store(count, Ordering::Relaxed);
-}
 
 /// One thread and the tunnels in its `epoll` set.
 struct SpliceThread {
@@ -643,7 +630,7 @@ impl Splice {
     pub fn wants_thread(&self) -> bool {
         self.upstream.bytes + self.downstream.bytes >= BUSY_AFTER
             && self.wakes.is_some()
-            && WANTED.load(Ordering::Relaxed) != 0
+            && wanted::threads_wanted()
             && self.upstream.is_between_reads()
             && self.downstream.is_between_reads()
             && matches!(&self.client, Side::Tcp(tcp) if tcp.prefix().is_empty())
@@ -742,7 +729,7 @@ impl Splice {
 
 /// The thread the next busy tunnel goes to, started if it is not yet.
 fn pick() -> io::Result<Arc<SpliceThread>> {
-    let wanted = WANTED.load(Ordering::Relaxed);
+    let wanted = wanted::threads();
     if wanted == 0 {
         return Err(io::Error::other("no splice threads are configured"));
     }
@@ -803,11 +790,6 @@ impl Drop for Threaded {
     fn drop(&mut self) {
         drop(self.thread.take_back(self.key));
     }
-}
-
-/// Whether tunnels go to splice threads at all (`[global] splice_threads`).
-pub fn threads_wanted() -> bool {
-    WANTED.load(Ordering::Relaxed) != 0
 }
 
 /// An inspected tunnel on a splice thread, seen from its task.

@@ -20,7 +20,8 @@ use crate::telemetry::{FirstClose, TunnelMetrics};
 use crate::tunnel::clock::coarse_monotonic_now;
 use crate::tunnel::drain::DrainClose;
 use crate::tunnel::identity::{tunnel_event, Identity};
-use crate::tunnel::splice_thread::{self, Counts, BUSY_AFTER};
+use crate::tunnel::splice_thread::follow::Counts;
+use crate::tunnel::splice_thread::wanted::{threads_wanted, BUSY_AFTER};
 use crate::ws::frame::Violation;
 
 /// A side of the tunnel.
@@ -124,7 +125,8 @@ pub(super) struct Shared {
     /// Cancelled when the tunnel must end at once.
     pub(super) end: CancellationToken,
     /// The two directions meeting to move, by [`Purpose`] ([`super::pump`]'s `park`).
-    pub(super) rendezvous: [watch::Sender<Rendezvous>; 2],
+    /// One channel for both: each costs an inspected tunnel half a kilobyte.
+    pub(super) rendezvous: watch::Sender<[Rendezvous; 2]>,
     /// The bytes (both ways) past which the tunnel goes to a splice
     /// thread; `u64::MAX` when it does not (not a plain TCP tunnel, going
     /// already, or it could not).
@@ -232,7 +234,8 @@ impl Shared {
         let state = self.state();
         let tunnel = state.close_started.is_none() && state.ending.is_none();
         let mut joined = None;
-        self.rendezvous[purpose as usize].send_modify(|r| {
+        self.rendezvous.send_modify(|r| {
+            let r = &mut r[purpose as usize];
             if r.cancelled || !mine || !tunnel {
                 r.cancelled = true;
             } else {
@@ -248,7 +251,8 @@ impl Shared {
     /// unless the move was called off).
     pub(super) fn leave_move(&self, purpose: Purpose) -> bool {
         let mut moving = false;
-        self.rendezvous[purpose as usize].send_modify(|r| {
+        self.rendezvous.send_modify(|r| {
+            let r = &mut r[purpose as usize];
             if r.parked == 2 && !r.cancelled {
                 moving = true;
             } else {
@@ -260,12 +264,13 @@ impl Shared {
 
     /// The move was called off: one direction cannot stop now.
     pub(super) fn move_called_off(&self, purpose: Purpose) -> bool {
-        self.rendezvous[purpose as usize].borrow().cancelled
+        self.rendezvous.borrow()[purpose as usize].cancelled
     }
 
     /// Calls a move off: the direction that comes later stays.
     pub(super) fn call_off(&self, purpose: Purpose) {
-        self.rendezvous[purpose as usize].send_if_modified(|r| {
+        self.rendezvous.send_if_modified(|r| {
+            let r = &mut r[purpose as usize];
             let changed = !r.cancelled && r.parked < 2;
             if changed {
                 r.cancelled = true;
@@ -285,7 +290,8 @@ impl Shared {
     /// [`BUSY_AFTER`] more bytes. Also after it came back from one (no
     /// pump runs then, so the meeting to go starts over).
     pub(super) fn may_go_to_thread(&self) {
-        self.rendezvous[Purpose::Thread as usize].send_replace(Rendezvous::default());
+        self.rendezvous
+            .send_modify(|r| r[Purpose::Thread as usize] = Rendezvous::default());
         let bytes: u64 = self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum();
         self.thread_after.store(bytes + BUSY_AFTER, Ordering::Relaxed);
     }
@@ -295,7 +301,7 @@ impl Shared {
         let after = self.thread_after.load(Ordering::Relaxed);
         after != u64::MAX
             && self.bytes[0].load(Ordering::Relaxed) + self.bytes[1].load(Ordering::Relaxed) >= after
-            && splice_thread::threads_wanted()
+            && threads_wanted()
             && self
                 .thread_after
                 .compare_exchange(after, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)

@@ -70,10 +70,10 @@ where
         if purpose == Purpose::Thread && joined == 1 {
             self.to_source().send(Order::ToThread);
         }
-        let mut both = self.shared.rendezvous[purpose as usize].subscribe();
+        let mut both = self.shared.rendezvous.subscribe();
         let end = self.shared.end.clone();
         tokio::select! {
-            _ = both.wait_for(|r| r.parked == 2 || r.cancelled) => {}
+            _ = both.wait_for(|r| r[purpose as usize].parked == 2 || r[purpose as usize].cancelled) => {}
             () = tokio::time::sleep(PARK_LIMIT) => {}
             () = end.cancelled() => {}
         }
