@@ -53,8 +53,8 @@ type Halves = (ReadHalf, WriteHalf);
 /// plain TCP goes to a splice thread, and comes back for whatever its
 /// pumps must do ([`on_thread`]).
 pub async fn run(
-    mut client: Halves,
-    mut backend: Halves,
+    client: Halves,
+    backend: Halves,
     start: Start,
     drain: DrainSignal,
     metrics: TunnelMetrics,
@@ -64,15 +64,19 @@ pub async fn run(
     if client.0.movable().is_none() || backend.0.movable().is_none() {
         relocation = None;
     }
-    let mut begin = Begin::Made(start, metrics, identity);
+    let begin = Begin::Made(start, metrics, identity);
+    let mut pumps = Pumps::new(client, backend, begin, relocation.as_ref());
     loop {
-        let stopped = match drive(client, backend, begin, drain.clone(), relocation.clone()).await {
+        let stopped = match drive(pumps, drain.clone(), relocation.clone()).await {
             Driven::Ended => return,
             Driven::ToThread(going) => {
-                let Some((c, b, back)) = on_thread(*going, &drain, relocation.as_ref()).await else {
+                // Boxed: only a tunnel that goes to a thread pays for the
+                // room its stay there takes (memory per idle tunnel).
+                let stay = Box::pin(on_thread(*going, &drain, relocation.as_ref()));
+                let Some((c, b, back)) = stay.await else {
                     return;
                 };
-                (client, backend, begin) = (c, b, back);
+                pumps = Pumps::new(c, b, back, relocation.as_ref());
                 continue;
             }
             Driven::Stopped(stopped) => *stopped,
@@ -91,8 +95,8 @@ pub async fn run(
             Ok(tunnel) => tunnel,
             Err((error, saved)) => {
                 tracing::warn!(%error, "tunnel cannot move: it stays");
-                (client, backend) = (c, b);
-                begin = Begin::Made(Start::Moved { saved, age }, m, i);
+                let begin = Begin::Made(Start::Moved { saved, age }, m, i);
+                pumps = Pumps::new(c, b, begin, relocation.as_ref());
                 continue;
             }
         };
@@ -108,8 +112,8 @@ pub async fn run(
                 let MovedState::Inspected(saved) = tunnel.state else {
                     return;
                 };
-                (client, backend) = (c, b);
-                begin = Begin::Made(Start::Moved { saved, age }, m, i);
+                let begin = Begin::Made(Start::Moved { saved, age }, m, i);
+                pumps = Pumps::new(c, b, begin, relocation.as_ref());
             }
         }
     }
@@ -168,86 +172,118 @@ struct Going {
     readers: [FrameReader; 2],
 }
 
+/// The tunnel's two pumps, made, and what each starts with.
+struct Pumps {
+    shared: Arc<Shared>,
+    upstream: Box<Pump<ReadHalf, WriteHalf>>,
+    downstream: Box<Pump<ReadHalf, WriteHalf>>,
+    /// Per direction, the upstream's first: bytes held for its reader, to
+    /// go in front of its first read.
+    held: [Vec<u8>; 2],
+    tickets: [Option<Ticket>; 2],
+}
+
+impl Pumps {
+    /// The pumps where `begin` says. Not in [`drive`]: an async fn keeps
+    /// its arguments for as long as it runs, and `begin` is 300 bytes
+    /// (memory per idle tunnel).
+    fn new(
+        (client_read, client_write): Halves,
+        (backend_read, backend_write): Halves,
+        begin: Begin,
+        relocation: Option<&Arc<Relocation>>,
+    ) -> Pumps {
+        let threadable = matches!((&client_read, &backend_read), (ReadHalf::Tcp(_), ReadHalf::Tcp(_)));
+        let (shared, upstream, downstream, held, unwritten, up_ticket) = match begin {
+            Begin::Made(Start::Fresh(settings), metrics, identity) => {
+                let shared = Arc::new(Shared::new(settings, metrics, identity));
+                let upstream = Pump::new(Side::Client, client_read, backend_write, &shared);
+                let downstream = Pump::new(Side::Backend, backend_read, client_write, &shared);
+                (
+                    shared,
+                    upstream,
+                    downstream,
+                    Default::default(),
+                    Default::default(),
+                    None,
+                )
+            }
+            Begin::Made(Start::Moved { saved, age }, metrics, identity) => {
+                let shared = Arc::new(Shared::restore(&saved, age, metrics, identity));
+                let [from_client, from_backend] = saved.pumps;
+                let held = [from_client.held.clone(), from_backend.held.clone()];
+                let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, from_client);
+                let downstream = Pump::resume(Side::Backend, (backend_read, client_write), &shared, from_backend);
+                (shared, upstream, downstream, held, Default::default(), None)
+            }
+            Begin::Back(returned) => {
+                let Returned {
+                    shared,
+                    readers: [(from_client, client_held), (from_backend, backend_held)],
+                    unwritten,
+                    ticket,
+                } = *returned;
+                let saved = |reader| SavedPump {
+                    reader,
+                    held: Vec::new(),
+                    message_tokens: None,
+                };
+                let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, saved(from_client));
+                let downstream = Pump::resume(
+                    Side::Backend,
+                    (backend_read, client_write),
+                    &shared,
+                    saved(from_backend),
+                );
+                (
+                    shared,
+                    upstream,
+                    downstream,
+                    [client_held, backend_held],
+                    unwritten,
+                    ticket,
+                )
+            }
+        };
+        if threadable && shared.settings.inspect.client_messages.is_none() {
+            shared.may_go_to_thread();
+        }
+        let [up_unwritten, down_unwritten] = unwritten;
+        let (mut upstream, mut downstream) = (Box::new(upstream), Box::new(downstream));
+        upstream.write_first(up_unwritten);
+        downstream.write_first(down_unwritten);
+        let ticket = || relocation.map(|relocation| relocation.ticket());
+        Pumps {
+            shared,
+            upstream,
+            downstream,
+            held,
+            tickets: [up_ticket.or_else(ticket), ticket()],
+        }
+    }
+}
+
 /// The tunnel's two pumps, until they end or stop together to move or to
 /// go to a splice thread.
-async fn drive(
-    (client_read, client_write): Halves,
-    (backend_read, backend_write): Halves,
-    begin: Begin,
-    drain: DrainSignal,
-    relocation: Option<Arc<Relocation>>,
-) -> Driven {
-    let threadable = matches!((&client_read, &backend_read), (ReadHalf::Tcp(_), ReadHalf::Tcp(_)));
-    let (shared, upstream, downstream, held, unwritten, up_ticket) = match begin {
-        Begin::Made(Start::Fresh(settings), metrics, identity) => {
-            let shared = Arc::new(Shared::new(settings, metrics, identity));
-            let upstream = Pump::new(Side::Client, client_read, backend_write, &shared);
-            let downstream = Pump::new(Side::Backend, backend_read, client_write, &shared);
-            (
-                shared,
-                upstream,
-                downstream,
-                Default::default(),
-                Default::default(),
-                None,
-            )
-        }
-        Begin::Made(Start::Moved { saved, age }, metrics, identity) => {
-            let shared = Arc::new(Shared::restore(&saved, age, metrics, identity));
-            let [from_client, from_backend] = saved.pumps;
-            let held = [from_client.held.clone(), from_backend.held.clone()];
-            let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, from_client);
-            let downstream = Pump::resume(Side::Backend, (backend_read, client_write), &shared, from_backend);
-            (shared, upstream, downstream, held, Default::default(), None)
-        }
-        Begin::Back(returned) => {
-            let Returned {
-                shared,
-                readers: [(from_client, client_held), (from_backend, backend_held)],
-                unwritten,
-                ticket,
-            } = *returned;
-            let saved = |reader| SavedPump {
-                reader,
-                held: Vec::new(),
-                message_tokens: None,
-            };
-            let upstream = Pump::resume(Side::Client, (client_read, backend_write), &shared, saved(from_client));
-            let downstream = Pump::resume(
-                Side::Backend,
-                (backend_read, client_write),
-                &shared,
-                saved(from_backend),
-            );
-            (
-                shared,
-                upstream,
-                downstream,
-                [client_held, backend_held],
-                unwritten,
-                ticket,
-            )
-        }
-    };
-    if threadable && shared.settings.inspect.client_messages.is_none() {
-        shared.may_go_to_thread();
-    }
-    let up_ticket = up_ticket.or_else(|| relocation.as_ref().map(|r| r.ticket()));
-    let down_ticket = relocation.as_ref().map(|r| r.ticket());
-    let [up_held, down_held] = held;
-    let [up_unwritten, down_unwritten] = unwritten;
+async fn drive(pumps: Pumps, drain: DrainSignal, relocation: Option<Arc<Relocation>>) -> Driven {
+    let Pumps {
+        shared,
+        upstream,
+        downstream,
+        held: [up_held, down_held],
+        tickets: [up_ticket, down_ticket],
+    } = pumps;
 
     // A task per direction: a read on one side wakes only its own pump,
     // not the other one's clocks and signals too. Dropping the handles
     // (the tunnel's task cancelled) ends both.
     let span = tracing::Span::current();
     let drain_up = drain.clone();
-    let (upstream, downstream) = (Box::new(upstream), Box::new(downstream));
     let mut upstream = AbortOnDropHandle::new(tokio::spawn(
-        async move { upstream.run(drain_up, up_ticket, &up_held, up_unwritten).await }.instrument(span.clone()),
+        async move { upstream.run(drain_up, up_ticket, &up_held).await }.instrument(span.clone()),
     ));
     let mut downstream = AbortOnDropHandle::new(tokio::spawn(
-        async move { downstream.run(drain, down_ticket, &down_held, down_unwritten).await }.instrument(span),
+        async move { downstream.run(drain, down_ticket, &down_held).await }.instrument(span),
     ));
     let (up, down) = tokio::select! {
         up = &mut upstream => {

@@ -124,6 +124,10 @@ pub(super) struct Pump<R, W> {
     message_rate: Option<TokenBucket>,
     /// The other pump asked to go to a splice thread.
     to_thread: bool,
+    /// Bytes a splice thread read and did not write: written first. Here
+    /// rather than an argument of [`Pump::run`], whose task would keep it
+    /// for the tunnel's life (a task is a whole number of 128-byte cells).
+    unwritten: Vec<u8>,
 }
 
 impl<R, W> Pump<R, W>
@@ -147,6 +151,7 @@ where
             sizing: Sizing::default(),
             message_rate: message_rate::bucket(from, inspect),
             to_thread: false,
+            unwritten: Vec::new(),
         }
     }
 
@@ -175,21 +180,26 @@ where
         self.shared.orders_to(self.from)
     }
 
+    /// Bytes to write to the destination before anything else: what a
+    /// splice thread read and did not write.
+    pub(super) fn write_first(&mut self, unwritten: Vec<u8>) {
+        self.unwritten = unwritten;
+    }
+
     /// Runs until the tunnel ends, or, when `relocating` asks or the tunnel
     /// goes to a splice thread, until both directions stop together
     /// (`held`: bytes a moved pump held back, to go in front of its first
-    /// read; `unwritten`: bytes a splice thread read and did not write,
-    /// written first). Boxed: a future keeps an argument taken by value
-    /// beside the local it moves into, so a pump by value would sit in its
-    /// task twice (memory per idle tunnel).
+    /// read). Boxed: a future keeps an argument taken by value beside the
+    /// local it moves into, so a pump by value would sit in its task twice
+    /// (memory per idle tunnel).
     pub(super) async fn run(
         mut self: Box<Self>,
         mut drain: DrainSignal,
         mut relocating: Option<Ticket>,
         held: &[u8],
-        unwritten: Vec<u8>,
     ) -> PumpEnd<R, W> {
         // A destination that failed ends the pump as any write's failure.
+        let unwritten = std::mem::take(&mut self.unwritten);
         let mut failed = self.write(&unwritten).await.is_err();
         drop(unwritten);
         // Bytes kept back from the last read: the start of a frame not yet
