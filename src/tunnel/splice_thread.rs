@@ -434,7 +434,7 @@ impl Entry {
         let following = &mut self.following;
         // A plain tunnel's failure names its side; an inspected one goes
         // back to its task, which records it as its pump would.
-        let failed = |error: io::Error, side: usize, following: bool| match following {
+        let failed = |error: io::Error, side: usize, inspected: bool| match inspected {
             false => Halt::Failed(error, SIDE_NAMES[side]),
             true => Halt::Back(Box::new(Going {
                 from: d,
@@ -474,12 +474,16 @@ impl Entry {
                 return Ok(true);
             }
             reads += 1;
-            // An inspected direction reads behind the header it held.
-            let held = following.as_ref().map_or(0, |following| following.held(d).len());
-            let room = if inspected { HELD_MAX } else { 0 };
-            if let Some(following) = following.as_ref() {
-                buffer[room - held..room].copy_from_slice(following.held(d));
-            }
+            // An inspected direction reads behind the header it held
+            // (a header's 2 to 14 bytes, less than `HELD_MAX`).
+            let (room, held) = match following.as_ref() {
+                Some(following) => {
+                    let held = following.held(d);
+                    buffer[HELD_MAX - held.len()..HELD_MAX].copy_from_slice(held);
+                    (HELD_MAX, held.len())
+                }
+                None => (0, 0),
+            };
             match from.read(&mut buffer[room..]) {
                 // The end of an inspected side's stream is its pump's to
                 // pass on (a read after it reads it again).
