@@ -9,7 +9,8 @@
 //! keepalive ping, the idle timeout and a shutdown each bring it back to
 //! the runtime, whose pumps answer as they do for a tunnel that never
 //! moved (the close codes of `tests/inspect.rs` and
-//! `tests/inspect_timers.rs`), and it moves again after more traffic. A
+//! `tests/inspect_timers.rs`), and it moves again after more traffic;
+//! rebalancing sheds tunnels from their threads with 1012. A
 //! route with `max_messages_per_second` or a paced client, a TLS client,
 //! and `[global] splice_threads = 0` keep their tunnels on the runtime.
 //!
@@ -758,6 +759,87 @@ async fn shutdown_sends_1001_going_away_both_ways_to_a_tunnel_on_a_splice_thread
     expect_end(&mut client, "client").await;
     expect_end(&mut tunnel, "backend").await;
     within("proxy stop", stopping).await.expect("proxy stop");
+}
+
+/// Rebalancing (`[upstream.rebalance]`) sheds tunnels on a splice thread
+/// as it sheds any other: once a server that was down is back, the
+/// over-full one's excess is taken back from the threads and closed with
+/// 1012 "rebalancing" (mirrors `tests/rebalance.rs`), and the tunnels left
+/// alone stay on their threads and go on echoing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalancing_sheds_tunnels_on_a_splice_thread_with_1012() {
+    use tokio_tungstenite::tungstenite::Message;
+
+    const SOCKETS: usize = 6;
+    // ceil(1.25 × 6 / 2) = 4 may stay on the server that was alone.
+    const EXCESS: usize = 2;
+    let _one_at_a_time = LOCK.lock().await;
+    let a = Backend::echo().await;
+    // Held, not listening: b is down, and its port stays its own.
+    let b_reserved = ReservedAddr::new();
+    let b_addr = b_reserved.addr;
+    let toml = format!(
+        "[global]\nshutdown_timeout = \"2s\"\n\n[[listener]]\nname = \"plain\"\nlisten = \"127.0.0.1:0\"\n\n{ADMIN}\n\
+         [[route]]\nname = \"all\"\nupstream = \"backends\"\n[route.inspect]\n\n\
+         [[upstream]]\nname = \"backends\"\nservers = [{{ address = \"{a}\" }}, {{ address = \"{b_addr}\" }}]\n\
+         balance = \"least_connections\"\n\
+         [upstream.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n\
+         [upstream.rebalance]\nmax_skew = 1.25\nafter = \"500ms\"\nrate = \"100/s\"\n",
+        a = a.addr
+    );
+    let (proxy, admin) = start_with_admin(&toml).await;
+    let b_healthy = |m: &Exposition, up: f64| {
+        m.value(
+            "wsgate_server_healthy",
+            &[("upstream", "backends"), ("server", &b_addr.to_string())],
+        ) == Some(up)
+    };
+    scrape_until(admin, TIMEOUT, "b marked down", |m| b_healthy(m, 0.0), String::new).await;
+
+    let mut clients = Vec::new();
+    let busy: Vec<u8> = (0..64 * KIB as u64).map(up).collect();
+    for _ in 0..SOCKETS {
+        let (mut ws, _) = ws_connect(proxy.addr("plain"), "/", &[]).await;
+        send(&mut ws, Message::binary(busy.clone())).await;
+        assert_eq!(next_message(&mut ws).await, Message::binary(busy.clone()));
+        clients.push(ws);
+    }
+    gauge_becomes(admin, SOCKETS as f64, "every busy inspected tunnel on a splice thread").await;
+
+    let _b = Backend::on(b_reserved.listen(), Behavior::Echo);
+    scrape_until(
+        admin,
+        TIMEOUT,
+        "the excess shed",
+        |m| m.sum("wsgate_rebalanced_tunnels_total", &[]) == EXCESS as f64,
+        String::new,
+    )
+    .await;
+    // A shed client finds the close queued before the echo it asks for.
+    let mut shed = 0;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let text = Message::text(format!("client {i}"));
+        send(ws, text.clone()).await;
+        match next_message(ws).await {
+            Message::Close(Some(frame)) => {
+                assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1012, "rebalancing"));
+                shed += 1;
+            }
+            echo => assert_eq!(echo, text, "client {i}: left alone, its echo"),
+        }
+    }
+    assert_eq!(shed, EXCESS);
+    gauge_becomes(
+        admin,
+        (SOCKETS - EXCESS) as f64,
+        "the tunnels left alone still on their threads",
+    )
+    .await;
+    for ws in clients.iter_mut() {
+        let _ = within("a client's close", ws.close(None)).await;
+    }
+    drop(clients);
+    proxy.stop().await;
 }
 
 // ---------------------------------------------------------------- 5. tunnels that stay
