@@ -356,9 +356,13 @@ async fn on_thread(
             return None;
         }
         (client, backend) => {
-            // Not plain TCP after all: the pumps go on as they were.
-            let (Err(client), Err(backend)) = (client, backend) else {
-                unreachable!("both sides of a tunnel that may go to a thread are plain TCP");
+            // Not plain TCP with every byte of a first read handed out: the
+            // pumps go on as they were (a side out of tokio's driver already
+            // goes back in).
+            let halves = |side: Result<std::io::Result<std::net::TcpStream>, Halves>| match side {
+                Err(halves) => halves,
+                Ok(Ok(socket)) => TcpSide::from_thread(socket, Vec::new()).split(),
+                Ok(Err(_)) => unreachable!("a lost socket ended the tunnel above"),
             };
             let begin = Begin::Back(Box::new(Returned {
                 readers: readers.map(|reader| (reader, Vec::new())),
@@ -366,7 +370,7 @@ async fn on_thread(
                 unwritten: Default::default(),
                 ticket: None,
             }));
-            return Some((client, backend, begin));
+            return Some((halves(client), halves(backend), begin));
         }
     };
     let counts: Arc<dyn Counts> = shared.clone();
