@@ -24,6 +24,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use support::stream_pattern::{down, up, Pattern};
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,20 +50,6 @@ const TRAFFIC_LIMIT: Duration = Duration::from_secs(60);
 
 /// Reads in pieces of at most this size.
 const CHUNK: usize = 64 * 1024;
-
-/// The byte at offset `i` of a stream.
-type Pattern = fn(u64) -> u8;
-
-/// What clients send.
-fn up(i: u64) -> u8 {
-    (i % 251) as u8
-}
-
-/// What backends send: not [`up`] shifted, so that bytes of one direction
-/// found in the other are caught.
-fn down(i: u64) -> u8 {
-    ((i * 7 + 3) % 253) as u8
-}
 
 /// The proxy's config: `global` keys, listener `plain`, inspected route
 /// `all` (with `route`: `[route.inspect]` keys, then any other table of

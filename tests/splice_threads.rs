@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::stream_pattern::{down, up, Pattern};
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,20 +45,6 @@ const TRAFFIC_LIMIT: Duration = Duration::from_secs(60);
 
 /// Writes and reads in pieces of this size.
 const CHUNK: usize = 64 * 1024;
-
-/// The byte at offset `i` of a stream.
-type Pattern = fn(u64) -> u8;
-
-/// What clients send.
-fn up(i: u64) -> u8 {
-    (i % 251) as u8
-}
-
-/// What backends send: not [`up`] shifted, so that bytes of one direction
-/// found in the other are caught.
-fn down(i: u64) -> u8 {
-    ((i * 7 + 3) % 253) as u8
-}
 
 /// The proxy's config: `global` keys, the admin listener, listener `plain`,
 /// route `all` (plain: no `[route.inspect]`) to `backend`.

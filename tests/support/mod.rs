@@ -20,6 +20,7 @@ pub mod http2;
 pub mod dns;
 pub mod netns;
 pub mod redis_server;
+pub mod stream_pattern;
 
 // Each test file uses a different part of these.
 #[allow(unused_imports)]
