@@ -27,7 +27,7 @@ where
             inspect.idle_timeout,
             inspect.close_timeout,
         );
-        let keepalive = self.to() == Side::Client || inspect.ping_backend;
+        let keepalive = kept_alive(inspect, self.to());
         let to = self.to();
         let (pinged, close_started) = {
             let state = self.shared.state();
@@ -100,8 +100,15 @@ pub(in crate::tunnel::inspect) fn give_up(shared: &Shared, to: Side) {
 pub(in crate::tunnel::inspect) fn clocks_due(shared: &Shared) -> bool {
     let inspect = &shared.settings.inspect;
     inspect.idle_timeout.is_some_and(|idle| shared.idle_for() >= idle)
-        || shared.silent_for(Side::Client) >= inspect.ping_interval
-        || (inspect.ping_backend && shared.silent_for(Side::Backend) >= inspect.ping_interval)
+        || [Side::Client, Side::Backend]
+            .into_iter()
+            .any(|side| kept_alive(inspect, side) && shared.silent_for(side) >= inspect.ping_interval)
+}
+
+/// Whether wsgate pings `side` when it falls silent: a client always, a
+/// backend with `ping_backend`.
+fn kept_alive(inspect: &Inspect, side: Side) -> bool {
+    side == Side::Client || inspect.ping_backend
 }
 
 /// Timers are checked a few times per their shortest period.
