@@ -171,6 +171,14 @@ pub struct FrameReader {
     message_size: u64,
 }
 
+/// What [`FrameReader::pass_data`] consumed: `consumed` bytes of data
+/// frames, `frames` of them started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passed {
+    pub consumed: usize,
+    pub frames: u64,
+}
+
 /// Where a reader stood between two frames ([`FrameReader::rewind`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Boundary {
@@ -255,6 +263,101 @@ impl FrameReader {
     /// A fragmented data message is open (we may still insert control frames between its frames, RFC 6455 §5.4).
     pub fn in_message(&self) -> bool {
         self.message_open
+    }
+
+    /// Consumes the data frames at the start of `input` that need no
+    /// event each: whole ones, and the payload of the last when `input`
+    /// ends inside it. Stops, with nothing of it fed, before a frame that
+    /// does (a control frame, a header that breaks a rule or that `input`
+    /// cuts short), for [`FrameReader::advance`] to read; a data frame's
+    /// two events cost a small message more than its judging does.
+    pub fn pass_data(&mut self, input: &[u8]) -> Passed {
+        let mut passed = Passed { consumed: 0, frames: 0 };
+        loop {
+            let rest = &input[passed.consumed..];
+            if self.at_frame_boundary() {
+                if rest.is_empty() {
+                    return passed;
+                }
+                if let Some(whole) = self.whole_plain_frame(rest) {
+                    passed.consumed += whole;
+                    passed.frames += 1;
+                    continue;
+                }
+            }
+            if !self.pass_data_judged(rest, &mut passed) {
+                return passed;
+            }
+        }
+    }
+
+    /// [`FrameReader::pass_data`]'s turn for what a glance does not pass:
+    /// a data payload's rest, or a header judged in full. False when it
+    /// stops. Kept out of line: its results are large, and the common
+    /// turn should not pay for them.
+    #[inline(never)]
+    fn pass_data_judged(&mut self, rest: &[u8], passed: &mut Passed) -> bool {
+        match self.state {
+            State::Payload { frame, remaining } if !frame.opcode.is_control() => {
+                // A data payload: never a violation, at most its end.
+                let (taken, _) = self.read_payload(frame, remaining, rest).unwrap_or_default();
+                passed.consumed += taken;
+                !matches!(self.state, State::Payload { .. })
+            }
+            State::Header if self.filled == 0 => {
+                let before = self.boundary();
+                match self.read_whole_header(rest) {
+                    Some(Ok((len, Some(Event::FrameStart(header))))) if !header.opcode.is_control() => {
+                        passed.consumed += len;
+                        passed.frames += 1;
+                        true
+                    }
+                    // Judged again, the same way, by `advance`.
+                    Some(_) => {
+                        self.rewind(before);
+                        false
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The commonest frame judged at a glance, and passed: a whole,
+    /// unfragmented Text or Binary frame, no reserved bit set, masked as
+    /// its direction must be, its length in 7 or 16 bits and within the
+    /// limits. Its length, header and payload; `None` for any other frame
+    /// (the full judge's, [`FrameReader::read_whole_header`]), a subset of
+    /// what that accepts.
+    fn whole_plain_frame(&mut self, input: &[u8]) -> Option<usize> {
+        let [first, second, ..] = *input else { return None };
+        if self.message_open || !matches!(first, 0x81 | 0x82) {
+            return None;
+        }
+        let masked = second & 0x80 != 0;
+        if self.config.enforce_masking && masked != (self.config.direction == Direction::ClientToServer) {
+            return None;
+        }
+        let (extended, len) = match second & 0x7F {
+            // 126 announces 126..=65535 (§5.2).
+            126 => match u16::from_be_bytes([*input.get(2)?, *input.get(3)?]) {
+                len @ 126.. => (2, u64::from(len)),
+                _ => return None,
+            },
+            127 => return None,
+            len => (0, u64::from(len)),
+        };
+        let within = |limit: Option<u64>| limit.is_none_or(|max| len <= max);
+        if !within(self.config.max_frame_size) || !within(self.config.max_message_size) {
+            return None;
+        }
+        let whole = 2 + extended + if masked { 4 } else { 0 } + usize::try_from(len).ok()?;
+        if input.len() < whole {
+            return None;
+        }
+        self.message_size = len;
+        Some(whole)
     }
 
     fn read_header(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Violation> {

@@ -86,10 +86,17 @@ impl Following {
         // A read that starts inside a data frame continues its payload.
         let mut data = !reader.at_frame_boundary() && !reader.judging_frame();
         let step = loop {
+            // Data frames first, without an event each.
+            let passed = reader.pass_data(&bytes[pos..]);
+            if passed.consumed > 0 {
+                pos += passed.consumed;
+                frames += passed.frames;
+                data = true;
+            }
+            if pos == bytes.len() && !reader.judging_frame() {
+                break Step::Across(pos);
+            }
             if reader.at_frame_boundary() {
-                if pos == bytes.len() {
-                    break Step::Across(pos);
-                }
                 frame_start = pos;
                 direction.at_start = reader.boundary();
             }

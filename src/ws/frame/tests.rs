@@ -437,3 +437,173 @@ fn judging_frame_covers_headers_and_control_frames_only() {
     ));
     assert!(!reader.judging_frame());
 }
+
+/// Where a reader stands, as far as its callers can see.
+fn standing(reader: &FrameReader) -> (bool, bool, bool, u64) {
+    let boundary = reader.boundary();
+    (
+        reader.at_frame_boundary(),
+        reader.judging_frame(),
+        boundary.message_open,
+        boundary.message_size,
+    )
+}
+
+#[test]
+fn pass_data_passes_whole_data_frames_and_a_payload_cut_short() {
+    let mut reader = FrameReader::new(config(Direction::ClientToServer));
+    let first = frame(0x01, b"hel", Some(KEY));
+    let second = frame(0x80, b"lo", Some(KEY));
+    let third = frame(0x82, &[9; 300], Some(KEY));
+    let bytes = [first.clone(), second.clone(), third.clone()].concat();
+    let cut = first.len() + second.len() + 10;
+    let passed = reader.pass_data(&bytes[..cut]);
+    assert_eq!(
+        passed,
+        Passed {
+            consumed: cut,
+            frames: 3
+        }
+    );
+    assert!(!reader.at_frame_boundary() && !reader.judging_frame());
+    // The rest of the payload, then the boundary.
+    let passed = reader.pass_data(&bytes[cut..]);
+    assert_eq!(
+        passed,
+        Passed {
+            consumed: bytes.len() - cut,
+            frames: 0
+        }
+    );
+    assert_eq!(standing(&reader), (true, false, false, 300));
+    assert_eq!(reader.pass_data(&[]), Passed { consumed: 0, frames: 0 });
+}
+
+#[test]
+fn pass_data_stops_before_what_needs_an_event_with_nothing_of_it_fed() {
+    let data = frame(0x01, b"fragment", None);
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("a ping between fragments", frame(0x89, b"ping", None)),
+        ("a header cut short", vec![0x80, 126, 0x01]),
+        ("a masked server frame", frame(0x80, b"x", Some(KEY))),
+        ("a new message inside one", frame(0x82, b"x", None)),
+    ];
+    for (case, next) in cases {
+        let mut reader = FrameReader::new(server());
+        let bytes = [data.clone(), next.clone()].concat();
+        let passed = reader.pass_data(&bytes);
+        assert_eq!(
+            passed,
+            Passed {
+                consumed: data.len(),
+                frames: 1
+            },
+            "{case}"
+        );
+        assert_eq!(standing(&reader), (true, false, true, 8), "{case}");
+        // `advance` reads the rest as it would have without `pass_data`.
+        let mut plain = FrameReader::new(server());
+        let expected = feed(&mut plain, &bytes).map(|events| events.len());
+        let events = feed(&mut reader, &next).map(|events| events.len());
+        let first = feed(&mut FrameReader::new(server()), &data).map(|events| events.len());
+        assert_eq!(events.map(|n| n + first.unwrap()), expected, "{case}");
+    }
+}
+
+/// Reads `bytes` in two parts cut at every offset in `cuts`, with
+/// `pass_data` before each `advance` and with `advance` alone, and
+/// asserts that both readers see the same frames and stand the same.
+fn reads_like_advance_alone(config: ReaderConfig, bytes: &[u8], cuts: impl Iterator<Item = usize>) {
+    for cut in cuts {
+        let mut alone = FrameReader::new(config);
+        let mut passing = FrameReader::new(config);
+        for part in [&bytes[..cut], &bytes[cut..]] {
+            let expected = feed(&mut alone, part);
+            let mut offset = 0;
+            let mut started = 0;
+            let result = loop {
+                let passed = passing.pass_data(&part[offset..]);
+                offset += passed.consumed;
+                started += passed.frames;
+                if offset == part.len() && !passing.judging_frame() {
+                    break Ok(());
+                }
+                match passing.advance(&part[offset..]) {
+                    Ok((n, event)) => {
+                        offset += n;
+                        if matches!(event, Some(Event::FrameStart(_))) {
+                            started += 1;
+                        }
+                        if event.is_none() && offset == part.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(violation) => break Err(violation),
+                }
+            };
+            assert_eq!(standing(&passing), standing(&alone), "cut at {cut}");
+            match expected {
+                Ok(events) => {
+                    let starts = events.iter().filter(|(_, event)| matches!(event, Event::FrameStart(_)));
+                    assert_eq!(result, Ok(()), "cut at {cut}");
+                    assert_eq!(started, starts.count() as u64, "cut at {cut}");
+                }
+                Err(violation) => {
+                    assert_eq!(result, Err(violation), "cut at {cut}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pass_data_then_advance_reads_like_advance_alone_at_every_cut() {
+    let client = config(Direction::ClientToServer);
+    let masked = |first: u8, payload: &[u8]| frame(first, payload, Some(KEY));
+    // Fragments, control frames between and after them, lengths in 7, 16
+    // and 64 bits, and a stray continuation to end on.
+    let mixed = [
+        masked(0x02, &[1; 130]),
+        masked(0x89, b"ping"),
+        masked(0x80, &[]),
+        masked(0x81, b"whole"),
+        masked(0x82, &[3; 300]),
+        masked(0x88, &[0x03, 0xe8]),
+        masked(0x82, &[2; 70_000]),
+        masked(0x80, b"stray"),
+    ]
+    .concat();
+    let limited = ReaderConfig {
+        max_message_size: Some(100_000),
+        ..client
+    };
+    let ends_near = |len: usize| (0..200).chain((len - 120..=len).step_by(3));
+    reads_like_advance_alone(limited, &mixed, ends_near(mixed.len()));
+    // What the glance passes, then what it must leave to the full judge.
+    let non_minimal = [0x82, 0xFE, 0, 5, 1, 2, 3, 4, 9, 9, 9, 9, 9];
+    let unmasked = frame(0x82, b"bare", None);
+    let over_frame = masked(0x82, &[4; 150]);
+    let deflated = masked(0xC2, b"squeezed");
+    let cases: [(ReaderConfig, Vec<u8>); 4] = [
+        (client, [masked(0x82, &[5; 200]), non_minimal.to_vec()].concat()),
+        (client, [masked(0x81, b"fine"), unmasked].concat()),
+        (
+            ReaderConfig {
+                max_frame_size: Some(140),
+                ..client
+            },
+            [masked(0x82, &[6; 140]), over_frame].concat(),
+        ),
+        (
+            ReaderConfig {
+                allow_rsv1: true,
+                ..client
+            },
+            [deflated.clone(), masked(0x82, b"plain"), deflated].concat(),
+        ),
+    ];
+    for (config, bytes) in cases {
+        reads_like_advance_alone(config, &bytes, 0..=bytes.len());
+    }
+}
