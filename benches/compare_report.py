@@ -48,6 +48,26 @@ def runs(workload, target, **match):
     return out
 
 
+def by_round(workload, target, key, **match):
+    """{round: value} of one target's runs."""
+    return {r["round"]: r["run"].get(key) for r in records
+            if r["workload"] == workload and r["target"] == target and not r["run"].get("failed")
+            and all(r.get(k) == v for k, v in match.items())}
+
+
+def rounds_text(workload, w, t, key, **match):
+    """w's value over t's, round by round: a round runs every target once, within minutes, so a ratio taken
+    inside it spares the machine's drift between rounds that the medians of each target mix in."""
+    if t is None:
+        return ""
+    a, b = by_round(workload, w, key, **match), by_round(workload, t, key, **match)
+    ratios = [ratio(a[n], b[n]) for n in sorted(a) if n in b]
+    ratios = [r for r in ratios if r is not None]
+    if len(ratios) < 2:
+        return ""
+    return f"; round by round {', '.join(fmt(r, 2) for r in ratios)}, median {fmt(median(ratios), 2)}×"
+
+
 def failed(workload):
     return sum(1 for r in records if r["workload"] == workload and r["run"].get("failed"))
 
@@ -250,7 +270,10 @@ same_logging = ("every target logs" if base_logs else
 add("Peers are compared at their best: the better of stock and tuned where both ran, and for CPU the better of nginx "
     f"and HAProxy, with the same logging as wsgate ({same_logging}). CPU is user + system unless a row says otherwise; the kernel's "
     "share is much the same for every proxy, so the user share is where they differ. With 2 CPUs shared by "
-    "everything and medians of few rounds, differences under about 10% are noise.")
+    "everything and medians of few rounds, differences under about 10% are noise. Where a row also gives its "
+    "ratio round by round, each is taken inside one round (every target runs once a round, within minutes of the "
+    "others), which spares it the machine's drift between rounds that each target's median mixes in; the verdict "
+    "is the medians'.")
 add("")
 add("| target | measured | verdict |")
 add("|---|---|:---:|")
@@ -289,11 +312,12 @@ for logs in (False, True):
           r <= 0.9 if r is not None else None,
           f"{fmt(w['cpu_ms'])} ms (user {fmt(w['user_ms'])}, system {fmt(w['sys_ms'])}) vs {fmt(v)} ms (user "
           f"{fmt(hs[t]['user_ms']) if t else '–'}, system {fmt(hs[t]['sys_ms']) if t else '–'}; {label_of(t)}): "
-          f"{fmt(r, 2)}×")
+          f"{fmt(r, 2)}×{rounds_text('handshake', w_id, t, 'proxy_cpu_s_per_1k_handshakes')}")
     v, t = best(both_peers(False, logs), lambda t: hs[t]["rate"], True)
     r = ratio(w["rate"], v)
     check(f"plain handshakes/s, {when} ≥ 1.1× the better peer",
-          r >= 1.1 if r is not None else None, f"{fmt(w['rate'])} vs {fmt(v)} ({label_of(t)}): {fmt(r, 2)}×")
+          r >= 1.1 if r is not None else None, f"{fmt(w['rate'])} vs {fmt(v)} ({label_of(t)}): {fmt(r, 2)}×"
+          f"{rounds_text('handshake', w_id, t, 'handshakes_per_s')}")
 w_id = wsgate_id(True)
 if w_id in hs and hs[w_id]["cpu_ms"] is not None:
     w = hs[w_id]
@@ -302,11 +326,11 @@ if w_id in hs and hs[w_id]["cpu_ms"] is not None:
     check("CPU per 1,000 TLS handshakes ≤ 0.75× the better peer",
           r <= 0.75 if r is not None else None,
           f"{fmt(w['cpu_ms'])} ms (user {fmt(w['user_ms'])}, system {fmt(w['sys_ms'])}) vs {fmt(v)} ms "
-          f"({label_of(t)}): {fmt(r, 2)}×")
+          f"({label_of(t)}): {fmt(r, 2)}×{rounds_text('handshake', w_id, t, 'proxy_cpu_s_per_1k_handshakes')}")
     v, t = best(peers("nginx", True), lambda t: hs[t]["rate"], True)
     r = ratio(w["rate"], v)
     check("TLS handshakes/s ≥ nginx", r >= 1 if r is not None else None,
-          f"{fmt(w['rate'])} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×")
+          f"{fmt(w['rate'])} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×{rounds_text('handshake', w_id, t, 'handshakes_per_s')}")
 
 # Issue 21: CPU per message, the peers at their best.
 w = echo_at(128, wsgate_id(False), "user")
@@ -315,7 +339,8 @@ if w is not None:
     r = ratio(w, v)
     check("user CPU per 1M msgs at 128 B ≤ the better peer's", r <= 1 if r is not None else None,
           f"{fmt(w, 2)} s (system {fmt(echo_at(128, wsgate_id(False), 'sys'), 2)} s) vs {fmt(v, 2)} s (system "
-          f"{fmt(echo_at(128, t, 'sys'), 2) if t else '–'} s; {label_of(t)}): {fmt(r, 2)}×")
+          f"{fmt(echo_at(128, t, 'sys'), 2) if t else '–'} s; {label_of(t)}): {fmt(r, 2)}×"
+          f"{rounds_text('echo', wsgate_id(False), t, 'proxy_user_s_per_1m_msgs', connections=conns0, size=128)}")
 w = echo_at(16384, wsgate_id(False), "cpu")
 if w is not None:
     v, t = best(both_peers(False), lambda t: echo_at(16384, t, "cpu"), False)
@@ -323,7 +348,8 @@ if w is not None:
     check(f"CPU per 1M msgs at 16 KiB ≤ 0.9× the better peer at its best ({peer_scope})",
           r <= 0.9 if r is not None else None,
           f"{fmt(w, 2)} s (user {fmt(echo_at(16384, wsgate_id(False), 'user'), 2)}, system "
-          f"{fmt(echo_at(16384, wsgate_id(False), 'sys'), 2)}) vs {fmt(v, 2)} s ({label_of(t)}): {fmt(r, 2)}×")
+          f"{fmt(echo_at(16384, wsgate_id(False), 'sys'), 2)}) vs {fmt(v, 2)} s ({label_of(t)}): {fmt(r, 2)}×"
+          f"{rounds_text('echo', wsgate_id(False), t, 'proxy_cpu_s_per_1m_msgs', connections=conns0, size=16384)}")
 
 # Nothing else regresses: throughput, p99, memory, inspected.
 for size in sizes:
@@ -335,7 +361,8 @@ for size in sizes:
         r = ratio(w, v)
         check(f"echo {size} B plain msgs/s ≥ 1.2× {name}",
               r >= 1.2 if r is not None else None,
-              f"{fmt(w)} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×")
+              f"{fmt(w)} vs {fmt(v)}{tag(t)}: {fmt(r, 2)}×"
+              f"{rounds_text('echo', wsgate_id(False), t, 'msgs_per_s', connections=conns0, size=size)}")
 for size in sizes:
     w = echo_at(size, wsgate_id(False), "added")
     if w is None:
@@ -361,7 +388,7 @@ for size in sizes:
     r = ratio(echo_at(size, i, "msgs"), echo_at(size, p, "msgs"))
     check(f"inspected within 10% of plain at {size} B (CPU per message)",
           c <= 1.1, f"{fmt(echo_at(size, i, 'cpu'), 2)} s vs {fmt(echo_at(size, p, 'cpu'), 2)} s per 1M msgs: "
-          f"{fmt(c, 2)}× (msgs/s {fmt(r, 2)}×)")
+          f"{fmt(c, 2)}× (msgs/s {fmt(r, 2)}×){rounds_text('echo', i, p, 'proxy_cpu_s_per_1m_msgs', connections=conns0, size=size)}")
 add("")
 add("For a target marked ✗, the row says how far it is; what was tried and measured for it is in "
     "[`performance.md`](performance.md#targets-not-met).")

@@ -265,12 +265,13 @@ impl FrameReader {
         self.message_open
     }
 
-    /// Consumes the data frames at the start of `input` that need no
-    /// event each: whole ones, and the payload of the last when `input`
-    /// ends inside it. Stops, with nothing of it fed, before a frame that
-    /// does (a control frame, a header that breaks a rule or that `input`
-    /// cuts short), for [`FrameReader::advance`] to read; a data frame's
-    /// two events cost a small message more than its judging does.
+    /// Consumes the data frames at the start of `input`, whole, and the
+    /// payload of the last when `input` ends inside it, without an event
+    /// each: for a reader that only passes data frames on (a splice
+    /// thread's), two events a frame cost a small message more than
+    /// judging it. Stops, with nothing of it fed, before a frame that
+    /// needs an event (a control frame, a header that breaks a rule or
+    /// that `input` cuts short), for [`FrameReader::advance`] to read.
     pub fn pass_data(&mut self, input: &[u8]) -> Passed {
         let mut passed = Passed { consumed: 0, frames: 0 };
         loop {
@@ -327,9 +328,9 @@ impl FrameReader {
     /// The commonest frame judged at a glance, and passed: a whole,
     /// unfragmented Text or Binary frame, no reserved bit set, masked as
     /// its direction must be, its length in 7 or 16 bits and within the
-    /// limits. Its length, header and payload; `None` for any other frame
-    /// (the full judge's, [`FrameReader::read_whole_header`]), a subset of
-    /// what that accepts.
+    /// limits. Returns its length, header and payload; `None` for any
+    /// other frame, left to the full judge
+    /// ([`FrameReader::read_whole_header`]), which accepts all this does.
     fn whole_plain_frame(&mut self, input: &[u8]) -> Option<usize> {
         let [first, second, ..] = *input else { return None };
         if self.message_open || !matches!(first, 0x81 | 0x82) {
