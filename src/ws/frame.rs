@@ -172,11 +172,13 @@ pub struct FrameReader {
 }
 
 /// What [`FrameReader::pass_data`] consumed: `consumed` bytes of data
-/// frames, `frames` of them started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// frames, `frames` of them started and `ended` ended (their last byte
+/// in `consumed`, whether or not they started there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Passed {
     pub consumed: usize,
     pub frames: u64,
+    pub ended: u64,
 }
 
 /// Where a reader stood between two frames ([`FrameReader::rewind`]).
@@ -267,13 +269,14 @@ impl FrameReader {
 
     /// Consumes the data frames at the start of `input`, whole, and the
     /// payload of the last when `input` ends inside it, without an event
-    /// each: for a reader that only passes data frames on (a splice
-    /// thread's), two events a frame cost a small message more than
-    /// judging it. Stops, with nothing of it fed, before a frame that
+    /// each: where nothing needs to see data frames one by one (a splice
+    /// thread's follower; a pump with no order waiting for a boundary and
+    /// no message rate), two events a frame cost a small message more
+    /// than judging it. Stops, with nothing of it fed, before a frame that
     /// needs an event (a control frame, a header that breaks a rule or
     /// that `input` cuts short), for [`FrameReader::advance`] to read.
     pub fn pass_data(&mut self, input: &[u8]) -> Passed {
-        let mut passed = Passed { consumed: 0, frames: 0 };
+        let mut passed = Passed::default();
         loop {
             let rest = &input[passed.consumed..];
             if self.at_frame_boundary() {
@@ -283,6 +286,7 @@ impl FrameReader {
                 if let Some(whole) = self.whole_plain_frame(rest) {
                     passed.consumed += whole;
                     passed.frames += 1;
+                    passed.ended += 1;
                     continue;
                 }
             }
@@ -301,9 +305,10 @@ impl FrameReader {
         match self.state {
             State::Payload { frame, remaining } if !frame.opcode.is_control() => {
                 // A data payload: never a violation, at most its end.
-                let (taken, _) = self.read_payload(frame, remaining, rest).unwrap_or_default();
+                let (taken, end) = self.read_payload(frame, remaining, rest).unwrap_or_default();
                 passed.consumed += taken;
-                !matches!(self.state, State::Payload { .. })
+                passed.ended += u64::from(end.is_some());
+                end.is_some()
             }
             State::Header if self.filled == 0 => {
                 let before = self.boundary();

@@ -462,7 +462,8 @@ fn pass_data_passes_whole_data_frames_and_a_payload_cut_short() {
         passed,
         Passed {
             consumed: cut,
-            frames: 3
+            frames: 3,
+            ended: 2
         }
     );
     assert!(!reader.at_frame_boundary() && !reader.judging_frame());
@@ -472,11 +473,12 @@ fn pass_data_passes_whole_data_frames_and_a_payload_cut_short() {
         passed,
         Passed {
             consumed: bytes.len() - cut,
-            frames: 0
+            frames: 0,
+            ended: 1
         }
     );
     assert_eq!(standing(&reader), (true, false, false, 300));
-    assert_eq!(reader.pass_data(&[]), Passed { consumed: 0, frames: 0 });
+    assert_eq!(reader.pass_data(&[]), Passed::default());
 }
 
 #[test]
@@ -496,7 +498,8 @@ fn pass_data_stops_before_what_needs_an_event_with_nothing_of_it_fed() {
             passed,
             Passed {
                 consumed: data.len(),
-                frames: 1
+                frames: 1,
+                ended: 1
             },
             "{case}"
         );
@@ -521,18 +524,22 @@ fn reads_like_advance_alone(config: ReaderConfig, bytes: &[u8], cuts: impl Itera
             let expected = feed(&mut alone, part);
             let mut offset = 0;
             let mut started = 0;
+            let mut ended = 0;
             let result = loop {
                 let passed = passing.pass_data(&part[offset..]);
                 offset += passed.consumed;
                 started += passed.frames;
+                ended += passed.ended;
                 if offset == part.len() && !passing.judging_frame() {
                     break Ok(());
                 }
                 match passing.advance(&part[offset..]) {
                     Ok((n, event)) => {
                         offset += n;
-                        if matches!(event, Some(Event::FrameStart(_))) {
-                            started += 1;
+                        match event {
+                            Some(Event::FrameStart(_)) => started += 1,
+                            Some(Event::FrameEnd { .. }) => ended += 1,
+                            _ => {}
                         }
                         if event.is_none() && offset == part.len() {
                             break Ok(());
@@ -544,9 +551,19 @@ fn reads_like_advance_alone(config: ReaderConfig, bytes: &[u8], cuts: impl Itera
             assert_eq!(standing(&passing), standing(&alone), "cut at {cut}");
             match expected {
                 Ok(events) => {
-                    let starts = events.iter().filter(|(_, event)| matches!(event, Event::FrameStart(_)));
+                    let count =
+                        |kind: fn(&Event) -> bool| events.iter().filter(|(_, event)| kind(event)).count() as u64;
                     assert_eq!(result, Ok(()), "cut at {cut}");
-                    assert_eq!(started, starts.count() as u64, "cut at {cut}");
+                    assert_eq!(
+                        started,
+                        count(|event| matches!(event, Event::FrameStart(_))),
+                        "cut at {cut}"
+                    );
+                    assert_eq!(
+                        ended,
+                        count(|event| matches!(event, Event::FrameEnd { .. })),
+                        "cut at {cut}"
+                    );
                 }
                 Err(violation) => {
                     assert_eq!(result, Err(violation), "cut at {cut}");

@@ -461,6 +461,19 @@ where
                 }
                 frame_start = pos;
             }
+            // Data frames nothing needs to see one by one (no order waits
+            // for a boundary, no message is counted against a rate): without
+            // an event each.
+            if self.pending.is_none() && self.message_rate.is_none() {
+                let passed = self.reader.pass_data(&chunk[pos..]);
+                if passed.consumed > 0 {
+                    pos += passed.consumed;
+                    frames += passed.frames;
+                    whole_frames += passed.ended;
+                    data = true;
+                    continue;
+                }
+            }
             let (consumed, event) = match self.reader.advance(&chunk[pos..]) {
                 Ok(step) => step,
                 Err(violation) => {
