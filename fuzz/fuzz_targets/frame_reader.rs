@@ -13,6 +13,10 @@
 //!    bytes right before it, a control payload is the frame's payload
 //!    unmasked, a `FrameEnd` sits exactly `payload_len` bytes after its
 //!    `FrameStart`); no accepted header breaks a rule of the configuration.
+//!    Fed a fourth time in the same chunks, with the data frames passed at
+//!    a glance before each `advance` (as a splice thread's follower and an
+//!    inspected pump read them): the same frames started and ended, the
+//!    same violation, the same final state.
 //! 2. **As a recipe for a valid stream.** The bytes choose frames (data
 //!    messages in fragments, pings, pongs, close frames with a code and a
 //!    reason), which `encode_frame`, `encode_control` and `close_payload`
@@ -100,6 +104,14 @@ fn raw_bytes(data: &[u8]) {
     let chunked = feed(config, input, &chunks);
     assert_eq!(whole, bytewise, "fed whole vs one byte at a time");
     assert_eq!(whole, chunked, "fed whole vs in chunks {chunks:?}");
+    let count = |kind: fn(&Event) -> bool| whole.events.iter().filter(|(_, event, _)| kind(event)).count() as u64;
+    let expected = Passing {
+        started: count(|event| matches!(event, Event::FrameStart(_))),
+        ended: count(|event| matches!(event, Event::FrameEnd { .. })),
+        violation: whole.violation,
+        end: whole.end,
+    };
+    assert_eq!(feed_passing(config, input, &chunks), expected, "data frames passed, in chunks {chunks:?}");
     check_events(config, input, &whole);
     mark_violation(whole.violation);
 }
@@ -226,6 +238,78 @@ fn feed(config: ReaderConfig, input: &[u8], chunks: &[usize]) -> Run {
     for _ in 0..3 {
         match reader.advance(&[]) {
             Ok((0, Some(event))) => run.events.push((offset, event, state(&reader))),
+            Ok((0, None)) => {
+                run.end = Some(state(&reader));
+                return run;
+            }
+            Ok((n, _)) => panic!("advance(&[]) consumed {n}"),
+            Err(violation) => {
+                run.violation = Some(violation);
+                run.end = Some(state(&reader));
+                return run;
+            }
+        }
+    }
+    panic!("advance(&[]) kept returning events");
+}
+
+/// What a feeding that passes data frames without their events saw.
+#[derive(Debug, PartialEq, Eq)]
+struct Passing {
+    started: u64,
+    ended: u64,
+    violation: Option<Violation>,
+    end: Option<State>,
+}
+
+/// The chunks read as a splice thread's follower and an inspected pump
+/// read them: data frames passed at a glance (`FrameReader::pass_data`)
+/// before each `advance`. Frames are counted rather than listed: the
+/// passed ones have no events.
+fn feed_passing(config: ReaderConfig, input: &[u8], chunks: &[usize]) -> Passing {
+    let mut reader = FrameReader::new(config);
+    let mut run = Passing {
+        started: 0,
+        ended: 0,
+        violation: None,
+        end: None,
+    };
+    let count = |run: &mut Passing, event: Option<Event>| match event {
+        Some(Event::FrameStart(_)) => run.started += 1,
+        Some(Event::FrameEnd { .. }) => run.ended += 1,
+        _ => {}
+    };
+    let mut offset = 0;
+    for &len in chunks {
+        let end = offset + len;
+        let mut idle = 0;
+        while offset < end {
+            let passed = reader.pass_data(&input[offset..end]);
+            assert!(passed.consumed <= end - offset, "passed {} of {}", passed.consumed, end - offset);
+            offset += passed.consumed;
+            run.started += passed.frames;
+            run.ended += passed.ended;
+            if offset == end {
+                break;
+            }
+            match reader.advance(&input[offset..end]) {
+                Ok((consumed, event)) => {
+                    idle = if consumed == 0 && passed.consumed == 0 { idle + 1 } else { 0 };
+                    assert!(consumed > 0 || (event.is_some() && idle <= 2), "no progress");
+                    offset += consumed;
+                    count(&mut run, event);
+                }
+                Err(violation) => {
+                    run.violation = Some(violation);
+                    run.end = Some(state(&reader));
+                    return run;
+                }
+            }
+        }
+    }
+    for _ in 0..3 {
+        match reader.advance(&[]) {
+            Ok((0, Some(event))) => count(&mut run, Some(event)),
             Ok((0, None)) => {
                 run.end = Some(state(&reader));
                 return run;
