@@ -111,7 +111,11 @@ fn raw_bytes(data: &[u8]) {
         violation: whole.violation,
         end: whole.end,
     };
-    assert_eq!(feed_passing(config, input, &chunks), expected, "data frames passed, in chunks {chunks:?}");
+    assert_eq!(
+        feed_passing(config, input, &chunks),
+        expected,
+        "data frames passed, in chunks {chunks:?}"
+    );
     check_events(config, input, &whole);
     mark_violation(whole.violation);
 }
@@ -234,20 +238,20 @@ fn feed(config: ReaderConfig, input: &[u8], chunks: &[usize]) -> Run {
             }
         }
     }
-    // Drain what falls due with no byte left (the FrameEnd after a Control, …).
+    (run.violation, run.end) = drain(&mut reader, |event, state| run.events.push((offset, event, state)));
+    run
+}
+
+/// Drains what falls due with no byte left (the FrameEnd after a Control,
+/// …), each event with the state after it: the violation, if one came, and
+/// the final state.
+fn drain(reader: &mut FrameReader, mut on_event: impl FnMut(Event, State)) -> (Option<Violation>, Option<State>) {
     for _ in 0..3 {
         match reader.advance(&[]) {
-            Ok((0, Some(event))) => run.events.push((offset, event, state(&reader))),
-            Ok((0, None)) => {
-                run.end = Some(state(&reader));
-                return run;
-            }
+            Ok((0, Some(event))) => on_event(event, state(reader)),
+            Ok((0, None)) => return (None, Some(state(reader))),
             Ok((n, _)) => panic!("advance(&[]) consumed {n}"),
-            Err(violation) => {
-                run.violation = Some(violation);
-                run.end = Some(state(&reader));
-                return run;
-            }
+            Err(violation) => return (Some(violation), Some(state(reader))),
         }
     }
     panic!("advance(&[]) kept returning events");
@@ -274,55 +278,57 @@ fn feed_passing(config: ReaderConfig, input: &[u8], chunks: &[usize]) -> Passing
         violation: None,
         end: None,
     };
-    let count = |run: &mut Passing, event: Option<Event>| match event {
-        Some(Event::FrameStart(_)) => run.started += 1,
-        Some(Event::FrameEnd { .. }) => run.ended += 1,
-        _ => {}
-    };
     let mut offset = 0;
-    for &len in chunks {
-        let end = offset + len;
-        let mut idle = 0;
-        while offset < end {
-            let passed = reader.pass_data(&input[offset..end]);
-            assert!(passed.consumed <= end - offset, "passed {} of {}", passed.consumed, end - offset);
-            offset += passed.consumed;
-            run.started += passed.frames;
-            run.ended += passed.ended;
-            if offset == end {
-                break;
-            }
-            match reader.advance(&input[offset..end]) {
-                Ok((consumed, event)) => {
-                    idle = if consumed == 0 && passed.consumed == 0 { idle + 1 } else { 0 };
-                    assert!(consumed > 0 || (event.is_some() && idle <= 2), "no progress");
-                    offset += consumed;
-                    count(&mut run, event);
+    let violation = 'feeding: {
+        for &len in chunks {
+            let end = offset + len;
+            let mut idle = 0;
+            while offset < end {
+                let passed = reader.pass_data(&input[offset..end]);
+                assert!(
+                    passed.consumed <= end - offset,
+                    "passed {} of {}",
+                    passed.consumed,
+                    end - offset
+                );
+                offset += passed.consumed;
+                run.started += passed.frames;
+                run.ended += passed.ended;
+                if offset == end {
+                    break;
                 }
-                Err(violation) => {
-                    run.violation = Some(violation);
-                    run.end = Some(state(&reader));
-                    return run;
+                match reader.advance(&input[offset..end]) {
+                    Ok((consumed, event)) => {
+                        idle = if consumed == 0 && passed.consumed == 0 {
+                            idle + 1
+                        } else {
+                            0
+                        };
+                        assert!(consumed > 0 || (event.is_some() && idle <= 2), "no progress");
+                        offset += consumed;
+                        run.count(event);
+                    }
+                    Err(violation) => break 'feeding Some(violation),
                 }
             }
         }
-    }
-    for _ in 0..3 {
-        match reader.advance(&[]) {
-            Ok((0, Some(event))) => count(&mut run, Some(event)),
-            Ok((0, None)) => {
-                run.end = Some(state(&reader));
-                return run;
-            }
-            Ok((n, _)) => panic!("advance(&[]) consumed {n}"),
-            Err(violation) => {
-                run.violation = Some(violation);
-                run.end = Some(state(&reader));
-                return run;
-            }
+        None
+    };
+    (run.violation, run.end) = match violation {
+        Some(violation) => (Some(violation), Some(state(&reader))),
+        None => drain(&mut reader, |event, _| run.count(Some(event))),
+    };
+    run
+}
+
+impl Passing {
+    fn count(&mut self, event: Option<Event>) {
+        match event {
+            Some(Event::FrameStart(_)) => self.started += 1,
+            Some(Event::FrameEnd { .. }) => self.ended += 1,
+            _ => {}
         }
     }
-    panic!("advance(&[]) kept returning events");
 }
 
 /// The events of one feeding against the bytes they came from.
