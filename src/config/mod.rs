@@ -141,7 +141,7 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
     /// TLS termination, when the listener has certificates.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Finding clients that vanished (default [`TcpLiveness::default`]).
     pub tcp: TcpLiveness,
     /// HTTP/2 (ALPN `h2` with TLS, prior knowledge without); `None`: off

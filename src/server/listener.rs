@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
@@ -36,7 +36,7 @@ pub(crate) struct BoundListener {
 pub(crate) struct ListenerSettings {
     /// The listener's name, for its connections' counters.
     name: Arc<str>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     handshake_timeout: Duration,
     trusted_proxies: Arc<TrustedProxies>,
     proxy_protocol: bool,
@@ -61,7 +61,7 @@ impl ListenerSettings {
     pub(crate) fn new(listener: &config::Listener) -> ListenerSettings {
         ListenerSettings {
             name: listener.name.as_str().into(),
-            tls: listener.tls.clone().map(TlsAcceptor::from),
+            tls: listener.tls.clone(),
             handshake_timeout: listener.handshake_timeout,
             trusted_proxies: Arc::new(listener.trusted_proxies.clone()),
             proxy_protocol: listener.proxy_protocol,
@@ -254,10 +254,12 @@ impl Acceptor {
             // runs, so it holds only a pointer.
             match tls {
                 None => Box::pin(serve_connection(current, stream, info(false), left(), http2, stop)).await,
-                Some(acceptor) => {
+                Some(tls) => {
                     let handshake = Box::pin(async move {
                         crate::tls::refuse_legacy_versions(&mut stream).await?;
-                        acceptor.accept(stream).await
+                        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+                        let config = tls.for_hello(&hello.client_hello());
+                        hello.into_stream(config).await
                     });
                     // Out of the match before the connection is served: a
                     // scrutinee would keep its room in the task meanwhile.

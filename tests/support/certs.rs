@@ -86,14 +86,26 @@ impl TestCerts {
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<rustls::ClientConfig> {
+        self.client_config_offering(versions, rustls::crypto::ring::DEFAULT_CIPHER_SUITES)
+    }
+
+    /// As [`TestCerts::client_config_with`], offering `suites` in this order.
+    pub fn client_config_offering(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: &[rustls::SupportedCipherSuite],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(versions)
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites.to_vec(),
+            ..rustls::crypto::ring::default_provider()
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }

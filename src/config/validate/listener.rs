@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Checker, RawTcpKeys};
@@ -88,7 +89,7 @@ impl Checker<'_> {
                 }
                 let unknown_sni = tls.get_ref().unknown_sni.unwrap_or_default();
                 (keys.len() == tls.get_ref().certificates.len())
-                    .then(|| tls::server_config_with(keys, unknown_sni, http2.is_some()))
+                    .then(|| Arc::new(tls::ServerTls::new(keys, unknown_sni, http2.is_some())))
             }
         };
         let tcp = self.tcp_liveness(
