@@ -19,7 +19,8 @@
 #   IDLE_N=9000             idle sockets per proxy target (0: no idle workload)
 #   IDLE_HOLD=3             seconds the idle sockets are held before memory is read again
 #   TUNED=0                 0: stock nginx/HAProxy buffers; 1: tuned (nginx proxy_buffer_size 64k,
-#                           HAProxy tune.bufsize 65536); both: both, as separate targets
+#                           HAProxy tune.bufsize 65536, TLS with AES-128-GCM first); both: both,
+#                           as separate targets
 #   LOGS=both               off: no access log anywhere (nginx access_log off, HAProxy no log,
 #                           wsgate WSGATE_LOG=warn); on: every proxy writes its access log to a
 #                           file (nginx access_log, HAProxy option httplog to stderr, wsgate's
@@ -230,6 +231,9 @@ write_wsgate() { # id inspect(0|1)
   "$WSGATE" check --config "$work/$id.toml" >/dev/null 2>&1 || { "$WSGATE" check --config "$work/$id.toml"; exit 1; }
 }
 
+# TLS 1.3 suites for the tuned peers: AES-128-GCM first, as wsgate chooses.
+AES_128_FIRST=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+
 write_nginx() { # id
   local id=$1 dir=$work/$1
   mkdir -p "$dir/tmp"
@@ -266,6 +270,12 @@ write_nginx() { # id
       echo "        ssl_certificate_key $KEY;"
       # nginx 1.22's default list lacks TLSv1.3, which wsgate and HAProxy negotiate.
       echo '        ssl_protocols TLSv1.2 TLSv1.3;'
+      if [[ ${VARIANT[$id]} == tuned ]]; then
+        # AES-128-GCM first whatever the client's order, as wsgate chooses
+        # for a client that lists AES-GCM first (README, TLS).
+        echo '        ssl_prefer_server_ciphers on;'
+        echo "        ssl_conf_command Ciphersuites $AES_128_FIRST;"
+      fi
     else
       echo "        listen 127.0.0.1:${PORT[$id]};"
     fi
@@ -291,7 +301,11 @@ write_haproxy() { # id
     echo 'global'
     echo '    nbthread 2'
     echo "    maxconn $HAPROXY_MAXCONN"
-    [[ ${VARIANT[$id]} == tuned ]] && echo '    tune.bufsize 65536'
+    if [[ ${VARIANT[$id]} == tuned ]]; then
+      echo '    tune.bufsize 65536'
+      # HAProxy follows its own order already; this puts AES-128-GCM first.
+      echo "    ssl-default-bind-ciphersuites $AES_128_FIRST"
+    fi
     # No syslog needed: HAProxy writes each line to its standard error, a file.
     [[ ${LOGGED[$id]} == 1 ]] && echo '    log stderr format raw local0 info'
     echo 'defaults'

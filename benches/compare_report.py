@@ -115,6 +115,8 @@ for t in targets:
         "cp99": median([r["cycle_p99_us"] for r in rs]),
         "cpu_ms": cpu * 1000 if cpu is not None else None,
         "resumed": sum(r.get("tls_resumed", 0) for r in rs) / done if done and meta[t]["tls"] else None,
+        # What the load generator's TLS handshakes agreed with this target (the same every round).
+        "tls": sorted({r["tls"] for r in rs if r.get("tls")}),
         "errors": sum(r["errors"] for r in rs),
     }
 
@@ -215,10 +217,12 @@ for t in targets:
                 else ("TLS listener, byte splice" if m["tls"] else "one route, byte splice"))
     elif m["kind"] == "nginx":
         desc = ("`proxy_buffer_size 64k`" if m["variant"] == "tuned" else "stock buffers (`proxy_buffer_size` 4k)") + (
-            ", TLS" if m["tls"] else "")
+            (", TLS, AES-128-GCM first (`ssl_prefer_server_ciphers on`, `ssl_conf_command Ciphersuites`)"
+             if m["variant"] == "tuned" else ", TLS") if m["tls"] else "")
     else:
         desc = ("`tune.bufsize 65536`" if m["variant"] == "tuned" else "stock buffers (`tune.bufsize` 16384)") + (
-            ", TLS" if m["tls"] else "")
+            (", TLS, AES-128-GCM first (`ssl-default-bind-ciphersuites`)"
+             if m["variant"] == "tuned" else ", TLS") if m["tls"] else "")
     if m["logs"]:
         desc += ", access log to a file"
     n = len(m["pids"].split(",")) if m["kind"] != "direct" else 0
@@ -255,10 +259,15 @@ if logged_ids():
     written = "; ".join(
         f"{meta[t]['label']} {meta[t]['log_lines']:,} lines, {meta[t]['log_bytes'] / 1e6:,.1f} MB" for t in logged_ids())
     add(f"- access logs written over the whole run (every workload and warmup included): {written}")
-add("- TLS everywhere: TLS 1.3 (X25519, TLS_AES_256_GCM_SHA384, ALPN http/1.1 on all three, as `openssl s_client` "
-    "sees them), one ECDSA P-256 "
-    "certificate from `wsgate cert`; the client (rustls) keeps sessions, "
-    "so a handshake may resume (the share that did is in the handshake table)")
+agreed = "; ".join(f"{meta[t]['label']}: {', '.join(hs[t]['tls'])}"
+                   for t in targets if meta[t]["tls"] and hs.get(t) and hs[t]["tls"])
+add("- TLS: one ECDSA P-256 certificate from `wsgate cert`, ALPN http/1.1 on all three; the load generator is a "
+    "rustls client, which lists TLS_AES_256_GCM_SHA384 first (as OpenSSL's clients do) and keeps sessions, so a "
+    "handshake may resume (the share that did is in the handshake table). Agreed with each (version, suite, key "
+    f"exchange, as the load generator saw them): {agreed or 'not recorded'}. wsgate chooses AES-128-GCM for a "
+    "client that lists AES-GCM before ChaCha20 ([README](../README.md#tls)); stock nginx follows the client's "
+    "order, stock HAProxy its own (OpenSSL's, AES-256 first), and the tuned ones are told to put AES-128-GCM "
+    "first")
 add(f"- open files: {env['NOFILE']} for every process (the script raises the soft limit to the hard one)")
 add("")
 

@@ -532,6 +532,19 @@ fn tls_resumed(ws: &Ws) -> bool {
     }
 }
 
+/// What a wss:// connection's TLS handshake agreed: version, cipher suite
+/// and key exchange group, e.g. `TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519`.
+fn tls_agreed(ws: &Ws) -> Option<String> {
+    let Stream::Tls(tls) = ws.get_ref() else { return None };
+    let connection = tls.get_ref().1;
+    Some(format!(
+        "{:?} {:?} {:?}",
+        connection.protocol_version()?,
+        connection.negotiated_cipher_suite()?.suite(),
+        connection.negotiated_key_exchange_group()?.name()
+    ))
+}
+
 /// Sends a close frame and waits (bounded) for the server's close and end of stream.
 async fn close(mut ws: Ws) {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
@@ -946,12 +959,15 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
     let cycles = Arc::new(AtomicU64::new(0));
     // Counted cycles whose TLS handshake resumed an earlier session (wss:// only).
     let resumed = Arc::new(AtomicU64::new(0));
+    // What the first TLS handshake agreed (wss:// only).
+    let agreed = Arc::new(std::sync::OnceLock::new());
     let mut workers = JoinSet::new();
     for _ in 0..args.connections {
         let target = Arc::clone(&target);
         let payload = payload.clone();
         let cycles = Arc::clone(&cycles);
         let resumed = Arc::clone(&resumed);
+        let agreed = Arc::clone(&agreed);
         workers.spawn(async move {
             let mut opened = Tally::new();
             let mut cycle = histogram();
@@ -967,6 +983,11 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
                 };
                 let connected = Instant::now();
                 let was_resumed = tls_resumed(&ws);
+                if agreed.get().is_none() {
+                    if let Some(tls) = tls_agreed(&ws) {
+                        let _ = agreed.set(tls);
+                    }
+                }
                 match round_trip(&mut ws, &payload).await {
                     Ok(len) if len == payload.len() => {}
                     Ok(len) => opened.error(format!("echo of {len} bytes, expected {}", payload.len())),
@@ -1019,6 +1040,10 @@ async fn handshake(args: HandshakeArgs) -> Result<String, String> {
         .int("cycle_p99_us", cycle.value_at_quantile(0.99))
         .int("tls_resumed", resumed.load(Ordering::Relaxed))
         .int("errors", total.errors);
+    let json = match agreed.get() {
+        Some(tls) => json.str("tls", tls),
+        None => json,
+    };
     Ok(CpuTime::report(cpu, json, total.done, 1e3, "1k_handshakes").finish())
 }
 
